@@ -1,0 +1,240 @@
+"""Preference records in, validated :class:`PreferencePair` objects out.
+
+Accepted: JSONL, JSON (a list of objects), CSV, Parquet, or a Hugging Face dataset id, in TRL's preference format:
+``prompt``, ``chosen``, ``rejected`` as strings or chat-message lists, and an optional ``user_id``. Every problem is
+collected and reported as ``FILE:LINE: field: what is wrong`` before any model work starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from bapo.errors import DataError, Problem
+
+ROLES = ("system", "user", "assistant")
+SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One validated preference: for ``prompt`` (chat messages), the user prefers ``chosen`` over ``rejected``."""
+
+    prompt: tuple[tuple[str, str], ...]  # ((role, content), ...), the conversation before the response
+    chosen: str
+    rejected: str
+    user_id: str | None = None
+    source: str = ""  # "FILE:LINE", for messages that point back at the input
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": r, "content": c} for r, c in self.prompt]
+
+    @property
+    def prompt_key(self) -> str:
+        """Stable id of the prompt (the conversation), shared by all pairs with the same prompt."""
+        return hashlib.sha256(json.dumps(self.prompt).encode()).hexdigest()[:16]
+
+    def to_record(self) -> dict[str, Any]:
+        """TRL's format: a single user turn becomes a plain string prompt, anything else stays a message list."""
+        prompt: Any = self.prompt[0][1] if len(self.prompt) == 1 and self.prompt[0][0] == "user" else self.messages
+        rec: dict[str, Any] = {"prompt": prompt, "chosen": self.chosen, "rejected": self.rejected}
+        if self.user_id is not None:
+            rec["user_id"] = self.user_id
+        return rec
+
+
+def prompt_messages(prompt: str | list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
+    if isinstance(prompt, str):
+        return (("user", prompt),)
+    return tuple((m["role"], m["content"]) for m in prompt)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _iter_raw(path: str, split: str) -> Iterator[tuple[int | str, Any]]:
+    """Yield ``(line, record)`` pairs; ``record`` is a :class:`Problem` when the line itself cannot be parsed."""
+    p = Path(path)
+    kind = SUFFIXES.get(p.suffix.lower())
+    if not p.exists():
+        if kind is None and "/" in path and not path.startswith((".", "/")):
+            yield from _iter_hub(path, split)
+            return
+        raise DataError(Problem(path, 0, "file", "not found"))
+    if kind is None:
+        raise DataError(Problem(path, 0, "file", f"unknown format '{p.suffix}'; use .jsonl, .json, .csv or .parquet"))
+    if kind == "jsonl":
+        with p.open(encoding="utf-8", errors="replace") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield i, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield i, Problem(path, i, "json", f"malformed JSON ({e.msg} at column {e.colno})")
+    elif kind == "json":
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(Problem(path, e.lineno, "json", f"malformed JSON ({e.msg} at column {e.colno})")) from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise DataError(Problem(path, 1, "json", "expected a list of records"))
+        for i, rec in enumerate(data, 1):
+            yield f"record {i}", rec
+    elif kind == "csv":
+        with p.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            for rec in reader:
+                yield reader.line_num, {k: v for k, v in rec.items() if k is not None}
+    else:
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(p).to_pylist()
+        except Exception as e:  # pyarrow raises several unrelated types for a damaged file
+            raise DataError(Problem(path, 0, "file", f"unreadable Parquet ({e})")) from None
+        for i, rec in enumerate(rows, 1):
+            yield f"row {i}", rec
+
+
+def _iter_hub(name: str, split: str) -> Iterator[tuple[int | str, Any]]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # offline, unknown id, unknown split: all one actionable message
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(Problem(name, 0, "file", f"not a local file, and loading it from the Hugging Face hub failed: {msg}")) from None
+    for i, rec in enumerate(ds, 1):
+        yield f"row {i}", rec
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation
+
+
+def _check_messages(value: list[Any], field: str, where: tuple[str, int | str], problems: list[Problem]) -> bool:
+    ok = True
+    for j, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
+            problems.append(Problem(*where, f"{field}[{j}]", "expected a message {role, content}"))
+            ok = False
+        elif m["role"] not in ROLES:
+            problems.append(Problem(*where, f"{field}[{j}].role", f"unknown role '{m['role']}'; use {', '.join(ROLES)}"))
+            ok = False
+        elif not isinstance(m["content"], str):
+            problems.append(Problem(*where, f"{field}[{j}].content", f"expected text, got {type(m['content']).__name__}"))
+            ok = False
+        elif not m["content"].strip():
+            problems.append(Problem(*where, f"{field}[{j}].content", "empty"))
+            ok = False
+    return ok
+
+
+def _prompt(rec: dict[str, Any], where: tuple[str, int | str], problems: list[Problem]) -> tuple | None:
+    value = rec.get("prompt")
+    if value is None:
+        problems.append(Problem(*where, "prompt", "missing"))
+    elif isinstance(value, str):
+        if value.strip():
+            return (("user", value),)
+        problems.append(Problem(*where, "prompt", "empty"))
+    elif isinstance(value, list):
+        if not value:
+            problems.append(Problem(*where, "prompt", "empty message list"))
+        elif _check_messages(value, "prompt", where, problems):
+            return prompt_messages(value)
+    else:
+        problems.append(Problem(*where, "prompt", f"expected text or a list of messages, got {type(value).__name__}"))
+    return None
+
+
+def _response(rec: dict[str, Any], field: str, where: tuple[str, int | str], problems: list[Problem]) -> str | None:
+    value = rec.get(field)
+    if value is None:
+        problems.append(Problem(*where, field, "missing"))
+    elif isinstance(value, str):
+        if value.strip():
+            return value
+        problems.append(Problem(*where, field, "empty"))
+    elif isinstance(value, list):
+        if len(value) != 1:
+            problems.append(Problem(*where, field, f"expected one assistant message, got {len(value)} messages"))
+        elif _check_messages(value, field, where, problems):
+            if value[0]["role"] != "assistant":
+                problems.append(Problem(*where, f"{field}[0].role", f"expected 'assistant', got '{value[0]['role']}'"))
+            else:
+                return value[0]["content"]
+    else:
+        problems.append(Problem(*where, field, f"expected text or a list of messages, got {type(value).__name__}"))
+    return None
+
+
+def validate_record(rec: Any, source: str, line: int | str, problems: list[Problem]) -> PreferencePair | None:
+    """Check one raw record, appending every problem found; return the pair when it has none."""
+    where = (source, line)
+    if not isinstance(rec, dict):
+        problems.append(Problem(*where, "record", f"expected an object with prompt/chosen/rejected, got {type(rec).__name__}"))
+        return None
+    before = len(problems)
+    prompt = _prompt(rec, where, problems)
+    chosen = _response(rec, "chosen", where, problems)
+    rejected = _response(rec, "rejected", where, problems)
+    user = rec.get("user_id")
+    if user is not None and (isinstance(user, bool) or not isinstance(user, (str, int))):
+        problems.append(Problem(*where, "user_id", f"expected text or an integer, got {type(user).__name__}"))
+    if chosen is not None and rejected is not None and chosen.strip() == rejected.strip():
+        problems.append(Problem(*where, "rejected", "identical to chosen"))
+    if len(problems) > before or prompt is None or chosen is None or rejected is None:
+        return None
+    return PreferencePair(prompt, chosen, rejected, None if user in (None, "") else str(user), f"{source}:{line}")
+
+
+def load_pairs(path: str, split: str = "train", user: str = "") -> list[PreferencePair]:
+    """Read and validate every record of ``path``; raise :class:`DataError` listing all problems, if any.
+
+    With ``user``, keep only records whose ``user_id`` equals it (an unknown id is an error naming the known ones).
+    """
+    problems: list[Problem] = []
+    pairs: list[PreferencePair] = []
+    for line, rec in _iter_raw(path, split):
+        if isinstance(rec, Problem):
+            problems.append(rec)
+            continue
+        pair = validate_record(rec, path, line, problems)
+        if pair is not None:
+            pairs.append(pair)
+    if problems:
+        raise DataError(problems)
+    if not pairs:
+        raise DataError(Problem(path, 0, "file", "no records"))
+    if user:
+        known = sorted({p.user_id for p in pairs if p.user_id is not None})
+        pairs = [p for p in pairs if p.user_id == user]
+        if not pairs:
+            hint = f"known user ids: {', '.join(known[:20])}" if known else "the data has no user_id field"
+            raise DataError(Problem(path, 0, "user_id", f"no records for user '{user}'; {hint}"))
+    return pairs
+
+
+def split_holdout(pairs: list[PreferencePair], fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Seeded split *by prompt*, so no held-out prompt was ever seen in training. Returns ``(train, held_out)``."""
+    if fraction <= 0:
+        return list(pairs), []
+    keys = sorted({p.prompt_key for p in pairs})
+    if len(keys) < 2:
+        raise DataError(Problem(pairs[0].source.rsplit(":", 1)[0], 0, "prompt", "a holdout split needs at least 2 distinct prompts; use --holdout 0 or --eval-data"))
+    random.Random(seed).shuffle(keys)
+    n_held = min(len(keys) - 1, max(1, math.ceil(fraction * len(keys))))
+    held = set(keys[:n_held])
+    return [p for p in pairs if p.prompt_key not in held], [p for p in pairs if p.prompt_key in held]

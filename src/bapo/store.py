@@ -1,0 +1,57 @@
+"""A keyed on-disk cache of base responses and reference log-probs.
+
+SQLite rather than a directory of files: every batch is one transaction, so a killed job leaves only whole entries
+and a rerun resumes at the first missing key; several processes (one per GPU under accelerate) can share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def make_key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=120)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, responses TEXT NOT NULL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS logps (key TEXT PRIMARY KEY, logp REAL NOT NULL, n INTEGER NOT NULL)")
+        self.db.commit()
+
+    def _get(self, table: str, cols: str, keys: Iterable[str]) -> dict[str, tuple]:
+        keys = list(dict.fromkeys(keys))
+        out: dict[str, tuple] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = f"SELECT key, {cols} FROM {table} WHERE key IN ({','.join('?' * len(chunk))})"
+            for row in self.db.execute(q, chunk):
+                out[row[0]] = row[1:]
+        return out
+
+    def get_generations(self, keys: Iterable[str]) -> dict[str, list[str]]:
+        return {k: json.loads(v[0]) for k, v in self._get("generations", "responses", keys).items()}
+
+    def put_generations(self, items: dict[str, list[str]]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO generations VALUES (?, ?)",
+                                [(k, json.dumps(v, ensure_ascii=False)) for k, v in items.items()])
+
+    def get_logps(self, keys: Iterable[str]) -> dict[str, tuple[float, int]]:
+        return {k: (v[0], v[1]) for k, v in self._get("logps", "logp, n", keys).items()}
+
+    def put_logps(self, items: dict[str, tuple[float, int]]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO logps VALUES (?, ?, ?)",
+                                [(k, v[0], v[1]) for k, v in items.items()])
+
+    def close(self) -> None:
+        self.db.close()
