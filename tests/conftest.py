@@ -16,14 +16,16 @@ TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>
 
 def build_tiny_model(path: Path, chat: bool = True, seed: int = 0) -> Path:
     import torch
-    from tokenizers import Tokenizer, models
+    from tokenizers import Tokenizer, decoders, models
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     chars = sorted(set(string.printable))
     vocab = {t: i for i, t in enumerate(SPECIALS + chars)}
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))  # no merges: one token per character
     tk.add_special_tokens(SPECIALS)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", eos_token="<|end|>")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", eos_token="<|end|>",
+                                  clean_up_tokenization_spaces=False)
     if chat:
         tok.chat_template = TEMPLATE
     torch.manual_seed(seed)

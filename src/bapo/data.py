@@ -77,7 +77,7 @@ def _iter_raw(path: str, split: str) -> Iterator[tuple[int | str, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    yield i, json.loads(line)
+                    yield i, json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e:
                     yield i, Problem(path, i, "json", f"malformed JSON ({e.msg} at column {e.colno})")
     elif kind == "json":

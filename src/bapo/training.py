@@ -191,7 +191,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay, lr_scheduler_type="linear", logging_steps=cfg.logging_steps,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, data_seed=cfg.seed,
-        remove_unused_columns=False, dataloader_num_workers=0, report_to=["tensorboard"] if has_tb else "none",
+        remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=False, report_to=["tensorboard"] if has_tb else "none",
         disable_tqdm=False,
     )
     trainer = PreferenceTrainer(model=model, args=args, train_dataset=examples,
