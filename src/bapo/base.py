@@ -34,13 +34,6 @@ class Reference:
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id
 
-    def _stop_ids(self) -> list[int]:
-        ids = self.model.generation_config.eos_token_id
-        ids = [ids] if isinstance(ids, int) else list(ids or [])
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(self.tokenizer.eos_token_id)
-        return ids
-
     def generate(self, prompts: Sequence[list[dict[str, str]]], cfg: BaseResponseConfig,
                  show: bool = True) -> list[list[str]]:
         """``cfg.num_responses`` base responses for each prompt (chat messages), reusing cached ones.
@@ -52,38 +45,20 @@ class Reference:
         found = self.store.get_generations(keys)
         todo = sorted({k: ids for k, ids in zip(keys, prompt_ids) if k not in found}.items(), key=lambda kv: len(kv[1]))
         if todo:
-            stop = self._stop_ids()
+            stop = stop_ids(self.model, self.tokenizer)
             ctx = progress.bar("base responses", len(todo)) if show else _null_bar()
             with ctx as advance, torch.no_grad():
                 for start in range(0, len(todo), cfg.batch_size):
                     chunk = todo[start : start + cfg.batch_size]
-                    texts = self._generate_batch([ids for _, ids in chunk], cfg, stop, seed_key=chunk[0][0])
+                    texts = self._generate_batch([ids for _, ids in chunk], cfg, stop, chunk[0][0])
                     new = {k: texts[i * cfg.num_responses : (i + 1) * cfg.num_responses] for i, (k, _) in enumerate(chunk)}
                     self.store.put_generations(new)
                     found.update(new)
                     advance(len(chunk))
         return [found[k] for k in keys]
 
-    def _generate_batch(self, batch: list[tuple[int, ...]], cfg: BaseResponseConfig, stop: list[int],
-                        seed_key: str) -> list[str]:
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        attn = torch.zeros_like(input_ids)
-        for i, ids in enumerate(batch):
-            input_ids[i, width - len(ids):] = torch.tensor(ids)
-            attn[i, width - len(ids):] = 1
-        kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, eos_token_id=stop,
-                      pad_token_id=self.pad_id, num_return_sequences=cfg.num_responses)
-        if cfg.do_sample:
-            kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
-            # Seeded by the batch's first prompt: a rerun that regenerates this batch samples the same text.
-            torch.manual_seed(cfg.seed * 1_000_003 + int(seed_key[:12], 16) % 1_000_003)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        self.model.eval()
-        out = self.model.generate(input_ids=input_ids.to(self.model.device), attention_mask=attn.to(self.model.device),
-                                  **kwargs)
-        return [t.strip() for t in self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+    def _generate_batch(self, batch, cfg: BaseResponseConfig, stop: list[int], seed_key: str) -> list[str]:
+        return generate_batch(self.model, self.tokenizer, batch, cfg, stop, seed_key)
 
     def logps(self, seqs: Sequence[Encoded], batch_size: int = 16, show: bool = True,
               description: str = "reference log-probs") -> list[tuple[float, int]]:
@@ -102,6 +77,43 @@ class Reference:
                     self.store.put_logps(new)
                     found.update(new)
         return [found[k] for k in keys]
+
+
+def stop_ids(model, tokenizer) -> list[int]:
+    """Token ids that end a response: the model's generation eos ids plus the tokenizer's eos."""
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, batch: Sequence[Sequence[int]], cfg: BaseResponseConfig, stop: list[int],
+                   seed_key: str = "0") -> list[str]:
+    """Generate for a batch of prompt ids (left-padded here); ``cfg.num_responses`` texts per prompt, in order."""
+    pad = tokenizer.pad_token_id
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    attn = torch.zeros_like(input_ids)
+    for i, ids in enumerate(batch):
+        input_ids[i, width - len(ids):] = torch.tensor(list(ids))
+        attn[i, width - len(ids):] = 1
+    kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, eos_token_id=stop, pad_token_id=pad,
+                  num_return_sequences=cfg.num_responses)
+    if cfg.do_sample:
+        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+        # Seeded by the batch's first prompt: a rerun that regenerates this batch samples the same text.
+        torch.manual_seed(cfg.seed * 1_000_003 + int(seed_key[:12], 16) % 1_000_003)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attn.to(model.device), **kwargs)
+    finally:
+        model.train(was_training)
+    return [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
 
 
 class _null_bar:
