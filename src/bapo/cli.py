@@ -83,6 +83,7 @@ def train(
 ) -> None:
     """Train a personalized LoRA adapter with BAPO or any DPO-family loss.
 
+    Example: [bold]bapo train --data alice.jsonl --out adapters/alice[/] (embedded model, method bapo).
     Runs the base-response step first when its cached outputs are missing. Writes a PEFT adapter, config.yaml,
     metrics.jsonl, the train/holdout split and checkpoints to --out.
     """
@@ -102,6 +103,7 @@ def train(
         **_parse_sets(set_),
     }
     cfg = apply_overrides(_load(TrainConfig, config), overrides)
+    cfg.validate()
     result = run_train(cfg)
     out.print(f"[green]adapter written to[/] {result.out}  ({result.train_examples} pairs, {result.steps} steps, "
               f"{result.seconds:.0f} s; held out: {result.holdout_examples} pairs)")

@@ -43,11 +43,14 @@ def demo_pairs() -> list[dict]:
 
 
 def run_demo(out: Path, model: str = "smollm2-135m-instruct", steps: int = 30, cache_dir: str = "",
-             console: Console | None = None, methods: tuple[str, ...] = ("dpo", "bapo"), lr: float = 2e-4,
+             console: Console | None = None, variants: dict[str, dict] | None = None, lr: float = 2e-4,
              max_new_tokens: int = 64) -> dict:
+    """Train one adapter per variant (name -> ``LossConfig`` fields) and print the comparison table."""
     from bapo.training import train
 
     console = console or Console()
+    variants = variants or {"dpo": {"method": "dpo"}, "bapo": {"method": "bapo"}}
+    methods = tuple(variants)
     t0 = time.time()
     out = Path(out)
     data = out / "user_bullets.jsonl"
@@ -61,7 +64,9 @@ def run_demo(out: Path, model: str = "smollm2-135m-instruct", steps: int = 30, c
         cfg = TrainConfig(model=model, out=str(out / "adapters" / method), cache_dir=cache_dir,
                           data=DataConfig(path=str(data), holdout=0.2), max_steps=steps, batch_size=4, lr=lr,
                           save_steps=max(steps // 2, 1), base=base_cfg)
-        cfg.loss.method = method
+        for k, v in variants[method].items():
+            setattr(cfg.loss, k, v)
+        cfg.validate()
         if (Path(cfg.out) / "adapter_config.json").exists():
             console.print(f"[dim]{method}: adapter already trained in {cfg.out}, reusing it[/]")
         else:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
-import logging
 import os
 import shutil
 import tempfile
@@ -81,7 +79,7 @@ def _convert_embedded(name: str, cache_dir: str) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    logging.getLogger(__name__).info("converting %s to safetensors in %s (once)", gguf.name, target)
+    print(f"converting the embedded {gguf.name} to safetensors in {target} (once, about 20 s)", flush=True)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are already de-quantized to fp32; drop the GGUF marker so the copy saves and reloads as plain HF.
@@ -131,10 +129,15 @@ def load_model(model_path: str):
     """Load a causal LM in fp32 for CPU training, in eval mode."""
     from transformers import AutoModelForCausalLM
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a sub-second "Loading weights" bar is noise between our own bars
     try:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     except Exception as e:
         raise ModelError(_load_message(model_path, e)) from None
+    finally:
+        hf_logging.enable_progress_bar()
     model.eval()
     return model
 
@@ -169,8 +172,3 @@ def add_lora(model, lora: LoraSettings):
     cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                      task_type="CAUSAL_LM", bias="none")
     return get_peft_model(model, cfg)
-
-
-def describe(model_path: str) -> dict:
-    cfg = Path(model_path) / "config.json"
-    return json.loads(cfg.read_text()) if cfg.exists() else {}
