@@ -128,3 +128,15 @@ def test_greedy_base_responses_do_not_depend_on_batching(tmp_path, tiny_model):
     ref2 = open_reference(tiny_model, DataConfig(), str(tmp_path / "c2"))
     single = ref2.generate(prompts, BaseResponseConfig(max_new_tokens=8, batch_size=1), show=False)
     assert batched == single and all(len(r) == 1 for r in batched)
+
+
+def test_sampled_base_responses_several_per_prompt_and_reproducible(tmp_path, tiny_model):
+    from bapo.base import open_reference
+    from bapo.config import BaseResponseConfig
+
+    prompts = [[{"role": "user", "content": q}] for q in ("Hi", "Tell me more, please.")]
+    cfg = BaseResponseConfig(max_new_tokens=8, do_sample=True, temperature=1.0, num_responses=3, seed=5)
+    first = open_reference(tiny_model, DataConfig(), str(tmp_path / "c1")).generate(prompts, cfg, show=False)
+    again = open_reference(tiny_model, DataConfig(), str(tmp_path / "c2")).generate(prompts, cfg, show=False)
+    assert [len(r) for r in first] == [3, 3] and first == again
+    assert len({t for r in first for t in r}) > 1  # sampling, not three copies of the greedy answer

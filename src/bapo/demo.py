@@ -23,6 +23,9 @@ from bapo.evaluation import Stat, evaluate_pairs
 from bapo.io import atomic_write_text, write_json, write_jsonl
 from bapo.tokens import encode_pairs
 
+# The paper's anchor (log-probs summed over the response) and the per-token variant, both at lambda = 1.
+DEFAULT_VARIANTS = {"dpo": {"method": "dpo"}, "bapo": {"method": "bapo"},
+                    "bapo_mean": {"method": "bapo", "anchor_reduction": "mean"}}
 BULLET = re.compile(r"^\s*([-*•]|\d+[.)])\s+")
 
 
@@ -49,7 +52,7 @@ def run_demo(out: Path, model: str = "smollm2-135m-instruct", steps: int = 30, c
     from bapo.training import train
 
     console = console or Console()
-    variants = variants or {"dpo": {"method": "dpo"}, "bapo": {"method": "bapo"}}
+    variants = variants or DEFAULT_VARIANTS
     methods = tuple(variants)
     t0 = time.time()
     out = Path(out)
