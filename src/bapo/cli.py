@@ -163,6 +163,48 @@ def validate(
               + (f", users: {', '.join(users)}" if users else ""))
 
 
+@app.command("eval")
+def eval_(
+    more: Annotated[Optional[list[str]], typer.Argument(help="More adapter directories: --adapters a/ b/ c/ works.", show_default=False)] = None,
+    adapters: Annotated[Optional[list[str]], typer.Option("--adapters", help="Adapter directories to compare with the base model.")] = None,
+    model: Annotated[str, Opt(help=MODEL_HELP)] = "smollm2-135m-instruct",
+    suite: Annotated[str, Opt(help="default (data shipped with bapo) or a suite YAML file.")] = "default",
+    out_dir: Annotated[Path, Opt("--out", help="Output directory for results.json/.csv/.md.")] = Path("results"),
+    adapter_scale: Annotated[Optional[str], Opt(help="Comma-separated LoRA scales, e.g. 0,0.5,1 [1].")] = None,
+    reward_model: Annotated[Optional[str], Opt(help="Sequence-classification reward model scoring generated answers.")] = None,
+    lm_eval_tasks: Annotated[Optional[str], Opt(help="Comma-separated lm-evaluation-harness tasks (needs lm-eval).")] = None,
+    batch_size: Annotated[int, Opt(help="Sequences per scoring batch.")] = 16,
+    cache_dir: Annotated[Optional[str], Opt(help="Cache directory [~/.cache/bapo].")] = None,
+) -> None:
+    """Evaluate the base model and adapters side by side: personalization gained, knowledge and alignment kept.
+
+    Every metric comes with n and a standard error; adapters also with the paired change against the base model
+    and its 95% interval. The base model's scores are computed once and cached.
+    """
+    from bapo.compare import EvalConfig, run_eval
+
+    try:
+        scales = [float(x) for x in adapter_scale.split(",")] if adapter_scale else [1.0]
+    except ValueError:
+        raise ConfigError(f"--adapter-scale {adapter_scale}: expected numbers separated by commas") from None
+    names = [a for item in [*(adapters or []), *(more or [])] for a in item.split(",") if a]
+    run_eval(EvalConfig(model=model, adapters=names, suite=suite, out=str(out_dir), adapter_scales=scales,
+                        reward_model=reward_model or "", batch_size=batch_size, cache_dir=cache_dir or "",
+                        lm_eval_tasks=[t for t in (lm_eval_tasks or "").split(",") if t]), console=out)
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="A results directory written by bapo eval (or its results.json).")],
+    out_dir: Annotated[Path, Opt("--out", help="Where to write the PNG plots and report.html.")] = Path("report"),
+) -> None:
+    """Plots and one self-contained HTML page from bapo eval's results."""
+    from bapo.report import write_report
+
+    page = write_report(results, out_dir)
+    out.print(f"[green]report written to[/] {page}")
+
+
 @app.command()
 def demo(
     out_dir: Annotated[Path, Opt("--out", help="Where the demo writes data, adapters and its table.")] = Path("demo_out"),

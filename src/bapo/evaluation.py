@@ -1,7 +1,7 @@
-"""Held-out evaluation of a policy against its reference: personalization gained, and drift on the reference's own
-answers. (The full suite with knowledge and general alignment arrives with ``bapo eval``.)
+"""Metrics of one model on one task, as *per-item* values, so that every mean comes with a standard error and every
+change against the base model with a paired interval over the same items.
 
-Everything is a mean over items with its standard error, so a reader can tell a change from noise.
+Nothing here loads models or knows about adapters; :mod:`bapo.compare` runs these over the base model and adapters.
 """
 
 from __future__ import annotations
@@ -10,8 +10,15 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from bapo.base import Example
+import torch
+
+from bapo.base import Example, generate_batch, stop_ids
+from bapo.config import BaseResponseConfig
 from bapo.logprobs import score
+from bapo.suites import McItem, PairItem
+from bapo.tokens import Encoded, Renderer
+
+Z95 = 1.959964
 
 
 @dataclass(frozen=True)
@@ -35,27 +42,120 @@ class Stat:
         return f"{self.value:.3f} ± {self.stderr:.3f}"
 
 
-def evaluate_pairs(model, examples: list[Example], pad_id: int, batch_size: int = 16) -> dict[str, Stat]:
-    """Preference and drift metrics of ``model`` on held-out examples (reference log-probs precomputed).
+def paired_delta(xs: Sequence[float], base: Sequence[float]) -> tuple[float, float, float, float]:
+    """Mean change ``xs - base`` over the same items: (delta, stderr, 95% low, 95% high)."""
+    assert len(xs) == len(base), "a paired difference needs the same items"
+    s = Stat.of([a - b for a, b in zip(xs, base)])
+    return s.value, s.stderr, s.value - Z95 * s.stderr, s.value + Z95 * s.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Global knowledge
+
+
+def mc_scores(model, tokenizer, items: Sequence[McItem], batch_size: int = 32) -> dict[str, list[float]]:
+    """Zero-shot multiple choice, as lm-evaluation-harness: ``acc`` picks the choice of highest log-likelihood given
+    the question, ``acc_norm`` the highest log-likelihood per byte of the choice. Every choice of every question
+    goes into length-sorted batches together, so a batch mixes questions."""
+    seqs, owner = [], []
+    for i, it in enumerate(items):
+        ctx = tuple(tokenizer(it.context)["input_ids"])
+        for c in it.choices:
+            seqs.append(Encoded(ctx, tuple(tokenizer(" " + c, add_special_tokens=False)["input_ids"])))
+            owner.append(i)
+    vals = score(model, seqs, tokenizer.pad_token_id, batch_size)
+    acc, acc_norm = [], []
+    k = 0
+    for it in items:
+        lp = [vals[k + j][0] for j in range(len(it.choices))]
+        norm = [lp[j] / max(len((" " + c).encode()), 1) for j, c in enumerate(it.choices)]
+        k += len(it.choices)
+        acc.append(float(max(range(len(lp)), key=lp.__getitem__) == it.gold))
+        acc_norm.append(float(max(range(len(norm)), key=norm.__getitem__) == it.gold))
+    return {"acc": acc, "acc_norm": acc_norm}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# General alignment
+
+
+def general_pair_scores(model, renderer: Renderer, items: Sequence[PairItem], batch_size: int = 16
+                        ) -> dict[str, list[float]]:
+    """How often the model still prefers the generally preferred reply: by total log-likelihood (``acc``) and by
+    per-token log-likelihood (``acc_norm``)."""
+    seqs = []
+    for it in items:
+        for resp in (it.chosen, it.rejected):
+            seqs.append(renderer.encode(it.messages, resp, "general pair", "response", [], truncate=True))
+    vals = score(model, seqs, renderer.tok.pad_token_id, batch_size)
+    acc, acc_norm = [], []
+    for i in range(len(items)):
+        (c, nc), (r, nr) = vals[2 * i], vals[2 * i + 1]
+        acc.append(float(c > r))
+        acc_norm.append(float(c / max(nc, 1) > r / max(nr, 1)))
+    return {"acc": acc, "acc_norm": acc_norm}
+
+
+def drift_scores(model, base_seqs: Sequence[Encoded], ref_logps: Sequence[float], pad_id: int,
+                 batch_size: int = 16) -> dict[str, list[float]]:
+    """Per-token change of log p of the reference's own answers: ``(log pi(y_b) - log pi_ref(y_b)) / |y_b|``.
+
+    Averaged over answers sampled from the reference this estimates -KL(pi_ref || pi) per token: 0 means the model
+    still says what the reference says; negative means it moved away.
+    """
+    vals = score(model, base_seqs, pad_id, batch_size)
+    return {"logp_change_per_token": [(p - r) / max(n, 1) for (p, n), r in zip(vals, ref_logps)]}
+
+
+def reward_scores(model, renderer: Renderer, prompts: Sequence[list[dict[str, str]]], reward_model, reward_tokenizer,
+                  max_new_tokens: int = 64, batch_size: int = 8) -> dict[str, list[float]]:
+    """Mean reward-model score of the model's own greedy answers to general prompts."""
+    tok = renderer.tok
+    cfg = BaseResponseConfig(max_new_tokens=max_new_tokens)
+    stop = stop_ids(model, tok)
+    ids = [renderer.prompt_ids(m)[-renderer.max_prompt_length:] for m in prompts]
+    texts = [t for i in range(0, len(ids), batch_size) for t in generate_batch(model, tok, ids[i:i + batch_size], cfg, stop)]
+    scores = []
+    with torch.no_grad():
+        for msgs, text in zip(prompts, texts):
+            conv = [*msgs, {"role": "assistant", "content": text}]
+            if getattr(reward_tokenizer, "chat_template", None):
+                inp = reward_tokenizer.apply_chat_template(conv, tokenize=False)
+            else:
+                inp = "\n\n".join(m["content"] for m in conv)
+            enc = reward_tokenizer(inp, return_tensors="pt", truncation=True, max_length=1024)
+            scores.append(reward_model(**enc).logits[0, 0].float().item())
+    return {"score": scores}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Personalization
+
+
+def personal_scores(model, examples: Sequence[Example], pad_id: int, batch_size: int = 16) -> dict[str, list[float]]:
+    """On the user's held-out pairs (reference log-probs precomputed):
 
     - ``reward_acc``: the implicit DPO reward ranks chosen above rejected (ties count one half, so the reference
-      itself scores 0.5).
-    - ``ll_acc``: the per-token log-likelihood of chosen is above that of rejected (needs no reference).
-    - ``margin``: mean implicit log-ratio margin ``(log pi/pi_ref)(y_w) - (log pi/pi_ref)(y_l)``, in nats.
-    - ``base_drift``: mean per-token change of log p(y_b) against the reference; negative means the model moved
-      away from what the reference itself says (an estimate of -KL(ref || policy) per token).
+      itself scores 0.5);
+    - ``ll_acc``: per-token log-likelihood of chosen above rejected (needs no reference);
+    - ``margin``: implicit log-ratio margin ``log(pi/pi_ref)(y_w) - log(pi/pi_ref)(y_l)`` in nats.
     """
-    seqs = [s for e in examples for s in (e.chosen, e.rejected)] + [b for e in examples for b in e.base]
+    seqs = [s for e in examples for s in (e.chosen, e.rejected)]
     vals = score(model, seqs, pad_id, batch_size)
-    pairs, base_vals = vals[: 2 * len(examples)], vals[2 * len(examples):]
     reward_acc, ll_acc, margin = [], [], []
     for i, e in enumerate(examples):
-        (pc, nc), (pr, nr) = pairs[2 * i], pairs[2 * i + 1]
+        (pc, nc), (pr, nr) = vals[2 * i], vals[2 * i + 1]
         m = (pc - e.ref_chosen) - (pr - e.ref_rejected)
         margin.append(m)
         reward_acc.append(0.5 if abs(m) < 1e-4 else float(m > 0))
         ll_acc.append(float(pc / max(nc, 1) > pr / max(nr, 1)))
-    ref_base = [r for e in examples for r in e.ref_base]
-    drift = [(p - r) / max(n, 1) for (p, n), r in zip(base_vals, ref_base)]
-    return {"reward_acc": Stat.of(reward_acc), "ll_acc": Stat.of(ll_acc), "margin": Stat.of(margin),
-            "base_drift": Stat.of(drift)}
+    return {"reward_acc": reward_acc, "ll_acc": ll_acc, "margin": margin}
+
+
+def evaluate_pairs(model, examples: list[Example], pad_id: int, batch_size: int = 16) -> dict[str, Stat]:
+    """Personalization on held-out examples plus drift on their base responses, as :class:`Stat` (for the demo)."""
+    out = {k: Stat.of(v) for k, v in personal_scores(model, examples, pad_id, batch_size).items()}
+    base = [b for e in examples for b in e.base]
+    ref = [r for e in examples for r in e.ref_base]
+    out["base_drift"] = Stat.of(drift_scores(model, base, ref, pad_id, batch_size)["logp_change_per_token"])
+    return out

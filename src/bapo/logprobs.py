@@ -35,7 +35,7 @@ def _split_head(model):
     if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
         return None
     body = base.get_decoder() if hasattr(base, "get_decoder") else None
-    head = base.get_output_embeddings()
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if body is None or head is None:
         return None
     return body, head

@@ -1,4 +1,4 @@
-"""A keyed on-disk cache of base responses and reference log-probs.
+"""A keyed on-disk cache of base responses, reference log-probs and per-item evaluation scores.
 
 SQLite rather than a directory of files: every batch is one transaction, so a killed job leaves only whole entries
 and a rerun resumes at the first missing key; several processes (one per GPU under accelerate) can share it.
@@ -25,6 +25,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, responses TEXT NOT NULL)")
         self.db.execute("CREATE TABLE IF NOT EXISTS logps (key TEXT PRIMARY KEY, logp REAL NOT NULL, n INTEGER NOT NULL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS evals (key TEXT PRIMARY KEY, scores TEXT NOT NULL)")
         self.db.commit()
 
     def _get(self, table: str, cols: str, keys: Iterable[str]) -> dict[str, tuple]:
@@ -52,6 +53,14 @@ class Store:
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO logps VALUES (?, ?, ?)",
                                 [(k, v[0], v[1]) for k, v in items.items()])
+
+    def get_eval(self, key: str) -> dict[str, list[float]] | None:
+        row = self._get("evals", "scores", [key]).get(key)
+        return json.loads(row[0]) if row else None
+
+    def put_eval(self, key: str, scores: dict[str, list[float]]) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO evals VALUES (?, ?)", (key, json.dumps(scores)))
 
     def close(self) -> None:
         self.db.close()
