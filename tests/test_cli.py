@@ -78,3 +78,17 @@ def test_validate_and_base_commands(tmp_path, tiny_model):
     rows = [json.loads(x) for x in Path(tmp_path / "b.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(set(r["ref_logps"]) == {"chosen", "rejected", "base"} for r in rows)
     assert all(r["ref_logps"]["chosen"] < 0 for r in rows)
+
+
+def test_eval_and_report_commands(tmp_path, tiny_model):
+    r = bapo("eval", "--help")
+    assert r.returncode == 0 and "--adapter-scale" in r.stdout and "--suite" in r.stdout
+    r = bapo("eval", "--model", tiny_model, "--adapters", tmp_path, "--out", tmp_path / "res")
+    assert r.returncode == 2 and "not an adapter directory" in r.stderr
+    r = bapo("eval", "--model", tiny_model, "--adapter-scale", "0,half", "--out", tmp_path / "res")
+    assert r.returncode == 2 and "--adapter-scale 0,half" in r.stderr
+    r = bapo("report", tmp_path / "nothing", "--out", tmp_path / "rep")
+    assert r.returncode == 2 and "not found (run bapo eval first)" in r.stderr and not (tmp_path / "rep").exists()
+    (tmp_path / "bad.json").write_text("{oops")
+    r = bapo("report", tmp_path / "bad.json")
+    assert r.returncode == 2 and f"{tmp_path / 'bad.json'}:1: json: malformed JSON" in r.stderr

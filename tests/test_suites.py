@@ -70,3 +70,11 @@ def test_suite_yaml_errors(tmp_path):
     (tmp_path / "s.yaml").write_text("tasks:\n  - {name: k, kind: mc, path: k.jsonl, limit: 5}\n")
     (spec,) = load_suite(str(tmp_path / "s.yaml")).tasks
     assert spec.path == str(tmp_path / "k.jsonl") and spec.limit == 5  # relative to the suite file
+
+
+@needs_shared
+def test_the_shared_suite_file_points_at_real_files():
+    from pathlib import Path
+
+    suite = load_suite(str(Path(__file__).resolve().parents[1] / "suites" / "shared.yaml"))
+    assert len(suite.tasks) == 5 and all(Path(t.path).exists() for t in suite.tasks)

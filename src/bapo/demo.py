@@ -102,6 +102,14 @@ def run_demo(out: Path, model: str = "smollm2-135m-instruct", steps: int = 30, c
     console.print(f"[bold]first held-out prompt:[/] {held[0].messages[-1]['content']}")
     for name, r in results.items():
         console.print(f"[bold]{name}:[/] {r['sample'][:300]!r}")
+    console.rule("bapo eval: knowledge and general alignment kept (default suite)")
+    from bapo.compare import EvalConfig, run_eval
+    from bapo.report import write_report
+
+    run_eval(EvalConfig(model=model, adapters=[str(adapters[m]) for m in methods], out=str(out / "eval"),
+                        cache_dir=cache_dir), console)
+    page = write_report(out / "eval", out / "report")
+    console.print(f"[bold green]report:[/] {page}")
     seconds = time.time() - t0
     report = {"model": model, "steps": steps, "lr": lr, "held_out": len(held), "seconds": round(seconds, 1),
               "results": {n: {"sample": r["sample"], **{k: vars(v) for k, v in r["metrics"].items()}}
