@@ -1,6 +1,7 @@
 """``bapo eval`` and ``bapo report`` end to end on a tiny model with two tiny adapters."""
 
 import json
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -128,3 +129,25 @@ def test_report_page_renders_in_headless_chromium(setup, evaluated, tmp_path):
     img = mpimg.imread(shot)
     assert img.shape[:2] == (1600, 1200)
     assert img[..., :3].std() > 0.05  # tables and plots drawn, not an empty white page
+
+
+def test_reward_model_scores_generated_answers(setup, tiny_model, tmp_path):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    root, adapters = setup
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    torch.manual_seed(0)
+    rm = LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                                    num_labels=1, pad_token_id=tok.pad_token_id))
+    rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    (tmp_path / "s.yaml").write_text(f"tasks:\n  - {{name: rw, kind: reward, path: {root / 'prompts.jsonl'}, max_new_tokens: 5}}\n")
+    records = run_eval(EvalConfig(model=tiny_model, adapters=adapters[:1], suite=str(tmp_path / "s.yaml"),
+                                  out=str(tmp_path / "r"), reward_model=str(tmp_path / "rm"), cache_dir=str(root / "cache")))
+    rw = {r["model"]: r for r in records if r["task"] == "rw"}
+    assert set(rw) == {"base", "dpo"} and rw["base"]["n"] == 4 and rw["base"]["metric"] == "score"
+    assert all(math.isfinite(r["value"]) for r in rw.values())
+    with pytest.raises(bapo.ConfigError, match="needs --reward-model"):
+        run_eval(EvalConfig(model=tiny_model, suite=str(tmp_path / "s.yaml"), out=str(tmp_path / "r2")))
