@@ -120,7 +120,6 @@ def worker_check(a) -> dict:
     """Both implementations' DPO loss on TRL's first batch, from the same perturbed LoRA weights."""
     import datasets
     import torch
-    from peft import get_peft_model
     from transformers import set_seed
     from trl import DPOConfig, DPOTrainer
 
@@ -132,17 +131,18 @@ def worker_check(a) -> dict:
     rows = [json.loads(x) for x in Path(a.data).read_text().splitlines()]
     tok = load_tokenizer(a.model_path)
     set_seed(a.seed)
-    model = get_peft_model(load_model(a.model_path), lora_config())
-    g = torch.Generator().manual_seed(a.seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
     with tempfile.TemporaryDirectory() as tmp:
         args = DPOConfig(output_dir=tmp, per_device_train_batch_size=a.batch_size, beta=0.1, loss_type=["sigmoid"],
                          max_length=1024, report_to="none", use_cpu=True, seed=a.seed, dataloader_num_workers=0)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
-                             processing_class=tok)
+        # A fresh adapter (so TRL's reference is the adapter-disabled base), then moved off zero: policy != reference.
+        trainer = DPOTrainer(model=load_model(a.model_path), args=args, processing_class=tok,
+                             train_dataset=datasets.Dataset.from_list(rows), peft_config=lora_config())
+        model = trainer.model
+        g = torch.Generator().manual_seed(a.seed)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.02)
         batch = next(iter(trainer.get_train_dataloader()))
         model.eval()
         with torch.no_grad():
