@@ -4,7 +4,6 @@ import json
 import math
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -151,3 +150,24 @@ def test_reward_model_scores_generated_answers(setup, tiny_model, tmp_path):
     assert all(math.isfinite(r["value"]) for r in rw.values())
     with pytest.raises(bapo.ConfigError, match="needs --reward-model"):
         run_eval(EvalConfig(model=tiny_model, suite=str(tmp_path / "s.yaml"), out=str(tmp_path / "r2")))
+
+
+def test_a_profile_user_also_gets_the_rule_score_of_generated_answers(setup, tiny_model, tmp_path, monkeypatch):
+    from bapo import profiles
+
+    root, adapters = setup
+    seen = []
+    monkeypatch.setitem(profiles.PROFILES, "ann", lambda text: seen.append(text) or float(len(text) % 2))
+    records = run_eval(EvalConfig(model=tiny_model, adapters=adapters[:1], suite=str(root / "suite.yaml"),
+                                  out=str(tmp_path / "r"), cache_dir=str(root / "cache")))
+    prof = {r["model"]: r for r in records if r["metric"] == "profile_score"}
+    assert set(prof) == {"base", "dpo"} and prof["base"]["n"] == 6  # 30% of 20 distinct prompts held out
+    assert prof["base"]["value"] == sum(len(t) % 2 for t in seen[:6]) / 6
+
+
+def test_bullet_rule():
+    from bapo.profiles import PROFILES, is_bullet_list
+
+    assert is_bullet_list("- a\n- b\n- c") and is_bullet_list("1. a\n2) b")
+    assert not is_bullet_list("- only one") and not is_bullet_list("A paragraph.\nAnother line.\n- one bullet")
+    assert PROFILES["bullet-lover"]("* x\n* y") == 1.0

@@ -33,8 +33,8 @@ def plain_loss(model, examples, beta, lam):
     return total / len(examples)
 
 
-@pytest.mark.parametrize("method", ["dpo", "bapo"])
-def test_batched_step_equals_the_straightforward_loss(tiny_model, method):
+@pytest.mark.parametrize("method,pack,k", [("dpo", True, 1), ("bapo", True, 1), ("bapo", True, 2), ("bapo", False, 2)])
+def test_batched_step_equals_the_straightforward_loss(tiny_model, method, pack, k):
     tok = load_tokenizer(tiny_model)
     r = Renderer(tok, DataConfig())
     torch.manual_seed(0)
@@ -48,13 +48,15 @@ def test_batched_step_equals_the_straightforward_loss(tiny_model, method):
         return r.encode([{"role": "user", "content": q}], a, "x", "c", [])
 
     examples = [Example(enc(f"Question {i}" + "?" * i, "- yes\n- sure" * (i % 3 + 1)), enc(f"Question {i}" + "?" * i, "No."),
-                        -20.0 - i, -8.0 + i, [enc(f"Question {i}" + "?" * i, "Maybe, it depends." * (i % 2 + 1))],
-                        [-15.0 - 2 * i], ["..."]) for i in range(6)]
+                        -20.0 - i, -8.0 + i,
+                        [enc(f"Question {i}" + "?" * i, "Maybe, it depends." * (i % 2 + j + 1)) for j in range(k)],
+                        [-15.0 - 2 * i - 5 * j for j in range(k)], ["..."] * k) for i in range(6)]
     cfg = LossConfig(method=method, beta=0.2, anchor_lambda=0.7)
     for chunk in (examples[:3], examples[3:]):
-        batch = PairCollator(tok.pad_token_id, with_base=method == "bapo")(chunk)
+        batch = PairCollator(tok.pad_token_id, with_base=method == "bapo", pack=pack)(chunk)
+        assert ("seq" in batch) == pack
         got, metrics = preference_loss(batch_pair_logps(model, batch), cfg)
         want = plain_loss(model, chunk, 0.2, 0.7 if method == "bapo" else 0.0)
-        assert got.item() == pytest.approx(want.item(), abs=1e-5)
+        assert got.item() == pytest.approx(want.item(), rel=1e-6, abs=1e-5)
         if method == "bapo":
             assert metrics["loss/anchor"].item() > 0 and math.isfinite(metrics["anchor/gap"].item())

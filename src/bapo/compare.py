@@ -24,8 +24,10 @@ from bapo.base import Reference, build_examples, open_reference
 from bapo.config import DEFAULT_MODEL, BaseResponseConfig, DataConfig, _f
 from bapo.data import load_pairs
 from bapo.errors import ConfigError
-from bapo.evaluation import Stat, drift_scores, general_pair_scores, mc_scores, paired_delta, personal_scores, reward_scores
+from bapo.evaluation import (Stat, drift_scores, general_pair_scores, mc_scores, paired_delta, personal_scores,
+                             profile_scores, reward_scores)
 from bapo.io import atomic_write_text, write_json
+from bapo.profiles import PROFILES
 from bapo.store import make_key
 from bapo.suites import TaskSpec, load_general_pairs, load_mc, load_prompts, load_suite
 from bapo.tokens import encode_pairs
@@ -212,12 +214,18 @@ def _task_key(tasks: _Tasks, name: str) -> str:
     spec = next((t for t in tasks.specs if t.name == name), None)
     if spec is not None:
         return spec.key()
-    return hashlib.sha256(json.dumps([p.to_record() for p in tasks.personal[name]]).encode()).hexdigest()[:16]
+    rule = name.split(":", 1)[1] if name.split(":", 1)[1] in PROFILES else ""
+    return hashlib.sha256(json.dumps([rule, [p.to_record() for p in tasks.personal[name]]]).encode()).hexdigest()[:16]
 
 
 def _score_task(model, ref: Reference, tasks: _Tasks, name: str, cfg: EvalConfig, reward) -> dict[str, list[float]]:
     if name in tasks.personal:
-        return personal_scores(model, tasks.personal_examples[name], ref.pad_id, cfg.batch_size)
+        out = personal_scores(model, tasks.personal_examples[name], ref.pad_id, cfg.batch_size)
+        rule = PROFILES.get(name.split(":", 1)[1])
+        if rule is not None:  # the user's own rule, applied to what the model now writes for held-out prompts
+            prompts = list({p.prompt_key: p.messages for p in tasks.personal[name]}.values())
+            out["profile_score"] = profile_scores(model, ref.renderer, prompts, rule)["profile_score"]
+        return out
     spec = next(t for t in tasks.specs if t.name == name)
     items = tasks.items[name]
     if spec.kind == "mc":

@@ -154,6 +154,7 @@ class TrainConfig:
     save_steps: int = _f(50, "Checkpoint every N optimizer steps.")
     logging_steps: int = _f(1, "Log metrics every N optimizer steps.")
     resume: bool = _f(False, "Continue from the newest checkpoint in OUT/checkpoints.")
+    pack_prompts: bool = _f(True, "Encode each prompt once for its chosen, rejected and base responses (4D mask).")
 
     def validate(self) -> None:
         if not self.out:

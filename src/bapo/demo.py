@@ -8,7 +8,6 @@ the same pairs with the same settings; the table compares them with the untouche
 from __future__ import annotations
 
 import json
-import re
 import time
 from importlib import resources
 from pathlib import Path
@@ -16,25 +15,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bapo.base import build_examples, generate_batch, open_reference, stop_ids
+from bapo.base import build_examples, open_reference
 from bapo.config import BaseResponseConfig, DataConfig, TrainConfig
-from bapo.data import PreferencePair, load_pairs
-from bapo.evaluation import Stat, evaluate_pairs
+from bapo.data import load_pairs
+from bapo.evaluation import Stat, evaluate_pairs, generate_answers
 from bapo.io import atomic_write_text, write_json, write_jsonl
+from bapo.profiles import is_bullet_list
 from bapo.tokens import encode_pairs
 
 # The paper's anchor (log-probs summed over the response) and the per-token variant, both at lambda = 1.
 DEFAULT_VARIANTS = {"dpo": {"method": "dpo"}, "bapo": {"method": "bapo"},
                     "bapo_mean": {"method": "bapo", "anchor_reduction": "mean"}}
-BULLET = re.compile(r"^\s*([-*•]|\d+[.)])\s+")
-
-
-def is_bullet_list(text: str) -> bool:
-    """The simulated user's rule: at least two lines, and at least two thirds of them start with a bullet marker."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    return len(lines) >= 2 and sum(bool(BULLET.match(line)) for line in lines) * 3 >= 2 * len(lines)
-
-
 def demo_pairs() -> list[dict]:
     rows = []
     text = resources.files("bapo").joinpath("resources/demo_prompts.jsonl").read_text(encoding="utf-8")
@@ -86,7 +77,7 @@ def run_demo(out: Path, model: str = "smollm2-135m-instruct", steps: int = 30, c
     for name in ("base", *methods):
         policy = ref.model if name == "base" else _with_adapter(model, cache_dir, adapters[name])
         metrics = evaluate_pairs(policy, examples, ref.pad_id)
-        texts = _generate(policy, ref, held, max_new_tokens)
+        texts = generate_answers(policy, ref.renderer, [p.messages for p in held], max_new_tokens)
         metrics["bullet_rate"] = Stat.of([float(is_bullet_list(t)) for t in texts])
         results[name] = {"metrics": metrics, "sample": texts[0]}
 
@@ -126,13 +117,6 @@ def _with_adapter(model: str, cache_dir: str, adapter: Path):
     from bapo.models import load_model, resolve_model
 
     return PeftModel.from_pretrained(load_model(resolve_model(model, cache_dir)), str(adapter)).eval()
-
-
-def _generate(policy, ref, pairs: list[PreferencePair], max_new_tokens: int) -> list[str]:
-    cfg = BaseResponseConfig(max_new_tokens=max_new_tokens)
-    ids = [ref.renderer.prompt_ids(p.messages) for p in pairs]
-    stop = stop_ids(ref.model, ref.tokenizer)
-    return [t for i in range(0, len(ids), 16) for t in generate_batch(policy, ref.tokenizer, ids[i:i + 16], cfg, stop)]
 
 
 def _plain(table: Table) -> str:

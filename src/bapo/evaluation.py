@@ -107,14 +107,26 @@ def drift_scores(model, base_seqs: Sequence[Encoded], ref_logps: Sequence[float]
     return {"logp_change_per_token": [(p - r) / max(n, 1) for (p, n), r in zip(vals, ref_logps)]}
 
 
+def generate_answers(model, renderer: Renderer, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int = 64,
+                     batch_size: int = 8) -> list[str]:
+    """The model's greedy answers to ``prompts`` (chat messages)."""
+    cfg = BaseResponseConfig(max_new_tokens=max_new_tokens)
+    stop = stop_ids(model, renderer.tok)
+    ids = [renderer.prompt_ids(m)[-renderer.max_prompt_length:] for m in prompts]
+    return [t for i in range(0, len(ids), batch_size)
+            for t in generate_batch(model, renderer.tok, ids[i:i + batch_size], cfg, stop)]
+
+
+def profile_scores(model, renderer: Renderer, prompts: Sequence[list[dict[str, str]]], rule,
+                   max_new_tokens: int = 64) -> dict[str, list[float]]:
+    """A profile's scoring rule (:mod:`bapo.profiles`) applied to the model's own answers to ``prompts``."""
+    return {"profile_score": [float(rule(t)) for t in generate_answers(model, renderer, prompts, max_new_tokens)]}
+
+
 def reward_scores(model, renderer: Renderer, prompts: Sequence[list[dict[str, str]]], reward_model, reward_tokenizer,
                   max_new_tokens: int = 64, batch_size: int = 8) -> dict[str, list[float]]:
     """Mean reward-model score of the model's own greedy answers to general prompts."""
-    tok = renderer.tok
-    cfg = BaseResponseConfig(max_new_tokens=max_new_tokens)
-    stop = stop_ids(model, tok)
-    ids = [renderer.prompt_ids(m)[-renderer.max_prompt_length:] for m in prompts]
-    texts = [t for i in range(0, len(ids), batch_size) for t in generate_batch(model, tok, ids[i:i + batch_size], cfg, stop)]
+    texts = generate_answers(model, renderer, prompts, max_new_tokens, batch_size)
     scores = []
     with torch.no_grad():
         for msgs, text in zip(prompts, texts):

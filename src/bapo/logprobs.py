@@ -66,22 +66,103 @@ def sequence_logps(model, batch: dict[str, Tensor], fast: bool = True) -> tuple[
 
 
 @torch.no_grad()
-def score(model, seqs: Sequence[Encoded], pad_id: int, batch_size: int = 16, progress=None) -> list[tuple[float, int]]:
-    """(log p, n tokens) of every response under ``model`` in eval mode; batches are built by length."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
+def score(model, seqs: Sequence[Encoded], pad_id: int, batch_size: int = 16, progress=None,
+          pack: bool = True) -> list[tuple[float, int]]:
+    """(log p, n tokens) of every response under ``model`` in eval mode.
+
+    Sequences that share a prompt are packed into one row (the prompt encoded once); rows are batched by length,
+    ``batch_size`` sequences at a time.
+    """
     out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(seqs):
+        by_prompt.setdefault(s.prompt if pack else (i,), []).append(i)
+    groups = sorted(by_prompt.values(), key=lambda idx: len(seqs[idx[0]].prompt) + sum(len(seqs[i].response) for i in idx))
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = pad_batch([seqs[i] for i in idx], pad_id)
+        start = 0
+        while start < len(groups):
+            chunk, n = [], 0
+            while start < len(groups) and (not chunk or n + len(groups[start]) <= batch_size):
+                chunk.append(groups[start])
+                n += len(groups[start])
+                start += 1
+            order = [list(range(sum(map(len, chunk[:g])), sum(map(len, chunk[: g + 1])))) for g in range(len(chunk))]
+            batch = pack_groups([[seqs[i] for i in idx] for idx in chunk], pad_id, order)
             batch = {k: v.to(model.device) for k, v in batch.items()}
-            sums, lens = sequence_logps(model, batch)
-            for i, s, n in zip(idx, sums.tolist(), lens.tolist()):
-                out[i] = (s, int(n))
+            sums, lens = packed_logps(model, batch)
+            flat = [i for idx in chunk for i in idx]
+            for i, s_, c in zip(flat, sums.tolist(), lens.tolist()):
+                out[i] = (s_, int(c))
             if progress is not None:
-                progress(len(idx))
+                progress(len(flat))
     finally:
         model.train(was_training)
     return out
+
+
+def pack_groups(groups: Sequence[Sequence[Encoded]], pad_id: int,
+                order: Sequence[Sequence[int]] | None = None) -> dict[str, Tensor]:
+    """One row per group of sequences that share a prompt: ``prompt, response_1, response_2, ...``.
+
+    The prompt is encoded once for all its responses: a 4D attention mask lets each response see the prompt and its
+    own earlier tokens only, and position ids restart after the prompt for every response, so each response's
+    log-probs equal those of ``prompt + response`` on its own. Sequence ``k`` of group ``g`` is output ``g + k * G``
+    (all first responses, then all second ones...), matching :class:`bapo.training.PairCollator`'s order, unless
+    ``order[g][k]`` gives each sequence's output index.
+    """
+    n_groups = len(groups)
+    if order is None:
+        assert all(len(g) == len(groups[0]) for g in groups), "every group needs the same number of responses"
+        order = [[g + k * n_groups for k in range(len(grp))] for g, grp in enumerate(groups)]
+    assert all(s.prompt == g[0].prompt for g in groups for s in g), "a group shares one prompt"
+    length = max(len(g[0].prompt) + sum(len(s.response) for s in g) for g in groups)
+    ids = torch.full((n_groups, length), pad_id, dtype=torch.long)
+    pos = torch.zeros((n_groups, length), dtype=torch.long)
+    seg = torch.full((n_groups, length), -1, dtype=torch.long)  # -1 pad, 0 prompt, k+1 response k
+    rows, cols, labels, seq = [], [], [], []
+    for g, group in enumerate(groups):
+        p = len(group[0].prompt)
+        ids[g, :p] = torch.tensor(group[0].prompt)
+        pos[g, :p] = torch.arange(p)
+        seg[g, :p] = 0
+        start = p
+        for k, s in enumerate(group):
+            n = len(s.response)
+            ids[g, start : start + n] = torch.tensor(s.response)
+            pos[g, start : start + n] = torch.arange(p, p + n)
+            seg[g, start : start + n] = k + 1
+            # token t of the response is predicted at the previous position: the prompt's last for t = 0
+            predictors = [p - 1] + list(range(start, start + n - 1))
+            rows += [g] * n
+            cols += predictors
+            labels += s.response
+            seq += [order[g][k]] * n
+            start += n
+    same = seg.unsqueeze(2) == seg.unsqueeze(1)
+    allowed = (seg.unsqueeze(1) == 0) | same  # the prompt, or the same segment...
+    allowed &= torch.ones(length, length, dtype=torch.bool).tril()  # ...and causal
+    allowed |= torch.eye(length, dtype=torch.bool)  # padding attends to itself, so no row is empty
+    mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    return {"input_ids": ids, "attention_mask": mask.unsqueeze(1), "position_ids": pos,
+            "rows": torch.tensor(rows), "cols": torch.tensor(cols), "labels": torch.tensor(labels),
+            "seq": torch.tensor(seq), "n_seqs": torch.tensor(sum(len(g) for g in groups))}
+
+
+def packed_logps(model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Like :func:`sequence_logps` for a batch from :func:`pack_groups`: sums and token counts per sequence."""
+    kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
+              use_cache=False)
+    rows, cols, labels, seq = batch["rows"], batch["cols"], batch["labels"], batch["seq"]
+    parts = _split_head(model)
+    if parts is None:
+        logits = model(**kw).logits[rows, cols].float()
+    else:
+        body, head = parts
+        logits = head(body(**kw).last_hidden_state[rows, cols]).float()
+    token_logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    n = int(batch["n_seqs"])
+    sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
+    counts = torch.zeros(n, dtype=torch.long, device=seq.device).index_add(0, seq, torch.ones_like(seq))
+    return sums, counts

@@ -25,7 +25,7 @@ from bapo.config import LossConfig, TrainConfig, dump_yaml
 from bapo.data import PreferencePair, load_pairs, split_holdout
 from bapo.errors import ConfigError
 from bapo.io import atomic_write_text, write_json, write_jsonl
-from bapo.logprobs import pad_batch, sequence_logps
+from bapo.logprobs import pack_groups, packed_logps, pad_batch, sequence_logps
 from bapo.losses import PairLogps, preference_loss
 from bapo.models import add_lora, cache_root, load_model, load_tokenizer, model_fingerprint, resolve_model
 from bapo.store import Store
@@ -33,19 +33,28 @@ from bapo.tokens import Renderer, encode_pairs
 
 
 class PairCollator:
-    """Stacks a batch as one forward pass: B chosen, then B rejected, then B*K base sequences (right-padded)."""
+    """Stacks a batch as one forward pass: B chosen, then B rejected, then B*K base sequences.
 
-    def __init__(self, pad_id: int, with_base: bool):
+    With ``pack`` (the default) each pair is one row ``prompt, chosen, rejected[, base...]``: the prompt is encoded
+    once for all its responses (see :func:`bapo.logprobs.pack_groups`). Without it, every sequence is its own
+    right-padded row.
+    """
+
+    def __init__(self, pad_id: int, with_base: bool, pack: bool = True):
         self.pad_id = pad_id
         self.with_base = with_base
+        self.pack = pack
 
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        seqs = [e.chosen for e in examples] + [e.rejected for e in examples]
+        groups = [[e.chosen, e.rejected, *(e.base if self.with_base else [])] for e in examples]
         batch = {}
         if self.with_base:
-            seqs += [b for e in examples for b in e.base]
             batch["ref_base"] = torch.tensor([e.ref_base for e in examples], dtype=torch.float32)
-        batch.update(pad_batch(seqs, self.pad_id))
+        if self.pack and all(s.prompt == g[0].prompt for g in groups for s in g):
+            batch.update(pack_groups(groups, self.pad_id))
+        else:
+            seqs = [g[k] for k in range(len(groups[0])) for g in groups]
+            batch.update(pad_batch(seqs, self.pad_id))
         batch["ref_chosen"] = torch.tensor([e.ref_chosen for e in examples], dtype=torch.float32)
         batch["ref_rejected"] = torch.tensor([e.ref_rejected for e in examples], dtype=torch.float32)
         return batch
@@ -53,13 +62,15 @@ class PairCollator:
 
 def batch_pair_logps(model, batch: dict[str, torch.Tensor]) -> PairLogps:
     """Run the policy over a collated batch and split its per-sequence log-probs into a :class:`PairLogps`."""
-    sums, lens = sequence_logps(model, batch)
+    sums, lens = packed_logps(model, batch) if "seq" in batch else sequence_logps(model, batch)
     lens = lens.to(sums.dtype)
     b = batch["ref_chosen"].shape[0]
     p = PairLogps(sums[:b], sums[b : 2 * b], batch["ref_chosen"], batch["ref_rejected"], lens[:b], lens[b : 2 * b])
     if "ref_base" in batch:
         k = batch["ref_base"].shape[1]
-        p.base, p.ref_base, p.base_len = sums[2 * b :].view(b, k), batch["ref_base"], lens[2 * b :].view(b, k)
+        # base sequences come response-major (all first base responses, then all second...): (K, B) -> (B, K)
+        p.base, p.ref_base = sums[2 * b :].view(k, b).T, batch["ref_base"]
+        p.base_len = lens[2 * b :].view(k, b).T
     return p
 
 
@@ -195,7 +206,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         disable_tqdm=False,
     )
     trainer = PreferenceTrainer(model=model, args=args, train_dataset=examples,
-                                data_collator=PairCollator(tokenizer.pad_token_id, with_base), loss_config=cfg.loss,
+                                data_collator=PairCollator(tokenizer.pad_token_id, with_base, cfg.pack_prompts),
+                                loss_config=cfg.loss,
                                 callbacks=[MetricsFile(out / "metrics.jsonl", resume_step)])
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(BarWithMetrics())
