@@ -1,6 +1,6 @@
 """Training speed: bapo against TRL's DPOTrainer on the same work, side by side.
 
-    python benchmarks/bench_train.py [--model smollm2-135m-instruct] [--pairs 64] [--epochs 2] [--repeats 2]
+    python benchmarks/bench_train.py [--model smollm2-135m-instruct] [--pairs 48] [--epochs 2] [--repeats 2]
                                      [--cases dpo,bapo] [--data pairs.jsonl]
 
 Same model, same LoRA (rank 16, alpha 32, all linear layers), same preference pairs, batch size, learning rate and
@@ -193,7 +193,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--data", default="", help="TRL-format JSONL pairs (default: a seeded synthetic set)")
-    ap.add_argument("--pairs", type=int, default=64)
+    ap.add_argument("--pairs", type=int, default=48)
     ap.add_argument("--prompt-words", type=int, default=30)
     ap.add_argument("--response-words", type=int, default=60)
     ap.add_argument("--base-tokens", type=int, default=64, help="max_new_tokens of bapo's base responses")
