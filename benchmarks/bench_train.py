@@ -239,6 +239,8 @@ def main() -> None:
     p_len = sum(len(c.prompt) for c, _ in enc) / len(enc)
     r_len = sum(len(c.response) + len(r.response) for c, r in enc) / (2 * len(enc))
     pair_tokens = sum(len(c.ids) + len(r.ids) for c, r in enc)
+    # what bapo's packed rows actually run through the model: each prompt once, then every response
+    packed_tokens = sum(len(c.prompt) + len(c.response) + len(r.response) for c, r in enc)
     steps = int(-(-len(pairs) // a.batch_size) * a.epochs)
     print(f"work: {len(pairs)} pairs, prompt {p_len:.0f} tokens, responses {r_len:.0f} tokens on average; batch "
           f"{a.batch_size}, lr {a.lr}, {a.epochs:g} epochs = {steps} optimizer steps; LoRA r16/alpha32 all-linear; fp32")
@@ -259,9 +261,10 @@ def main() -> None:
         for rep in range(a.repeats):
             t = run_worker("trl", a)
             b = run_worker("bapo", a, case)
-            extra = 0
+            extra = extra_packed = 0
             if case == "bapo":  # the base sequence of each pair is trained on too
-                extra = _base_tokens(a, pairs, b["base_texts"])
+                extra, extra_packed = _base_tokens(a, pairs, b["base_texts"])
+            b["processed_s"] = (packed_tokens + extra_packed) * a.epochs / b["wall"]
             for name, r, tokens in (("trl", t, pair_tokens), ("bapo", b, pair_tokens + extra)):
                 r["pairs_s"] = len(pairs) * a.epochs / r["wall"]
                 r["tokens_s"] = tokens * a.epochs / r["wall"]
@@ -274,12 +277,13 @@ def main() -> None:
                 print(f"    base-response generation (separate, once per prompt): {b['gen_wall']:.1f} s")
         ratios = sorted(r["ratio"] for r in rows)
         mem = [r["bapo"]["rss_mb"] / r["trl"]["rss_mb"] for r in rows]
-        tok_s = sorted(r["bapo"]["tokens_s"] for r in rows)[len(rows) // 2]
+        tok_s = sorted(r["bapo"]["processed_s"] for r in rows)[len(rows) // 2]
         flops_per_token = 4 * n_params  # LoRA: forward 2N + backward through activations 2N; frozen weights get no grads
         mfu = tok_s * flops_per_token / (peak * 1e9)
         print(f"ratio bapo/TRL pairs/s min/median/max: {ratios[0]:.2f}x / {ratios[len(ratios) // 2]:.2f}x / "
               f"{ratios[-1]:.2f}x; peak memory bapo/TRL median {sorted(mem)[len(mem) // 2]:.2f}")
-        print(f"bapo model FLOP utilisation: ~{flops_per_token / 1e6:.0f} MFLOP per trained token x {tok_s:.0f} tok/s "
+        print(f"bapo model FLOP utilisation: ~{flops_per_token / 1e6:.0f} MFLOP per processed token (prompts once) x "
+              f"{tok_s:.0f} tok/s "
               f"= {tok_s * flops_per_token / 1e9:.1f} GFLOP/s of a measured {peak:.0f} GFLOP/s matmul peak = {mfu:.1%}")
         results["cases"][case] = rows
     if a.out:
@@ -297,13 +301,15 @@ def _body_params(model_path: str) -> int:
     return total if tied else total - emb  # a tied head is counted once, as the output projection
 
 
-def _base_tokens(a, pairs, texts) -> int:
+def _base_tokens(a, pairs, texts) -> tuple[int, int]:
+    """Tokens of the base sequences: as whole sequences, and as the responses that packing adds."""
     from bapo.config import DataConfig
     from bapo.models import load_tokenizer
     from bapo.tokens import Renderer
 
     r = Renderer(load_tokenizer(a.model_path), DataConfig(max_length=1024, max_prompt_length=512))
-    return sum(len(r.encode(p.messages, t, "", "", [], truncate=True).ids) for p, t in zip(pairs, texts))
+    enc = [r.encode(p.messages, t, "", "", [], truncate=True) for p, t in zip(pairs, texts)]
+    return sum(len(e.ids) for e in enc), sum(len(e.response) for e in enc)
 
 
 if __name__ == "__main__":
