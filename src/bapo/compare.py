@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from rich.console import Console
 
 from bapo.base import Reference, build_examples, open_reference
-from bapo.config import DEFAULT_MODEL, BaseResponseConfig, DataConfig, _f
+from bapo.config import DEFAULT_MODEL, BaseResponseConfig, DataConfig, option
 from bapo.data import load_pairs
 from bapo.errors import ConfigError
 from bapo.evaluation import (Stat, drift_scores, general_pair_scores, mc_scores, paired_delta, personal_scores,
@@ -37,17 +37,17 @@ from bapo.tokens import encode_pairs
 class EvalConfig:
     """A whole ``bapo eval`` run."""
 
-    model: str = _f(DEFAULT_MODEL, "Base model the adapters were trained on.")
-    adapters: list[str] = _f([], "Adapter directories (from bapo train) to evaluate beside the base model.")
-    suite: str = _f("default", "default (data shipped with bapo) or a suite YAML file.")
-    out: str = _f("results", "Output directory for results.json, results.csv and results.md.")
-    adapter_scales: list[float] = _f([1.0], "LoRA scales at which to evaluate each adapter (0 = base model).")
-    reward_model: str = _f("", "A sequence-classification reward model scoring generated answers (optional).")
-    lm_eval_tasks: list[str] = _f([], "lm-evaluation-harness tasks to add (needs lm-eval and its data).")
-    batch_size: int = _f(16, "Sequences per scoring batch.")
-    max_length: int = _f(512, "Longest prompt + response in tokens (longer are truncated).")
-    max_prompt_length: int = _f(384, "Longest prompt in tokens.")
-    cache_dir: str = _f("", "Cache directory [~/.cache/bapo].")
+    model: str = option(DEFAULT_MODEL, "Base model the adapters were trained on.")
+    adapters: list[str] = option([], "Adapter directories (from bapo train) to evaluate beside the base model.")
+    suite: str = option("default", "default (data shipped with bapo) or a suite YAML file.")
+    out: str = option("results", "Output directory for results.json, results.csv and results.md.")
+    adapter_scales: list[float] = option([1.0], "LoRA scales at which to evaluate each adapter (0 = base model).")
+    reward_model: str = option("", "A sequence-classification reward model scoring generated answers (optional).")
+    lm_eval_tasks: list[str] = option([], "lm-evaluation-harness tasks to add (needs lm-eval and its data).")
+    batch_size: int = option(16, "Sequences per scoring batch.")
+    max_length: int = option(512, "Longest prompt + response in tokens (longer are truncated).")
+    max_prompt_length: int = option(384, "Longest prompt in tokens.")
+    cache_dir: str = option("", "Cache directory [~/.cache/bapo].")
 
 
 @dataclass

@@ -19,7 +19,8 @@ from bapo.errors import ConfigError
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
+def option(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with its default and the help text shown by the CLI and written beside it in YAML."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
     return field(default=default, metadata={"help": help}, **kw)
@@ -29,23 +30,23 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class LoraSettings:
     """LoRA adapter shape (peft)."""
 
-    r: int = _f(16, "LoRA rank.")
-    alpha: int = _f(32, "LoRA alpha (scale = alpha / r).")
-    dropout: float = _f(0.0, "Dropout on the LoRA branch; 0 keeps policy == reference at step 0.")
-    target_modules: list[str] = _f(["all-linear"], "Modules to adapt; 'all-linear' = every linear layer but the output head.")
+    r: int = option(16, "LoRA rank.")
+    alpha: int = option(32, "LoRA alpha (scale = alpha / r).")
+    dropout: float = option(0.0, "Dropout on the LoRA branch; 0 keeps policy == reference at step 0.")
+    target_modules: list[str] = option(["all-linear"], "Modules to adapt; 'all-linear' = every linear layer but the output head.")
 
 
 @dataclass
 class BaseResponseConfig:
     """How the reference model writes its base responses y_b (``bapo base``)."""
 
-    max_new_tokens: int = _f(96, "Longest base response, in tokens.")
-    do_sample: bool = _f(False, "Sample instead of greedy decoding.")
-    temperature: float = _f(0.7, "Sampling temperature (used only with do_sample).")
-    top_p: float = _f(0.95, "Nucleus sampling mass (used only with do_sample).")
-    num_responses: int = _f(1, "Base responses per prompt; more than 1 needs do_sample.")
-    batch_size: int = _f(16, "Prompts per generation batch (left-padded, length-sorted).")
-    seed: int = _f(0, "Seed for sampled base responses.")
+    max_new_tokens: int = option(96, "Longest base response, in tokens.")
+    do_sample: bool = option(False, "Sample instead of greedy decoding.")
+    temperature: float = option(0.7, "Sampling temperature (used only with do_sample).")
+    top_p: float = option(0.95, "Nucleus sampling mass (used only with do_sample).")
+    num_responses: int = option(1, "Base responses per prompt; more than 1 needs do_sample.")
+    batch_size: int = option(16, "Prompts per generation batch (left-padded, length-sorted).")
+    seed: int = option(0, "Seed for sampled base responses.")
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -73,15 +74,15 @@ class BaseResponseConfig:
 class LossConfig:
     """Which preference loss, and the BAPO anchor (see ``bapo.losses``)."""
 
-    method: str = _f("bapo", "Loss: bapo, or a pairwise loss (dpo, cdpo, ipo, hinge, robust, simpo).")
-    pref_loss: str = _f("dpo", "With method bapo: the pairwise loss the base anchor is added to.")
-    beta: float = _f(0.1, "Inverse temperature of the implicit reward (DPO's beta).")
-    label_smoothing: float = _f(0.1, "Assumed label-flip rate for cdpo and robust.")
-    simpo_gamma: float = _f(0.5, "SimPO target margin gamma.")
-    rpo_alpha: float = _f(0.0, "Weight of an NLL term on chosen responses (RPO); 0 = off.")
-    anchor_lambda: float = _f(1.0, "BAPO: weight lambda of the base anchor.")
-    anchor: str = _f("hinge", "BAPO anchor shape: hinge (the paper's max(0, gap)), abs or squared.")
-    anchor_reduction: str = _f("sum", "BAPO anchor log-probs: sum over tokens (the paper) or per-token mean.")
+    method: str = option("bapo", "Loss: bapo, or a pairwise loss (dpo, cdpo, ipo, hinge, robust, simpo).")
+    pref_loss: str = option("dpo", "With method bapo: the pairwise loss the base anchor is added to.")
+    beta: float = option(0.1, "Inverse temperature of the implicit reward (DPO's beta).")
+    label_smoothing: float = option(0.1, "Assumed label-flip rate for cdpo and robust.")
+    simpo_gamma: float = option(0.5, "SimPO target margin gamma.")
+    rpo_alpha: float = option(0.0, "Weight of an NLL term on chosen responses (RPO); 0 = off.")
+    anchor_lambda: float = option(1.0, "BAPO: weight lambda of the base anchor.")
+    anchor: str = option("hinge", "BAPO anchor shape: hinge (the paper's max(0, gap)), abs or squared.")
+    anchor_reduction: str = option("sum", "BAPO anchor log-probs: sum over tokens (the paper) or per-token mean.")
 
     def validate(self) -> None:
         from bapo.losses import ANCHORS, PAIRWISE_LOSSES
@@ -114,14 +115,14 @@ class LossConfig:
 class DataConfig:
     """Where the preference pairs come from and how they are cut to length."""
 
-    path: str = _f("", "Preference pairs: JSONL, JSON, CSV, Parquet file, or a Hugging Face dataset id.")
-    split: str = _f("train", "Split to read when path is a Hugging Face dataset.")
-    eval_path: str = _f("", "Separate held-out pairs; when empty, a seeded holdout fraction of path is used.")
-    holdout: float = _f(0.1, "Fraction of prompts held out for evaluation (ignored with eval_path).")
-    user: str = _f("", "Keep only records with this user_id.")
-    max_length: int = _f(512, "Longest prompt + response, in tokens.")
-    max_prompt_length: int = _f(256, "Longest prompt, in tokens.")
-    on_overlong: str = _f("truncate", "Over-long texts: truncate (prompt from the left, response from the right) or reject.")
+    path: str = option("", "Preference pairs: JSONL, JSON, CSV, Parquet file, or a Hugging Face dataset id.")
+    split: str = option("train", "Split to read when path is a Hugging Face dataset.")
+    eval_path: str = option("", "Separate held-out pairs; when empty, a seeded holdout fraction of path is used.")
+    holdout: float = option(0.1, "Fraction of prompts held out for evaluation (ignored with eval_path).")
+    user: str = option("", "Keep only records with this user_id.")
+    max_length: int = option(512, "Longest prompt + response, in tokens.")
+    max_prompt_length: int = option(256, "Longest prompt, in tokens.")
+    on_overlong: str = option("truncate", "Over-long texts: truncate (prompt from the left, response from the right) or reject.")
 
     def validate(self) -> None:
         if not 0 <= self.holdout < 1:
@@ -136,25 +137,25 @@ class DataConfig:
 class TrainConfig:
     """A whole ``bapo train`` run. ``bapo.train(TrainConfig(...))`` is the same as the CLI."""
 
-    model: str = _f(DEFAULT_MODEL, "Model: smollm2-135m-instruct (embedded), a local HF directory, or a hub id.")
-    out: str = _f("", "Output directory for the adapter, config, metrics and held-out split.")
-    cache_dir: str = _f("", "Cache for converted models, base responses and reference log-probs (default ~/.cache/bapo).")
+    model: str = option(DEFAULT_MODEL, "Model: smollm2-135m-instruct (embedded), a local HF directory, or a hub id.")
+    out: str = option("", "Output directory for the adapter, config, metrics and held-out split.")
+    cache_dir: str = option("", "Cache for converted models, base responses and reference log-probs (default ~/.cache/bapo).")
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     base: BaseResponseConfig = field(default_factory=BaseResponseConfig)
-    epochs: float = _f(1.0, "Passes over the training pairs.")
-    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1 = use epochs).")
-    batch_size: int = _f(4, "Pairs per device per step.")
-    grad_accum: int = _f(1, "Gradient accumulation steps.")
-    lr: float = _f(1e-4, "Peak learning rate (AdamW).")
-    warmup_ratio: float = _f(0.05, "Fraction of steps of linear warm-up.")
-    weight_decay: float = _f(0.0, "AdamW weight decay.")
-    seed: int = _f(42, "Seed for data split, shuffling and initialisation.")
-    save_steps: int = _f(50, "Checkpoint every N optimizer steps.")
-    logging_steps: int = _f(1, "Log metrics every N optimizer steps.")
-    resume: bool = _f(False, "Continue from the newest checkpoint in OUT/checkpoints.")
-    pack_prompts: bool = _f(True, "Encode each prompt once for its chosen, rejected and base responses (4D mask).")
+    epochs: float = option(1.0, "Passes over the training pairs.")
+    max_steps: int = option(-1, "Stop after this many optimizer steps (-1 = use epochs).")
+    batch_size: int = option(4, "Pairs per device per step.")
+    grad_accum: int = option(1, "Gradient accumulation steps.")
+    lr: float = option(1e-4, "Peak learning rate (AdamW).")
+    warmup_ratio: float = option(0.05, "Fraction of steps of linear warm-up.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    seed: int = option(42, "Seed for data split, shuffling and initialisation.")
+    save_steps: int = option(50, "Checkpoint every N optimizer steps.")
+    logging_steps: int = option(1, "Log metrics every N optimizer steps.")
+    resume: bool = option(False, "Continue from the newest checkpoint in OUT/checkpoints.")
+    pack_prompts: bool = option(True, "Encode each prompt once for its chosen, rejected and base responses (4D mask).")
 
     def validate(self) -> None:
         if not self.out:
