@@ -260,5 +260,19 @@ def load_yaml(path: str | Path, cls: type) -> Any:
         raise ConfigError(f"{p}: {e}") from None
 
 
-def dump_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+def dump_yaml(cfg: Any, indent: int = 0) -> str:
+    """YAML of a config with each field's help text as a comment beside it; ``load_yaml`` reads it back."""
+    lines = []
+    pad = "  " * indent
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            doc = (type(value).__doc__ or "").strip().splitlines()[0]
+            lines.append(f"{pad}{f.name}:  # {doc}")
+            lines.append(dump_yaml(value, indent + 1).rstrip("\n"))
+            continue
+        text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+        text = text.removesuffix("\n...").strip()
+        help_text = f.metadata.get("help", "")
+        lines.append(f"{pad}{f.name}: {text}" + (f"  # {help_text}" if help_text else ""))
+    return "\n".join(lines) + "\n"
