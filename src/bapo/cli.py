@@ -212,7 +212,7 @@ def demo(
     steps: Annotated[int, Opt(help="Optimizer steps per adapter.")] = 30,
     cache_dir: Annotated[Optional[str], Opt(help="Cache directory [~/.cache/bapo].")] = None,
 ) -> None:
-    """Train DPO and two BAPO adapters for a simulated user who loves bullet lists, then compare them (~14 min)."""
+    """Train DPO and two BAPO adapters for a simulated user who loves bullet lists, then compare them (about 10 min)."""
     from bapo.demo import run_demo
 
     run_demo(out_dir, model=model, steps=steps, cache_dir=cache_dir or "", console=out)
