@@ -167,11 +167,19 @@ def _encode_base(renderer: Renderer, messages, text: str) -> Encoded:
 
 def open_reference(model: str, data_cfg, cache_dir: str = "") -> Reference:
     """Resolve, load and fingerprint a reference model, with the shared cache."""
-    from bapo.models import cache_root, load_model, load_tokenizer, model_fingerprint, resolve_model
+    from bapo.models import load_tokenizer, resolve_model
 
     path = resolve_model(model, cache_dir)
     tok = load_tokenizer(path)
-    return Reference(load_model(path), tok, Renderer(tok, data_cfg), Store(cache_root(cache_dir) / "reference.sqlite"),
+    return load_reference(path, Renderer(tok, data_cfg), cache_dir)
+
+
+def load_reference(path: str, renderer: Renderer, cache_dir: str = "") -> Reference:
+    """The reference for a resolved model whose tokenizer (in ``renderer``) is already loaded: callers validate and
+    tokenize their data first, then pay for the model."""
+    from bapo.models import cache_root, load_model, model_fingerprint
+
+    return Reference(load_model(path), renderer.tok, renderer, Store(cache_root(cache_dir) / "reference.sqlite"),
                      model_fingerprint(path))
 
 
@@ -181,11 +189,16 @@ def run_base_step(model: str, data: str, out_file, cfg: BaseResponseConfig, data
     from bapo.io import write_jsonl
     from bapo.tokens import encode_pairs
 
+    from bapo.models import load_tokenizer, resolve_model
+
     cfg.validate()
     data_cfg.validate()
     pairs = load_pairs(data)
-    ref = open_reference(model, data_cfg, cache_dir)
-    examples = build_examples(ref, pairs, encode_pairs(pairs, ref.renderer), cfg, with_base=True)
+    path = resolve_model(model, cache_dir)
+    renderer = Renderer(load_tokenizer(path), data_cfg)
+    encoded = encode_pairs(pairs, renderer)  # every problem reported before the model is loaded
+    ref = load_reference(path, renderer, cache_dir)
+    examples = build_examples(ref, pairs, encoded, cfg, with_base=True)
     write_jsonl(out_file, [
         {**p.to_record(), "base_responses": e.base_texts, "ref_logps": {
             "chosen": e.ref_chosen, "rejected": e.ref_rejected, "base": e.ref_base}}

@@ -20,15 +20,14 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from bapo.base import Example, Reference, build_examples
+from bapo.base import Example, build_examples, load_reference
 from bapo.config import LossConfig, TrainConfig, dump_yaml
 from bapo.data import PreferencePair, load_pairs, split_holdout
 from bapo.errors import ConfigError
 from bapo.io import atomic_write_text, write_json, write_jsonl
 from bapo.logprobs import pack_groups, packed_logps, pad_batch, sequence_logps
 from bapo.losses import PairLogps, preference_loss
-from bapo.models import add_lora, cache_root, load_model, load_tokenizer, model_fingerprint, resolve_model
-from bapo.store import Store
+from bapo.models import add_lora, load_tokenizer, resolve_model
 from bapo.tokens import Renderer, encode_pairs
 
 
@@ -174,9 +173,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     encode_pairs(held_pairs, renderer)  # fail now, not at evaluation time
 
     # 2. The reference model: base responses and reference log-probs, cached.
-    model = load_model(model_path)
-    fp = model_fingerprint(model_path)
-    ref = Reference(model, tokenizer, renderer, Store(cache_root(cfg.cache_dir) / "reference.sqlite"), fp)
+    ref = load_reference(model_path, renderer, cfg.cache_dir)
+    model, fp = ref.model, ref.fingerprint
     with_base = cfg.loss.uses_anchor
     examples = build_examples(ref, train_pairs, train_enc, cfg.base, with_base, batch_size=cfg.batch_size * 2)
 
