@@ -216,7 +216,7 @@ def main() -> None:
 
     import torch
 
-    from bapo.config import DataConfig
+    from bapo.config import DataConfig, TrainConfig
     from bapo.data import load_pairs
     from bapo.models import load_tokenizer, resolve_model
     from bapo.tokens import Renderer, encode_pairs
@@ -244,6 +244,8 @@ def main() -> None:
     steps = int(-(-len(pairs) // a.batch_size) * a.epochs)
     print(f"work: {len(pairs)} pairs, prompt {p_len:.0f} tokens, responses {r_len:.0f} tokens on average; batch "
           f"{a.batch_size}, lr {a.lr}, {a.epochs:g} epochs = {steps} optimizer steps; LoRA r16/alpha32 all-linear; fp32")
+    print(f"bapo runs each step as micro-batches of {TrainConfig(batch_size=a.batch_size).pairs_per_forward} pairs "
+          "(same gradient, less activation memory); TRL as one batch with its default gradient checkpointing")
 
     check = run_worker("check", a)
     diff = abs(check["trl"] - check["bapo"])
@@ -303,7 +305,7 @@ def _body_params(model_path: str) -> int:
 
 def _base_tokens(a, pairs, texts) -> tuple[int, int]:
     """Tokens of the base sequences: as whole sequences, and as the responses that packing adds."""
-    from bapo.config import DataConfig
+    from bapo.config import DataConfig, TrainConfig
     from bapo.models import load_tokenizer
     from bapo.tokens import Renderer
 

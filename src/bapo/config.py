@@ -148,6 +148,8 @@ class TrainConfig:
     max_steps: int = option(-1, "Stop after this many optimizer steps (-1 = use epochs).")
     batch_size: int = option(4, "Pairs per device per step.")
     grad_accum: int = option(1, "Gradient accumulation steps.")
+    micro_batch_size: int = option(2, "Pairs per forward pass within a step (the largest divisor of batch_size up to "
+                                      "this; 0 = the whole batch): same gradients, less activation memory.")
     lr: float = option(1e-4, "Peak learning rate (AdamW).")
     warmup_ratio: float = option(0.05, "Fraction of steps of linear warm-up.")
     weight_decay: float = option(0.0, "AdamW weight decay.")
@@ -156,6 +158,13 @@ class TrainConfig:
     logging_steps: int = option(1, "Log metrics every N optimizer steps.")
     resume: bool = option(False, "Continue from the newest checkpoint in OUT/checkpoints.")
     pack_prompts: bool = option(True, "Encode each prompt once for its chosen, rejected and base responses (4D mask).")
+
+    @property
+    def pairs_per_forward(self) -> int:
+        """The micro-batch actually used: the largest divisor of ``batch_size`` not above ``micro_batch_size``."""
+        if not self.micro_batch_size or self.micro_batch_size >= self.batch_size:
+            return self.batch_size
+        return max(d for d in range(1, self.micro_batch_size + 1) if self.batch_size % d == 0)
 
     def validate(self) -> None:
         if not self.out:
@@ -166,6 +175,8 @@ class TrainConfig:
             sub.validate()
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("batch_size and grad_accum: must be at least 1")
+        if self.micro_batch_size < 0:
+            raise ConfigError("micro_batch_size: must be 0 (whole batch) or positive")
         if self.lr <= 0:
             raise ConfigError("lr: must be positive")
 
