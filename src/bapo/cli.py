@@ -206,6 +206,42 @@ def report(
 
 
 @app.command()
+def study(
+    users: Annotated[Optional[str], Opt(help="Comma-separated users: dsp:DOMAIN, alpacaeval:concise|verbose, vpl:helpful|harmless, flip:H[:length|hash], psoups:PROFILE [flip:0,flip:0.5,flip:1,vpl:harmless].")] = None,
+    methods: Annotated[Optional[str], Opt(help="Comma-separated losses to compare [dpo,bapo].")] = None,
+    seeds: Annotated[Optional[int], Opt(help="Seeds per (user, method) [1].")] = None,
+    out_dir: Annotated[Optional[str], Opt("--out", help="Output directory [study].")] = None,
+    model: Annotated[Optional[str], Opt(help=MODEL_HELP)] = None,
+    config: Annotated[Optional[Path], Opt(help="YAML config file (bapo.study.StudyConfig); options given here override it.")] = None,
+    data_dir: Annotated[Optional[str], Opt(help="Data sets in the layout of ../shared/data [../shared/data].")] = None,
+    pairs_per_user: Annotated[Optional[int], Opt(help="Training pairs per user [64].", rich_help_panel="Sizes")] = None,
+    holdout_pairs: Annotated[Optional[int], Opt(help="Held-out pairs per user [32].", rich_help_panel="Sizes")] = None,
+    epochs: Annotated[Optional[float], Opt(help="Passes over each user's pairs [2].", rich_help_panel="Sizes")] = None,
+    eval_items: Annotated[Optional[int], Opt(help="Items per knowledge/alignment task; 0 = full sets [200].", rich_help_panel="Sizes")] = None,
+    judge: Annotated[Optional[str], Opt(help="Heterogeneity judge: auto, reward, labels, base [auto].")] = None,
+    reward_model: Annotated[Optional[str], Opt(help="Reward model for the heterogeneity judge.")] = None,
+    cache_dir: Annotated[Optional[str], Opt(help="Cache directory [~/.cache/bapo].")] = None,
+    set_: Annotated[Optional[list[str]], Opt("--set", help="Any config field, e.g. --set lr=1e-4 (repeatable).")] = None,
+    dry_run: Annotated[bool, Opt("--dry-run", help="Print the plan, sizes and an estimated run time; train nothing.")] = False,
+) -> None:
+    """Train one adapter per (user, method, seed), evaluate them all, and plot retention against heterogeneity.
+
+    The paper's question: does forgetting grow with how far a user departs from general preference, and does BAPO
+    hold it down? Writes table.md/.csv, study.json and figures to --out. Every step is cached, so rerunning an
+    interrupted study continues it. Example: [bold]bapo study --users flip:0,flip:1 --methods dpo,bapo --dry-run[/]
+    """
+    from bapo.study import StudyConfig, run_study
+
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    overrides = {"users": split(users), "methods": split(methods), "seeds": seeds, "out": out_dir, "model": model,
+                 "sources.data_dir": data_dir, "pairs_per_user": pairs_per_user, "holdout_pairs": holdout_pairs,
+                 "epochs": epochs, "eval_items": eval_items, "judge": judge, "reward_model": reward_model,
+                 "cache_dir": cache_dir, **_parse_sets(set_)}
+    cfg = apply_overrides(_load(StudyConfig, config), overrides)
+    run_study(cfg, dry_run=dry_run, console=out)
+
+
+@app.command()
 def demo(
     out_dir: Annotated[Path, Opt("--out", help="Where the demo writes data, adapters and its table.")] = Path("demo_out"),
     model: Annotated[str, Opt(help=MODEL_HELP)] = "smollm2-135m-instruct",

@@ -127,17 +127,19 @@ def reward_scores(model, renderer: Renderer, prompts: Sequence[list[dict[str, st
                   max_new_tokens: int = 64, batch_size: int = 8) -> dict[str, list[float]]:
     """Mean reward-model score of the model's own greedy answers to general prompts."""
     texts = generate_answers(model, renderer, prompts, max_new_tokens, batch_size)
-    scores = []
-    with torch.no_grad():
-        for msgs, text in zip(prompts, texts):
-            conv = [*msgs, {"role": "assistant", "content": text}]
-            if getattr(reward_tokenizer, "chat_template", None):
-                inp = reward_tokenizer.apply_chat_template(conv, tokenize=False)
-            else:
-                inp = "\n\n".join(m["content"] for m in conv)
-            enc = reward_tokenizer(inp, return_tensors="pt", truncation=True, max_length=1024)
-            scores.append(reward_model(**enc).logits[0, 0].float().item())
-    return {"score": scores}
+    return {"score": [reward_of(reward_model, reward_tokenizer, m, t) for m, t in zip(prompts, texts)]}
+
+
+@torch.no_grad()
+def reward_of(reward_model, reward_tokenizer, messages: list[dict[str, str]], response: str) -> float:
+    """A sequence-classification reward model's score of ``response`` to the conversation ``messages``."""
+    conv = [*messages, {"role": "assistant", "content": response}]
+    if getattr(reward_tokenizer, "chat_template", None):
+        inp = reward_tokenizer.apply_chat_template(conv, tokenize=False)
+    else:
+        inp = "\n\n".join(m["content"] for m in conv)
+    enc = reward_tokenizer(inp, return_tensors="pt", truncation=True, max_length=1024)
+    return reward_model(**enc).logits[0, 0].float().item()
 
 
 # ---------------------------------------------------------------------------------------------------------------

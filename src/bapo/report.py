@@ -192,3 +192,57 @@ def write_report(results: Path, out: Path) -> Path:
     page = out / "report.html"
     atomic_write_text(page, "\n".join(parts))
     return page
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bapo study
+
+
+def study_figures(rows: list[dict], out: Path) -> list[Path]:
+    """The study's three figures: retention and personalization against measured heterogeneity (a line per method,
+    95% error bars), and each adapter's personalization against its retention."""
+    from bapo.study import aggregate
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    panels = [("knowledge_delta", "global knowledge: Δ acc_norm vs base"),
+              ("alignment_delta", "general alignment: Δ acc_norm vs base"),
+              ("drift_delta", "drift: Δ log p(base answer)/token")]
+    panels = [p for p in panels if any(r.get(p[0]) is not None for r in rows)]
+    for name, spec in (("retention.png", panels),
+                       ("personalization.png", [("personal_reward_acc", "personalization: held-out reward accuracy")])):
+        fig, axes = plt.subplots(1, len(spec), figsize=(4.6 * len(spec), 3.8), squeeze=False)
+        for ax, (metric, title) in zip(axes[0], spec):
+            for i, (method, pts) in enumerate(aggregate(rows, metric).items()):
+                if pts:
+                    xs, ys, es = zip(*pts)
+                    ax.errorbar(xs, ys, yerr=[Z95 * e for e in es], marker="o", capsize=4, label=method, color=f"C{i}")
+            ax.axhline(0.5 if metric == "personal_reward_acc" else 0.0, color="#888888", lw=1, ls="--")
+            ax.set_xlabel("heterogeneity (fraction of pairs against general preference)")
+            ax.set_title(title, fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        paths.append(out / name)
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for ax, (metric, title) in zip(axes[0], panels):
+        for i, method in enumerate(methods):
+            rs = [r for r in rows if r["method"] == method and r.get(metric) is not None]
+            ax.scatter([r["personal_reward_acc"] for r in rs], [r[metric] for r in rs], color=f"C{i}", label=method)
+            for r in rs:
+                ax.annotate(f"h={r['heterogeneity']:.2f}", (r["personal_reward_acc"], r[metric]), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
+        ax.axhline(0.0, color="#888888", lw=1, ls="--")
+        ax.set_xlabel("personalization: held-out reward accuracy")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "tradeoff.png", dpi=110)
+    plt.close(fig)
+    paths.append(out / "tradeoff.png")
+    return paths

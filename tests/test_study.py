@@ -1,0 +1,110 @@
+"""``bapo study`` end to end on a tiny model and a miniature copy of the shared data layout."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+import bapo.training
+from bapo.compare import EvalConfig, run_eval
+from bapo.study import StudyConfig, aggregate, run_study
+from bapo.users import Sources, build_user, heterogeneity
+from conftest import write_jsonl
+
+
+def hh(q: str, a: str) -> str:
+    return f"\n\nHuman: {q}\n\nAssistant: {a}"
+
+
+def mini_data(root: Path) -> Path:
+    (root / "knowledge").mkdir(parents=True)
+    (root / "general").mkdir()
+    (root / "prompts").mkdir()
+    (root / "personal").mkdir()
+    write_jsonl(root / "knowledge/arc_easy.jsonl", [{"query": f"Question: What is {i} plus 1?\nAnswer:",
+                                                     "choices": [str(i + 1), str(i + 2), "x"], "gold": 0}
+                                                    for i in range(5)])
+    write_jsonl(root / "knowledge/piqa.jsonl", [{"query": f"Open jar {i}", "choices": ["twist lid", "eat lid"],
+                                                 "gold": 0} for i in range(5)])
+    with gzip.open(root / "general/hh_harmless_base_test.jsonl.gz", "wt") as f:
+        for i in range(5):
+            f.write(json.dumps({"chosen": hh(f"Help {i}?", "Sure, here is how."),
+                                "rejected": hh(f"Help {i}?", "No.")}) + "\n")
+    general = [{"text": [hh(f"Tell me about topic {i}.", "A long and friendly answer " + "ok " * (i % 4)),
+                         hh(f"Tell me about topic {i}.", f"Short {i}.")], "score": [1, 0]} for i in range(24)]
+    (root / "general/dsp_helpful_test.json").write_text(json.dumps(general))
+    write_jsonl(root / "prompts/alpaca_eval_instructions.jsonl", [{"instruction": f"Say {w}."} for w in "abc"])
+    with gzip.open(root / "personal/vpl_relabeled_hh_both_test.jsonl.gz", "wt") as f:
+        for i in range(10):
+            f.write(json.dumps({"prompt": f"Human: Q{i}?", "responses": [f"yes {i}", f"no {i}"],
+                                "label": i % 2, "original_label": 0, "objective": "helpful"}) + "\n")
+    return root
+
+
+@pytest.fixture
+def study_cfg(tmp_path, tiny_model):
+    data = mini_data(tmp_path / "data")
+    return StudyConfig(model=tiny_model, users=["flip:0", "flip:1"], methods=["dpo", "bapo"], seeds=1,
+                       out=str(tmp_path / "study"), pairs_per_user=8, holdout_pairs=4, epochs=1, batch_size=4,
+                       lr=5e-3, base_tokens=6, max_length=128, max_prompt_length=64, eval_items=0, drift_prompts=3,
+                       sources=Sources(data_dir=str(data)))
+
+
+def test_flip_users_reverse_a_nested_rule_chosen_fraction(tmp_path):
+    src = Sources(data_dir=str(mini_data(tmp_path / "data")))
+    half, all_ = build_user("flip:0.5", src, 0), build_user("flip:1", src, 0)
+    assert len(half.pairs) == 24 and heterogeneity(half).value == 0.5 and heterogeneity(all_).value == 1.0
+    flipped = [p for p, a in zip(half.pairs, half.general_agree) if not a]
+    # the length rule reverses the pairs where the general choice is longest relative to the rejected one
+    assert all(len(p.rejected) - len(p.chosen) >= max(len(q.chosen) - len(q.rejected)
+                                                      for q, a in zip(half.pairs, half.general_agree) if a)
+               for p in flipped)
+    vpl = build_user("vpl:helpful", src, 0)
+    assert len(vpl.pairs) == 10 and heterogeneity(vpl).value == 0.5  # label disagrees with original on odd rows
+    assert vpl.pairs[1].chosen == "no 1" and vpl.pairs[0].chosen == "yes 0"
+
+
+def test_dry_run_prints_a_plan_and_trains_nothing(study_cfg, capsys):
+    res = run_study(study_cfg, dry_run=True)
+    assert res["cells"] == ["flip-0__dpo__s0", "flip-0__bapo__s0", "flip-1__dpo__s0", "flip-1__bapo__s0"]
+    assert res["estimated_seconds"] > 0
+    assert not (Path(study_cfg.out) / "cells").exists()
+
+
+def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatch):
+    summary = run_study(study_cfg)
+    out = Path(study_cfg.out)
+    rows = summary["rows"]
+    assert [(r["user"], r["method"]) for r in rows] == [("flip:0", "dpo"), ("flip:0", "bapo"), ("flip:1", "dpo"),
+                                                         ("flip:1", "bapo")]
+    assert [r["heterogeneity"] for r in rows] == [0.0, 0.0, 1.0, 1.0]
+    for r in rows:
+        assert Path(r["adapter"]) == out / "cells" / f"{r['user'].replace(':', '-')}__{r['method']}__s0"
+        assert (Path(r["adapter"]) / "run.json").exists()
+        for k in ("personal_reward_acc", "knowledge_delta", "alignment_delta", "drift_delta", "arc_easy_delta"):
+            assert isinstance(r[k], float), k
+    table = (out / "table.md").read_text()
+    assert table.count("\n| flip:") == 4 and "general labels in the data" in table
+    assert (out / "table.csv").read_text().splitlines()[0].startswith("user,method,seed,adapter,heterogeneity")
+    assert {Path(f).name for f in summary["figures"]} == {"retention.png", "personalization.png", "tradeoff.png"}
+    # each row's numbers are its own adapter's: evaluate one cell alone and compare
+    cell = rows[3]
+    alone = run_eval(EvalConfig(model=tiny_model, adapters=[cell["adapter"]], suite=str(out / "suite.yaml"),
+                                out=str(out / "alone"), max_length=128, max_prompt_length=64))
+    mine = {(r["task"], r["metric"]): r for r in alone if r["model"] != "base"}
+    assert mine[("arc_easy", "acc_norm")]["delta"] == pytest.approx(cell["arc_easy_delta"])
+    assert mine[("personal:flip-1", "reward_acc")]["value"] == pytest.approx(cell["personal_reward_acc"])
+    assert len({r["personal_reward_acc"] for r in rows} | {r["drift_delta"] for r in rows}) > 2
+
+    # rerun: everything is cached, nothing is trained again, the same table comes back
+    monkeypatch.setattr(bapo.training, "train", lambda cfg: pytest.fail("a finished cell was trained again"))
+    again = run_study(study_cfg)
+    assert [r["personal_reward_acc"] for r in again["rows"]] == [r["personal_reward_acc"] for r in rows]
+
+
+def test_aggregate_combines_seeds():
+    rows = [{"method": "dpo", "user": "u", "heterogeneity": 0.5, "m": v, "m_stderr": 0.1} for v in (1.0, 3.0)]
+    (h, mean, err), = aggregate(rows, "m")["dpo"]
+    assert (h, mean) == (0.5, 2.0)
+    assert err == pytest.approx(((2.0 + 0.01) / 2) ** 0.5)
