@@ -15,11 +15,16 @@ def bapo(*args, env=None):
 
 def test_help_lists_the_commands_and_train_options():
     r = bapo("--help")
-    assert r.returncode == 0 and all(c in r.stdout for c in ("train", "base", "validate", "demo"))
+    assert r.returncode == 0 and all(c in r.stdout for c in ("train", "base", "validate", "demo", "study"))
     r = bapo("train", "--help")
     assert r.returncode == 0
     for opt in ("--data", "--method", "--lambda", "--anchor", "--resume", "--config", "--holdout", "--set"):
         assert opt in r.stdout, opt
+    # defaults in brackets survive rich markup (an unescaped [word] is taken for a style tag and vanishes)
+    for default in ("[truncate]", "[hinge]", "[sum]", "[dpo]", "[all-linear]"):
+        assert default in r.stdout, default
+    r = bapo("study", "--help")
+    assert r.returncode == 0 and "[dpo,bapo]" in r.stdout and "--dry-run" in r.stdout
 
 
 def test_bad_data_is_one_line_per_problem_exit_2_nothing_written(tmp_path, tiny_model):

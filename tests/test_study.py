@@ -47,7 +47,7 @@ def study_cfg(tmp_path, tiny_model):
     data = mini_data(tmp_path / "data")
     return StudyConfig(model=tiny_model, users=["flip:0", "flip:1"], methods=["dpo", "bapo"], seeds=1,
                        out=str(tmp_path / "study"), pairs_per_user=8, holdout_pairs=4, epochs=1, batch_size=4,
-                       lr=5e-3, base_tokens=6, max_length=128, max_prompt_length=64, eval_items=0, drift_prompts=3,
+                       lr=5e-3, base_tokens=6, max_length=128, max_prompt_length=64, eval_items=0, alignment_items=0, drift_prompts=3,
                        sources=Sources(data_dir=str(data)))
 
 
@@ -108,3 +108,43 @@ def test_aggregate_combines_seeds():
     (h, mean, err), = aggregate(rows, "m")["dpo"]
     assert (h, mean) == (0.5, 2.0)
     assert err == pytest.approx(((2.0 + 0.01) / 2) ** 0.5)
+
+
+class CannedReference:
+    """Answers by its system prompt: long when told to be thorough, short when told to be brief, medium otherwise."""
+
+    def generate(self, prompts, cfg):
+        out = []
+        for p in prompts:
+            system = p[0]["content"] if p[0]["role"] == "system" else ""
+            n = 40 if "thoroughly" in system else 3 if "short" in system else 12
+            out.append([" ".join(["word"] * n) + "."])
+        return out
+
+
+def test_simulated_user_labels_the_base_models_candidates_by_its_profile(tmp_path):
+    from bapo.profiles import SIMULATED
+
+    src = Sources(data_dir=str(mini_data(tmp_path / "data")))
+    user = build_user("psoups:concise", src, 3, reference=CannedReference())
+    assert len(user.pairs) == 3 and user.general_agree is None
+    for p in user.pairs:
+        assert len(p.chosen.split()) == 3 and len(p.rejected.split()) == 40
+        assert SIMULATED["concise"](p.chosen) > SIMULATED["concise"](p.rejected)
+        assert p.messages[0]["role"] == "user"  # the steering system prompt is not part of the user's pair
+    detailed = build_user("psoups:detailed", src, 3, reference=CannedReference())
+    assert all(len(p.chosen.split()) == 40 for p in detailed.pairs)
+
+
+def test_cli_study_dry_run_and_bad_user(tmp_path, tiny_model):
+    import subprocess
+    import sys
+
+    data = mini_data(tmp_path / "data")
+    cmd = [sys.executable, "-m", "bapo.cli", "study", "--model", tiny_model, "--data-dir", str(data),
+           "--out", str(tmp_path / "s"), "--users", "flip:0,flip:1", "--dry-run"]
+    ok = subprocess.run(cmd, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "study plan: 4 adapters" in ok.stdout and "estimated run time" in ok.stdout
+    bad = subprocess.run(cmd[:-3] + ["--users", "flip:2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "flip:2" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

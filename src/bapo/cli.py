@@ -53,19 +53,19 @@ def train(
     user: Annotated[Optional[str], Opt(help="Train on this user_id's records only.", rich_help_panel="Data")] = None,
     max_length: Annotated[Optional[int], Opt(help="Longest prompt + response in tokens [512].", rich_help_panel="Data")] = None,
     max_prompt_length: Annotated[Optional[int], Opt(help="Longest prompt in tokens [256].", rich_help_panel="Data")] = None,
-    on_overlong: Annotated[Optional[str], Opt(help="truncate or reject over-long texts [truncate].", rich_help_panel="Data")] = None,
-    pref_loss: Annotated[Optional[str], Opt(help="With --method bapo: the pairwise loss under the anchor [dpo].", rich_help_panel="Loss")] = None,
+    on_overlong: Annotated[Optional[str], Opt(help="truncate or reject over-long texts \\[truncate].", rich_help_panel="Data")] = None,
+    pref_loss: Annotated[Optional[str], Opt(help="With --method bapo: the pairwise loss under the anchor \\[dpo].", rich_help_panel="Loss")] = None,
     beta: Annotated[Optional[float], Opt(help="DPO beta [0.1].", rich_help_panel="Loss")] = None,
     anchor_lambda: Annotated[Optional[float], Opt("--lambda", "--anchor-lambda", help="BAPO anchor weight lambda [1.0].", rich_help_panel="Loss")] = None,
-    anchor: Annotated[Optional[str], Opt(help="Anchor shape: hinge (paper), abs, squared [hinge].", rich_help_panel="Loss")] = None,
-    anchor_reduction: Annotated[Optional[str], Opt(help="Anchor log-probs: sum (paper) or mean per token [sum].", rich_help_panel="Loss")] = None,
+    anchor: Annotated[Optional[str], Opt(help="Anchor shape: hinge (paper), abs, squared \\[hinge].", rich_help_panel="Loss")] = None,
+    anchor_reduction: Annotated[Optional[str], Opt(help="Anchor log-probs: sum (paper) or mean per token \\[sum].", rich_help_panel="Loss")] = None,
     rpo_alpha: Annotated[Optional[float], Opt(help="Weight of an NLL term on chosen (RPO) [0].", rich_help_panel="Loss")] = None,
     label_smoothing: Annotated[Optional[float], Opt(help="Label-flip rate for cdpo/robust [0.1].", rich_help_panel="Loss")] = None,
     simpo_gamma: Annotated[Optional[float], Opt(help="SimPO margin gamma [0.5].", rich_help_panel="Loss")] = None,
     lora_r: Annotated[Optional[int], Opt(help="LoRA rank [16].", rich_help_panel="LoRA")] = None,
     lora_alpha: Annotated[Optional[int], Opt(help="LoRA alpha [32].", rich_help_panel="LoRA")] = None,
     lora_dropout: Annotated[Optional[float], Opt(help="LoRA dropout [0].", rich_help_panel="LoRA")] = None,
-    lora_targets: Annotated[Optional[str], Opt(help="Comma-separated module names, or all-linear [all-linear].", rich_help_panel="LoRA")] = None,
+    lora_targets: Annotated[Optional[str], Opt(help="Comma-separated module names, or all-linear \\[all-linear].", rich_help_panel="LoRA")] = None,
     epochs: Annotated[Optional[float], Opt(help="Passes over the training pairs [1].", rich_help_panel="Optimization")] = None,
     max_steps: Annotated[Optional[int], Opt(help="Stop after N optimizer steps (-1: use epochs) [-1].", rich_help_panel="Optimization")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Pairs per step per device [4].", rich_help_panel="Optimization")] = None,
@@ -78,7 +78,7 @@ def train(
     base_sample: Annotated[Optional[bool], Opt("--base-sample/--base-greedy", help="Sample base responses instead of greedy.", rich_help_panel="Base responses")] = None,
     base_temperature: Annotated[Optional[float], Opt(help="Sampling temperature [0.7].", rich_help_panel="Base responses")] = None,
     base_num: Annotated[Optional[int], Opt(help="Base responses per prompt (needs --base-sample) [1].", rich_help_panel="Base responses")] = None,
-    cache_dir: Annotated[Optional[str], Opt(help="Cache directory [~/.cache/bapo or $BAPO_CACHE_DIR].")] = None,
+    cache_dir: Annotated[Optional[str], Opt(help="Cache directory \\[~/.cache/bapo or $BAPO_CACHE_DIR].")] = None,
     set_: Annotated[Optional[list[str]], Opt("--set", help="Any config field, e.g. --set lora.alpha=16 (repeatable).")] = None,
 ) -> None:
     """Train a personalized LoRA adapter with BAPO or any DPO-family loss.
@@ -122,7 +122,7 @@ def base(
     batch_size: Annotated[Optional[int], Opt(help="Prompts per generation batch [16].")] = None,
     max_length: Annotated[int, Opt(help="Longest prompt + response in tokens.")] = 512,
     max_prompt_length: Annotated[int, Opt(help="Longest prompt in tokens.")] = 256,
-    cache_dir: Annotated[Optional[str], Opt(help="Cache directory [~/.cache/bapo].")] = None,
+    cache_dir: Annotated[Optional[str], Opt(help="Cache directory \\[~/.cache/bapo].")] = None,
 ) -> None:
     """Let the reference model answer every prompt and score chosen, rejected and base responses (cached).
 
@@ -174,7 +174,7 @@ def eval_(
     reward_model: Annotated[Optional[str], Opt(help="Sequence-classification reward model scoring generated answers.")] = None,
     lm_eval_tasks: Annotated[Optional[str], Opt(help="Comma-separated lm-evaluation-harness tasks (needs lm-eval).")] = None,
     batch_size: Annotated[int, Opt(help="Sequences per scoring batch.")] = 16,
-    cache_dir: Annotated[Optional[str], Opt(help="Cache directory [~/.cache/bapo].")] = None,
+    cache_dir: Annotated[Optional[str], Opt(help="Cache directory \\[~/.cache/bapo].")] = None,
 ) -> None:
     """Evaluate the base model and adapters side by side: personalization gained, knowledge and alignment kept.
 
@@ -207,20 +207,21 @@ def report(
 
 @app.command()
 def study(
-    users: Annotated[Optional[str], Opt(help="Comma-separated users: dsp:DOMAIN, alpacaeval:concise|verbose, vpl:helpful|harmless, flip:H[:length|hash], psoups:PROFILE [flip:0,flip:0.5,flip:1,vpl:harmless].")] = None,
-    methods: Annotated[Optional[str], Opt(help="Comma-separated losses to compare [dpo,bapo].")] = None,
+    users: Annotated[Optional[str], Opt(help="Comma-separated users: dsp:DOMAIN, alpacaeval:concise|verbose, vpl:helpful|harmless, flip:H[:length|hash], psoups:PROFILE \\[flip:0,flip:0.5,flip:1,vpl:harmless].")] = None,
+    methods: Annotated[Optional[str], Opt(help="Comma-separated losses to compare \\[dpo,bapo].")] = None,
     seeds: Annotated[Optional[int], Opt(help="Seeds per (user, method) [1].")] = None,
-    out_dir: Annotated[Optional[str], Opt("--out", help="Output directory [study].")] = None,
+    out_dir: Annotated[Optional[str], Opt("--out", help="Output directory \\[study].")] = None,
     model: Annotated[Optional[str], Opt(help=MODEL_HELP)] = None,
     config: Annotated[Optional[Path], Opt(help="YAML config file (bapo.study.StudyConfig); options given here override it.")] = None,
     data_dir: Annotated[Optional[str], Opt(help="Data sets in the layout of ../shared/data [../shared/data].")] = None,
     pairs_per_user: Annotated[Optional[int], Opt(help="Training pairs per user [64].", rich_help_panel="Sizes")] = None,
     holdout_pairs: Annotated[Optional[int], Opt(help="Held-out pairs per user [32].", rich_help_panel="Sizes")] = None,
     epochs: Annotated[Optional[float], Opt(help="Passes over each user's pairs [2].", rich_help_panel="Sizes")] = None,
-    eval_items: Annotated[Optional[int], Opt(help="Items per knowledge/alignment task; 0 = full sets [200].", rich_help_panel="Sizes")] = None,
-    judge: Annotated[Optional[str], Opt(help="Heterogeneity judge: auto, reward, labels, base [auto].")] = None,
+    eval_items: Annotated[Optional[int], Opt(help="Items per knowledge task (ARC-Easy, PIQA); 0 = full sets [200].", rich_help_panel="Sizes")] = None,
+    alignment_items: Annotated[Optional[int], Opt(help="HH-harmless pairs for alignment; 0 = all [200].", rich_help_panel="Sizes")] = None,
+    judge: Annotated[Optional[str], Opt(help="Heterogeneity judge: auto, reward, labels, base \\[auto].")] = None,
     reward_model: Annotated[Optional[str], Opt(help="Reward model for the heterogeneity judge.")] = None,
-    cache_dir: Annotated[Optional[str], Opt(help="Cache directory [~/.cache/bapo].")] = None,
+    cache_dir: Annotated[Optional[str], Opt(help="Cache directory \\[~/.cache/bapo].")] = None,
     set_: Annotated[Optional[list[str]], Opt("--set", help="Any config field, e.g. --set lr=1e-4 (repeatable).")] = None,
     dry_run: Annotated[bool, Opt("--dry-run", help="Print the plan, sizes and an estimated run time; train nothing.")] = False,
 ) -> None:
@@ -235,7 +236,7 @@ def study(
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     overrides = {"users": split(users), "methods": split(methods), "seeds": seeds, "out": out_dir, "model": model,
                  "sources.data_dir": data_dir, "pairs_per_user": pairs_per_user, "holdout_pairs": holdout_pairs,
-                 "epochs": epochs, "eval_items": eval_items, "judge": judge, "reward_model": reward_model,
+                 "epochs": epochs, "eval_items": eval_items, "alignment_items": alignment_items, "judge": judge, "reward_model": reward_model,
                  "cache_dir": cache_dir, **_parse_sets(set_)}
     cfg = apply_overrides(_load(StudyConfig, config), overrides)
     run_study(cfg, dry_run=dry_run, console=out)
@@ -246,7 +247,7 @@ def demo(
     out_dir: Annotated[Path, Opt("--out", help="Where the demo writes data, adapters and its table.")] = Path("demo_out"),
     model: Annotated[str, Opt(help=MODEL_HELP)] = "smollm2-135m-instruct",
     steps: Annotated[int, Opt(help="Optimizer steps per adapter.")] = 30,
-    cache_dir: Annotated[Optional[str], Opt(help="Cache directory [~/.cache/bapo].")] = None,
+    cache_dir: Annotated[Optional[str], Opt(help="Cache directory \\[~/.cache/bapo].")] = None,
 ) -> None:
     """Train DPO and two BAPO adapters for a simulated user who loves bullet lists, then compare them (about 10 min)."""
     from bapo.demo import run_demo

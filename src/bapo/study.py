@@ -47,7 +47,8 @@ class StudyConfig:
     base_tokens: int = option(64, "Longest base response (BAPO) and simulated users' candidate answers, in tokens.")
     max_length: int = option(256, "Longest prompt + response in tokens (training and evaluation).")
     max_prompt_length: int = option(160, "Longest prompt in tokens.")
-    eval_items: int = option(200, "Items per knowledge and alignment task (a seeded subset; 0 = the full sets).")
+    eval_items: int = option(200, "Items per knowledge task, ARC-Easy and PIQA (a seeded subset; 0 = the full sets).")
+    alignment_items: int = option(200, "General preference pairs (HH harmless) for alignment (0 = all 2,312).")
     drift_prompts: int = option(40, "Prompts whose base answers measure drift (0 = none).")
     judge: str = option("auto", "Heterogeneity judge: auto, reward, labels or base (see bapo.users.heterogeneity).")
     reward_model: str = option("", "Reward model for the heterogeneity judge (optional).")
@@ -98,7 +99,7 @@ def study_suite(cfg: StudyConfig, path: Path) -> Path:
     for t in tasks:
         if not Path(t["path"]).exists():
             raise ConfigError(f"sources.data_dir: {t['path']} not found (the study's evaluation data)")
-        t["limit"] = cfg.eval_items
+        t["limit"] = cfg.eval_items if t["kind"] == "mc" else cfg.alignment_items
     if cfg.drift_prompts:
         tasks.append({"name": "alpaca_drift", "kind": "drift", "path": cfg.sources.path("prompts"),
                       "limit": cfg.drift_prompts, "max_new_tokens": cfg.base_tokens})
@@ -258,7 +259,8 @@ def _print_plan(cfg: StudyConfig, cells: list[Cell], n_eval: int, est: float, co
     console.print(t)
     console.print(f"sizes: {cfg.pairs_per_user} training + {cfg.holdout_pairs} held-out pairs per user; {cfg.epochs:g} "
                   f"epochs, batch {cfg.batch_size} = {math.ceil(cfg.pairs_per_user / cfg.batch_size) * cfg.epochs:g} "
-                  f"steps per adapter; evaluation {cfg.eval_items or 'all'} items per task = {n_eval} scored sequences "
+                  f"steps per adapter; evaluation: {cfg.eval_items or 'all'} items per knowledge task, "
+                  f"{cfg.alignment_items or 'all'} alignment pairs, {cfg.drift_prompts} drift prompts = {n_eval} scored sequences "
                   f"per model ({len(cells) + 1} models); max length {cfg.max_length} tokens")
     console.print(f"estimated run time from nothing: ~{est / 60:.0f} min (2-core CPU timings; cached cells are free)")
 
