@@ -14,6 +14,7 @@ import argparse
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 
@@ -74,7 +75,7 @@ def main() -> None:
         ratios.append(fast / plain)
         print(f"{r + 1:>6} {plain:>14.2f} {fast:>13.2f} {fast / plain:>8.2f}x")
     ratios.sort()
-    print(f"speed-up min/median/max: {ratios[0]:.2f}x / {ratios[len(ratios) // 2]:.2f}x / {ratios[-1]:.2f}x")
+    print(f"speed-up min/median/max: {ratios[0]:.2f}x / {statistics.median(ratios):.2f}x / {ratios[-1]:.2f}x")
 
 
 if __name__ == "__main__":

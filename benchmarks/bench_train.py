@@ -22,6 +22,7 @@ import platform
 import random
 import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -279,11 +280,11 @@ def main() -> None:
                 print(f"    base-response generation (separate, once per prompt): {b['gen_wall']:.1f} s")
         ratios = sorted(r["ratio"] for r in rows)
         mem = [r["bapo"]["rss_mb"] / r["trl"]["rss_mb"] for r in rows]
-        tok_s = sorted(r["bapo"]["processed_s"] for r in rows)[len(rows) // 2]
+        tok_s = statistics.median(r["bapo"]["processed_s"] for r in rows)
         flops_per_token = 4 * n_params  # LoRA: forward 2N + backward through activations 2N; frozen weights get no grads
         mfu = tok_s * flops_per_token / (peak * 1e9)
-        print(f"ratio bapo/TRL pairs/s min/median/max: {ratios[0]:.2f}x / {ratios[len(ratios) // 2]:.2f}x / "
-              f"{ratios[-1]:.2f}x; peak memory bapo/TRL median {sorted(mem)[len(mem) // 2]:.2f}")
+        print(f"ratio bapo/TRL pairs/s min/median/max: {ratios[0]:.2f}x / {statistics.median(ratios):.2f}x / "
+              f"{ratios[-1]:.2f}x; peak memory bapo/TRL median {statistics.median(mem):.2f}")
         print(f"bapo model FLOP utilisation: ~{flops_per_token / 1e6:.0f} MFLOP per processed token (prompts once) x "
               f"{tok_s:.0f} tok/s "
               f"= {tok_s * flops_per_token / 1e9:.1f} GFLOP/s of a measured {peak:.0f} GFLOP/s matmul peak = {mfu:.1%}")

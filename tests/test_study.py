@@ -146,5 +146,7 @@ def test_cli_study_dry_run_and_bad_user(tmp_path, tiny_model):
     ok = subprocess.run(cmd, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "study plan: 4 adapters" in ok.stdout and "estimated run time" in ok.stdout
+    sweep = subprocess.run(cmd[:-3] + ["--flip-rate", "0,0.25,1", "--dry-run"], capture_output=True, text=True)
+    assert sweep.returncode == 0 and "study plan: 6 adapters" in sweep.stdout and "flip:0.25" in sweep.stdout
     bad = subprocess.run(cmd[:-3] + ["--users", "flip:2"], capture_output=True, text=True)
     assert bad.returncode == 2 and "flip:2" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -208,6 +208,7 @@ def report(
 @app.command()
 def study(
     users: Annotated[Optional[str], Opt(help="Comma-separated users: dsp:DOMAIN, alpacaeval:concise|verbose, vpl:helpful|harmless, flip:H[:length|hash], psoups:PROFILE \\[flip:0,flip:0.5,flip:1,vpl:harmless].")] = None,
+    flip_rate: Annotated[Optional[str], Opt(help="Comma-separated fractions h: a user flip:h per value: general pairs with a fraction h reversed by a rule (heterogeneity h). Added to --users, or alone the study's users.")] = None,
     methods: Annotated[Optional[str], Opt(help="Comma-separated losses to compare \\[dpo,bapo].")] = None,
     seeds: Annotated[Optional[int], Opt(help="Seeds per (user, method) [1].")] = None,
     out_dir: Annotated[Optional[str], Opt("--out", help="Output directory \\[study].")] = None,
@@ -239,6 +240,15 @@ def study(
                  "epochs": epochs, "eval_items": eval_items, "alignment_items": alignment_items, "judge": judge, "reward_model": reward_model,
                  "cache_dir": cache_dir, **_parse_sets(set_)}
     cfg = apply_overrides(_load(StudyConfig, config), overrides)
+    if flip_rate:
+        rates = split(flip_rate)
+        for h in rates:
+            try:
+                float(h)
+            except ValueError:
+                raise ConfigError(f"--flip-rate {flip_rate}: expected fractions separated by commas") from None
+        flips = [f"flip:{float(h):g}" for h in rates]
+        cfg.users = (cfg.users if users else []) + [u for u in flips if u not in cfg.users or not users]
     run_study(cfg, dry_run=dry_run, console=out)
 
 
