@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,13 @@ def mini_data(root: Path) -> Path:
                          hh(f"Tell me about topic {i}.", f"Short {i}.")], "score": [1, 0]} for i in range(24)]
     (root / "general/dsp_helpful_test.json").write_text(json.dumps(general))
     write_jsonl(root / "prompts/alpaca_eval_instructions.jsonl", [{"instruction": f"Say {w}."} for w in "abc"])
+    dsp = [{"query": f"Explain thing {i}.", "responses": {d: f"{d} answer {i}" for d in
+                                                          ("academy", "business", "entertainment", "literature", "normal")}}
+           for i in range(6)]
+    (root / "personal/dsp_domain_preference_test.json").write_text(json.dumps(dsp))
+    for style in ("concise", "verbose"):
+        rows = [{"instruction": f"Task {i}", "output": f"{style} output {i}", "generator": f"m_{style}"} for i in range(7)]
+        (root / f"personal/alpacaeval_gpt-3.5-turbo-1106_{style}.json").write_text(json.dumps(rows))
     with gzip.open(root / "personal/vpl_relabeled_hh_both_test.jsonl.gz", "wt") as f:
         for i in range(10):
             f.write(json.dumps({"prompt": f"Human: Q{i}?", "responses": [f"yes {i}", f"no {i}"],
@@ -63,6 +71,34 @@ def test_flip_users_reverse_a_nested_rule_chosen_fraction(tmp_path):
     vpl = build_user("vpl:helpful", src, 0)
     assert len(vpl.pairs) == 10 and heterogeneity(vpl).value == 0.5  # label disagrees with original on odd rows
     assert vpl.pairs[1].chosen == "no 1" and vpl.pairs[0].chosen == "yes 0"
+
+
+def test_real_data_users_prefer_their_own_responses(tmp_path):
+    src = Sources(data_dir=str(mini_data(tmp_path / "data")))
+    lit = build_user("dsp:literature", src, 0)
+    assert len(lit.pairs) == 24 and lit.general_agree is None  # 6 queries x (3 other domains + the original)
+    assert all(p.chosen.startswith("literature") and not p.rejected.startswith("literature") for p in lit.pairs)
+    assert {p.rejected.split()[0] for p in lit.pairs} == {"academy", "business", "entertainment", "normal"}
+    verbose = build_user("alpacaeval:verbose", src, 5)
+    assert len(verbose.pairs) == 5 and all(p.chosen.startswith("verbose") and p.rejected.startswith("concise")
+                                           for p in verbose.pairs)
+    assert build_user("alpacaeval:verbose", src, 5).pairs == verbose.pairs  # the sample is seeded
+    assert all(p.user_id == "alpacaeval-verbose" for p in verbose.pairs)
+
+
+def test_bad_user_specs_and_files_are_clear_errors(tmp_path):
+    from bapo.errors import BapoError
+
+    src = Sources(data_dir=str(mini_data(tmp_path / "data")))
+    for spec, msg in [("dsp:law", "DOMAIN"), ("flip:1.5", "[0, 1]"), ("nobody", "unknown user"),
+                      ("psoups:rude", "PROFILE"), ("vpl:kind", "vpl:helpful")]:
+        with pytest.raises(BapoError, match=re.escape(msg)):
+            build_user(spec, src, 0)
+    (tmp_path / "data/personal/dsp_domain_preference_test.json").write_text('[{"query": "q", "responses": {}}]')
+    with pytest.raises(BapoError, match="record 1: responses"):
+        build_user("dsp:academy", src, 0)
+    with pytest.raises(BapoError, match="sources.vpl: .* not found"):
+        build_user("vpl:helpful", Sources(data_dir=str(tmp_path / "nowhere")), 0)
 
 
 def test_dry_run_prints_a_plan_and_trains_nothing(study_cfg, capsys):
