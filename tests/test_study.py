@@ -186,3 +186,24 @@ def test_cli_study_dry_run_and_bad_user(tmp_path, tiny_model):
     assert sweep.returncode == 0 and "study plan: 6 adapters" in sweep.stdout and "flip:0.25" in sweep.stdout
     bad = subprocess.run(cmd[:-3] + ["--users", "flip:2"], capture_output=True, text=True)
     assert bad.returncode == 2 and "flip:2" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_reward_model_judge_counts_pairs_the_reward_model_ranks_the_other_way(tmp_path, tiny_model):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from bapo.evaluation import reward_of
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    torch.manual_seed(0)
+    rm = LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                                    num_hidden_layers=1, num_attention_heads=2, num_labels=1,
+                                                    pad_token_id=tok.pad_token_id)).eval()
+    src = Sources(data_dir=str(mini_data(tmp_path / "data")))
+    user = build_user("flip:0.5", src, 9)
+    h = heterogeneity(user, "auto", reward=(rm, tok))
+    by_hand = [float(reward_of(rm, tok, p.messages, p.chosen) < reward_of(rm, tok, p.messages, p.rejected))
+               for p in user.pairs]
+    assert h.judge == "reward model" and h.n == 9  # an odd count: a sign error cannot hide at one half
+    assert h.value == pytest.approx(sum(by_hand) / 9)
+    assert heterogeneity(user, "labels").value == pytest.approx(4 / 9)  # the data's own labels, when asked for

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 from rich.console import Console
 
+from bapo import progress
 from bapo.base import Reference, build_examples, open_reference
 from bapo.config import DEFAULT_MODEL, BaseResponseConfig, DataConfig, option
 from bapo.data import load_pairs
@@ -189,8 +190,8 @@ def run_eval(cfg: EvalConfig, console: Console | None = None) -> list[dict]:
                                cfg.max_length, cfg.max_prompt_length, cfg.reward_model)
                 cached = ref.store.get_eval(key)
                 if cached is None:
-                    console.print(f"[dim]{cand.label}: {name}[/]")
-                    cached = _score_task(model, ref, tasks, name, cfg, reward)
+                    with progress.bar(f"{cand.label}: {name}", _n_seqs(tasks, name)) as advance:
+                        cached = _score_task(model, ref, tasks, name, cfg, reward, advance)
                     ref.store.put_eval(key, cached)
                 scores[cand.label][name] = cached
         for name, value in (_lm_eval(cand, cfg, ref, console) or {}).items():
@@ -218,9 +219,20 @@ def _task_key(tasks: _Tasks, name: str) -> str:
     return hashlib.sha256(json.dumps([rule, [p.to_record() for p in tasks.personal[name]]]).encode()).hexdigest()[:16]
 
 
-def _score_task(model, ref: Reference, tasks: _Tasks, name: str, cfg: EvalConfig, reward) -> dict[str, list[float]]:
+def _n_seqs(tasks: _Tasks, name: str) -> int:
+    """Sequences scored for a task (what its progress bar counts); generation tasks count their prompts."""
     if name in tasks.personal:
-        out = personal_scores(model, tasks.personal_examples[name], ref.pad_id, cfg.batch_size)
+        return 2 * len(tasks.personal[name])
+    spec = next(t for t in tasks.specs if t.name == name)
+    items = tasks.items[name]
+    return {"mc": lambda: sum(len(i.choices) for i in items), "general_pairs": lambda: 2 * len(items),
+            "drift": lambda: len(tasks.drift[name][0])}.get(spec.kind, lambda: len(items))()
+
+
+def _score_task(model, ref: Reference, tasks: _Tasks, name: str, cfg: EvalConfig, reward,
+                advance=None) -> dict[str, list[float]]:
+    if name in tasks.personal:
+        out = personal_scores(model, tasks.personal_examples[name], ref.pad_id, cfg.batch_size, advance)
         rule = PROFILES.get(name.split(":", 1)[1])
         if rule is not None:  # the user's own rule, applied to what the model now writes for held-out prompts
             prompts = list({p.prompt_key: p.messages for p in tasks.personal[name]}.values())
@@ -229,12 +241,12 @@ def _score_task(model, ref: Reference, tasks: _Tasks, name: str, cfg: EvalConfig
     spec = next(t for t in tasks.specs if t.name == name)
     items = tasks.items[name]
     if spec.kind == "mc":
-        return mc_scores(model, ref.tokenizer, items, cfg.batch_size * 2)
+        return mc_scores(model, ref.tokenizer, items, cfg.batch_size * 2, advance)
     if spec.kind == "general_pairs":
-        return general_pair_scores(model, ref.renderer, items, cfg.batch_size)
+        return general_pair_scores(model, ref.renderer, items, cfg.batch_size, advance)
     if spec.kind == "drift":
         seqs, ref_logps = tasks.drift[name]
-        return drift_scores(model, seqs, ref_logps, ref.pad_id, cfg.batch_size)
+        return drift_scores(model, seqs, ref_logps, ref.pad_id, cfg.batch_size, advance)
     rm, rtok = reward
     return reward_scores(model, ref.renderer, items, rm, rtok, spec.max_new_tokens)
 

@@ -53,7 +53,7 @@ def paired_delta(xs: Sequence[float], base: Sequence[float]) -> tuple[float, flo
 # Global knowledge
 
 
-def mc_scores(model, tokenizer, items: Sequence[McItem], batch_size: int = 32) -> dict[str, list[float]]:
+def mc_scores(model, tokenizer, items: Sequence[McItem], batch_size: int = 32, progress=None) -> dict[str, list[float]]:
     """Zero-shot multiple choice, as lm-evaluation-harness: ``acc`` picks the choice of highest log-likelihood given
     the question, ``acc_norm`` the highest log-likelihood per byte of the choice. Every choice of every question
     goes into length-sorted batches together, so a batch mixes questions."""
@@ -63,7 +63,7 @@ def mc_scores(model, tokenizer, items: Sequence[McItem], batch_size: int = 32) -
         for c in it.choices:
             seqs.append(Encoded(ctx, tuple(tokenizer(" " + c, add_special_tokens=False)["input_ids"])))
             owner.append(i)
-    vals = score(model, seqs, tokenizer.pad_token_id, batch_size)
+    vals = score(model, seqs, tokenizer.pad_token_id, batch_size, progress)
     acc, acc_norm = [], []
     k = 0
     for it in items:
@@ -79,15 +79,15 @@ def mc_scores(model, tokenizer, items: Sequence[McItem], batch_size: int = 32) -
 # General alignment
 
 
-def general_pair_scores(model, renderer: Renderer, items: Sequence[PairItem], batch_size: int = 16
-                        ) -> dict[str, list[float]]:
+def general_pair_scores(model, renderer: Renderer, items: Sequence[PairItem], batch_size: int = 16,
+                        progress=None) -> dict[str, list[float]]:
     """How often the model still prefers the generally preferred reply: by total log-likelihood (``acc``) and by
     per-token log-likelihood (``acc_norm``)."""
     seqs = []
     for it in items:
         for resp in (it.chosen, it.rejected):
             seqs.append(renderer.encode(it.messages, resp, "general pair", "response", [], truncate=True))
-    vals = score(model, seqs, renderer.tok.pad_token_id, batch_size)
+    vals = score(model, seqs, renderer.tok.pad_token_id, batch_size, progress)
     acc, acc_norm = [], []
     for i in range(len(items)):
         (c, nc), (r, nr) = vals[2 * i], vals[2 * i + 1]
@@ -97,13 +97,13 @@ def general_pair_scores(model, renderer: Renderer, items: Sequence[PairItem], ba
 
 
 def drift_scores(model, base_seqs: Sequence[Encoded], ref_logps: Sequence[float], pad_id: int,
-                 batch_size: int = 16) -> dict[str, list[float]]:
+                 batch_size: int = 16, progress=None) -> dict[str, list[float]]:
     """Per-token change of log p of the reference's own answers: ``(log pi(y_b) - log pi_ref(y_b)) / |y_b|``.
 
     Averaged over answers sampled from the reference this estimates -KL(pi_ref || pi) per token: 0 means the model
     still says what the reference says; negative means it moved away.
     """
-    vals = score(model, base_seqs, pad_id, batch_size)
+    vals = score(model, base_seqs, pad_id, batch_size, progress)
     return {"logp_change_per_token": [(p - r) / max(n, 1) for (p, n), r in zip(vals, ref_logps)]}
 
 
@@ -146,7 +146,8 @@ def reward_of(reward_model, reward_tokenizer, messages: list[dict[str, str]], re
 # Personalization
 
 
-def personal_scores(model, examples: Sequence[Example], pad_id: int, batch_size: int = 16) -> dict[str, list[float]]:
+def personal_scores(model, examples: Sequence[Example], pad_id: int, batch_size: int = 16,
+                    progress=None) -> dict[str, list[float]]:
     """On the user's held-out pairs (reference log-probs precomputed):
 
     - ``reward_acc``: the implicit DPO reward ranks chosen above rejected (ties count one half, so the reference
@@ -155,7 +156,7 @@ def personal_scores(model, examples: Sequence[Example], pad_id: int, batch_size:
     - ``margin``: implicit log-ratio margin ``log(pi/pi_ref)(y_w) - log(pi/pi_ref)(y_l)`` in nats.
     """
     seqs = [s for e in examples for s in (e.chosen, e.rejected)]
-    vals = score(model, seqs, pad_id, batch_size)
+    vals = score(model, seqs, pad_id, batch_size, progress)
     reward_acc, ll_acc, margin = [], [], []
     for i, e in enumerate(examples):
         (pc, nc), (pr, nr) = vals[2 * i], vals[2 * i + 1]
