@@ -11,14 +11,12 @@ speed-up per repeat (A B A B ...).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shlex
-import statistics
 import sys
 import time
 
 import torch
+
+from common import print_header, print_speedups  # benchmarks/common.py, beside this script
 
 
 def plain_loop(model, tok, items) -> list[float]:
@@ -48,9 +46,7 @@ def main() -> None:
     from bapo.models import load_model, load_tokenizer, resolve_model
     from bapo.suites import TaskSpec, load_mc
 
-    print(f"command: python {shlex.join(sys.argv)}")
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print_header()
     path = resolve_model(args.model)
     model, tok = load_model(path), load_tokenizer(path)
     items = load_mc(TaskSpec("bench", "mc", args.data, limit=args.items, seed=0))
@@ -74,8 +70,7 @@ def main() -> None:
         fast = len(items) / (time.perf_counter() - t)
         ratios.append(fast / plain)
         print(f"{r + 1:>6} {plain:>14.2f} {fast:>13.2f} {fast / plain:>8.2f}x")
-    ratios.sort()
-    print(f"speed-up min/median/max: {ratios[0]:.2f}x / {statistics.median(ratios):.2f}x / {ratios[-1]:.2f}x")
+    print_speedups(ratios)
 
 
 if __name__ == "__main__":

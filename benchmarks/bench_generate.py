@@ -12,14 +12,12 @@ Prints the machine, the command, generated tokens/s of each, and the speed-up pe
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shlex
-import statistics
 import sys
 import time
 
 import torch
+
+from common import print_header, print_speedups  # benchmarks/common.py, beside this script
 
 
 def plain_loop(model, tok, prompts, cfg, stop) -> list[str]:
@@ -62,9 +60,7 @@ def main() -> None:
     from bapo.suites import TaskSpec, load_prompts
     from bapo.tokens import Renderer
 
-    print(f"command: python {shlex.join(sys.argv)}")
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print_header()
     path = resolve_model(args.model)
     model, tok = load_model(path).eval(), load_tokenizer(path)
     renderer = Renderer(tok, DataConfig())
@@ -94,8 +90,7 @@ def main() -> None:
         b = n_tokens / (time.perf_counter() - t)
         ratios.append(b / p)
         print(f"{r + 1:>6} {p:>12.1f} {b:>11.1f} {b / p:>8.2f}x")
-    ratios.sort()
-    print(f"speed-up min/median/max: {ratios[0]:.2f}x / {statistics.median(ratios):.2f}x / {ratios[-1]:.2f}x")
+    print_speedups(ratios)
 
 
 if __name__ == "__main__":

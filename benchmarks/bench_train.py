@@ -306,7 +306,7 @@ def _body_params(model_path: str) -> int:
 
 def _base_tokens(a, pairs, texts) -> tuple[int, int]:
     """Tokens of the base sequences: as whole sequences, and as the responses that packing adds."""
-    from bapo.config import DataConfig, TrainConfig
+    from bapo.config import DataConfig
     from bapo.models import load_tokenizer
     from bapo.tokens import Renderer
 

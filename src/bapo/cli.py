@@ -247,8 +247,8 @@ def study(
                 float(h)
             except ValueError:
                 raise ConfigError(f"--flip-rate {flip_rate}: expected fractions separated by commas") from None
-        flips = [f"flip:{float(h):g}" for h in rates]
-        cfg.users = (cfg.users if users else []) + [u for u in flips if u not in cfg.users or not users]
+        given = cfg.users if users else []
+        cfg.users = given + [u for u in (f"flip:{float(h):g}" for h in rates) if u not in given]
     run_study(cfg, dry_run=dry_run, console=out)
 
 

@@ -30,7 +30,7 @@ from bapo.evaluation import (Stat, drift_scores, general_pair_scores, mc_scores,
 from bapo.io import atomic_write_text, write_json
 from bapo.profiles import PROFILES
 from bapo.store import make_key
-from bapo.suites import TaskSpec, load_general_pairs, load_mc, load_prompts, load_suite
+from bapo.suites import LOADERS, TaskSpec, load_suite, scored_sequences
 from bapo.tokens import encode_pairs
 
 
@@ -116,8 +116,7 @@ class _Tasks:
             self.specs.append(TaskSpec("general_reward", "reward", "package:general_prompts.jsonl"))
         if any(t.kind == "reward" for t in self.specs) and not cfg.reward_model:
             raise ConfigError("suite: a reward task needs --reward-model")
-        loaders = {"mc": load_mc, "general_pairs": load_general_pairs, "drift": load_prompts, "reward": load_prompts}
-        self.items = {t.name: loaders[t.kind](t) for t in self.specs}
+        self.items = {t.name: LOADERS[t.kind](t) for t in self.specs}
         for t in self.specs:
             console.print(f"task [bold]{t.name}[/] ({t.kind}): {len(self.items[t.name])} items from {t.path}")
         self.personal: dict[str, list] = {}  # name -> held-out pairs
@@ -224,9 +223,7 @@ def _n_seqs(tasks: _Tasks, name: str) -> int:
     if name in tasks.personal:
         return 2 * len(tasks.personal[name])
     spec = next(t for t in tasks.specs if t.name == name)
-    items = tasks.items[name]
-    return {"mc": lambda: sum(len(i.choices) for i in items), "general_pairs": lambda: 2 * len(items),
-            "drift": lambda: len(tasks.drift[name][0])}.get(spec.kind, lambda: len(items))()
+    return scored_sequences(spec.kind, tasks.items[name])
 
 
 def _score_task(model, ref: Reference, tasks: _Tasks, name: str, cfg: EvalConfig, reward,

@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from bapo.config import DEFAULT_MODEL, BaseResponseConfig, DataConfig, LossConfig, TrainConfig, option
-from bapo.data import load_pairs, split_holdout
+from bapo.data import split_holdout
 from bapo.errors import ConfigError
 from bapo.io import atomic_write_text, write_json, write_jsonl
-from bapo.users import Heterogeneity, Sources, build_user, heterogeneity, parse_spec, user_name
+from bapo.users import Sources, build_user, heterogeneity, parse_spec, user_name
 
 DEFAULT_USERS = ["flip:0", "flip:0.5", "flip:1", "vpl:harmless"]
 
@@ -143,17 +143,9 @@ def _model_scale(model: str) -> float:
 
 
 def _eval_seqs(suite_path: Path) -> int:
-    from bapo.suites import load_general_pairs, load_mc, load_prompts, load_suite
+    from bapo.suites import LOADERS, load_suite, scored_sequences
 
-    n = 0
-    for t in load_suite(str(suite_path)).tasks:
-        if t.kind == "mc":
-            n += sum(len(i.choices) for i in load_mc(t))
-        elif t.kind == "general_pairs":
-            n += 2 * len(load_general_pairs(t))
-        else:
-            n += len(load_prompts(t))
-    return n
+    return sum(scored_sequences(t.kind, LOADERS[t.kind](t)) for t in load_suite(str(suite_path)).tasks)
 
 
 def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None = None) -> dict:
@@ -175,6 +167,13 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
 
     data_cfg = DataConfig(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
     ref = None
+
+    def reference():  # loaded once, and only if a simulated user or the base-model judge needs it
+        nonlocal ref
+        if ref is None:
+            ref = open_reference(cfg.model, data_cfg, cfg.cache_dir)
+        return ref
+
     reward = None
     if cfg.reward_model:
         from bapo.compare import _load_reward_model
@@ -188,14 +187,14 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
             users[name] = json.loads(meta_path.read_text())
             continue
         kind, _ = parse_spec(spec)
-        if ref is None and (kind == "psoups" or cfg.judge in ("base", "auto")):
-            ref = open_reference(cfg.model, data_cfg, cfg.cache_dir)
         console.rule(f"user {spec}")
-        user = build_user(spec, cfg.sources, cfg.pairs_per_user + cfg.holdout_pairs, 0, ref, cfg.base_tokens)
+        user = build_user(spec, cfg.sources, cfg.pairs_per_user + cfg.holdout_pairs, 0,
+                          reference() if kind == "psoups" else None, cfg.base_tokens)
         if len(user.pairs) < cfg.holdout_pairs + 4:
             raise ConfigError(f"users: {spec} has only {len(user.pairs)} pairs; lower holdout_pairs or pairs_per_user")
         train, held = split_holdout(user.pairs, cfg.holdout_pairs / len(user.pairs), 0)
-        h = heterogeneity(user, cfg.judge, ref, reward)
+        needs_base = cfg.judge == "base" or (cfg.judge == "auto" and reward is None and user.general_agree is None)
+        h = heterogeneity(user, cfg.judge, reference() if needs_base else None, reward)
         write_jsonl(out / "users" / f"{name}.train.jsonl", [p.to_record() for p in train])
         write_jsonl(out / "users" / f"{name}.holdout.jsonl", [p.to_record() for p in held])
         users[name] = {"spec": spec, "source": user.source, "train_pairs": len(train), "holdout_pairs": len(held),

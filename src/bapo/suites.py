@@ -226,3 +226,15 @@ def load_prompts(spec: TaskSpec) -> list[list[dict[str, str]]]:
             raise DataError(Problem(spec.path, line, "prompt", "expected a prompt, instruction or turns field"))
         out.append([{"role": "user", "content": text}])
     return _subset(out, spec)
+
+
+LOADERS = {"mc": load_mc, "general_pairs": load_general_pairs, "drift": load_prompts, "reward": load_prompts}
+
+
+def scored_sequences(kind: str, items: list) -> int:
+    """How many sequences a model scores (or, for drift/reward, prompts it meets) for one task's items."""
+    if kind == "mc":
+        return sum(len(i.choices) for i in items)
+    if kind == "general_pairs":
+        return 2 * len(items)
+    return len(items)
