@@ -1,6 +1,7 @@
 """Multiple-choice scoring speed: bapo's batched scorer against a plain one-question-at-a-time loop.
 
     python benchmarks/bench_eval.py [--model smollm2-135m-instruct] [--items 100] [--repeats 3]
+    python benchmarks/bench_eval.py --adapter DIR   # an adapter scored merged into the weights vs. unmerged
 
 Both score the same questions of the shipped knowledge set (or --data, llm-foundry JSONL) with the same model; the
 plain loop runs one forward pass per choice with full logits, as a straightforward implementation would. The two
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--adapter", default="", help="compare `bapo eval`'s merged and unmerged scoring of this adapter")
     args = ap.parse_args()
 
     from bapo.evaluation import mc_scores
@@ -52,6 +54,8 @@ def main() -> None:
     items = load_mc(TaskSpec("bench", "mc", args.data, limit=args.items, seed=0))
     n_choices = sum(len(i.choices) for i in items)
     print(f"model: {args.model}; {len(items)} questions, {n_choices} choices; batch size {args.batch_size}")
+    if args.adapter:
+        return merged_vs_unmerged(model, tok, items, args)
 
     batched_acc = mc_scores(model, tok, items, args.batch_size)["acc"]
     plain_acc = plain_loop(model, tok, items)
@@ -70,6 +74,35 @@ def main() -> None:
         fast = len(items) / (time.perf_counter() - t)
         ratios.append(fast / plain)
         print(f"{r + 1:>6} {plain:>14.2f} {fast:>13.2f} {fast / plain:>8.2f}x")
+    print_speedups(ratios)
+
+
+def merged_vs_unmerged(model, tok, items, args) -> None:
+    """The same adapter scored through peft's LoRA layers and merged into the weights, as ``bapo eval`` does."""
+    from pathlib import Path
+
+    from bapo.compare import Candidate, _policy
+    from bapo.evaluation import mc_scores
+
+    cand = Candidate("adapter", Path(args.adapter))
+    run = {}
+    for merge in (False, True):
+        with _policy(model, cand, merge) as m:
+            run[merge] = mc_scores(m, tok, items, args.batch_size)["acc"]
+    if run[False] != run[True]:
+        sys.exit("MISMATCH: merged and unmerged scoring disagree")
+    print(f"adapter: {args.adapter}; check: both give acc = {sum(run[True]) / len(items):.3f} (identical per item)")
+    ratios = []
+    print(f"{'repeat':>6} {'unmerged items/s':>17} {'merged items/s':>15} {'speed-up':>9}")
+    for r in range(args.repeats):
+        rate = {}
+        for merge in (False, True):
+            with _policy(model, cand, merge) as m:
+                t = time.perf_counter()
+                mc_scores(m, tok, items, args.batch_size)
+                rate[merge] = len(items) / (time.perf_counter() - t)
+        ratios.append(rate[True] / rate[False])
+        print(f"{r + 1:>6} {rate[False]:>17.2f} {rate[True]:>15.2f} {ratios[-1]:>8.2f}x")
     print_speedups(ratios)
 
 

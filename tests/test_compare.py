@@ -4,6 +4,7 @@ import json
 import math
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +172,30 @@ def test_bullet_rule():
     assert is_bullet_list("- a\n- b\n- c") and is_bullet_list("1. a\n2) b")
     assert not is_bullet_list("- only one") and not is_bullet_list("A paragraph.\nAnother line.\n- one bullet")
     assert PROFILES["bullet-lover"]("* x\n* y") == 1.0
+
+
+def test_merged_adapter_scores_like_the_unmerged_one_and_leaves_the_base_exact(setup, tiny_model):
+    import torch
+
+    from bapo.compare import Candidate, _policy
+    from bapo.logprobs import score
+    from bapo.models import load_model
+    from bapo.tokens import Encoded
+
+    _, adapters = setup
+    model = load_model(tiny_model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seqs = [Encoded((7, 8, 9), (10, 11, 12, 13)), Encoded((7, 8), (20, 21))]
+    base_scores = score(model, seqs, 0)
+    for scale in (1.0, 0.5):
+        cand = Candidate("dpo", Path(adapters[0]), scale)
+        with _policy(model, cand, merge=False) as m:
+            plain = score(m, seqs, 0)
+        with _policy(model, cand, merge=True) as m:
+            merged = score(m, seqs, 0)
+        assert [n for _, n in merged] == [n for _, n in plain]
+        assert [v for v, _ in merged] == pytest.approx([v for v, _ in plain], abs=1e-5)
+        assert [v for v, _ in merged] != pytest.approx([v for v, _ in base_scores], abs=1e-3)  # the adapter acts
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert score(model, seqs, 0) == base_scores

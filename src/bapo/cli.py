@@ -174,6 +174,8 @@ def eval_(
     reward_model: Annotated[Optional[str], Opt(help="Sequence-classification reward model scoring generated answers.")] = None,
     lm_eval_tasks: Annotated[Optional[str], Opt(help="Comma-separated lm-evaluation-harness tasks (needs lm-eval).")] = None,
     batch_size: Annotated[int, Opt(help="Sequences per scoring batch.")] = 16,
+    merge: Annotated[bool, Opt("--merge/--no-merge", help="Merge each adapter into the weights while scoring it "
+                                "(faster; holds a copy of the weights it changes).")] = True,
     cache_dir: Annotated[Optional[str], Opt(help="Cache directory \\[~/.cache/bapo].")] = None,
 ) -> None:
     """Evaluate the base model and adapters side by side: personalization gained, knowledge and alignment kept.
@@ -189,8 +191,8 @@ def eval_(
         raise ConfigError(f"--adapter-scale {adapter_scale}: expected numbers separated by commas") from None
     names = [a for item in [*(adapters or []), *(more or [])] for a in item.split(",") if a]
     run_eval(EvalConfig(model=model, adapters=names, suite=suite, out=str(out_dir), adapter_scales=scales,
-                        reward_model=reward_model or "", batch_size=batch_size, cache_dir=cache_dir or "",
-                        lm_eval_tasks=[t for t in (lm_eval_tasks or "").split(",") if t]), console=out)
+                        reward_model=reward_model or "", batch_size=batch_size, merge_adapters=merge,
+                        cache_dir=cache_dir or "", lm_eval_tasks=[t for t in (lm_eval_tasks or "").split(",") if t]), console=out)
 
 
 @app.command()

@@ -46,6 +46,8 @@ class EvalConfig:
     reward_model: str = option("", "A sequence-classification reward model scoring generated answers (optional).")
     lm_eval_tasks: list[str] = option([], "lm-evaluation-harness tasks to add (needs lm-eval and its data).")
     batch_size: int = option(16, "Sequences per scoring batch.")
+    merge_adapters: bool = option(True, "Merge each adapter into the weights while scoring it (faster; holds a "
+                                        "copy of the weights it changes).")
     max_length: int = option(512, "Longest prompt + response in tokens (longer are truncated).")
     max_prompt_length: int = option(384, "Longest prompt in tokens.")
     cache_dir: str = option("", "Cache directory [~/.cache/bapo].")
@@ -92,19 +94,33 @@ def _check_same_model(path: Path, fingerprint: str) -> None:
 
 
 @contextmanager
-def _policy(model, cand: Candidate) -> Iterator[Any]:
+def _policy(model, cand: Candidate, merge: bool = True) -> Iterator[Any]:
+    """``model`` with the candidate's adapter applied at its scale; afterwards ``model`` is exactly as before.
+
+    With ``merge`` the LoRA update is added into the weights it changes (scoring then costs what the base model
+    costs; docs/PERFORMANCE.md has the measured gain), and the original weights, kept aside, are copied back
+    afterwards. peft's own ``unmerge_adapter`` would subtract the update again, which leaves float rounding in
+    the base weights and so makes each adapter's scores depend on which adapters were evaluated before it.
+    """
     if cand.adapter is None:
         yield model
         return
     from peft import PeftModel
     from peft.helpers import rescale_adapter_scale
+    from peft.tuners.lora import LoraLayer
 
     peft_model = PeftModel.from_pretrained(model, str(cand.adapter)).eval()
+    layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
+    saved = [m.get_base_layer().weight.detach().clone() for m in layers] if merge else []
     try:
         with rescale_adapter_scale(peft_model, cand.scale):
+            if merge:
+                peft_model.merge_adapter()
             yield peft_model
     finally:
-        peft_model.unload()  # back to the plain base model, without merging
+        for m, w in zip(layers, saved):
+            m.get_base_layer().weight.data.copy_(w)
+        peft_model.unload()  # back to the plain base model (its weights restored above, not unmerged)
 
 
 class _Tasks:
@@ -182,7 +198,7 @@ def run_eval(cfg: EvalConfig, console: Console | None = None) -> list[dict]:
     scores: dict[str, dict[str, dict[str, list[float]]]] = {}
     for cand in candidates:
         scores[cand.label] = {}
-        with _policy(ref.model, cand) as model:
+        with _policy(ref.model, cand, cfg.merge_adapters) as model:
             own = [n for n in tasks.personal if cand.adapter is None or n in cand.personal]
             for name in [t.name for t in tasks.specs] + own:
                 key = make_key("eval", ref.fingerprint, cand.digest, cand.scale, name, _task_key(tasks, name),
@@ -273,7 +289,7 @@ def _lm_eval(cand: Candidate, cfg: EvalConfig, ref: Reference, console: Console)
         if cand.adapter is None:
             console.print("[yellow]lm-eval is not installed: skipping --lm-eval-tasks (pip install lm-eval)[/]")
         return None
-    with _policy(ref.model, cand) as policy:
+    with _policy(ref.model, cand, cfg.merge_adapters) as policy:
         try:
             res = simple_evaluate(model=HFLM(pretrained=policy, tokenizer=ref.tokenizer, batch_size=cfg.batch_size),
                                   tasks=cfg.lm_eval_tasks)
