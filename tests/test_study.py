@@ -147,9 +147,17 @@ def test_aggregate_combines_seeds():
 
 
 class CannedReference:
-    """Answers by its system prompt: long when told to be thorough, short when told to be brief, medium otherwise."""
+    """Greedy: long answers when told to be thorough, short when told to be brief, medium otherwise. Sampled: one
+    answer of a single word, then answers of 60 words (so samples can be the extremes)."""
+
+    def __init__(self):
+        self.calls = []
 
     def generate(self, prompts, cfg):
+        self.calls.append(cfg)
+        if cfg.do_sample:
+            return [[" ".join(["word"] * (1 if k == 0 else 60)) + "." for k in range(cfg.num_responses)]
+                    for _ in prompts]
         out = []
         for p in prompts:
             system = p[0]["content"] if p[0]["role"] == "system" else ""
@@ -162,14 +170,21 @@ def test_simulated_user_labels_the_base_models_candidates_by_its_profile(tmp_pat
     from bapo.profiles import SIMULATED
 
     src = Sources(data_dir=str(mini_data(tmp_path / "data")))
-    user = build_user("psoups:concise", src, 3, reference=CannedReference())
-    assert len(user.pairs) == 3 and user.general_agree is None
+    ref = CannedReference()
+    user = build_user("psoups:concise", src, 3, reference=ref, candidate_samples=0)
+    assert len(user.pairs) == 3 and user.general_agree is None and not any(c.do_sample for c in ref.calls)
     for p in user.pairs:
         assert len(p.chosen.split()) == 3 and len(p.rejected.split()) == 40
         assert SIMULATED["concise"](p.chosen) > SIMULATED["concise"](p.rejected)
         assert p.messages[0]["role"] == "user"  # the steering system prompt is not part of the user's pair
-    detailed = build_user("psoups:detailed", src, 3, reference=CannedReference())
+    detailed = build_user("psoups:detailed", src, 3, reference=CannedReference(), candidate_samples=0)
     assert all(len(p.chosen.split()) == 40 for p in detailed.pairs)
+
+    # with samples, the sampled answers (seeded, cached like any generation) join the candidates
+    ref = CannedReference()
+    sampled = build_user("psoups:concise", src, 3, seed=5, reference=ref, candidate_samples=2)
+    assert [(c.do_sample, c.num_responses, c.seed) for c in ref.calls] == [(False, 1, 0), (True, 2, 5)]
+    assert all(len(p.chosen.split()) == 1 and len(p.rejected.split()) == 60 for p in sampled.pairs)
 
 
 def test_cli_study_dry_run_and_bad_user(tmp_path, tiny_model):

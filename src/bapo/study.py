@@ -45,6 +45,7 @@ class StudyConfig:
     beta: float = option(0.1, "DPO beta (all methods).")
     anchor_lambda: float = option(1.0, "BAPO's lambda.")
     base_tokens: int = option(64, "Longest base response (BAPO) and simulated users' candidate answers, in tokens.")
+    candidate_samples: int = option(2, "Simulated users: sampled answers per prompt besides the 3 greedy (steered) ones.")
     max_length: int = option(256, "Longest prompt + response in tokens (training and evaluation).")
     max_prompt_length: int = option(160, "Longest prompt in tokens.")
     eval_items: int = option(200, "Items per knowledge task, ARC-Easy and PIQA (a seeded subset; 0 = the full sets).")
@@ -66,6 +67,8 @@ class StudyConfig:
             LossConfig(method=m).validate()
         if not self.methods or self.seeds < 1:
             raise ConfigError("methods and seeds: at least one method and one seed")
+        if self.candidate_samples < 0:
+            raise ConfigError("candidate_samples: 0 or more")
         if self.holdout_pairs < 2 or self.pairs_per_user < 0:
             raise ConfigError("holdout_pairs: at least 2; pairs_per_user: 0 (all) or more")
         DataConfig(max_length=self.max_length, max_prompt_length=self.max_prompt_length).validate()
@@ -189,7 +192,7 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
         kind, _ = parse_spec(spec)
         console.rule(f"user {spec}")
         user = build_user(spec, cfg.sources, cfg.pairs_per_user + cfg.holdout_pairs, 0,
-                          reference() if kind == "psoups" else None, cfg.base_tokens)
+                          reference() if kind == "psoups" else None, cfg.base_tokens, cfg.candidate_samples)
         if len(user.pairs) < cfg.holdout_pairs + 4:
             raise ConfigError(f"users: {spec} has only {len(user.pairs)} pairs; lower holdout_pairs or pairs_per_user")
         train, held = split_holdout(user.pairs, cfg.holdout_pairs / len(user.pairs), 0)

@@ -17,8 +17,8 @@ Constructed users:
   is longest relative to the rejected one first (a user who dislikes the general taste for longer answers);
   ``hash`` reverses a fixed pseudo-random subset. The sets are nested: the pairs reversed at 0.25 are reversed at 0.5.
 - ``psoups:PROFILE`` - a simulated user along a P-SOUPS axis (see :mod:`bapo.profiles`): the base model answers each
-  prompt several times (steered by system prompts towards either pole of the axis, plus once unsteered) and the
-  profile's score picks the chosen (highest) and rejected (lowest) answer.
+  prompt several times (greedy and steered by system prompts towards either pole of the axis, greedy unsteered, and
+  a few seeded samples) and the profile's score picks the chosen (highest) and rejected (lowest) answer.
 
 *Heterogeneity* is measured, not assumed: the fraction of a user's pairs whose label disagrees with a general judge
 (:func:`heterogeneity`).
@@ -113,7 +113,7 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
 
 
 def build_user(spec: str, sources: Sources, n_pairs: int, seed: int = 0, reference=None,
-               candidate_tokens: int = 96) -> User:
+               candidate_tokens: int = 96, candidate_samples: int = 2) -> User:
     """The user's pairs: at most ``n_pairs``, a seeded sample (all pairs when ``n_pairs`` is 0).
 
     ``psoups`` users need ``reference`` (a :class:`bapo.base.Reference`) to write candidate answers.
@@ -133,7 +133,7 @@ def build_user(spec: str, sources: Sources, n_pairs: int, seed: int = 0, referen
         rng.shuffle(prompts)
         # a third more prompts than pairs: some candidate sets tie and give no pair
         prompts = prompts[: int(n_pairs * 4 / 3) + 1] if n_pairs else prompts
-        pairs = simulated_pairs(SIMULATED[args[0]], prompts, reference, name, candidate_tokens)
+        pairs = simulated_pairs(SIMULATED[args[0]], prompts, reference, name, candidate_tokens, candidate_samples, seed)
         return User(name, spec, _sample(pairs, n_pairs, rng), None, path)
     loaders = {"dsp": _dsp_pairs, "alpacaeval": _alpacaeval_pairs, "vpl": _vpl_pairs}
     pairs, agree, path = loaders[kind](args[0], sources, name)
@@ -240,19 +240,25 @@ def _flip_user(spec, name, items, h, rule, n_pairs, rng, path) -> User:
 
 
 def simulated_pairs(profile, prompts: list[list[dict[str, str]]], reference, user: str,
-                    max_new_tokens: int = 96) -> list[PreferencePair]:
+                    max_new_tokens: int = 96, samples: int = 2, seed: int = 0) -> list[PreferencePair]:
     """Label the base model's candidate answers with a profile: for each prompt, the highest- against the lowest-scored
-    of three answers (steered towards the profile's pole, steered away from it, unsteered; greedy, so cached and
-    reproducible). Prompts whose candidates all score the same give no pair."""
-    cfg = BaseResponseConfig(max_new_tokens=max_new_tokens)
+    of its candidates. Candidates: three greedy answers (steered towards the profile's pole, steered away from it,
+    unsteered) and ``samples`` unsteered samples (temperature 0.7, top-p 0.95, seeded by ``seed`` and the prompt), all
+    cached by the reference, so a user is rebuilt identically. Prompts whose candidates all score the same give no
+    pair."""
+    greedy = BaseResponseConfig(max_new_tokens=max_new_tokens)
     variants = [[{"role": "system", "content": profile.steer_towards}, *p] for p in prompts] + \
                [[{"role": "system", "content": profile.steer_away}, *p] for p in prompts] + prompts
-    texts = [t[0] for t in reference.generate(variants, cfg)]
+    texts = [t[0] for t in reference.generate(variants, greedy)]
     n = len(prompts)
+    cands = [[texts[i], texts[n + i], texts[2 * n + i]] for i in range(n)]
+    if samples:
+        sampled = BaseResponseConfig(max_new_tokens=max_new_tokens, do_sample=True, num_responses=samples, seed=seed)
+        for c, more in zip(cands, reference.generate(prompts, sampled)):
+            c.extend(more)
     pairs = []
-    for i, p in enumerate(prompts):
-        cands = list(dict.fromkeys(t.strip() for t in (texts[i], texts[n + i], texts[2 * n + i]) if t.strip()))
-        scored = sorted(cands, key=profile)
+    for p, texts_i in zip(prompts, cands):
+        scored = sorted(dict.fromkeys(t.strip() for t in texts_i if t.strip()), key=profile)
         if len(scored) >= 2 and profile(scored[-1]) > profile(scored[0]):
             pairs.append(_pair(p, scored[-1], scored[0], user, f"psoups:{profile.name}"))
     return pairs
