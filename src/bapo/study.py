@@ -123,7 +123,8 @@ def estimate_seconds(cfg: StudyConfig, n_eval_seqs: int) -> float:
     train = sum(cfg.pairs_per_user * cfg.epochs * SECONDS_PER_PAIR_EPOCH["bapo" if c.method == "bapo" else "other"]
                 for c in cells)
     gen_users = {c.user for c in cells if c.method == "bapo"}
-    gen = (len(gen_users) * cfg.pairs_per_user + (3 + cfg.candidate_samples) * cfg.pairs_per_user * sum(u.startswith("psoups") for u in cfg.users)
+    simulated = sum(u.startswith("psoups") for u in cfg.users)
+    gen = (len(gen_users) * cfg.pairs_per_user + (3 + cfg.candidate_samples) * cfg.pairs_per_user * simulated
            + cfg.drift_prompts) * SECONDS_PER_GENERATED_ANSWER
     evals = (len(cells) + 1) * n_eval_seqs * SECONDS_PER_EVAL_SEQ + len(cells) * 2 * cfg.holdout_pairs * SECONDS_PER_EVAL_SEQ
     return (train + gen + evals) * _model_scale(cfg.model)
