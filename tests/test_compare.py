@@ -70,6 +70,9 @@ def test_eval_records_for_base_and_every_adapter_scale(setup, evaluated):
     out = root / "res"
     saved = json.loads((out / "results.json").read_text())
     assert saved["records"] == json.loads(json.dumps(records)) and saved["machine"]["cpus"]
+    items = json.loads((out / "item_scores.json").read_text())  # the per-item values behind every mean
+    assert len(items["dpo@1"]["mc"]["acc_norm"]) == 8
+    assert sum(items["dpo@1"]["mc"]["acc_norm"]) / 8 == pytest.approx(by[("dpo@1", "mc", "acc_norm")]["value"])
     assert (out / "results.csv").read_text().splitlines()[0].startswith("model,adapter,scale,method,task")
     md = (out / "results.md").read_text()
     assert "### mc (n = 8)" in md and "| dpo@1 | dpo |" in md

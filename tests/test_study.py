@@ -9,7 +9,7 @@ import pytest
 
 import bapo.training
 from bapo.compare import EvalConfig, run_eval
-from bapo.study import StudyConfig, aggregate, run_study
+from bapo.study import Cell, StudyConfig, aggregate, contrasts, run_study
 from bapo.users import Sources, build_user, heterogeneity
 from conftest import write_jsonl
 
@@ -121,9 +121,15 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
         for k in ("personal_reward_acc", "knowledge_delta", "alignment_delta", "drift_delta", "arc_easy_delta"):
             assert isinstance(r[k], float), k
     table = (out / "table.md").read_text()
-    assert table.count("\n| flip:") == 4 and "general labels in the data" in table
+    assert table.count("\n| flip:") == 4 + 8 and "general labels in the data" in table  # 4 cells, 8 contrasts
     assert (out / "table.csv").read_text().splitlines()[0].startswith("user,method,seed,adapter,heterogeneity")
     assert {Path(f).name for f in summary["figures"]} == {"retention.png", "personalization.png", "tradeoff.png"}
+    versus = summary["contrasts"]  # bapo against dpo for each user, on each measure
+    assert {(c["user"], c["measure"]) for c in versus} == {(u, m) for u in ("flip:0", "flip:1") for m in
+                                                           ("personalization", "knowledge", "alignment", "drift")}
+    assert "bapo − dpo" in table and (out / "contrasts.csv").exists()
+    drift = next(c for c in versus if c["user"] == "flip:1" and c["measure"] == "drift")
+    assert drift["delta"] == pytest.approx(rows[3]["drift_delta"] - rows[2]["drift_delta"], abs=1e-6)
     # each row's numbers are its own adapter's: evaluate one cell alone and compare
     cell = rows[3]
     alone = run_eval(EvalConfig(model=tiny_model, adapters=[cell["adapter"]], suite=str(out / "suite.yaml"),
@@ -137,6 +143,31 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
     monkeypatch.setattr(bapo.training, "train", lambda cfg: pytest.fail("a finished cell was trained again"))
     again = run_study(study_cfg)
     assert [r["personal_reward_acc"] for r in again["rows"]] == [r["personal_reward_acc"] for r in rows]
+
+
+def test_contrasts_pair_items_and_match_seeds():
+    cells = [Cell("u", "flip:1", m, s) for m in ("dpo", "bapo") for s in (0, 1)]
+    records = [{"task": "arc", "kind": "mc"}, {"task": "piqa", "kind": "mc"}, {"task": "hh", "kind": "general_pairs"},
+               {"task": "personal:u", "kind": "personal"}]
+    scores = {"u__dpo__s0": {"arc": {"acc_norm": [1, 0]}, "piqa": {"acc_norm": [1]}, "hh": {"acc_norm": [0, 0, 0, 0]},
+                             "personal:u": {"reward_acc": [0.5, 1]}},
+              "u__bapo__s0": {"arc": {"acc_norm": [1, 1]}, "piqa": {"acc_norm": [1]}, "hh": {"acc_norm": [1, 1, 1, 0]},
+                              "personal:u": {"reward_acc": [0.5, 1]}},
+              "u__dpo__s1": {"arc": {"acc_norm": [0, 0]}, "piqa": {"acc_norm": [1]}, "hh": {"acc_norm": [0, 0, 0, 0]},
+                             "personal:u": {"reward_acc": [1, 1]}},
+              "u__bapo__s1": {"arc": {"acc_norm": [1, 0]}, "piqa": {"acc_norm": [0]}, "hh": {"acc_norm": [1, 1, 0, 1]},
+                              "personal:u": {"reward_acc": [0, 1]}}}
+    rows = {r["measure"]: r for r in contrasts(cells, records, scores, "dpo")}
+    assert set(rows) == {"personalization", "knowledge", "alignment"}  # no drift task was scored
+    k = rows["knowledge"]  # per-item differences: seed 0 [0, 1, 0], seed 1 [1, 0, -1]; averaged [.5, .5, -.5]
+    assert (k["method"], k["baseline"], k["n"], k["seeds"]) == ("bapo", "dpo", 3, 2)
+    assert k["delta"] == pytest.approx(1 / 6) and k["stderr"] == pytest.approx(1 / 3)
+    assert k["per_seed"] == pytest.approx([1 / 3, 0.0]) and not k["clear"]
+    a = rows["alignment"]  # averaged differences [1, 1, .5, .5]: sd 0.2887 over 4 items
+    assert a["delta"] == pytest.approx(0.75) and a["stderr"] == pytest.approx(0.2887 / 2, abs=1e-4)
+    assert a["lo"] > 0 and a["per_seed"] == pytest.approx([0.75, 0.75]) and a["clear"]
+    p = rows["personalization"]  # seed 0 ties, seed 1 [-1, 0]: the seeds do not agree
+    assert p["delta"] == pytest.approx(-0.25) and p["per_seed"] == pytest.approx([0.0, -0.5]) and not p["clear"]
 
 
 def test_aggregate_combines_seeds():

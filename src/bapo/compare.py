@@ -218,6 +218,7 @@ def run_eval(cfg: EvalConfig, console: Console | None = None) -> list[dict]:
             "seconds": round(time.time() - t0, 1), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", {**meta, "records": records})
+    write_json(out / "item_scores.json", scores)  # model -> task -> metric -> per-item values, for paired statistics
     atomic_write_text(out / "results.csv", _csv(records))
     md = markdown_table(records)
     atomic_write_text(out / "results.md", md)

@@ -21,6 +21,7 @@ from rich.table import Table
 from bapo.config import DEFAULT_MODEL, BaseResponseConfig, DataConfig, LossConfig, TrainConfig, option
 from bapo.data import split_holdout
 from bapo.errors import ConfigError
+from bapo.evaluation import Z95, Stat
 from bapo.io import atomic_write_text, write_json, write_jsonl
 from bapo.users import Sources, build_user, heterogeneity, parse_spec, user_name
 
@@ -226,15 +227,20 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
                                   suite=str(suite), out=str(out / "eval"), max_length=cfg.max_length,
                                   max_prompt_length=cfg.max_prompt_length, cache_dir=cfg.cache_dir), console)
     rows = study_rows(cells, users, records)
+    item_scores = json.loads((out / "eval" / "item_scores.json").read_text())
+    versus = contrasts(cells, records, item_scores, "dpo" if "dpo" in cfg.methods else cfg.methods[0])
     from bapo.report import study_figures
 
     figures = study_figures(rows, out / "figures")
-    summary = {"config": asdict(cfg), "users": users, "rows": rows, "figures": [str(f) for f in figures],
+    summary = {"config": asdict(cfg), "users": users, "rows": rows, "contrasts": versus,
+               "figures": [str(f) for f in figures],
                "eval_sequences_per_model": n_eval, "estimated_seconds": round(est),
                "seconds": round(time.time() - t0, 1), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_json(out / "study.json", summary)
     atomic_write_text(out / "table.csv", _csv(rows))
-    md = markdown(rows)
+    if versus:
+        atomic_write_text(out / "contrasts.csv", _csv(versus))
+    md = markdown(rows) + (("\n" + contrasts_markdown(versus)) if versus else "")
     atomic_write_text(out / "table.md", md)
     console.print(md)
     console.print(f"study: {out / 'study.json'}, {out / 'table.md'}, figures in {out / 'figures'} "
@@ -314,6 +320,67 @@ def study_rows(cells: list[Cell], users: dict[str, dict], records: list[dict]) -
                 row[f"{r['task']}_delta"] = r["delta"]
         rows.append(row)
     return rows
+
+
+MEASURES = {"personalization": ("personal", "reward_acc"), "knowledge": KNOWLEDGE_METRIC,
+            "alignment": ALIGNMENT_METRIC, "drift": DRIFT_METRIC}
+
+
+def contrasts(cells: list[Cell], records: list[dict], item_scores: dict, baseline: str) -> list[dict]:
+    """Each method against ``baseline`` for the same user, directly: per item, the method's score minus the
+    baseline's, seed matched with seed (the same LoRA initialisation and data order), averaged over seeds.
+
+    ``delta`` is the mean of those per-item differences and ``stderr`` its standard error over items (the
+    comparison is paired on items, so the items' own difficulty cancels); ``per_seed`` gives the difference seed by
+    seed, so a reader sees whether the seeds agree. ``clear`` marks a difference whose 95% interval excludes 0 *and*
+    whose sign every seed shares: with 3 seeds the spread between seeds cannot be estimated well, so this asks both.
+    Knowledge pools the ``mc`` tasks item by item, as the study table does.
+    """
+    kinds = {r["task"]: r["kind"] for r in records}
+    names = {(c.user, c.method, c.seed): c.name for c in cells}
+
+    def items(name: str, kind: str, metric: str) -> list[float]:
+        return [x for task, ms in item_scores[name].items() if kinds.get(task) == kind and metric in ms
+                for x in ms[metric]]
+
+    out = []
+    for user in dict.fromkeys(c.user for c in cells):
+        spec = next(c.spec for c in cells if c.user == user)
+        for method in dict.fromkeys(c.method for c in cells if c.user == user and c.method != baseline):
+            seeds = sorted(s for (u, m, s) in names if (u, m) == (user, method) and (user, baseline, s) in names)
+            if not seeds:
+                continue
+            for measure, (kind, metric) in MEASURES.items():
+                diffs = []
+                for s in seeds:
+                    a, b = items(names[user, method, s], kind, metric), items(names[user, baseline, s], kind, metric)
+                    if len(a) != len(b):
+                        raise ConfigError(f"study: {method} and {baseline} were scored on different {measure} items")
+                    diffs.append([x - y for x, y in zip(a, b)])
+                if not diffs[0]:
+                    continue
+                n = len(diffs[0])
+                stat = Stat.of([sum(d[i] for d in diffs) / len(diffs) for i in range(n)])
+                per_seed = [sum(d) / n for d in diffs]
+                lo, hi = stat.value - Z95 * stat.stderr, stat.value + Z95 * stat.stderr
+                agree = all(v > 0 for v in per_seed) or all(v < 0 for v in per_seed)
+                out.append({"user": spec, "method": method, "baseline": baseline, "measure": measure,
+                            "metric": metric, "n": n, "seeds": len(seeds), "delta": stat.value,
+                            "stderr": stat.stderr, "lo": lo, "hi": hi, "per_seed": per_seed,
+                            "clear": bool((lo > 0 or hi < 0) and agree)})
+    return out
+
+
+def contrasts_markdown(rows: list[dict]) -> str:
+    lines = ["| user | measure | method − baseline | 95% interval | per seed | clear |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        seeds = ", ".join(f"{v:+.3f}" for v in r["per_seed"])
+        lines.append(f"| {r['user']} | {r['measure']} ({r['metric']}, n = {r['n']}) | {r['method']} − {r['baseline']}: "
+                     f"{_pm(r['delta'], r['stderr'])} | [{r['lo']:+.3f}, {r['hi']:+.3f}] | {seeds} | "
+                     f"{'yes' if r['clear'] else 'no'} |")
+    lines.append("\nPaired on items, seed matched with seed, averaged over seeds; ± one standard error over items. "
+                 "clear = the interval excludes 0 and every seed's difference has the same sign.")
+    return "\n".join(lines) + "\n"
 
 
 def _csv(rows: list[dict]) -> str:
