@@ -68,3 +68,21 @@ def test_stat_and_paired_delta_by_hand():
     d, se, lo, hi = paired_delta([1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0])  # differences 1, 0, 0, 1
     assert d == 0.5 and se == pytest.approx(math.sqrt((4 * 0.25 / 3) / 4))
     assert lo == pytest.approx(0.5 - 1.959964 * se) and hi == pytest.approx(0.5 + 1.959964 * se)
+
+
+def test_personal_reward_acc_counts_float_noise_as_a_tie_and_real_margins_by_sign(tiny_model):
+    from bapo.base import Example
+    from bapo.evaluation import TIE_NATS, personal_scores
+    from bapo.logprobs import score
+    from bapo.tokens import Encoded
+
+    model = load_model(tiny_model)
+    seqs = [Encoded((7, 8, 9), (10, 11, 12)), Encoded((7, 8, 9), (20, 21)), Encoded((7, 8), (30, 31, 32, 33)),
+            Encoded((7, 8), (40,))]
+    (c1, _), (r1, _), (c2, _), (r2, _) = score(model, seqs, 0)
+    noise = TIE_NATS / 3  # as when the reference's log-probs were computed in another batch
+    examples = [Example(seqs[0], seqs[1], c1 + noise, r1 - noise, [], [], []),  # margin -2/3 TIE: a tie
+                Example(seqs[2], seqs[3], c2 - 0.5, r2, [], [], [])]  # the model likes chosen 0.5 nats more: right
+    out = personal_scores(model, examples, 0)
+    assert out["reward_acc"] == [0.5, 1.0]
+    assert out["margin"] == pytest.approx([-2 * noise, 0.5], abs=1e-5)

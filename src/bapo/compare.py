@@ -25,8 +25,8 @@ from bapo.base import Reference, build_examples, open_reference
 from bapo.config import DEFAULT_MODEL, BaseResponseConfig, DataConfig, option
 from bapo.data import load_pairs
 from bapo.errors import ConfigError
-from bapo.evaluation import (Stat, drift_scores, general_pair_scores, mc_scores, paired_delta, personal_scores,
-                             profile_scores, reward_scores)
+from bapo.evaluation import (TIE_NATS, Stat, drift_scores, general_pair_scores, mc_scores, paired_delta,
+                             personal_scores, profile_scores, reward_scores)
 from bapo.io import atomic_write_text, write_json
 from bapo.profiles import PROFILES
 from bapo.store import make_key
@@ -232,7 +232,8 @@ def _task_key(tasks: _Tasks, name: str) -> str:
     if spec is not None:
         return spec.key()
     rule = name.split(":", 1)[1] if name.split(":", 1)[1] in PROFILES else ""
-    return hashlib.sha256(json.dumps([rule, [p.to_record() for p in tasks.personal[name]]]).encode()).hexdigest()[:16]
+    held = [p.to_record() for p in tasks.personal[name]]
+    return hashlib.sha256(json.dumps([rule, TIE_NATS, held]).encode()).hexdigest()[:16]
 
 
 def _n_seqs(tasks: _Tasks, name: str) -> int:
