@@ -21,7 +21,7 @@ from rich.table import Table
 from bapo.config import DEFAULT_MODEL, BaseResponseConfig, DataConfig, LossConfig, TrainConfig, option
 from bapo.data import split_holdout
 from bapo.errors import ConfigError
-from bapo.evaluation import Z95, Stat
+from bapo.evaluation import paired_delta
 from bapo.io import atomic_write_text, write_json, write_jsonl
 from bapo.users import Sources, build_user, heterogeneity, parse_spec, user_name
 
@@ -351,23 +351,20 @@ def contrasts(cells: list[Cell], records: list[dict], item_scores: dict, baselin
             if not seeds:
                 continue
             for measure, (kind, metric) in MEASURES.items():
-                diffs = []
-                for s in seeds:
-                    a, b = items(names[user, method, s], kind, metric), items(names[user, baseline, s], kind, metric)
-                    if len(a) != len(b):
-                        raise ConfigError(f"study: {method} and {baseline} were scored on different {measure} items")
-                    diffs.append([x - y for x, y in zip(a, b)])
-                if not diffs[0]:
+                mine = [items(names[user, method, s], kind, metric) for s in seeds]
+                theirs = [items(names[user, baseline, s], kind, metric) for s in seeds]
+                if any(len(x) != len(mine[0]) for x in mine + theirs):
+                    raise ConfigError(f"study: {method} and {baseline} were scored on different {measure} items")
+                n = len(mine[0])
+                if not n:
                     continue
-                n = len(diffs[0])
-                stat = Stat.of([sum(d[i] for d in diffs) / len(diffs) for i in range(n)])
-                per_seed = [sum(d) / n for d in diffs]
-                lo, hi = stat.value - Z95 * stat.stderr, stat.value + Z95 * stat.stderr
+                delta, se, lo, hi = paired_delta([sum(col) / len(seeds) for col in zip(*mine)],
+                                                 [sum(col) / len(seeds) for col in zip(*theirs)])
+                per_seed = [(sum(x) - sum(y)) / n for x, y in zip(mine, theirs)]
                 agree = all(v > 0 for v in per_seed) or all(v < 0 for v in per_seed)
                 out.append({"user": spec, "method": method, "baseline": baseline, "measure": measure,
-                            "metric": metric, "n": n, "seeds": len(seeds), "delta": stat.value,
-                            "stderr": stat.stderr, "lo": lo, "hi": hi, "per_seed": per_seed,
-                            "clear": bool((lo > 0 or hi < 0) and agree)})
+                            "metric": metric, "n": n, "seeds": len(seeds), "delta": delta, "stderr": se,
+                            "lo": lo, "hi": hi, "per_seed": per_seed, "clear": bool((lo > 0 or hi < 0) and agree)})
     return out
 
 
