@@ -6,7 +6,8 @@ import json
 import pytest
 
 from bapo.errors import ConfigError, DataError
-from bapo.suites import TaskSpec, hh_messages, load_general_pairs, load_mc, load_prompts, load_suite
+from bapo.suites import (McItem, PairItem, TaskSpec, hh_messages, load_general_pairs, load_mc, load_prompts, load_suite,
+                         scored_chars, scored_sequences)
 from conftest import SHARED
 
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent (a user's clone)")
@@ -18,6 +19,16 @@ def test_shipped_knowledge_set_and_default_suite():
     assert items[0].context.startswith("Question: ") and items[0].context.endswith("\nAnswer:")
     assert {t.kind for t in load_suite("default").tasks} == {"mc", "drift"}
     assert len(load_prompts(TaskSpec("g", "drift", "package:general_prompts.jsonl"))) == 40
+
+
+def test_scored_size_counts_each_prompt_once():
+    mc = [McItem("Q: 2+2?", ["4", "five"], 0), McItem("Q", ["a", "b", "c"], 1)]
+    pairs = [PairItem([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+                       {"role": "user", "content": "why"}], "because", "no")]
+    assert scored_sequences("mc", mc) == 5 and scored_chars("mc", mc) == (7 + 1 + 4) + (1 + 3)
+    assert scored_sequences("general_pairs", pairs) == 2 and scored_chars("general_pairs", pairs) == 2 + 2 + 3 + 7 + 2
+    assert scored_sequences("drift", [[{"role": "user", "content": "x"}]] * 3) == 3
+    assert scored_chars("drift", [[{"role": "user", "content": "x"}]] * 3) == 0
 
 
 @needs_shared

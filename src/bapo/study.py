@@ -111,15 +111,20 @@ def study_suite(cfg: StudyConfig, path: Path) -> Path:
     return path
 
 
-# Seconds on this project's 2-core CPU with SmolLM2-135M, for --dry-run: from the default study's own run
-# (2026-11-23: 8 adapters trained in 29 min, 9 models evaluated in 23 min, 52 min in all).
+# Seconds on this project's 2-core CPU with SmolLM2-135M, for --dry-run. Training and generation from the default
+# study's own run (2026-11-23: 8 adapters trained in 29 min). Scoring is priced per character read, because items
+# differ fivefold in length: the decisive study (2026-11-23) scored ARC-Easy's 527k characters in 201 s, PIQA's
+# 462k in 236 s and 500 HH pairs' 391k in 174 s (2.0-2.6k characters/s), 40 drift prompts in 9 s and 64 held-out
+# pairs in 23-27 s per model.
 SECONDS_PER_PAIR_EPOCH = {"bapo": 1.9, "other": 1.5}
-SECONDS_PER_EVAL_SEQ = 0.085
+SECONDS_PER_SCORED_CHAR = 4.5e-4
+SECONDS_PER_DRIFT_PROMPT = 0.25
+SECONDS_PER_HOLDOUT_PAIR = 0.4
 SECONDS_PER_GENERATED_ANSWER = 0.6
 
 
-def estimate_seconds(cfg: StudyConfig, n_eval_seqs: int) -> float:
-    """A rough wall-time estimate: training pairs x epochs, base responses, and scored sequences per model."""
+def estimate_seconds(cfg: StudyConfig, eval_seconds_per_model: float) -> float:
+    """A rough wall-time estimate: training pairs x epochs, base responses, and every model's evaluation."""
     cells = plan(cfg)
     train = sum(cfg.pairs_per_user * cfg.epochs * SECONDS_PER_PAIR_EPOCH["bapo" if c.method == "bapo" else "other"]
                 for c in cells)
@@ -127,7 +132,7 @@ def estimate_seconds(cfg: StudyConfig, n_eval_seqs: int) -> float:
     simulated = sum(u.startswith("psoups") for u in cfg.users)
     gen = (len(gen_users) * cfg.pairs_per_user + (3 + cfg.candidate_samples) * cfg.pairs_per_user * simulated
            + cfg.drift_prompts) * SECONDS_PER_GENERATED_ANSWER
-    evals = (len(cells) + 1) * n_eval_seqs * SECONDS_PER_EVAL_SEQ + len(cells) * 2 * cfg.holdout_pairs * SECONDS_PER_EVAL_SEQ
+    evals = (len(cells) + 1) * eval_seconds_per_model + len(cells) * cfg.holdout_pairs * SECONDS_PER_HOLDOUT_PAIR
     return (train + gen + evals) * _model_scale(cfg.model)
 
 
@@ -147,10 +152,17 @@ def _model_scale(model: str) -> float:
         return float("nan")
 
 
-def _eval_seqs(suite_path: Path) -> int:
-    from bapo.suites import LOADERS, load_suite, scored_sequences
+def _eval_size(suite_path: Path) -> tuple[int, float]:
+    """Scored sequences per model, and the seconds their scoring takes on the project's CPU."""
+    from bapo.suites import LOADERS, load_suite, scored_chars, scored_sequences
 
-    return sum(scored_sequences(t.kind, LOADERS[t.kind](t)) for t in load_suite(str(suite_path)).tasks)
+    n, seconds = 0, 0.0
+    for t in load_suite(str(suite_path)).tasks:
+        items = LOADERS[t.kind](t)
+        n += scored_sequences(t.kind, items)
+        seconds += scored_chars(t.kind, items) * SECONDS_PER_SCORED_CHAR
+        seconds += len(items) * SECONDS_PER_DRIFT_PROMPT if t.kind == "drift" else 0.0
+    return n, seconds
 
 
 def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None = None) -> dict:
@@ -162,8 +174,8 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
     out.mkdir(parents=True, exist_ok=True)
     cells = plan(cfg)
     suite = study_suite(cfg, out / "suite.yaml")
-    n_eval = _eval_seqs(suite)
-    est = estimate_seconds(cfg, n_eval)
+    n_eval, eval_seconds = _eval_size(suite)
+    est = estimate_seconds(cfg, eval_seconds)
     _print_plan(cfg, cells, n_eval, est, console)
     if dry_run:
         return {"cells": [c.name for c in cells], "estimated_seconds": est}

@@ -238,3 +238,13 @@ def scored_sequences(kind: str, items: list) -> int:
     if kind == "general_pairs":
         return 2 * len(items)
     return len(items)
+
+
+def scored_chars(kind: str, items: list) -> int:
+    """Characters of text a model reads to score one task's items, each prompt counted once (``logprobs.score``
+    packs a prompt's responses into one row); 0 for drift and reward tasks, which are priced per prompt."""
+    if kind == "mc":
+        return sum(len(i.context) + sum(map(len, i.choices)) for i in items)
+    if kind == "general_pairs":
+        return sum(sum(len(m["content"]) for m in i.messages) + len(i.chosen) + len(i.rejected) for i in items)
+    return 0
