@@ -9,7 +9,7 @@ import pytest
 
 import bapo.training
 from bapo.compare import EvalConfig, run_eval
-from bapo.study import Cell, StudyConfig, aggregate, contrasts, run_study
+from bapo.study import Cell, StudyConfig, aggregate, contrasts, contrasts_markdown, run_study
 from bapo.users import Sources, build_user, heterogeneity
 from conftest import write_jsonl
 
@@ -121,15 +121,24 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
         for k in ("personal_reward_acc", "knowledge_delta", "alignment_delta", "drift_delta", "arc_easy_delta"):
             assert isinstance(r[k], float), k
     table = (out / "table.md").read_text()
-    assert table.count("\n| flip:") == 4 + 8 and "general labels in the data" in table  # 4 cells, 8 contrasts
+    # 4 cells; 6 measures x (2 users x 2 methods against the base model + 2 users x bapo against dpo) contrasts
+    assert table.count("\n| flip:") == 4 + 6 * (4 + 2) and "general labels in the data" in table
     assert (out / "table.csv").read_text().splitlines()[0].startswith("user,method,seed,adapter,heterogeneity")
     assert {Path(f).name for f in summary["figures"]} == {"retention.png", "personalization.png", "tradeoff.png"}
-    versus = summary["contrasts"]  # bapo against dpo for each user, on each measure
-    assert {(c["user"], c["measure"]) for c in versus} == {(u, m) for u in ("flip:0", "flip:1") for m in
-                                                           ("personalization", "knowledge", "alignment", "drift")}
-    assert "bapo − dpo" in table and (out / "contrasts.csv").exists()
-    drift = next(c for c in versus if c["user"] == "flip:1" and c["measure"] == "drift")
-    assert drift["delta"] == pytest.approx(rows[3]["drift_delta"] - rows[2]["drift_delta"], abs=1e-6)
+    versus = summary["contrasts"]
+    assert {(c["user"], c["method"], c["baseline"], c["measure"], c["metric"]) for c in versus} == {
+        (u, m, b, measure, metric) for u in ("flip:0", "flip:1") for m, b in (("dpo", "base"), ("bapo", "base"),
+                                                                             ("bapo", "dpo"))
+        for measure, metric in (("personalization", "reward_acc"), ("knowledge", "acc_norm"), ("knowledge", "acc"),
+                                ("alignment", "acc_norm"), ("alignment", "acc"), ("drift", "logp_change_per_token"))}
+    assert "bapo − dpo" in table and "dpo − base" in table and (out / "contrasts.csv").exists()
+    drift = {(c["method"], c["baseline"]): c["delta"] for c in versus
+             if c["user"] == "flip:1" and c["measure"] == "drift"}
+    assert drift["bapo", "dpo"] == pytest.approx(rows[3]["drift_delta"] - rows[2]["drift_delta"], abs=1e-6)
+    assert drift["bapo", "base"] == pytest.approx(rows[3]["drift_delta"], abs=1e-6)
+    know = next(c for c in versus if (c["user"], c["method"], c["baseline"], c["measure"], c["metric"])
+                == ("flip:0", "dpo", "base", "knowledge", "acc_norm"))
+    assert know["delta"] == pytest.approx(rows[0]["knowledge_delta"], abs=1e-6)
     # each row's numbers are its own adapter's: evaluate one cell alone and compare
     cell = rows[3]
     alone = run_eval(EvalConfig(model=tiny_model, adapters=[cell["adapter"]], suite=str(out / "suite.yaml"),
@@ -168,6 +177,27 @@ def test_contrasts_pair_items_and_match_seeds():
     assert a["lo"] > 0 and a["per_seed"] == pytest.approx([0.75, 0.75]) and a["clear"]
     p = rows["personalization"]  # seed 0 ties, seed 1 [-1, 0]: the seeds do not agree
     assert p["delta"] == pytest.approx(-0.25) and p["per_seed"] == pytest.approx([0.0, -0.5]) and not p["clear"]
+
+
+def test_contrasts_against_the_base_model_and_on_raw_accuracy():
+    cells = [Cell("u", "flip:1", "dpo", s) for s in (0, 1)]
+    records = [{"task": "arc", "kind": "mc"}, {"task": "personal:u", "kind": "personal"},
+               {"task": "personal:v", "kind": "personal"}]
+    scores = {"base": {"arc": {"acc": [1, 1, 0], "acc_norm": [0, 1, 0]}, "personal:u": {"reward_acc": [0.5, 0.5]},
+                       "personal:v": {"reward_acc": [0.5, 0.5, 0.5]}},  # another user's pairs: not this user's
+              "u__dpo__s0": {"arc": {"acc": [0, 1, 0], "acc_norm": [0, 1, 0]}, "personal:u": {"reward_acc": [1, 1]}},
+              "u__dpo__s1": {"arc": {"acc": [0, 0, 0], "acc_norm": [1, 1, 0]}, "personal:u": {"reward_acc": [1, 0]}}}
+    rows = {(r["measure"], r["metric"]): r for r in contrasts(cells, records, scores, "base")}
+    assert set(rows) == {("personalization", "reward_acc"), ("knowledge", "acc_norm"), ("knowledge", "acc")}
+    raw = rows["knowledge", "acc"]  # seed 0 [-1, 0, 0], seed 1 [-1, -1, 0]; averaged [-1, -.5, 0]
+    assert (raw["method"], raw["baseline"], raw["n"], raw["seeds"]) == ("dpo", "base", 3, 2)
+    assert raw["delta"] == pytest.approx(-0.5) and raw["stderr"] == pytest.approx(0.5 / 3 ** 0.5)
+    assert raw["per_seed"] == pytest.approx([-1 / 3, -2 / 3]) and not raw["clear"]  # interval [-1.07, +0.07]
+    assert rows["knowledge", "acc_norm"]["per_seed"] == pytest.approx([0.0, 1 / 3])
+    p = rows["personalization", "reward_acc"]
+    assert p["n"] == 2 and p["delta"] == pytest.approx(0.25) and p["per_seed"] == pytest.approx([0.5, 0.0])
+    md = contrasts_markdown(list(rows.values()))
+    assert md.startswith("Against the base model:") and "dpo − base: -0.500 ± 0.289" in md
 
 
 def test_aggregate_combines_seeds():

@@ -240,7 +240,10 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
                                   max_prompt_length=cfg.max_prompt_length, cache_dir=cfg.cache_dir), console)
     rows = study_rows(cells, users, records)
     item_scores = json.loads((out / "eval" / "item_scores.json").read_text())
-    versus = contrasts(cells, records, item_scores, "dpo" if "dpo" in cfg.methods else cfg.methods[0])
+    # every method against the base model, seeds pooled; then every method against DPO (or the first method)
+    versus = contrasts(cells, records, item_scores, "base")
+    if len(cfg.methods) > 1:
+        versus += contrasts(cells, records, item_scores, "dpo" if "dpo" in cfg.methods else cfg.methods[0])
     from bapo.report import study_figures
 
     figures = study_figures(rows, out / "figures")
@@ -334,13 +337,18 @@ def study_rows(cells: list[Cell], users: dict[str, dict], records: list[dict]) -
     return rows
 
 
-MEASURES = {"personalization": ("personal", "reward_acc"), "knowledge": KNOWLEDGE_METRIC,
-            "alignment": ALIGNMENT_METRIC, "drift": DRIFT_METRIC}
+# (measure, task kind, metric): the study's measures first, then unnormalized accuracy beside them, because
+# length normalization can hide a change that raw likelihood shows (and the other way round).
+MEASURES = [("personalization", "personal", "reward_acc"),
+            ("knowledge", *KNOWLEDGE_METRIC), ("knowledge", "mc", "acc"),
+            ("alignment", *ALIGNMENT_METRIC), ("alignment", "general_pairs", "acc"),
+            ("drift", *DRIFT_METRIC)]
 
 
 def contrasts(cells: list[Cell], records: list[dict], item_scores: dict, baseline: str) -> list[dict]:
     """Each method against ``baseline`` for the same user, directly: per item, the method's score minus the
     baseline's, seed matched with seed (the same LoRA initialisation and data order), averaged over seeds.
+    ``baseline`` is another method, or ``"base"``: the base model, the same for every seed.
 
     ``delta`` is the mean of those per-item differences and ``stderr`` its standard error over items (the
     comparison is paired on items, so the items' own difficulty cancels); ``per_seed`` gives the difference seed by
@@ -351,20 +359,24 @@ def contrasts(cells: list[Cell], records: list[dict], item_scores: dict, baselin
     kinds = {r["task"]: r["kind"] for r in records}
     names = {(c.user, c.method, c.seed): c.name for c in cells}
 
-    def items(name: str, kind: str, metric: str) -> list[float]:
+    def items(name: str, user: str, kind: str, metric: str) -> list[float]:
         return [x for task, ms in item_scores[name].items() if kinds.get(task) == kind and metric in ms
-                for x in ms[metric]]
+                and (kind != "personal" or task == f"personal:{user}") for x in ms[metric]]
+
+    def baseline_name(user: str, seed: int) -> str:
+        return "base" if baseline == "base" else names[user, baseline, seed]
 
     out = []
     for user in dict.fromkeys(c.user for c in cells):
         spec = next(c.spec for c in cells if c.user == user)
         for method in dict.fromkeys(c.method for c in cells if c.user == user and c.method != baseline):
-            seeds = sorted(s for (u, m, s) in names if (u, m) == (user, method) and (user, baseline, s) in names)
+            seeds = sorted(s for (u, m, s) in names if (u, m) == (user, method)
+                           and (baseline == "base" or (user, baseline, s) in names))
             if not seeds:
                 continue
-            for measure, (kind, metric) in MEASURES.items():
-                mine = [items(names[user, method, s], kind, metric) for s in seeds]
-                theirs = [items(names[user, baseline, s], kind, metric) for s in seeds]
+            for measure, kind, metric in MEASURES:
+                mine = [items(names[user, method, s], user, kind, metric) for s in seeds]
+                theirs = [items(baseline_name(user, s), user, kind, metric) for s in seeds]
                 if any(len(x) != len(mine[0]) for x in mine + theirs):
                     raise ConfigError(f"study: {method} and {baseline} were scored on different {measure} items")
                 n = len(mine[0])
@@ -381,13 +393,18 @@ def contrasts(cells: list[Cell], records: list[dict], item_scores: dict, baselin
 
 
 def contrasts_markdown(rows: list[dict]) -> str:
-    lines = ["| user | measure | method − baseline | 95% interval | per seed | clear |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        seeds = ", ".join(f"{v:+.3f}" for v in r["per_seed"])
-        lines.append(f"| {r['user']} | {r['measure']} ({r['metric']}, n = {r['n']}) | {r['method']} − {r['baseline']}: "
-                     f"{_pm(r['delta'], r['stderr'])} | [{r['lo']:+.3f}, {r['hi']:+.3f}] | {seeds} | "
-                     f"{'yes' if r['clear'] else 'no'} |")
-    lines.append("\nPaired on items, seed matched with seed, averaged over seeds; ± one standard error over items. "
+    lines = []
+    for baseline in dict.fromkeys(r["baseline"] for r in rows):
+        lines += [f"Against {'the base model' if baseline == 'base' else baseline}:", "",
+                  "| user | measure | method − baseline | 95% interval | per seed | clear |",
+                  "|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["baseline"] == baseline):
+            seeds = ", ".join(f"{v:+.3f}" for v in r["per_seed"])
+            lines.append(f"| {r['user']} | {r['measure']} ({r['metric']}, n = {r['n']}) | {r['method']} − "
+                         f"{r['baseline']}: {_pm(r['delta'], r['stderr'])} | [{r['lo']:+.3f}, {r['hi']:+.3f}] | "
+                         f"{seeds} | {'yes' if r['clear'] else 'no'} |")
+        lines.append("")
+    lines.append("Paired on items, seed matched with seed, averaged over seeds; ± one standard error over items. "
                  "clear = the interval excludes 0 and every seed's difference has the same sign.")
     return "\n".join(lines) + "\n"
 
