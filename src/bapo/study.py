@@ -359,12 +359,10 @@ def contrasts(cells: list[Cell], records: list[dict], item_scores: dict, baselin
     kinds = {r["task"]: r["kind"] for r in records}
     names = {(c.user, c.method, c.seed): c.name for c in cells}
 
-    def items(name: str, user: str, kind: str, metric: str) -> list[float]:
+    def items(name: str, other: str, kind: str, metric: str) -> list[float]:
+        """``name``'s scores on the tasks both models were scored on (the base model meets every user's pairs)."""
         return [x for task, ms in item_scores[name].items() if kinds.get(task) == kind and metric in ms
-                and (kind != "personal" or task == f"personal:{user}") for x in ms[metric]]
-
-    def baseline_name(user: str, seed: int) -> str:
-        return "base" if baseline == "base" else names[user, baseline, seed]
+                and task in item_scores[other] for x in ms[metric]]
 
     out = []
     for user in dict.fromkeys(c.user for c in cells):
@@ -374,9 +372,11 @@ def contrasts(cells: list[Cell], records: list[dict], item_scores: dict, baselin
                            and (baseline == "base" or (user, baseline, s) in names))
             if not seeds:
                 continue
+            pairs = [(names[user, method, s], "base" if baseline == "base" else names[user, baseline, s])
+                     for s in seeds]
             for measure, kind, metric in MEASURES:
-                mine = [items(names[user, method, s], user, kind, metric) for s in seeds]
-                theirs = [items(baseline_name(user, s), user, kind, metric) for s in seeds]
+                mine = [items(a, b, kind, metric) for a, b in pairs]
+                theirs = [items(b, a, kind, metric) for a, b in pairs]
                 if any(len(x) != len(mine[0]) for x in mine + theirs):
                     raise ConfigError(f"study: {method} and {baseline} were scored on different {measure} items")
                 n = len(mine[0])
