@@ -1,44 +1,11 @@
-"""Shared fixtures: a tiny randomly initialised chat model (character-level tokenizer), built in seconds."""
+"""Shared fixtures: the tiny models of tests/helpers.py, and a cache directory of each test's own."""
 
 from __future__ import annotations
 
-import json
-import string
-from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SPECIALS = ["<pad>", "<unk>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
-TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-
-
-def build_tiny_model(path: Path, chat: bool = True, seed: int = 0) -> Path:
-    import torch
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    chars = sorted(set(string.printable))
-    vocab = {t: i for i, t in enumerate(SPECIALS + chars)}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))  # no merges: one token per character
-    tk.add_special_tokens(SPECIALS)
-    tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", eos_token="<|end|>",
-                                  clean_up_tokenization_spaces=False)
-    if chat:
-        tok.chat_template = TEMPLATE
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      tie_word_embeddings=False, eos_token_id=vocab["<|end|>"], pad_token_id=vocab["<pad>"],
-                      bos_token_id=None)
-    model = LlamaForCausalLM(cfg)
-    model.generation_config.eos_token_id = vocab["<|end|>"]
-    model.generation_config.pad_token_id = vocab["<pad>"]
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+from tests.helpers import build_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -50,24 +17,6 @@ def tiny_model(tmp_path_factory) -> str:
 def tiny_base_model(tmp_path_factory) -> str:
     """The same kind of model without a chat template (a base model)."""
     return str(build_tiny_model(tmp_path_factory.mktemp("tinybase") / "model", chat=False))
-
-
-def make_pairs(n_prompts: int = 12, per_prompt: int = 2, user: str | None = None) -> list[dict]:
-    """A simulated user who prefers answers in a bullet list."""
-    rows = []
-    for i in range(n_prompts):
-        for j in range(per_prompt):
-            row = {"prompt": f"Question {i} variant {j}?" if per_prompt > 1 else f"Question {i}?",
-                   "chosen": f"- point {i}\n- point {j}", "rejected": f"Point {i} and point {j}."}
-            if user:
-                row["user_id"] = user
-            rows.append(row)
-    return rows
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import make_pairs, write_jsonl
+from tests.helpers import make_pairs, write_jsonl
 
 
 def bapo(*args, env=None):

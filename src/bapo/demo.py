@@ -15,17 +15,27 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bapo.base import build_examples, open_reference
-from bapo.config import BaseResponseConfig, DataConfig, TrainConfig
-from bapo.data import load_pairs
-from bapo.evaluation import Stat, evaluate_pairs, generate_answers
+from bapo.core.tokens import encode_pairs
+from bapo.data.config import DataConfig
+from bapo.data.pairs import load_pairs
+from bapo.data.profiles import is_bullet_list
+from bapo.evaluation.config import EvalConfig
+from bapo.evaluation.metrics import Stat, evaluate_pairs
+from bapo.evaluation.report import write_report
+from bapo.evaluation.runner import evaluate
 from bapo.io import atomic_write_text, write_json, write_jsonl
-from bapo.profiles import is_bullet_list
-from bapo.tokens import encode_pairs
+from bapo.runtime.adapters import applied
+from bapo.runtime.config import BaseResponseConfig
+from bapo.runtime.generate import generate_answers
+from bapo.runtime.reference import build_examples, open_reference
+from bapo.training.config import TrainConfig
+from bapo.training.run import train
 
 # The paper's anchor (log-probs summed over the response) and the per-token variant, both at lambda = 1.
 DEFAULT_VARIANTS = {"dpo": {"method": "dpo"}, "bapo": {"method": "bapo"},
                     "bapo_mean": {"method": "bapo", "anchor_reduction": "mean"}}
+
+
 def demo_pairs() -> list[dict]:
     rows = []
     text = resources.files("bapo").joinpath("resources/demo_prompts.jsonl").read_text(encoding="utf-8")
@@ -40,8 +50,6 @@ def run_demo(out: Path, model: str = "smollm2-135m-instruct", steps: int = 30, c
              console: Console | None = None, variants: dict[str, dict] | None = None, lr: float = 2e-4,
              max_new_tokens: int = 64) -> dict:
     """Train one adapter per variant (name -> ``LossConfig`` fields) and print the comparison table."""
-    from bapo.training import train
-
     console = console or Console()
     variants = variants or DEFAULT_VARIANTS
     methods = tuple(variants)
@@ -71,13 +79,15 @@ def run_demo(out: Path, model: str = "smollm2-135m-instruct", steps: int = 30, c
 
     console.rule("evaluation on held-out prompts")
     held = load_pairs(str(adapters[methods[0]] / "holdout.jsonl"))
-    ref = open_reference(model, DataConfig(), cache_dir)
+    limits = DataConfig()
+    ref = open_reference(model, limits.max_length, limits.max_prompt_length, cache_dir)
     examples = build_examples(ref, held, encode_pairs(held, ref.renderer), base_cfg, with_base=True)
     results = {}
     for name in ("base", *methods):
-        policy = ref.model if name == "base" else _with_adapter(model, cache_dir, adapters[name])
-        metrics = evaluate_pairs(policy, examples, ref.pad_id)
-        texts = generate_answers(policy, ref.renderer, [p.messages for p in held], max_new_tokens)
+        # peft's separate LoRA layers (no merge), as the demo has always scored its adapters
+        with applied(ref.model, None if name == "base" else adapters[name], merge=False) as policy:
+            metrics = evaluate_pairs(policy, examples, ref.pad_id)
+            texts = generate_answers(policy, ref.renderer, [p.messages for p in held], max_new_tokens)
         metrics["bullet_rate"] = Stat.of([float(is_bullet_list(t)) for t in texts])
         results[name] = {"metrics": metrics, "sample": texts[0]}
 
@@ -94,10 +104,7 @@ def run_demo(out: Path, model: str = "smollm2-135m-instruct", steps: int = 30, c
     for name, r in results.items():
         console.print(f"[bold]{name}:[/] {r['sample'][:300]!r}")
     console.rule("bapo eval: knowledge and general alignment kept (default suite)")
-    from bapo.compare import EvalConfig, run_eval
-    from bapo.report import write_report
-
-    run_eval(EvalConfig(model=model, adapters=[str(adapters[m]) for m in methods], out=str(out / "eval"),
+    evaluate(EvalConfig(model=model, adapters=[str(adapters[m]) for m in methods], out=str(out / "eval"),
                         cache_dir=cache_dir), console)
     page = write_report(out / "eval", out / "report")
     console.print(f"[bold green]report:[/] {page}")
@@ -109,14 +116,6 @@ def run_demo(out: Path, model: str = "smollm2-135m-instruct", steps: int = 30, c
     atomic_write_text(out / "results.txt", _plain(table))
     console.print(f"results: {out / 'results.json'}  ({seconds / 60:.1f} min)")
     return report
-
-
-def _with_adapter(model: str, cache_dir: str, adapter: Path):
-    from peft import PeftModel
-
-    from bapo.models import load_model, resolve_model
-
-    return PeftModel.from_pretrained(load_model(resolve_model(model, cache_dir)), str(adapter)).eval()
 
 
 def _plain(table: Table) -> str:

@@ -1,4 +1,4 @@
-"""One progress bar style for every long step (rich), quiet when output is not a terminal unless asked."""
+"""One progress bar style for every long step (rich)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 @contextlib.contextmanager
-def bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """``with bar("scoring", n) as advance: ... advance(k)``."""
+def bar(description: str, total: int, show: bool = True) -> Iterator[Callable[[int], None]]:
+    """``with bar("scoring", n) as advance: ... advance(k)``; with ``show=False`` nothing is drawn."""
+    if not show:
+        yield lambda k=1: None
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("eta"), TimeRemainingColumn(), transient=False) as p:
         task = p.add_task(description, total=total)

@@ -1,0 +1,181 @@
+"""Per-sequence log-probabilities of response tokens: the one place where a model meets a loss.
+
+``sequence_logps`` runs the transformer body once over a right-padded batch and applies the output head only at the
+positions that predict response tokens, so prompt positions and padding never cost a vocabulary-sized matmul.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from bapo.core.tokens import Encoded
+
+
+def pad_batch(seqs: Sequence[Encoded], pad_id: int) -> dict[str, Tensor]:
+    """Right-pad sequences. ``target_mask[i, t]`` is True where position t predicts a response token of row i."""
+    length = max(len(s.prompt) + len(s.response) for s in seqs)
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), length), dtype=torch.long)
+    target = torch.zeros((len(seqs), length), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        n, p = len(s.prompt) + len(s.response), len(s.prompt)
+        ids[i, :n] = torch.tensor(s.ids)
+        attn[i, :n] = 1
+        target[i, p - 1 : n - 1] = True
+    return {"input_ids": ids, "attention_mask": attn, "target_mask": target}
+
+
+def _split_head(model):
+    """(body, head) of a causal LM, or None where logits are not simply head(hidden) (softcapping, scaling)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = base.config
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return None
+    body = base.get_decoder() if hasattr(base, "get_decoder") else None
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if body is None or head is None:
+        return None
+    return body, head
+
+
+def sequence_logps(model, batch: dict[str, Tensor], fast: bool = True) -> tuple[Tensor, Tensor]:
+    """Sum of log p(response token) per row, shape ``(S,)``, and the number of response tokens, ``(S,)``.
+
+    ``fast=False`` is the straightforward form (full logits at every position); both give the same numbers.
+    """
+    ids, attn, target = batch["input_ids"], batch["attention_mask"], batch["target_mask"]
+    labels = ids[:, 1:]
+    tmask = target[:, :-1]
+    parts = _split_head(model) if fast else None
+    if parts is None:
+        logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()
+        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        token_logps = token_logps * tmask
+        return token_logps.sum(-1), tmask.sum(-1)
+    body, head = parts
+    hidden = body(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[:, :-1]
+    rows, cols = tmask.nonzero(as_tuple=True)
+    logits = head(hidden[rows, cols]).float()  # (N, V) only where a response token is predicted
+    picked = logits.gather(-1, labels[rows, cols].unsqueeze(-1)).squeeze(-1)
+    token_logps = picked - torch.logsumexp(logits, dim=-1)
+    sums = torch.zeros(ids.shape[0], dtype=token_logps.dtype, device=ids.device).index_add(0, rows, token_logps)
+    return sums, tmask.sum(-1)
+
+
+@torch.no_grad()
+def score(model, seqs: Sequence[Encoded], pad_id: int, batch_size: int = 16, progress=None,
+          pack: bool = True) -> list[tuple[float, int]]:
+    """(log p, n tokens) of every response under ``model`` in eval mode.
+
+    Sequences that share a prompt are packed into one row (the prompt encoded once); rows are batched by length,
+    ``batch_size`` sequences at a time.
+    """
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(seqs):
+        by_prompt.setdefault(s.prompt if pack else (i,), []).append(i)
+    groups = sorted(by_prompt.values(), key=lambda idx: len(seqs[idx[0]].prompt) + sum(len(seqs[i].response) for i in idx))
+    was_training = model.training
+    model.eval()
+    try:
+        start = 0
+        while start < len(groups):
+            chunk, n = [], 0
+            while start < len(groups) and (not chunk or n + len(groups[start]) <= batch_size):
+                chunk.append(groups[start])
+                n += len(groups[start])
+                start += 1
+            order = [list(range(sum(map(len, chunk[:g])), sum(map(len, chunk[: g + 1])))) for g in range(len(chunk))]
+            batch = pack_groups([[seqs[i] for i in idx] for idx in chunk], pad_id, order)
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            sums, lens = packed_logps(model, batch)
+            flat = [i for idx in chunk for i in idx]
+            for i, s_, c in zip(flat, sums.tolist(), lens.tolist()):
+                out[i] = (s_, int(c))
+            if progress is not None:
+                progress(len(flat))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def pack_groups(groups: Sequence[Sequence[Encoded]], pad_id: int,
+                order: Sequence[Sequence[int]] | None = None) -> dict[str, Tensor]:
+    """One row per group of sequences that share a prompt: ``prompt, response_1, response_2, ...``.
+
+    The prompt is encoded once for all its responses: a 4D attention mask lets each response see the prompt and its
+    own earlier tokens only, and position ids restart after the prompt for every response, so each response's
+    log-probs equal those of ``prompt + response`` on its own. Sequence ``k`` of group ``g`` is output ``g + k * G``
+    (all first responses, then all second ones...), matching :class:`bapo.training.PairCollator`'s order, unless
+    ``order[g][k]`` gives each sequence's output index.
+    """
+    n_groups = len(groups)
+    if order is None:
+        assert all(len(g) == len(groups[0]) for g in groups), "every group needs the same number of responses"
+        order = [[g + k * n_groups for k in range(len(grp))] for g, grp in enumerate(groups)]
+    assert all(s.prompt == g[0].prompt for g in groups for s in g), "a group shares one prompt"
+    length = max(len(g[0].prompt) + sum(len(s.response) for s in g) for g in groups)
+    ids = torch.full((n_groups, length), pad_id, dtype=torch.long)
+    pos = torch.zeros((n_groups, length), dtype=torch.long)
+    seg = torch.full((n_groups, length), -1, dtype=torch.long)  # -1 pad, 0 prompt, k+1 response k
+    rows, cols, labels, seq = [], [], [], []
+    for g, group in enumerate(groups):
+        p = len(group[0].prompt)
+        ids[g, :p] = torch.tensor(group[0].prompt)
+        pos[g, :p] = torch.arange(p)
+        seg[g, :p] = 0
+        start = p
+        for k, s in enumerate(group):
+            n = len(s.response)
+            ids[g, start : start + n] = torch.tensor(s.response)
+            pos[g, start : start + n] = torch.arange(p, p + n)
+            seg[g, start : start + n] = k + 1
+            # token t of the response is predicted at the previous position: the prompt's last for t = 0
+            predictors = [p - 1] + list(range(start, start + n - 1))
+            rows += [g] * n
+            cols += predictors
+            labels += s.response
+            seq += [order[g][k]] * n
+            start += n
+    same = seg.unsqueeze(2) == seg.unsqueeze(1)
+    allowed = (seg.unsqueeze(1) == 0) | same  # the prompt, or the same segment...
+    allowed &= torch.ones(length, length, dtype=torch.bool).tril()  # ...and causal
+    allowed |= torch.eye(length, dtype=torch.bool)  # padding attends to itself, so no row is empty
+    # Kept boolean here: packed_logps turns it into the additive mask in the model's own dtype.
+    return {"input_ids": ids, "attention_mask": allowed.unsqueeze(1), "position_ids": pos,
+            "rows": torch.tensor(rows), "cols": torch.tensor(cols), "labels": torch.tensor(labels),
+            "seq": torch.tensor(seq), "n_seqs": torch.tensor(sum(len(g) for g in groups))}
+
+
+def packed_logps(model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Like :func:`sequence_logps` for a batch from :func:`pack_groups`: sums and token counts per sequence."""
+    kw = dict(input_ids=batch["input_ids"], attention_mask=additive_mask(batch["attention_mask"], model_dtype(model)),
+              position_ids=batch["position_ids"], use_cache=False)
+    rows, cols, labels, seq = batch["rows"], batch["cols"], batch["labels"], batch["seq"]
+    parts = _split_head(model)
+    if parts is None:
+        logits = model(**kw).logits[rows, cols].float()
+    else:
+        body, head = parts
+        logits = head(body(**kw).last_hidden_state[rows, cols]).float()
+    token_logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    n = int(batch["n_seqs"])
+    sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
+    counts = torch.zeros(n, dtype=torch.long, device=seq.device).index_add(0, seq, torch.ones_like(seq))
+    return sums, counts
+
+
+def model_dtype(model) -> torch.dtype:
+    """The dtype a model computes in (its weights'; peft's wrapper forwards ``dtype`` to the base model)."""
+    return getattr(model, "dtype", torch.float32)
+
+
+def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean attention mask (True = may attend) as the additive mask attention adds to its scores, in ``dtype``:
+    0 where allowed, the dtype's most negative finite value elsewhere (not -inf, which turns a masked row to NaN)."""
+    if allowed.dtype != torch.bool:
+        return allowed.to(dtype)
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)

@@ -1,0 +1,227 @@
+"""Preference losses as pure functions of per-sequence log-probabilities.
+
+Every function takes tensors of shape ``(B,)`` (one value per preference pair) and returns per-pair losses of shape
+``(B,)``; nothing here knows about models, tokenizers or trainers. Log-probs are *sums* over response tokens unless a
+function says otherwise; ``*_len`` tensors hold the number of response tokens.
+
+``PAIRWISE_LOSSES`` maps a name to a pairwise loss; :func:`preference_loss` combines one of them with the optional
+RPO NLL term and the BAPO base anchor and returns the scalar loss and its metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bapo.core.fields import option
+from bapo.errors import ConfigError
+
+
+@dataclass
+class LossConfig:
+    """Which preference loss, and the BAPO anchor (see ``bapo.core.losses``)."""
+
+    method: str = option("bapo", "Loss: bapo, or a pairwise loss (dpo, cdpo, ipo, hinge, robust, simpo).")
+    pref_loss: str = option("dpo", "With method bapo: the pairwise loss the base anchor is added to.")
+    beta: float = option(0.1, "Inverse temperature of the implicit reward (DPO's beta).")
+    label_smoothing: float = option(0.1, "Assumed label-flip rate for cdpo and robust.")
+    simpo_gamma: float = option(0.5, "SimPO target margin gamma.")
+    rpo_alpha: float = option(0.0, "Weight of an NLL term on chosen responses (RPO); 0 = off.")
+    anchor_lambda: float = option(1.0, "BAPO: weight lambda of the base anchor.", flag=("lambda", "anchor-lambda"))
+    anchor: str = option("hinge", "BAPO anchor shape: hinge (the paper's max(0, gap)), abs or squared.")
+    anchor_reduction: str = option("sum", "BAPO anchor log-probs: sum over tokens (the paper) or per-token mean.")
+
+    def validate(self) -> None:
+        if self.method != "bapo" and self.method not in PAIRWISE_LOSSES:
+            raise ConfigError(f"loss.method: unknown '{self.method}'; choose bapo or one of {sorted(PAIRWISE_LOSSES)}")
+        if self.pref_loss not in PAIRWISE_LOSSES:
+            raise ConfigError(f"loss.pref_loss: unknown '{self.pref_loss}'; choose one of {sorted(PAIRWISE_LOSSES)}")
+        if self.anchor not in ANCHORS:
+            raise ConfigError(f"loss.anchor: unknown '{self.anchor}'; choose one of {sorted(ANCHORS)}")
+        if self.anchor_reduction not in ("sum", "mean"):
+            raise ConfigError("loss.anchor_reduction: choose sum or mean")
+        if self.beta <= 0:
+            raise ConfigError("loss.beta: must be positive")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError("loss.label_smoothing: must be in [0, 0.5)")
+        if self.anchor_lambda < 0:
+            raise ConfigError("loss.anchor_lambda: must be non-negative")
+
+    @property
+    def uses_anchor(self) -> bool:
+        return self.method == "bapo" and self.anchor_lambda > 0
+
+    @property
+    def pairwise(self) -> str:
+        return self.pref_loss if self.method == "bapo" else self.method
+
+
+def dpo_loss(chosen_logratios: Tensor, rejected_logratios: Tensor, beta: float) -> Tensor:
+    """DPO, sigmoid form (Rafailov et al., NeurIPS 2023, arXiv 2305.18290).
+
+    The policy's implicit reward of a response is ``beta * log(pi/pi_ref)``; the loss is the Bradley-Terry negative
+    log-likelihood that the chosen response out-scores the rejected one: ``-log sigmoid(beta * (lr_w - lr_l))``.
+    """
+    return -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
+
+
+def cdpo_loss(chosen_logratios: Tensor, rejected_logratios: Tensor, beta: float, label_smoothing: float) -> Tensor:
+    """Conservative DPO (cDPO; Mitchell, 2023, "A note on DPO with noisy preferences"): DPO with label smoothing.
+
+    Treats each label as flipped with probability ``eps``: ``-(1-eps) log s(beta d) - eps log s(-beta d)``. With eps > 0
+    the loss has a finite optimum, so margins stop growing once the pair is fit.
+    """
+    z = beta * (chosen_logratios - rejected_logratios)
+    return -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+
+
+def robust_loss(chosen_logratios: Tensor, rejected_logratios: Tensor, beta: float, label_smoothing: float) -> Tensor:
+    """Robust DPO (Chowdhury et al., ICML 2024, arXiv 2403.00409), TRL's ``robust``.
+
+    An unbiased estimate of the clean-label DPO loss when labels flip with known rate ``eps``:
+    ``(-(1-eps) log s(beta d) + eps log s(-beta d)) / (1 - 2 eps)``.
+    """
+    z = beta * (chosen_logratios - rejected_logratios)
+    return (-(1 - label_smoothing) * F.logsigmoid(z) + label_smoothing * F.logsigmoid(-z)) / (1 - 2 * label_smoothing)
+
+
+def ipo_loss(chosen_logratios_mean: Tensor, rejected_logratios_mean: Tensor, beta: float) -> Tensor:
+    """IPO (Azar et al., AISTATS 2024, arXiv 2310.12036), Eq. 17, with per-token log-ratios as TRL uses.
+
+    Regresses the log-ratio gap onto ``1 / (2 beta)`` instead of pushing it to infinity: ``(d - 1/(2 beta))^2``.
+    Takes *per-token mean* log-ratios, so the target does not scale with response length.
+    """
+    return (chosen_logratios_mean - rejected_logratios_mean - 1 / (2 * beta)) ** 2
+
+
+def hinge_loss(chosen_logratios: Tensor, rejected_logratios: Tensor, beta: float) -> Tensor:
+    """SLiC-HF hinge (Zhao et al., 2023, arXiv 2305.10425) on DPO's log-ratios: ``max(0, 1 - beta d)``."""
+    return torch.relu(1 - beta * (chosen_logratios - rejected_logratios))
+
+
+def simpo_loss(chosen_logps_mean: Tensor, rejected_logps_mean: Tensor, beta: float, gamma: float) -> Tensor:
+    """SimPO (Meng et al., NeurIPS 2024, arXiv 2405.14734): reference-free, length-normalized.
+
+    The reward is ``beta`` times the per-token mean log-prob; the chosen must beat the rejected by margin ``gamma``:
+    ``-log sigmoid(beta (m_w - m_l) - gamma)``.
+    """
+    return -F.logsigmoid(beta * (chosen_logps_mean - rejected_logps_mean) - gamma)
+
+
+def nll_loss(chosen_logps: Tensor, chosen_len: Tensor) -> Tensor:
+    """RPO's NLL term on chosen responses (Pang et al., 2024, arXiv 2404.19733), TRL's ``rpo_alpha`` term.
+
+    Token-weighted over the batch, as cross-entropy over all chosen tokens: returned per pair so that the *mean*
+    over the batch equals ``-sum(logp_w) / sum(len_w)``.
+    """
+    return -chosen_logps * chosen_logps.numel() / chosen_len.sum().clamp(min=1)
+
+
+def anchor_gap(policy_base_logps: Tensor, ref_base_logps: Tensor) -> Tensor:
+    """How far the policy's log-likelihood of the base response sits *below* the reference's (positive = below)."""
+    return ref_base_logps - policy_base_logps
+
+
+def base_anchor(policy_base_logps: Tensor, ref_base_logps: Tensor, kind: str = "hinge") -> Tensor:
+    """BAPO's base anchor (Lee et al., Findings of EMNLP 2024, arXiv 2407.00693).
+
+    Before training, the reference model answers each prompt (its base response ``y_b``). Personalizing must not make
+    the model lose what it already said well, so the policy is penalized when its log-likelihood of ``y_b`` falls
+    below the reference's: ``max(0, log pi_ref(y_b|x) - log pi_theta(y_b|x))`` (``kind="hinge"``, the paper's form).
+    Once the policy is at or above the reference the penalty and its gradient are zero, so the anchor never pulls
+    the policy *down* towards the reference. ``abs`` and ``squared`` are two-sided alternatives.
+    Inputs may have a trailing dimension of base responses per prompt; the result is averaged over it.
+    """
+    gap = anchor_gap(policy_base_logps, ref_base_logps)
+    if kind == "hinge":
+        pen = torch.relu(gap)
+    elif kind == "abs":
+        pen = gap.abs()
+    elif kind == "squared":
+        pen = gap**2
+    else:
+        raise ValueError(f"unknown anchor kind {kind!r}; choose one of {sorted(ANCHORS)}")
+    return pen.mean(dim=-1) if pen.dim() > 1 else pen
+
+
+ANCHORS = ("hinge", "abs", "squared")
+
+
+@dataclass
+class PairLogps:
+    """Per-sequence log-probs of one batch. Sums over response tokens; shapes ``(B,)``, base ones ``(B, K)``."""
+
+    chosen: Tensor
+    rejected: Tensor
+    ref_chosen: Tensor
+    ref_rejected: Tensor
+    chosen_len: Tensor
+    rejected_len: Tensor
+    base: Tensor | None = None
+    ref_base: Tensor | None = None
+    base_len: Tensor | None = None
+
+
+PairwiseFn = Callable[[PairLogps, LossConfig], Tensor]
+
+
+def _lr(p: PairLogps) -> tuple[Tensor, Tensor]:
+    return p.chosen - p.ref_chosen, p.rejected - p.ref_rejected
+
+
+PAIRWISE_LOSSES: dict[str, PairwiseFn] = {
+    "dpo": lambda p, c: dpo_loss(*_lr(p), c.beta),
+    "cdpo": lambda p, c: cdpo_loss(*_lr(p), c.beta, c.label_smoothing),
+    "robust": lambda p, c: robust_loss(*_lr(p), c.beta, c.label_smoothing),
+    "hinge": lambda p, c: hinge_loss(*_lr(p), c.beta),
+    "ipo": lambda p, c: ipo_loss(
+        (p.chosen - p.ref_chosen) / p.chosen_len.clamp(min=1),
+        (p.rejected - p.ref_rejected) / p.rejected_len.clamp(min=1),
+        c.beta,
+    ),
+    "simpo": lambda p, c: simpo_loss(
+        p.chosen / p.chosen_len.clamp(min=1), p.rejected / p.rejected_len.clamp(min=1), c.beta, c.simpo_gamma
+    ),
+}
+
+
+def preference_loss(p: PairLogps, cfg: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:
+    """The full training objective of one batch and its metrics (detached, averaged over the batch).
+
+    ``L = mean(pairwise) + rpo_alpha * mean(nll) + [bapo] anchor_lambda * mean(anchor)``.
+    """
+    pair = PAIRWISE_LOSSES[cfg.pairwise](p, cfg)
+    loss = pair.mean()
+    chosen_rewards = cfg.beta * (p.chosen - p.ref_chosen).detach()
+    rejected_rewards = cfg.beta * (p.rejected - p.ref_rejected).detach()
+    metrics: dict[str, Tensor] = {
+        "loss/pref": pair.detach().mean(),
+        "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+        "logps/chosen": p.chosen.detach().mean(),
+        "logps/rejected": p.rejected.detach().mean(),
+    }
+    if cfg.rpo_alpha > 0:
+        nll = nll_loss(p.chosen, p.chosen_len).mean()
+        loss = loss + cfg.rpo_alpha * nll
+        metrics["loss/nll"] = nll.detach()
+    if p.base is not None and p.ref_base is not None:
+        base, ref_base = p.base, p.ref_base
+        if cfg.anchor_reduction == "mean":
+            assert p.base_len is not None, "per-token anchor needs base_len"
+            n = p.base_len.clamp(min=1)
+            base, ref_base = base / n, ref_base / n
+        gap = anchor_gap(base, ref_base)
+        metrics["anchor/gap"] = gap.detach().mean()
+        if cfg.uses_anchor:
+            anchor = base_anchor(base, ref_base, cfg.anchor).mean()
+            loss = loss + cfg.anchor_lambda * anchor
+            metrics["loss/anchor"] = anchor.detach()
+    metrics["loss/total"] = loss.detach()
+    return loss, metrics

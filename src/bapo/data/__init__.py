@@ -1,0 +1,1 @@
+"""Data: records in, validated preference pairs out; readers of public data sets; users and their profiles."""

@@ -1,0 +1,167 @@
+"""Readers of the public data sets bapo evaluates and builds users from, each into a small typed item.
+
+- multiple choice (:func:`load_mc`): llm-foundry JSONL (``query``/``choices``/``gold``, as ``../shared/data/knowledge``),
+  ARC and OpenBookQA in the hub layouts (``question``/``question_stem`` + ``choices`` + ``answerKey``), and MMLU CSV
+  (question, A, B, C, D, answer);
+- general preference pairs (:func:`load_general_pairs`): Anthropic HH transcripts (``chosen``/``rejected``) and
+  DSP-style ``{"text": [a, b], "score": [1, 0]}``;
+- prompts (:func:`load_prompts`): JSONL with ``prompt``, ``instruction`` or MT-Bench ``turns``.
+
+``path`` may be ``package:NAME`` for a file shipped in ``bapo/resources``; ``limit`` keeps a seeded random subset.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bapo.errors import DataError, Problem
+
+
+@dataclass
+class McItem:
+    """A multiple-choice question: the context to continue, the choices, and the index of the right one."""
+
+    context: str
+    choices: list[str]
+    gold: int
+
+
+@dataclass
+class PairItem:
+    """A general preference pair: the conversation, the generally preferred reply and the other one."""
+
+    messages: list[dict[str, str]]
+    chosen: str
+    rejected: str
+
+
+
+def _open_text(path: str) -> str:
+    if path.startswith("package:"):
+        return resources.files("bapo").joinpath("resources", path.split(":", 1)[1]).read_text(encoding="utf-8")
+    p = Path(path)
+    if not p.exists():
+        raise DataError(Problem(path, 0, "file", "not found"))
+    if p.suffix == ".gz":
+        with gzip.open(p, "rt", encoding="utf-8") as f:
+            return f.read()
+    return p.read_text(encoding="utf-8")
+
+
+def _records(path: str) -> list[tuple[int | str, Any]]:
+    text = _open_text(path)
+    name = path.removesuffix(".gz")
+    if name.endswith(".json"):
+        data = json.loads(text)
+        return [(f"record {i}", r) for i, r in enumerate(data if isinstance(data, list) else [data], 1)]
+    if name.endswith(".csv"):
+        return [(i, row) for i, row in enumerate(csv.reader(text.splitlines()), 1) if row]
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append((i, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(Problem(path, i, "json", f"malformed JSON ({e.msg})")) from None
+    return out
+
+
+def _subset(items: list, limit: int, seed: int) -> list:
+    if limit and len(items) > limit:
+        idx = sorted(random.Random(seed).sample(range(len(items)), limit))
+        return [items[i] for i in idx]
+    return items
+
+
+LETTERS = "ABCDEFGHIJ"
+
+
+def _mc_record(rec: Any, where: tuple[str, int | str]) -> McItem:
+    if isinstance(rec, list):  # MMLU CSV: question, A, B, C, D, answer letter
+        if len(rec) < 4 or rec[-1].strip() not in LETTERS[: len(rec) - 2]:
+            raise DataError(Problem(*where, "answer", "expected question, choices..., answer letter"))
+        return McItem(f"Question: {rec[0]}\nAnswer:", rec[1:-1], LETTERS.index(rec[-1].strip()))
+    if not isinstance(rec, dict):
+        raise DataError(Problem(*where, "record", "expected an object"))
+    if "query" in rec:  # llm-foundry
+        choices, gold = rec.get("choices"), rec.get("gold")
+        if not isinstance(choices, list) or not isinstance(gold, int) or not 0 <= gold < len(choices):
+            raise DataError(Problem(*where, "gold", "expected choices (a list) and gold (an index into it)"))
+        q = rec["query"]
+        return McItem(q + "\nAnswer:" if q.startswith("Question:") else q, choices, gold)
+    q = rec.get("question", rec.get("question_stem"))
+    ch = rec.get("choices")
+    if isinstance(q, dict):  # original ARC / OpenBookQA JSONL: {"question": {"stem", "choices": [...]}}
+        ch, q = q.get("choices"), q.get("stem")
+    if isinstance(ch, dict):  # hub layout: {"text": [...], "label": [...]}
+        texts, labels = ch.get("text", []), ch.get("label", [])
+    elif isinstance(ch, list):
+        texts, labels = [c.get("text") for c in ch], [c.get("label") for c in ch]
+    else:
+        raise DataError(Problem(*where, "choices", "missing"))
+    key = str(rec.get("answerKey", "")).strip()
+    if not isinstance(q, str) or key not in labels:
+        raise DataError(Problem(*where, "answerKey", f"'{key}' is not one of the choice labels {labels}"))
+    return McItem(f"Question: {q}\nAnswer:", texts, labels.index(key))
+
+
+def load_mc(path: str, limit: int = 0, seed: int = 0) -> list[McItem]:
+    return _subset([_mc_record(r, (path, line)) for line, r in _records(path)], limit, seed)
+
+
+def hh_messages(transcript: str) -> tuple[list[dict[str, str]], str]:
+    """Split an HH transcript into the conversation before the last assistant turn, and that turn."""
+    turns: list[dict[str, str]] = []
+    for chunk in transcript.split("\n\n"):
+        if chunk.startswith("Human:"):
+            turns.append({"role": "user", "content": chunk[6:].strip()})
+        elif chunk.startswith("Assistant:"):
+            turns.append({"role": "assistant", "content": chunk[10:].strip()})
+        elif turns:
+            turns[-1]["content"] += "\n\n" + chunk
+    if not turns or turns[-1]["role"] != "assistant":
+        raise ValueError("transcript does not end with an assistant turn")
+    return turns[:-1], turns[-1]["content"]
+
+
+def load_general_pairs(path: str, limit: int = 0, seed: int = 0) -> list[PairItem]:
+    items = []
+    for line, rec in _records(path):
+        where = (path, line)
+        if isinstance(rec, dict) and "text" in rec and "score" in rec:  # DSP
+            texts, scores = rec["text"], rec["score"]
+            best, worst = texts[scores.index(max(scores))], texts[scores.index(min(scores))]
+        elif isinstance(rec, dict) and "chosen" in rec and "rejected" in rec:
+            best, worst = rec["chosen"], rec["rejected"]
+        else:
+            raise DataError(Problem(*where, "record", "expected chosen/rejected transcripts or text/score"))
+        try:
+            msgs, c = hh_messages(best)
+            msgs_r, r = hh_messages(worst)
+        except ValueError as e:
+            raise DataError(Problem(*where, "chosen", str(e))) from None
+        if msgs == msgs_r and c.strip() != r.strip() and c.strip() and r.strip() and msgs:
+            items.append(PairItem(msgs, c, r))  # pairs that differ only in the final reply
+    return _subset(items, limit, seed)
+
+
+def load_prompts(path: str, limit: int = 0, seed: int = 0) -> list[list[dict[str, str]]]:
+    """Prompts from JSONL with ``prompt`` / ``instruction`` / ``turns`` (MT-Bench: the first turn) fields."""
+    out = []
+    for line, rec in _records(path):
+        text = None
+        if isinstance(rec, dict):
+            text = rec.get("prompt") or rec.get("instruction")
+            if text is None and isinstance(rec.get("turns"), list) and rec["turns"]:
+                text = rec["turns"][0]
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(Problem(path, line, "prompt", "expected a prompt, instruction or turns field"))
+        out.append([{"role": "user", "content": text}])
+    return _subset(out, limit, seed)

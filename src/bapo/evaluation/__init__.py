@@ -1,0 +1,1 @@
+"""Evaluation: task kinds, metrics, typed records, ``bapo eval`` and ``bapo report``."""

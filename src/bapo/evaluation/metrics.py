@@ -1,0 +1,160 @@
+"""Metrics of one model on one task, as *per-item* values, so that every mean comes with a standard error and every
+change against the base model with a paired interval over the same items.
+
+Nothing here loads models or knows about adapters; :mod:`bapo.evaluation.runner` runs these over the base model and
+adapters, through the task kinds of :mod:`bapo.evaluation.tasks`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from bapo.core.logprobs import score
+from bapo.core.tokens import Encoded, Renderer
+from bapo.data.readers import McItem, PairItem
+from bapo.runtime.generate import generate_answers
+from bapo.runtime.models import reward_of
+from bapo.runtime.reference import Example
+
+Z95 = 1.959964
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A mean over ``n`` items with its standard error."""
+
+    value: float
+    stderr: float
+    n: int
+
+    @classmethod
+    def of(cls, xs: Sequence[float]) -> "Stat":
+        n = len(xs)
+        if n == 0:
+            return cls(float("nan"), float("nan"), 0)
+        mean = sum(xs) / n
+        var = sum((x - mean) ** 2 for x in xs) / (n - 1) if n > 1 else 0.0
+        return cls(mean, math.sqrt(var / n), n)
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} ± {self.stderr:.3f}"
+
+
+def paired_delta(xs: Sequence[float], base: Sequence[float]) -> tuple[float, float, float, float]:
+    """Mean change ``xs - base`` over the same items: (delta, stderr, 95% low, 95% high)."""
+    assert len(xs) == len(base), "a paired difference needs the same items"
+    s = Stat.of([a - b for a, b in zip(xs, base)])
+    return s.value, s.stderr, s.value - Z95 * s.stderr, s.value + Z95 * s.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Global knowledge
+
+
+def mc_scores(model, tokenizer, items: Sequence[McItem], batch_size: int = 32, progress=None) -> dict[str, list[float]]:
+    """Zero-shot multiple choice, as lm-evaluation-harness: ``acc`` picks the choice of highest log-likelihood given
+    the question, ``acc_norm`` the highest log-likelihood per byte of the choice. Every choice of every question
+    goes into length-sorted batches together, so a batch mixes questions."""
+    seqs, owner = [], []
+    for i, it in enumerate(items):
+        ctx = tuple(tokenizer(it.context)["input_ids"])
+        for c in it.choices:
+            seqs.append(Encoded(ctx, tuple(tokenizer(" " + c, add_special_tokens=False)["input_ids"])))
+            owner.append(i)
+    vals = score(model, seqs, tokenizer.pad_token_id, batch_size, progress)
+    acc, acc_norm = [], []
+    k = 0
+    for it in items:
+        lp = [vals[k + j][0] for j in range(len(it.choices))]
+        norm = [lp[j] / max(len((" " + c).encode()), 1) for j, c in enumerate(it.choices)]
+        k += len(it.choices)
+        acc.append(float(max(range(len(lp)), key=lp.__getitem__) == it.gold))
+        acc_norm.append(float(max(range(len(norm)), key=norm.__getitem__) == it.gold))
+    return {"acc": acc, "acc_norm": acc_norm}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# General alignment
+
+
+def general_pair_scores(model, renderer: Renderer, items: Sequence[PairItem], batch_size: int = 16,
+                        progress=None) -> dict[str, list[float]]:
+    """How often the model still prefers the generally preferred reply: by total log-likelihood (``acc``) and by
+    per-token log-likelihood (``acc_norm``)."""
+    seqs = []
+    for it in items:
+        for resp in (it.chosen, it.rejected):
+            seqs.append(renderer.encode(it.messages, resp, "general pair", "response", [], truncate=True))
+    vals = score(model, seqs, renderer.tok.pad_token_id, batch_size, progress)
+    acc, acc_norm = [], []
+    for i in range(len(items)):
+        (c, nc), (r, nr) = vals[2 * i], vals[2 * i + 1]
+        acc.append(float(c > r))
+        acc_norm.append(float(c / max(nc, 1) > r / max(nr, 1)))
+    return {"acc": acc, "acc_norm": acc_norm}
+
+
+def drift_scores(model, base_seqs: Sequence[Encoded], ref_logps: Sequence[float], pad_id: int,
+                 batch_size: int = 16, progress=None) -> dict[str, list[float]]:
+    """Per-token change of log p of the reference's own answers: ``(log pi(y_b) - log pi_ref(y_b)) / |y_b|``.
+
+    Averaged over answers sampled from the reference this estimates -KL(pi_ref || pi) per token: 0 means the model
+    still says what the reference says; negative means it moved away.
+    """
+    vals = score(model, base_seqs, pad_id, batch_size, progress)
+    return {"logp_change_per_token": [(p - r) / max(n, 1) for (p, n), r in zip(vals, ref_logps)]}
+
+
+def profile_scores(model, renderer: Renderer, prompts: Sequence[list[dict[str, str]]], rule,
+                   max_new_tokens: int = 64) -> dict[str, list[float]]:
+    """A profile's scoring rule (:mod:`bapo.profiles`) applied to the model's own answers to ``prompts``."""
+    return {"profile_score": [float(rule(t)) for t in generate_answers(model, renderer, prompts, max_new_tokens)]}
+
+
+def reward_scores(model, renderer: Renderer, prompts: Sequence[list[dict[str, str]]], reward_model, reward_tokenizer,
+                  max_new_tokens: int = 64, batch_size: int = 8) -> dict[str, list[float]]:
+    """Mean reward-model score of the model's own greedy answers to general prompts."""
+    texts = generate_answers(model, renderer, prompts, max_new_tokens, batch_size)
+    return {"score": [reward_of(reward_model, reward_tokenizer, m, t) for m, t in zip(prompts, texts)]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Personalization
+
+# Implicit-reward margins closer to 0 than this count as ties. The same model's float32 log-prob sums over a pair of
+# sequences of up to 256 tokens, computed in differently composed batches (the reference's cache vs. an evaluation),
+# differ by up to 1.8e-4 nats (measured on 64 held-out pairs, SmolLM2-135M), so a tighter tolerance would score the
+# reference itself below its 0.5; a trained adapter's margins are orders of magnitude larger.
+TIE_NATS = 1e-3
+
+
+def personal_scores(model, examples: Sequence[Example], pad_id: int, batch_size: int = 16,
+                    progress=None) -> dict[str, list[float]]:
+    """On the user's held-out pairs (reference log-probs precomputed):
+
+    - ``reward_acc``: the implicit DPO reward ranks chosen above rejected (ties count one half, so the reference
+      itself scores 0.5);
+    - ``ll_acc``: per-token log-likelihood of chosen above rejected (needs no reference);
+    - ``margin``: implicit log-ratio margin ``log(pi/pi_ref)(y_w) - log(pi/pi_ref)(y_l)`` in nats.
+    """
+    seqs = [s for e in examples for s in (e.chosen, e.rejected)]
+    vals = score(model, seqs, pad_id, batch_size, progress)
+    reward_acc, ll_acc, margin = [], [], []
+    for i, e in enumerate(examples):
+        (pc, nc), (pr, nr) = vals[2 * i], vals[2 * i + 1]
+        m = (pc - e.ref_chosen) - (pr - e.ref_rejected)
+        margin.append(m)
+        reward_acc.append(0.5 if abs(m) < TIE_NATS else float(m > 0))
+        ll_acc.append(float(pc / max(nc, 1) > pr / max(nr, 1)))
+    return {"reward_acc": reward_acc, "ll_acc": ll_acc, "margin": margin}
+
+
+def evaluate_pairs(model, examples: list[Example], pad_id: int, batch_size: int = 16) -> dict[str, Stat]:
+    """Personalization on held-out examples plus drift on their base responses, as :class:`Stat` (for the demo)."""
+    out = {k: Stat.of(v) for k, v in personal_scores(model, examples, pad_id, batch_size).items()}
+    base = [b for e in examples for b in e.base]
+    ref = [r for e in examples for r in e.ref_base]
+    out["base_drift"] = Stat.of(drift_scores(model, base, ref, pad_id, batch_size)["logp_change_per_token"])
+    return out

@@ -1,0 +1,190 @@
+"""``bapo eval``: the base model and any number of adapters, side by side, on the same items.
+
+For every (model, adapter scale) it computes each task as per-item scores (cached on disk by model and adapter
+fingerprint, so the base model is computed once and a rerun is instant), then reports each metric's mean with its
+standard error and, for adapters, the paired change against the base model with a 95% interval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from bapo import progress
+from bapo.data.pairs import PreferencePair, load_pairs
+from bapo.errors import ConfigError
+from bapo.evaluation.config import EvalConfig
+from bapo.evaluation.lm_eval import lm_eval_scores
+from bapo.evaluation.metrics import TIE_NATS, Stat, paired_delta
+from bapo.evaluation.records import Record, as_dicts, csv_text, markdown_table
+from bapo.evaluation.tasks import Scorer, Task, TaskSpec, load_suite, load_task, personal_task
+from bapo.io import atomic_write_text, write_json
+from bapo.runtime.adapters import AdapterInfo, applied, check_same_model, read_adapter
+from bapo.runtime.models import load_reward_model
+from bapo.runtime.reference import Reference, open_reference
+from bapo.runtime.store import make_key
+
+Scores = dict[str, dict[str, dict[str, list[float]]]]  # model label -> task -> metric -> per-item values
+
+
+@dataclass
+class Candidate:
+    """One model to score: the base model, or an adapter at one scale, with the personal tasks that are its own."""
+
+    label: str
+    adapter: AdapterInfo | None = None
+    scale: float = 1.0
+    personal: list[str] = field(default_factory=list)
+
+    @property
+    def method(self) -> str:
+        return self.adapter.method if self.adapter else "base"
+
+    @property
+    def digest(self) -> str:
+        return self.adapter.digest if self.adapter else "base"
+
+
+@dataclass
+class EvalResult:
+    """What ``bapo eval`` measured: the records (also in ``results.json``) and every per-item score behind them."""
+
+    records: list[Record]
+    item_scores: Scores
+    out: Path
+    seconds: float
+
+
+def _personal_who(adapter: Path, pairs: list[PreferencePair]) -> str:
+    users = {p.user_id for p in pairs}
+    return users.pop() if len(users) == 1 and None not in users else adapter.name
+
+
+def candidates(cfg: EvalConfig) -> tuple[list[Candidate], dict[str, Task]]:
+    """The base model and every adapter at every scale, and the personal tasks (one per distinct holdout file)."""
+    out = [Candidate("base")]
+    personal: dict[str, Task] = {}
+    by_digest: dict[str, str] = {}  # holdout file digest -> personal task name
+    for a in cfg.adapters:
+        info = read_adapter(a)
+        own = []
+        holdout = info.path / "holdout.jsonl"
+        if holdout.exists() and holdout.stat().st_size:
+            key = hashlib.sha256(holdout.read_bytes()).hexdigest()
+            if key not in by_digest:
+                pairs = load_pairs(str(holdout))
+                who = _personal_who(info.path, pairs)
+                by_digest[key] = f"personal:{who}"
+                personal[by_digest[key]] = personal_task(by_digest[key], pairs, who, TIE_NATS)
+            own = [by_digest[key]]
+        for s in cfg.adapter_scales:
+            label = info.path.name if cfg.adapter_scales == [1.0] else f"{info.path.name}@{s:g}"
+            out.append(Candidate(label, info, s, own))
+    if len({c.label for c in out}) != len(out):
+        raise ConfigError("--adapters: two adapters share a directory name; give them distinct names")
+    return out, personal
+
+
+def suite_tasks(cfg: EvalConfig, console: Console) -> list[Task]:
+    """The suite's tasks, loaded and validated before any model work."""
+    specs = load_suite(cfg.suite).tasks
+    if cfg.reward_model and not any(t.kind == "reward" for t in specs):
+        specs.append(TaskSpec("general_reward", "reward", "package:general_prompts.jsonl"))
+    if any(t.kind == "reward" for t in specs) and not cfg.reward_model:
+        raise ConfigError("suite: a reward task needs --reward-model")
+    tasks = [load_task(t) for t in specs]
+    for t in tasks:
+        console.print(f"task [bold]{t.spec.name}[/] ({t.spec.kind}): {len(t.items)} items from {t.spec.path}")
+    return tasks
+
+
+def score_candidate(model, cand: Candidate, tasks: list[Task], scorer: Scorer, cfg: EvalConfig) -> dict:
+    """Every task of one candidate, each from the cache when it is there (keyed by model, adapter, scale, task)."""
+    ref = scorer.ref
+    out = {}
+    for task in tasks:
+        key = make_key("eval", ref.cache_id, cand.digest, cand.scale, task.spec.name, task.key, cfg.max_length,
+                       cfg.max_prompt_length, cfg.reward_model)
+        cached = ref.store.get_eval(key)
+        if cached is None:
+            with progress.bar(f"{cand.label}: {task.spec.name}", task.kind.sequences(task.items)) as advance:
+                cached = task.kind.score(model, task, scorer, advance)
+            ref.store.put_eval(key, cached)
+        out[task.spec.name] = cached
+    return out
+
+
+def evaluate(cfg: EvalConfig, console: Console | None = None) -> EvalResult:
+    """Evaluate the base model and every adapter (at every scale); write results and return them."""
+    console = console or Console()
+    t0 = time.time()
+    cfg.validate()
+    tasks = suite_tasks(cfg, console)
+    cands, personal = candidates(cfg)
+    ref = open_reference(cfg.model, cfg.max_length, cfg.max_prompt_length, cfg.cache_dir, cfg.device, cfg.dtype)
+    for c in cands:
+        if c.adapter is not None:
+            check_same_model(c.adapter, ref.fingerprint)
+    for t in [*tasks, *personal.values()]:
+        if t.kind.prepare is not None:
+            t.prepared = t.kind.prepare(t, ref)
+    scorer = Scorer(ref, cfg.batch_size, load_reward_model(cfg.reward_model, cfg.device) if cfg.reward_model else None)
+
+    scores: Scores = {}
+    for cand in cands:
+        mine = [personal[n] for n in personal if cand.adapter is None or n in cand.personal]
+        with applied(ref.model, cand.adapter.path if cand.adapter else None, cand.scale, cfg.merge_adapters) as model:
+            scores[cand.label] = score_candidate(model, cand, tasks + mine, scorer, cfg)
+            if cfg.lm_eval_tasks:
+                scores[cand.label].update(lm_eval_scores(model, ref.tokenizer, cfg.lm_eval_tasks, cfg.batch_size,
+                                                         cand.label, console))
+    kinds = {t.spec.name: t.spec.kind for t in [*tasks, *personal.values()]}
+    records = make_records(cands, scores, kinds)
+    result = EvalResult(records, scores, Path(cfg.out), round(time.time() - t0, 1))
+    write_results(cfg, ref, result, console)
+    return result
+
+
+def make_records(cands: list[Candidate], scores: Scores, kinds: dict[str, str]) -> list[Record]:
+    """A record per (model, task, metric); adapters' records carry the paired change against the base model."""
+    base = scores["base"]
+    records = []
+    for c in cands:
+        for task, metrics in scores[c.label].items():
+            for metric, xs in metrics.items():
+                s = Stat.of(xs)
+                rec = Record(c.label, str(c.adapter.path) if c.adapter else "", c.scale if c.adapter else 0.0,
+                             c.method, task, kinds.get(task, "lm_eval"), metric, s.n, s.value, s.stderr)
+                if c.adapter is not None and task in base and len(base[task][metric]) == len(xs) and s.n > 1:
+                    rec.delta, rec.delta_stderr, rec.delta_lo, rec.delta_hi = paired_delta(xs, base[task][metric])
+                records.append(rec)
+    return records
+
+
+def write_results(cfg: EvalConfig, ref: Reference, result: EvalResult, console: Console) -> None:
+    """results.json (with what ran, where and how long), item_scores.json, results.csv and results.md."""
+    out = result.out
+    meta = {"model": cfg.model, "model_fingerprint": ref.fingerprint, "suite": cfg.suite,
+            "adapters": cfg.adapters, "adapter_scales": cfg.adapter_scales, "machine": machine(),
+            "seconds": result.seconds, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", {**meta, "records": as_dicts(result.records)})
+    write_json(out / "item_scores.json", result.item_scores)  # for paired statistics elsewhere (the study)
+    atomic_write_text(out / "results.csv", csv_text(result.records))
+    md = markdown_table(result.records)
+    atomic_write_text(out / "results.md", md)
+    console.print(md)
+    console.print(f"results: {out / 'results.json'} ({result.seconds:.0f} s)")
+
+
+def machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "threads": torch.get_num_threads()}

@@ -1,0 +1,203 @@
+"""What ``bapo eval`` measures. A *task kind* is everything about one kind of measurement in one place: how its items
+are loaded, what the reference prepares for it, how a model is scored on it, which metric is its headline, what it
+measures (its role) and what it costs. Suites (lists of tasks) are YAML files.
+
+Task kinds:
+
+- ``mc``: zero-shot multiple choice by log-likelihood of each choice (global knowledge).
+- ``general_pairs``: general-population preference pairs (general alignment).
+- ``drift``: prompts the reference model answers; measures how far a model moved from those answers.
+- ``reward``: prompts a model answers; a reward model (``--reward-model``) scores the answers.
+- ``personal``: an adapter's own held-out pairs (personalization); made from the adapter, never listed in a suite.
+
+The ``default`` suite uses only data shipped in the package, so it runs anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from bapo.core.tokens import encode_pairs
+from bapo.data.pairs import PreferencePair
+from bapo.data.profiles import PROFILES
+from bapo.data.readers import load_general_pairs, load_mc, load_prompts
+from bapo.errors import ConfigError
+from bapo.evaluation import metrics
+from bapo.runtime.config import BaseResponseConfig
+from bapo.runtime.reference import Reference, build_examples, encode_base
+
+
+@dataclass
+class TaskSpec:
+    """One evaluation task. ``path`` may be ``package:NAME`` for a file shipped in ``bapo/resources``."""
+
+    name: str
+    kind: str
+    path: str
+    limit: int = 0  # 0 = every item; otherwise a seeded random subset of this size
+    seed: int = 0
+    max_new_tokens: int = 64  # drift / reward: length of generated answers
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps([self.kind, self.path, self.limit, self.seed, self.max_new_tokens]).encode()
+                              ).hexdigest()[:16]
+
+
+@dataclass
+class Task:
+    """A task ready to score: its spec, its items, its cache key, and what the reference prepared for it."""
+
+    spec: TaskSpec
+    items: list
+    key: str
+    rule: str = ""  # personal tasks: the name of the user's scoring rule in bapo.data.profiles, if there is one
+    prepared: Any = None
+
+    @property
+    def kind(self) -> "TaskKind":
+        return KINDS[self.spec.kind]
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """What scoring a model needs besides the model: the reference (tokenizer, renderer), batch size, reward model."""
+
+    ref: Reference
+    batch_size: int = 16
+    reward: tuple | None = None  # (model, tokenizer) of a sequence-classification reward model
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """One kind of measurement: loader, preparation, scorer, headline metric, role and cost, in one place."""
+
+    name: str
+    role: str  # what it measures: knowledge, alignment, drift, reward or personalization
+    headline: str  # the metric the study and the report read
+    load: Callable[[TaskSpec], list]
+    score: Callable[[Any, Task, Scorer, Callable[[int], None]], dict[str, list[float]]]
+    sequences: Callable[[list], int]  # what its progress bar counts
+    chars: Callable[[list], int] = lambda items: 0  # characters read per model (prices the study's dry run)
+    prepare: Callable[[Task, Reference], Any] | None = None
+
+
+def _prepare_drift(task: Task, ref: Reference) -> tuple[list, list[float]]:
+    """The reference's own answers to the prompts, and its log-probs of them."""
+    prompts = task.items
+    texts = ref.generate(prompts, BaseResponseConfig(max_new_tokens=task.spec.max_new_tokens))
+    seqs = [encode_base(ref.renderer, m, r) for m, rs in zip(prompts, texts) for r in rs]
+    return seqs, [v for v, _ in ref.logps(seqs)]
+
+
+def _prepare_personal(task: Task, ref: Reference) -> list:
+    """The held-out pairs with the reference's log-probs of chosen and rejected (for the implicit reward)."""
+    return build_examples(ref, task.items, encode_pairs(task.items, ref.renderer), BaseResponseConfig(),
+                          with_base=False)
+
+
+def _score_personal(model, task: Task, s: Scorer, advance) -> dict[str, list[float]]:
+    out = metrics.personal_scores(model, task.prepared, s.ref.pad_id, s.batch_size, advance)
+    if task.rule:  # the user's own rule, applied to what the model now writes for held-out prompts
+        prompts = list({p.prompt_key: p.messages for p in task.items}.values())
+        out["profile_score"] = metrics.profile_scores(model, s.ref.renderer, prompts, PROFILES[task.rule])["profile_score"]
+    return out
+
+
+def _score_reward(model, task: Task, s: Scorer, advance) -> dict[str, list[float]]:
+    rm, rtok = s.reward
+    return metrics.reward_scores(model, s.ref.renderer, task.items, rm, rtok, task.spec.max_new_tokens)
+
+
+def _load_spec(loader: Callable[..., list]) -> Callable[[TaskSpec], list]:
+    return lambda spec: loader(spec.path, spec.limit, spec.seed)
+
+
+KINDS: dict[str, TaskKind] = {k.name: k for k in [
+    TaskKind("mc", "knowledge", "acc_norm", _load_spec(load_mc),
+             lambda model, t, s, adv: metrics.mc_scores(model, s.ref.tokenizer, t.items, s.batch_size * 2, adv),
+             sequences=lambda items: sum(len(i.choices) for i in items),
+             chars=lambda items: sum(len(i.context) + sum(map(len, i.choices)) for i in items)),
+    TaskKind("general_pairs", "alignment", "acc_norm", _load_spec(load_general_pairs),
+             lambda model, t, s, adv: metrics.general_pair_scores(model, s.ref.renderer, t.items, s.batch_size, adv),
+             sequences=lambda items: 2 * len(items),
+             chars=lambda items: sum(sum(len(m["content"]) for m in i.messages) + len(i.chosen) + len(i.rejected)
+                                     for i in items)),
+    TaskKind("drift", "drift", "logp_change_per_token", _load_spec(load_prompts),
+             lambda model, t, s, adv: metrics.drift_scores(model, *t.prepared, s.ref.pad_id, s.batch_size, adv),
+             sequences=len, prepare=_prepare_drift),
+    TaskKind("reward", "reward", "score", _load_spec(load_prompts), _score_reward, sequences=len),
+    TaskKind("personal", "personalization", "reward_acc", lambda spec: [], _score_personal,
+             sequences=lambda items: 2 * len(items), prepare=_prepare_personal),
+]}
+SUITE_KINDS = tuple(k for k in KINDS if k != "personal")
+
+
+def role_metric(role: str) -> tuple[str, str]:
+    """(task kind, headline metric) of the kind that measures ``role``: what the study and report read for it."""
+    kind = next(k for k in KINDS.values() if k.role == role)
+    return kind.name, kind.headline
+
+
+def load_task(spec: TaskSpec) -> Task:
+    return Task(spec, spec_items(spec), spec.key())
+
+
+def spec_items(spec: TaskSpec) -> list:
+    return KINDS[spec.kind].load(spec)
+
+
+def personal_task(name: str, pairs: list[PreferencePair], who: str, tie_nats: float) -> Task:
+    """A user's held-out pairs as a task; ``who`` (their user id, else the adapter's name) names their scoring rule
+    when :data:`bapo.data.profiles.PROFILES` has one."""
+    rule = who if who in PROFILES else ""
+    held = [p.to_record() for p in pairs]
+    key = hashlib.sha256(json.dumps([rule, tie_nats, held]).encode()).hexdigest()[:16]
+    return Task(TaskSpec(name, "personal", ""), pairs, key, rule)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Suites
+
+
+@dataclass
+class Suite:
+    tasks: list[TaskSpec] = field(default_factory=list)
+
+
+def default_suite() -> Suite:
+    return Suite([
+        TaskSpec("knowledge_mc", "mc", "package:knowledge_mc.jsonl"),
+        TaskSpec("general_drift", "drift", "package:general_prompts.jsonl"),
+    ])
+
+
+def load_suite(name_or_path: str) -> Suite:
+    if name_or_path == "default":
+        return default_suite()
+    p = Path(name_or_path)
+    if not p.exists():
+        raise ConfigError(f"--suite {name_or_path}: not 'default' and no such file")
+    raw = yaml.safe_load(p.read_text()) or {}
+    tasks = raw.get("tasks") if isinstance(raw, dict) else None
+    if not isinstance(tasks, list) or not tasks:
+        raise ConfigError(f"{p}: expected 'tasks:' with a list of {{name, kind, path}}")
+    out = []
+    for i, t in enumerate(tasks):
+        if not isinstance(t, dict) or not {"name", "kind", "path"} <= set(t):
+            raise ConfigError(f"{p}: tasks[{i}]: needs name, kind and path")
+        if t["kind"] not in SUITE_KINDS:
+            raise ConfigError(f"{p}: tasks[{i}].kind: unknown '{t['kind']}'; choose one of {', '.join(SUITE_KINDS)}")
+        unknown = set(t) - {"name", "kind", "path", "limit", "seed", "max_new_tokens"}
+        if unknown:
+            raise ConfigError(f"{p}: tasks[{i}]: unknown option(s) {', '.join(sorted(unknown))}")
+        path = t["path"]
+        if not path.startswith("package:") and not Path(path).is_absolute():
+            path = str((p.parent / path).resolve())  # relative to the suite file
+        out.append(TaskSpec(**{**t, "path": path}))
+    return Suite(out)

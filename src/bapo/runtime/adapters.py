@@ -1,0 +1,88 @@
+"""Adapters over one loaded base model: identify one, check it fits the model, and apply it at a scale (merged into
+the weights or as peft's separate layers), with the base model left exactly as it was afterwards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from bapo.errors import ConfigError
+
+# BAPO settings named in an adapter's label only when they differ from these defaults.
+_BAPO_DEFAULTS = (("anchor_lambda", 1.0), ("anchor", "hinge"), ("anchor_reduction", "sum"))
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """An adapter directory: its path, the method that trained it (from its ``config.yaml``), a digest of its
+    weights, and the fingerprint of the model it was trained from (from ``run.json``; empty when unknown)."""
+
+    path: Path
+    method: str
+    digest: str
+    model_fingerprint: str
+
+
+def read_adapter(path: str | Path) -> AdapterInfo:
+    """Identify an adapter directory; raise a clear error when it is not one."""
+    path = Path(path)
+    if not (path / "adapter_config.json").exists():
+        raise ConfigError(f"--adapters {path}: not an adapter directory (no adapter_config.json)")
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        if (path / name).exists():
+            h.update((path / name).read_bytes())
+    method = "adapter"
+    if (path / "config.yaml").exists():
+        loss = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("loss", {})
+        method = loss.get("method", method)
+        if method == "bapo":
+            extras = [f"{k}={loss[k]}" for k, d in _BAPO_DEFAULTS if loss.get(k, d) != d]
+            method = "bapo" + (f"({', '.join(extras)})" if extras else "")
+    fp = ""
+    if (path / "run.json").exists():
+        fp = json.loads((path / "run.json").read_text()).get("model_fingerprint") or ""
+    return AdapterInfo(path, method, h.hexdigest()[:16], fp)
+
+
+def check_same_model(info: AdapterInfo, fingerprint: str) -> None:
+    """Refuse an adapter trained on another model than the one loaded."""
+    if info.model_fingerprint and info.model_fingerprint != fingerprint:
+        raise ConfigError(f"--adapters {info.path}: trained on a different model (fingerprint {info.model_fingerprint}, "
+                          f"--model has {fingerprint})")
+
+
+@contextmanager
+def applied(model, adapter: str | Path | None, scale: float = 1.0, merge: bool = True) -> Iterator[Any]:
+    """``model`` with the adapter applied at ``scale``; afterwards ``model`` is exactly as before.
+
+    With ``merge`` the LoRA update is added into the weights it changes (scoring then costs what the base model
+    costs; docs/PERFORMANCE.md has the measured gain), and the original weights, kept aside, are copied back
+    afterwards. peft's own ``unmerge_adapter`` would subtract the update again, which leaves float rounding in
+    the base weights and so makes each adapter's scores depend on which adapters were evaluated before it.
+    """
+    if adapter is None:
+        yield model
+        return
+    from peft import PeftModel
+    from peft.helpers import rescale_adapter_scale
+    from peft.tuners.lora import LoraLayer
+
+    peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
+    saved = [m.get_base_layer().weight.detach().clone() for m in layers] if merge else []
+    try:
+        with rescale_adapter_scale(peft_model, scale):
+            if merge:
+                peft_model.merge_adapter()
+            yield peft_model
+    finally:
+        for m, w in zip(layers, saved):
+            m.get_base_layer().weight.data.copy_(w)
+        peft_model.unload()  # back to the plain base model (its weights restored above, not unmerged)

@@ -1,0 +1,61 @@
+"""Text generation: batches of prompts in, answers out, on whatever device the model lives.
+
+The one generator behind base responses, simulated users' candidates, evaluation answers and (later) a server:
+prompts are left-padded into a batch and decoded greedily or by seeded sampling.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from bapo.core.tokens import Renderer
+from bapo.runtime.config import BaseResponseConfig
+
+
+def stop_ids(model, tokenizer) -> list[int]:
+    """Token ids that end a response: the model's generation eos ids plus the tokenizer's eos."""
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, batch: Sequence[Sequence[int]], cfg: BaseResponseConfig, stop: list[int],
+                   seed_key: str = "0") -> list[str]:
+    """Generate for a batch of prompt ids (left-padded here); ``cfg.num_responses`` texts per prompt, in order."""
+    pad = tokenizer.pad_token_id
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    attn = torch.zeros_like(input_ids)
+    for i, ids in enumerate(batch):
+        input_ids[i, width - len(ids):] = torch.tensor(list(ids))
+        attn[i, width - len(ids):] = 1
+    kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, eos_token_id=stop, pad_token_id=pad,
+                  num_return_sequences=cfg.num_responses)
+    if cfg.do_sample:
+        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+        # Seeded by the batch's first prompt: a rerun that regenerates this batch samples the same text.
+        torch.manual_seed(cfg.seed * 1_000_003 + int(seed_key[:12], 16) % 1_000_003)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attn.to(model.device), **kwargs)
+    finally:
+        model.train(was_training)
+    return [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+
+
+def generate_answers(model, renderer: Renderer, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int = 64,
+                     batch_size: int = 8) -> list[str]:
+    """The model's greedy answers to ``prompts`` (chat messages), in the model's chat template."""
+    cfg = BaseResponseConfig(max_new_tokens=max_new_tokens)
+    stop = stop_ids(model, renderer.tok)
+    ids = [renderer.prompt_ids(m)[-renderer.max_prompt_length:] for m in prompts]
+    return [t for i in range(0, len(ids), batch_size)
+            for t in generate_batch(model, renderer.tok, ids[i:i + batch_size], cfg, stop)]

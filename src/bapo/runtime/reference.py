@@ -1,0 +1,143 @@
+"""Base responses y_b and reference log-probs, computed once by the reference model and cached.
+
+BAPO anchors the policy to what the reference model itself says (its *base responses*). This step writes them, and
+in the same pass scores the reference log-probs of chosen, rejected and base responses, so training never holds a
+second model in memory. Everything is keyed by model fingerprint + token ids (+ generation settings) in a
+:class:`~bapo.store.Store`: a rerun reuses it, an interrupted run resumes at the first missing batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from bapo import progress
+from bapo.core.logprobs import score
+from bapo.core.tokens import Encoded, Renderer
+from bapo.runtime.config import BaseResponseConfig
+from bapo.runtime.generate import generate_batch, stop_ids
+from bapo.runtime.models import cache_root, load_model, load_tokenizer, model_fingerprint, resolve_model
+from bapo.runtime.store import Store, make_key
+
+
+@dataclass
+class Reference:
+    """The reference model, its tokenizer and the cache that remembers what it computed."""
+
+    model: object
+    tokenizer: object
+    renderer: Renderer
+    store: Store
+    fingerprint: str  # of the weights on disk: what an adapter was trained from
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def cache_id(self) -> str:
+        """What cache keys start with: the weights' fingerprint, plus the dtype when it is not float32 (bfloat16
+        numbers and greedy answers differ from float32 ones, so they must never be mixed in one cache)."""
+        dtype = getattr(self.model, "dtype", torch.float32)
+        return self.fingerprint if dtype == torch.float32 else f"{self.fingerprint}-{str(dtype).removeprefix('torch.')}"
+
+    def generate(self, prompts: Sequence[list[dict[str, str]]], cfg: BaseResponseConfig,
+                 show: bool = True) -> list[list[str]]:
+        """``cfg.num_responses`` base responses for each prompt (chat messages), reusing cached ones.
+
+        Prompts are sorted by length into batches and left-padded, so a batch wastes little on padding.
+        """
+        prompt_ids = [tuple(self.renderer.prompt_ids(m)[-self.renderer.max_prompt_length:]) for m in prompts]
+        keys = [make_key("gen", self.cache_id, cfg.key(), ids) for ids in prompt_ids]
+        found = self.store.get_generations(keys)
+        todo = sorted({k: ids for k, ids in zip(keys, prompt_ids) if k not in found}.items(), key=lambda kv: len(kv[1]))
+        if todo:
+            stop = stop_ids(self.model, self.tokenizer)
+            with progress.bar("base responses", len(todo), show) as advance, torch.no_grad():
+                for start in range(0, len(todo), cfg.batch_size):
+                    chunk = todo[start : start + cfg.batch_size]
+                    texts = generate_batch(self.model, self.tokenizer, [ids for _, ids in chunk], cfg, stop, chunk[0][0])
+                    new = {k: texts[i * cfg.num_responses : (i + 1) * cfg.num_responses] for i, (k, _) in enumerate(chunk)}
+                    self.store.put_generations(new)
+                    found.update(new)
+                    advance(len(chunk))
+        return [found[k] for k in keys]
+
+    def logps(self, seqs: Sequence[Encoded], batch_size: int = 16, show: bool = True,
+              description: str = "reference log-probs") -> list[tuple[float, int]]:
+        """Reference ``(log p, n tokens)`` of each sequence's response, reusing cached values."""
+        keys = [make_key("logp", self.cache_id, s.prompt, s.response) for s in seqs]
+        found = self.store.get_logps(keys)
+        todo = list({k: s for k, s in zip(keys, seqs) if k not in found}.items())
+        if todo:
+            with progress.bar(description, len(todo), show) as advance:
+                step = batch_size * 8  # commit every few batches: resumable without a transaction per row
+                for start in range(0, len(todo), step):
+                    chunk = todo[start : start + step]
+                    vals = score(self.model, [s for _, s in chunk], self.pad_id, batch_size, progress=advance)
+                    new = dict(zip([k for k, _ in chunk], vals))
+                    self.store.put_logps(new)
+                    found.update(new)
+        return [found[k] for k in keys]
+
+
+@dataclass
+class Example:
+    """A training/evaluation item: one pair, its prompt's base responses, and the reference log-probs of each."""
+
+    chosen: Encoded
+    rejected: Encoded
+    ref_chosen: float
+    ref_rejected: float
+    base: list[Encoded]
+    ref_base: list[float]
+    base_texts: list[str]
+
+
+def build_examples(ref: Reference, pairs, encoded: list[tuple[Encoded, Encoded]], cfg: BaseResponseConfig,
+                   with_base: bool, batch_size: int = 16, show: bool = True) -> list[Example]:
+    """Attach base responses (when ``with_base``) and reference log-probs to encoded pairs; all of it cached."""
+    base_texts: list[list[str]] = [[] for _ in pairs]
+    base_enc: list[list[Encoded]] = [[] for _ in pairs]
+    if with_base:
+        unique = {p.prompt_key: p.messages for p in pairs}
+        texts = dict(zip(unique, ref.generate(list(unique.values()), cfg, show=show)))
+        for i, p in enumerate(pairs):
+            base_texts[i] = texts[p.prompt_key]
+            # Base responses are model output, so always truncated (never rejected) to the length limits.
+            base_enc[i] = [encode_base(ref.renderer, p.messages, t) for t in base_texts[i]]
+    seqs = [s for (c, r) in encoded for s in (c, r)] + [b for bs in base_enc for b in bs]
+    vals = ref.logps(seqs, batch_size=batch_size, show=show)
+    pair_vals, base_vals = vals[: 2 * len(encoded)], iter(vals[2 * len(encoded):])
+    out = []
+    for i, (c, r) in enumerate(encoded):
+        out.append(Example(c, r, pair_vals[2 * i][0], pair_vals[2 * i + 1][0], base_enc[i],
+                           [next(base_vals)[0] for _ in base_enc[i]], base_texts[i]))
+    return out
+
+
+def encode_base(renderer: Renderer, messages, text: str) -> Encoded:
+    """A base response as a scored sequence: model output, so always truncated (never rejected) to the limits."""
+    enc = renderer.encode(messages, text, "base response", "base", [], truncate=True)
+    assert enc is not None
+    return enc
+
+
+def open_reference(model: str, max_length: int, max_prompt_length: int, cache_dir: str = "", device: str = "auto",
+                   dtype: str = "auto") -> Reference:
+    """Resolve, load and fingerprint a reference model, with the shared cache; texts are cut (never rejected) to the
+    given limits."""
+    path = resolve_model(model, cache_dir)
+    renderer = Renderer(load_tokenizer(path), max_length, max_prompt_length)
+    return load_reference(path, renderer, cache_dir, device, dtype)
+
+
+def load_reference(path: str, renderer: Renderer, cache_dir: str = "", device: str = "auto",
+                   dtype: str = "auto") -> Reference:
+    """The reference for a resolved model whose tokenizer (in ``renderer``) is already loaded: callers validate and
+    tokenize their data first, then pay for the model."""
+    model = load_model(path, device, dtype)
+    return Reference(model, renderer.tok, renderer, Store(cache_root(cache_dir) / "reference.sqlite"),
+                     model_fingerprint(path))

@@ -1,0 +1,1 @@
+"""``bapo study``: users x methods x seeds, trained and evaluated alike; tables, contrasts and figures."""

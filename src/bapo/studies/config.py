@@ -1,0 +1,73 @@
+"""What a ``bapo study`` run is told to do: its users, methods and seeds, its sizes, and the training and evaluation
+configs every cell shares (composed, not copied)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bapo.core.fields import option, section
+from bapo.core.losses import LossConfig
+from bapo.data.config import DataConfig
+from bapo.data.users import Sources, parse_spec, user_name
+from bapo.errors import ConfigError
+from bapo.evaluation.config import EvalConfig
+from bapo.runtime.config import BaseResponseConfig
+from bapo.training.config import TrainConfig
+
+DEFAULT_USERS = ["flip:0", "flip:0.5", "flip:1", "vpl:harmless"]
+
+
+def study_training() -> TrainConfig:
+    """The study's preset for training every cell: small enough that the default study finishes within an hour on
+    a 2-core CPU (2 epochs at lr 2e-4, texts cut to 256 tokens, base responses of 64). A preset overrides defaults
+    in this one place, as TRL's DPOConfig overrides TrainingArguments' learning rate."""
+    return TrainConfig(epochs=2.0, lr=2e-4, save_steps=10, data=DataConfig(max_length=256, max_prompt_length=160),
+                       base=BaseResponseConfig(max_new_tokens=64))
+
+
+@dataclass
+class StudyConfig:
+    """A whole ``bapo study`` run. The defaults finish within an hour on a 2-core CPU with the embedded model."""
+
+    users: list[str] = option(list(DEFAULT_USERS), "User specs (see bapo.data.users): dsp:DOMAIN, "
+                                                   "alpacaeval:concise|verbose, vpl:helpful|harmless, "
+                                                   "flip:H[:length|hash], psoups:PROFILE.")
+    methods: list[str] = option(["dpo", "bapo"], "Training losses to compare (bapo or any pairwise loss).")
+    seeds: int = option(1, "Seeds per (user, method): LoRA initialisation and data order.")
+    out: str = option("study", "Output directory.")
+    pairs_per_user: int = option(64, "Training pairs per user (a seeded sample; 0 = all).")
+    holdout_pairs: int = option(32, "Held-out pairs per user, on prompts never trained on (personalization).")
+    candidate_samples: int = option(2, "Simulated users: sampled answers per prompt besides the 3 greedy (steered) ones.")
+    eval_items: int = option(200, "Items per knowledge task, ARC-Easy and PIQA (a seeded subset; 0 = the full sets).")
+    alignment_items: int = option(200, "General preference pairs (HH harmless) for alignment (0 = all 2,312).")
+    drift_prompts: int = option(40, "Prompts whose base answers measure drift (0 = none).")
+    judge: str = option("auto", "Heterogeneity judge: auto, reward, labels or base (see bapo.studies.users).")
+    reward_model: str = option("", "Reward model for the heterogeneity judge (optional).")
+    sources: Sources = section(Sources, cli=("data_dir",), panel="Data")
+    # Every cell trains with this config; the study sets its out, data.path, data.eval_path, loss.method and seed.
+    # Its model, cache, device, dtype and length limits are the whole study's, evaluation included.
+    train: TrainConfig = section(study_training, cli=("model", "cache_dir", "device", "dtype", "epochs", "lr",
+                                                      "batch_size", "loss.beta", "loss.anchor_lambda"),
+                                 panel="Training (every cell)")
+    # How every model is scored; the study sets its model, adapters, suite, out, lengths, cache, device and dtype.
+    eval: EvalConfig = section(EvalConfig, cli=False)
+
+    def validate(self) -> None:
+        if not self.users:
+            raise ConfigError("users: name at least one user")
+        for u in self.users:
+            parse_spec(u)
+        if len({user_name(u) for u in self.users}) != len(self.users):
+            raise ConfigError("users: a user is named twice")
+        for m in self.methods:
+            LossConfig(method=m).validate()
+        if not self.methods or self.seeds < 1:
+            raise ConfigError("methods and seeds: at least one method and one seed")
+        if self.candidate_samples < 0:
+            raise ConfigError("candidate_samples: 0 or more")
+        if self.holdout_pairs < 2 or self.pairs_per_user < 0:
+            raise ConfigError("holdout_pairs: at least 2; pairs_per_user: 0 (all) or more")
+        self.train.data.validate()
+        self.train.loss.validate()
+        self.train.base.validate()
+        self.eval.validate()

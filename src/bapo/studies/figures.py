@@ -1,0 +1,83 @@
+"""The study's figures: retention and personalization against measured heterogeneity (a line per method, 95% error
+bars), and each adapter's personalization against its retention."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from bapo.evaluation.metrics import Z95  # noqa: E402
+from bapo.studies.tables import StudyRow  # noqa: E402
+
+
+def aggregate(rows: list[StudyRow], metric: str) -> dict[str, list[tuple[float, float, float]]]:
+    """Per method: (heterogeneity, mean over seeds, error) per user, sorted by heterogeneity. With several seeds the
+    error combines the spread between seeds and the evaluation's own error; with one, it is the evaluation's."""
+    out: dict[str, list[tuple[float, float, float]]] = {}
+    for method in dict.fromkeys(r.method for r in rows):
+        pts = []
+        for user in dict.fromkeys(r.user for r in rows):
+            rs = [r for r in rows if r.method == method and r.user == user and getattr(r, metric) is not None]
+            if not rs:
+                continue
+            k = len(rs)
+            vals = [getattr(r, metric) for r in rs]
+            mean = sum(vals) / k
+            within = sum((getattr(r, f"{metric}_stderr") or 0.0) ** 2 for r in rs) / k
+            between = sum((v - mean) ** 2 for v in vals) / (k - 1) if k > 1 else 0.0
+            pts.append((rs[0].heterogeneity, mean, math.sqrt((between + within) / k)))
+        out[method] = sorted(pts)
+    return out
+
+
+def study_figures(rows: list[StudyRow], out: Path) -> list[Path]:
+    """The study's three figures: retention and personalization against measured heterogeneity (a line per method,
+    95% error bars), and each adapter's personalization against its retention."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    panels = [("knowledge_delta", "global knowledge: Δ acc_norm vs base"),
+              ("alignment_delta", "general alignment: Δ acc_norm vs base"),
+              ("drift_delta", "drift: Δ log p(base answer)/token")]
+    panels = [p for p in panels if any(getattr(r, p[0]) is not None for r in rows)]
+    for name, spec in (("retention.png", panels),
+                       ("personalization.png", [("personal_reward_acc", "personalization: held-out reward accuracy")])):
+        fig, axes = plt.subplots(1, len(spec), figsize=(4.6 * len(spec), 3.8), squeeze=False)
+        for ax, (metric, title) in zip(axes[0], spec):
+            for i, (method, pts) in enumerate(aggregate(rows, metric).items()):
+                if pts:
+                    xs, ys, es = zip(*pts)
+                    ax.errorbar(xs, ys, yerr=[Z95 * e for e in es], marker="o", capsize=4, label=method, color=f"C{i}")
+            ax.axhline(0.5 if metric == "personal_reward_acc" else 0.0, color="#888888", lw=1, ls="--")
+            ax.set_xlabel("heterogeneity (fraction of pairs against general preference)")
+            ax.set_title(title, fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        paths.append(out / name)
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    methods = list(dict.fromkeys(r.method for r in rows))
+    for ax, (metric, title) in zip(axes[0], panels):
+        for i, method in enumerate(methods):
+            rs = [r for r in rows if r.method == method and getattr(r, metric) is not None]
+            ax.scatter([r.personal_reward_acc for r in rs], [getattr(r, metric) for r in rs], color=f"C{i}", label=method)
+            for r in rs:
+                ax.annotate(f"h={r.heterogeneity:.2f}", (r.personal_reward_acc, getattr(r, metric)), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
+        ax.axhline(0.0, color="#888888", lw=1, ls="--")
+        ax.set_xlabel("personalization: held-out reward accuracy")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "tradeoff.png", dpi=110)
+    plt.close(fig)
+    paths.append(out / "tradeoff.png")
+    return paths

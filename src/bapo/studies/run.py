@@ -1,0 +1,173 @@
+"""``bapo study``: does forgetting grow with a user's heterogeneity, and does BAPO hold it down?
+
+One adapter per (user, method, seed), trained on the user's pairs with everything else equal; then every adapter and
+the base model are evaluated on the same items (global knowledge, general alignment, and each user's own held-out
+pairs). Every step is cached: users' pairs and heterogeneity in ``OUT/users``, adapters in ``OUT/cells`` (a cell with
+``run.json`` is done; an interrupted one resumes from its checkpoint), per-item evaluation scores in the bapo cache.
+So an interrupted study, rerun with the same command, continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from rich.console import Console
+
+from bapo.data.pairs import split_holdout
+from bapo.data.users import parse_spec, user_name
+from bapo.errors import ConfigError
+from bapo.evaluation.config import EvalConfig
+from bapo.evaluation.runner import EvalResult, evaluate
+from bapo.io import atomic_write_text, write_json, write_jsonl
+from bapo.evaluation.records import as_dicts, csv_text
+from bapo.runtime.models import load_reward_model
+from bapo.runtime.reference import Reference, open_reference
+from bapo.studies.config import StudyConfig
+from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
+from bapo.studies.figures import study_figures
+from bapo.studies.plan import Cell, estimate_seconds, eval_size, plan, print_plan, study_suite
+from bapo.studies.tables import StudyRow, markdown, study_rows
+from bapo.studies.users import heterogeneity, make_user
+from bapo.training.config import TrainConfig
+from bapo.training.run import train
+
+
+@dataclass
+class StudyResult:
+    """What a study produced (also in ``OUT/study.json``); after ``dry_run``, only the plan and the estimate."""
+
+    cells: list[Cell]
+    estimated_seconds: float
+    rows: list[StudyRow]
+    contrasts: list[Contrast]
+    out: Path
+    seconds: float = 0.0
+
+
+class _LazyReference:
+    """The base model, loaded once and only if a simulated user or the base-model judge needs it."""
+
+    def __init__(self, cfg: StudyConfig):
+        self.cfg, self.ref = cfg, None
+
+    def __call__(self) -> Reference:
+        if self.ref is None:
+            t = self.cfg.train
+            self.ref = open_reference(t.model, t.data.max_length, t.data.max_prompt_length, t.cache_dir, t.device,
+                                      t.dtype)
+        return self.ref
+
+
+def prepare_users(cfg: StudyConfig, out: Path, console: Console) -> dict[str, dict]:
+    """Every user's training and held-out pairs, and their measured heterogeneity (cached in ``OUT/users``)."""
+    reference = _LazyReference(cfg)
+    reward = load_reward_model(cfg.reward_model, cfg.train.device) if cfg.reward_model else None
+    users: dict[str, dict] = {}
+    for spec in cfg.users:
+        name = user_name(spec)
+        meta_path = out / "users" / f"{name}.json"
+        if meta_path.exists():
+            users[name] = json.loads(meta_path.read_text())
+            continue
+        kind, _ = parse_spec(spec)
+        console.rule(f"user {spec}")
+        user = make_user(spec, cfg.sources, cfg.pairs_per_user + cfg.holdout_pairs, 0,
+                         reference() if kind == "psoups" else None, cfg.train.base.max_new_tokens,
+                         cfg.candidate_samples)
+        if len(user.pairs) < cfg.holdout_pairs + 4:
+            raise ConfigError(f"users: {spec} has only {len(user.pairs)} pairs; lower holdout_pairs or pairs_per_user")
+        train_pairs, held = split_holdout(user.pairs, cfg.holdout_pairs / len(user.pairs), 0)
+        needs_base = cfg.judge == "base" or (cfg.judge == "auto" and reward is None and user.general_agree is None)
+        h = heterogeneity(user, cfg.judge, reference() if needs_base else None, reward)
+        write_jsonl(out / "users" / f"{name}.train.jsonl", [p.to_record() for p in train_pairs])
+        write_jsonl(out / "users" / f"{name}.holdout.jsonl", [p.to_record() for p in held])
+        users[name] = {"spec": spec, "source": user.source, "train_pairs": len(train_pairs),
+                       "holdout_pairs": len(held), "heterogeneity": asdict(h)}
+        write_json(meta_path, users[name])
+        console.print(f"{spec}: {len(train_pairs)} training / {len(held)} held-out pairs; heterogeneity "
+                      f"{h.value:.2f} ± {h.stderr:.2f} ({h.judge})")
+    return users
+
+
+def train_config(cfg: StudyConfig, cell: Cell, out: Path) -> TrainConfig:
+    """The study's training config with this cell's output, data, method and seed."""
+    tc = copy.deepcopy(cfg.train)
+    tc.out = str(out / "cells" / cell.name)
+    tc.data.path = str(out / "users" / f"{cell.user}.train.jsonl")
+    tc.data.eval_path = str(out / "users" / f"{cell.user}.holdout.jsonl")
+    tc.loss.method = cell.method
+    tc.seed = cell.seed
+    tc.resume = (Path(tc.out) / "checkpoints").exists()
+    tc.validate()
+    return tc
+
+
+def eval_config(cfg: StudyConfig, cells: list[Cell], suite: Path, out: Path) -> EvalConfig:
+    """The study's evaluation config: its own scoring settings, the study's model, lengths, cache and device."""
+    t = cfg.train
+    return replace(cfg.eval, model=t.model, adapters=[str(out / "cells" / c.name) for c in cells], suite=str(suite),
+                   out=str(out / "eval"), max_length=t.data.max_length, max_prompt_length=t.data.max_prompt_length,
+                   cache_dir=t.cache_dir, device=t.device, dtype=t.dtype)
+
+
+def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None = None) -> StudyResult:
+    """Build users, train every cell, evaluate all, write the table and figures."""
+    console = console or Console()
+    t0 = time.time()
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = plan(cfg)
+    suite = study_suite(cfg, out / "suite.yaml")
+    n_eval, eval_seconds = eval_size(suite)
+    est = estimate_seconds(cfg, eval_seconds)
+    print_plan(cfg, cells, n_eval, est, console)
+    if dry_run:
+        return StudyResult(cells, est, [], [], out)
+
+    users = prepare_users(cfg, out, console)
+    for i, cell in enumerate(cells, 1):
+        if not (out / "cells" / cell.name / "run.json").exists():
+            console.rule(f"cell {i}/{len(cells)}: {cell.spec}, {cell.method}, seed {cell.seed}")
+            train(train_config(cfg, cell, out))
+
+    console.rule("evaluation: the base model and every adapter on the same items")
+    evaluation = evaluate(eval_config(cfg, cells, suite, out), console)
+    result = StudyResult(cells, est, study_rows(cells, users, evaluation.records),
+                         versus_baselines(cfg, cells, evaluation), out)
+    result.seconds = round(time.time() - t0, 1)
+    write_outputs(cfg, result, users, n_eval, console)
+    return result
+
+
+def versus_baselines(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResult) -> list[Contrast]:
+    """Every method against the base model (seeds pooled), then against DPO (or the first method)."""
+    versus = contrasts(cells, evaluation.records, evaluation.item_scores, "base")
+    if len(cfg.methods) > 1:
+        baseline = "dpo" if "dpo" in cfg.methods else cfg.methods[0]
+        versus += contrasts(cells, evaluation.records, evaluation.item_scores, baseline)
+    return versus
+
+
+def write_outputs(cfg: StudyConfig, result: StudyResult, users: dict, n_eval: int, console: Console) -> None:
+    """study.json, table.md / table.csv, contrasts.csv and the figures."""
+    out = result.out
+    figures = study_figures(result.rows, out / "figures")
+    rows = [r.to_dict() for r in result.rows]
+    summary = {"config": asdict(cfg), "users": users, "rows": rows, "contrasts": as_dicts(result.contrasts),
+               "figures": [str(f) for f in figures], "eval_sequences_per_model": n_eval,
+               "estimated_seconds": round(result.estimated_seconds), "seconds": result.seconds,
+               "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_json(out / "study.json", summary)
+    atomic_write_text(out / "table.csv", csv_text(rows))
+    if result.contrasts:
+        atomic_write_text(out / "contrasts.csv", csv_text(result.contrasts))
+    md = markdown(result.rows) + (("\n" + contrasts_markdown(result.contrasts)) if result.contrasts else "")
+    atomic_write_text(out / "table.md", md)
+    console.print(md)
+    console.print(f"study: {out / 'study.json'}, {out / 'table.md'}, figures in {out / 'figures'} "
+                  f"({result.seconds / 60:.1f} min)")

@@ -1,0 +1,109 @@
+"""The study's numbers: a row per cell read from its own evaluation records, and each method against a baseline,
+paired on items and seed matched; with their markdown forms."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bapo.errors import ConfigError
+from bapo.evaluation.records import Record
+from bapo.evaluation.tasks import role_metric
+from bapo.studies.plan import Cell
+
+# The study's three retention measures and the (task kind, metric) each reads: the kinds' headline metrics.
+RETENTION = {"knowledge": role_metric("knowledge"), "alignment": role_metric("alignment"),
+             "drift": role_metric("drift")}
+
+
+@dataclass
+class StudyRow:
+    """One cell: its user's heterogeneity, its personalization, and its change against the base model on each
+    retention measure (pooled over that measure's tasks, item-weighted), each with its standard error."""
+
+    user: str
+    method: str
+    seed: int
+    adapter: str
+    heterogeneity: float
+    heterogeneity_stderr: float
+    judge: str
+    personal_reward_acc: float
+    personal_reward_acc_stderr: float
+    personal_ll_acc_delta: float | None
+    personal_ll_acc_delta_stderr: float | None
+    knowledge_delta: float | None = None
+    knowledge_delta_stderr: float | None = None
+    alignment_delta: float | None = None
+    alignment_delta_stderr: float | None = None
+    drift_delta: float | None = None
+    drift_delta_stderr: float | None = None
+    task_deltas: dict[str, dict[str, float | None]] = field(default_factory=dict)  # measure -> task -> delta
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat, in the column order of ``table.csv``: each measure's pooled delta, then its tasks' own."""
+        d = {k: v for k, v in asdict(self).items() if k != "task_deltas" and not k.startswith(tuple(RETENTION))}
+        for measure in RETENTION:
+            d[f"{measure}_delta"] = getattr(self, f"{measure}_delta")
+            d[f"{measure}_delta_stderr"] = getattr(self, f"{measure}_delta_stderr")
+            d.update({f"{task}_delta": v for task, v in self.task_deltas.get(measure, {}).items()})
+        return d
+
+
+def pooled(recs: list[Record]) -> tuple[float | None, float | None]:
+    """Item-weighted mean of several tasks' paired deltas, with its standard error (tasks are independent)."""
+    recs = [r for r in recs if r.delta is not None]
+    if not recs:
+        return None, None
+    n = sum(r.n for r in recs)
+    d = sum(r.delta * r.n for r in recs) / n
+    se = math.sqrt(sum((r.delta_stderr * r.n / n) ** 2 for r in recs))
+    return d, se
+
+
+def study_rows(cells: list[Cell], users: dict[str, dict], records: list[Record]) -> list[StudyRow]:
+    """One row per cell, every number read from that cell's own adapter's evaluation records."""
+    rows = []
+    for c in cells:
+        mine = [r for r in records if r.model == c.name]
+        if not mine:
+            raise ConfigError(f"study: no evaluation records for cell {c.name}")
+        h = users[c.user]["heterogeneity"]
+        pers = {r.metric: r for r in mine if r.kind == "personal"}
+        row = StudyRow(c.spec, c.method, c.seed, mine[0].adapter, h["value"], h["stderr"], h["judge"],
+                       pers["reward_acc"].value, pers["reward_acc"].stderr, pers["ll_acc"].delta,
+                       pers["ll_acc"].delta_stderr)
+        for measure, (kind, metric) in RETENTION.items():
+            recs = [r for r in mine if r.kind == kind and r.metric == metric]
+            if measure == "drift":  # already a change against the base model's own answers
+                recs = [Record(**{**asdict(r), "delta": r.value, "delta_stderr": r.stderr}) for r in recs]
+            delta, se = pooled(recs)
+            setattr(row, f"{measure}_delta", delta)
+            setattr(row, f"{measure}_delta_stderr", se)
+            row.task_deltas[measure] = {r.task: r.delta for r in recs}
+        rows.append(row)
+    return rows
+
+
+def plus_minus(v, se, digits=3, signed=True) -> str:
+    """``+0.123 ± 0.004``; empty for a missing value."""
+    if v is None:
+        return ""
+    fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
+    return fmt.format(v) + (f" ± {se:.{digits}f}" if se is not None else "")
+
+
+def markdown(rows: list[StudyRow]) -> str:
+    """The study table: a row per (user, method, seed); ± is one standard error, Δ is against the base model."""
+    lines = ["| user | heterogeneity | method | seed | personal reward acc | knowledge Δ acc_norm | "
+             "alignment Δ acc_norm | drift Δ log p/token |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r.heterogeneity, r.user, r.method, r.seed)):
+        lines.append(f"| {r.user} | {plus_minus(r.heterogeneity, r.heterogeneity_stderr, 2, False)} | {r.method} | "
+                     f"{r.seed} | {plus_minus(r.personal_reward_acc, r.personal_reward_acc_stderr, 3, False)} | "
+                     f"{plus_minus(r.knowledge_delta, r.knowledge_delta_stderr)} | "
+                     f"{plus_minus(r.alignment_delta, r.alignment_delta_stderr)} | "
+                     f"{plus_minus(r.drift_delta, r.drift_delta_stderr)} |")
+    judges = sorted({r.judge for r in rows})
+    lines.append(f"\nHeterogeneity judge: {'; '.join(judges)}. ± = one standard error (items; heterogeneity: pairs).")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Training: ``bapo train`` (one adapter) and ``bapo base`` (the reference step alone)."""

@@ -1,0 +1,85 @@
+"""What a training run (``bapo train``) and the reference step alone (``bapo base``) are told to do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bapo.core.fields import option, section
+from bapo.core.losses import LossConfig
+from bapo.data.config import DataConfig
+from bapo.errors import ConfigError
+from bapo.runtime.config import (BaseResponseConfig, LoraSettings, cache_dir_option, check_device, device_option,
+                                 dtype_option, model_option)
+
+
+@dataclass
+class TrainConfig:
+    """A whole ``bapo train`` run. ``bapo.train(TrainConfig(...))`` is the same as the CLI."""
+
+    model: str = model_option()
+    out: str = option("", "Output directory for the adapter, config, metrics and held-out split.")
+    cache_dir: str = cache_dir_option()
+    device: str = device_option()
+    dtype: str = dtype_option()
+    data: DataConfig = section(DataConfig, panel="Data")
+    loss: LossConfig = section(LossConfig, panel="Loss")
+    lora: LoraSettings = section(LoraSettings, prefix="lora-", panel="LoRA")
+    base: BaseResponseConfig = section(BaseResponseConfig, prefix="base-", panel="Base responses")
+    epochs: float = option(1.0, "Passes over the training pairs.")
+    max_steps: int = option(-1, "Stop after this many optimizer steps (-1 = use epochs).")
+    batch_size: int = option(4, "Pairs per device per step.")
+    grad_accum: int = option(1, "Gradient accumulation steps.")
+    micro_batch_size: int = option(2, "Pairs per forward pass within a step (the largest divisor of batch_size up to "
+                                      "this; 0 = the whole batch): same gradients, less activation memory.")
+    lr: float = option(1e-4, "Peak learning rate (AdamW).")
+    warmup_ratio: float = option(0.05, "Fraction of steps of linear warm-up.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    seed: int = option(42, "Seed for data split, shuffling and initialisation.")
+    save_steps: int = option(50, "Checkpoint every N optimizer steps.")
+    logging_steps: int = option(1, "Log metrics every N optimizer steps.")
+    resume: bool = option(False, "Continue from the newest checkpoint in OUT/checkpoints.")
+    pack_prompts: bool = option(True, "Encode each prompt once for its chosen, rejected and base responses (4D mask).")
+
+    @property
+    def pairs_per_forward(self) -> int:
+        """The micro-batch actually used: the largest divisor of ``batch_size`` not above ``micro_batch_size``."""
+        if not self.micro_batch_size or self.micro_batch_size >= self.batch_size:
+            return self.batch_size
+        return max(d for d in range(1, self.micro_batch_size + 1) if self.batch_size % d == 0)
+
+    def validate(self) -> None:
+        if not self.out:
+            raise ConfigError("out: an output directory is required")
+        if not self.data.path:
+            raise ConfigError("data.path: preference data is required")
+        for sub in (self.data, self.loss, self.base):
+            sub.validate()
+        check_device(self.device, self.dtype)
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("batch_size and grad_accum: must be at least 1")
+        if self.micro_batch_size < 0:
+            raise ConfigError("micro_batch_size: must be 0 (whole batch) or positive")
+        if self.lr <= 0:
+            raise ConfigError("lr: must be positive")
+
+
+@dataclass
+class BaseRunConfig:
+    """A ``bapo base`` run: the reference model answers every prompt of a pair file and scores every response."""
+
+    data: DataConfig = section(DataConfig, cli=("path", "max_length", "max_prompt_length"), panel="Data")
+    out: str = option("", "JSONL file of base responses and reference log-probs.")
+    model: str = model_option()
+    cache_dir: str = cache_dir_option()
+    device: str = device_option()
+    dtype: str = dtype_option()
+    generation: BaseResponseConfig = section(BaseResponseConfig, panel="Generation")
+
+    def validate(self) -> None:
+        if not self.out:
+            raise ConfigError("out: an output file is required")
+        if not self.data.path:
+            raise ConfigError("data.path: preference data is required")
+        self.data.validate()
+        self.generation.validate()
+        check_device(self.device, self.dtype)

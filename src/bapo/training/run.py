@@ -1,0 +1,133 @@
+"""``bapo train``: preference pairs in, a personalized LoRA adapter out.
+
+Reads top to bottom like the algorithm: validate the data, let the reference model write its base responses and
+score every sequence once (cached), wrap the model with LoRA, then minimise the preference loss plus BAPO's anchor
+with the transformers Trainer (so ``accelerate launch`` and its DeepSpeed/FSDP configs work unchanged).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import TrainingArguments, set_seed
+from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from bapo.core.tokens import encode_pairs
+from bapo.data.config import renderer
+from bapo.data.pairs import PreferencePair, load_pairs, split_holdout
+from bapo.errors import ConfigError
+from bapo.io import atomic_write_text, write_json, write_jsonl
+from bapo.options import dump_yaml
+from bapo.runtime.models import add_lora, load_tokenizer, resolve_device, resolve_model
+from bapo.runtime.reference import build_examples, load_reference
+from bapo.training.config import TrainConfig
+from bapo.training.trainer import BarWithMetrics, MetricsFile, PairCollator, PreferenceTrainer
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: where, from how many pairs, in how many steps and seconds."""
+
+    out: Path
+    train_examples: int
+    holdout_examples: int
+    steps: int
+    seconds: float
+
+
+def _check_out(cfg: TrainConfig) -> Path:
+    out = Path(cfg.out)
+    if cfg.resume or not out.exists():
+        return out
+    if (out / "adapter_config.json").exists():
+        raise ConfigError(f"out: {out} already holds a trained adapter; choose another --out")
+    if (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
+        raise ConfigError(f"out: {out} holds checkpoints of an unfinished run; add --resume to continue it")
+    return out
+
+
+def training_arguments(cfg: TrainConfig, ckpt_dir: Path) -> TrainingArguments:
+    """The transformers Trainer's arguments for ``cfg`` (checkpoints in ``ckpt_dir``)."""
+    micro = cfg.pairs_per_forward
+    has_tb = importlib.util.find_spec("tensorboard") is not None
+    return TrainingArguments(
+        # A step of batch_size pairs runs as batch_size/micro forward-backward passes: the Trainer averages their
+        # losses, so the gradient is that of the whole batch while only one micro-batch's activations are alive.
+        output_dir=str(ckpt_dir), per_device_train_batch_size=micro,
+        gradient_accumulation_steps=cfg.grad_accum * (cfg.batch_size // micro),
+        # A float warmup_steps below 1 is a fraction of all steps (transformers >= 5, pinned in pyproject.toml).
+        learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay, lr_scheduler_type="linear", logging_steps=cfg.logging_steps,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, data_seed=cfg.seed,
+        remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=False,
+        report_to=["tensorboard"] if has_tb else "none", disable_tqdm=False,
+        use_cpu=resolve_device(cfg.device).type == "cpu",
+    )
+
+
+def load_splits(cfg: TrainConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """The training pairs and the held-out pairs (a separate file, or a seeded split by prompt)."""
+    pairs = load_pairs(cfg.data.path, cfg.data.split, cfg.data.user)
+    if cfg.data.eval_path:
+        return pairs, load_pairs(cfg.data.eval_path, cfg.data.split, cfg.data.user)
+    return split_holdout(pairs, cfg.data.holdout, cfg.seed)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train one LoRA adapter; the Python twin of ``bapo train``."""
+    t0 = time.time()
+    cfg.validate()
+    out = _check_out(cfg)
+
+    # 1. Data, validated and tokenized before any model is loaded.
+    train_pairs, held_pairs = load_splits(cfg)
+    model_path = resolve_model(cfg.model, cfg.cache_dir)
+    tokenizer = load_tokenizer(model_path)
+    render = renderer(tokenizer, cfg.data)
+    train_enc = encode_pairs(train_pairs, render)
+    encode_pairs(held_pairs, render)  # fail now, not at evaluation time
+
+    # 2. The reference model: base responses and reference log-probs, cached.
+    ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, cfg.dtype)
+    model, fp = ref.model, ref.fingerprint
+    with_base = cfg.loss.uses_anchor
+    examples = build_examples(ref, train_pairs, train_enc, cfg.base, with_base, batch_size=cfg.batch_size * 2)
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+    write_jsonl(out / "train.jsonl", [p.to_record() for p in train_pairs])
+    write_jsonl(out / "holdout.jsonl", [p.to_record() for p in held_pairs])
+    if with_base:
+        write_jsonl(out / "base_responses.jsonl", [
+            {"prompt": p.to_record()["prompt"], "base_responses": e.base_texts, "ref_logps": e.ref_base}
+            for p, e in zip(train_pairs, examples)])
+
+    # 3. LoRA on the same weights: the reference is never needed again.
+    set_seed(cfg.seed)
+    model = add_lora(model, cfg.lora)
+    model.train()
+    ckpt_dir = out / "checkpoints"
+    last = get_last_checkpoint(str(ckpt_dir)) if cfg.resume and ckpt_dir.exists() else None
+    resume_step = int(Path(last).name.split("-")[-1]) if last else 0
+    args = training_arguments(cfg, ckpt_dir)
+    trainer = PreferenceTrainer(model=model, args=args, train_dataset=examples,
+                                data_collator=PairCollator(tokenizer.pad_token_id, with_base, cfg.pack_prompts),
+                                loss_config=cfg.loss,
+                                callbacks=[MetricsFile(out / "metrics.jsonl", resume_step)])
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(BarWithMetrics())
+    trainer.train(resume_from_checkpoint=last)
+
+    # 4. A standard PEFT adapter directory, plus what it took to make it.
+    trainer.save_model(str(out))
+    result = TrainResult(out, len(examples), len(held_pairs), trainer.state.global_step, time.time() - t0)
+    write_json(out / "run.json", {
+        "model": cfg.model, "model_path": model_path, "model_fingerprint": fp, "method": cfg.loss.method,
+        "train_pairs": result.train_examples, "holdout_pairs": result.holdout_examples, "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+    })
+    return result

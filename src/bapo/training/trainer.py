@@ -1,0 +1,119 @@
+"""The pieces the transformers Trainer needs to minimise bapo's losses: a collator that packs each pair with its base
+responses into one row, the per-sequence log-probs of a batch, the Trainer subclass, and its callbacks (metrics file,
+progress bar). :mod:`bapo.training.run` puts them together.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+
+from bapo.core.logprobs import pack_groups, packed_logps, pad_batch, sequence_logps
+from bapo.core.losses import LossConfig, PairLogps, preference_loss
+from bapo.io import write_jsonl
+from bapo.runtime.reference import Example
+
+
+class PairCollator:
+    """Stacks a batch as one forward pass: B chosen, then B rejected, then B*K base sequences.
+
+    With ``pack`` (the default) each pair is one row ``prompt, chosen, rejected[, base...]``: the prompt is encoded
+    once for all its responses (see :func:`bapo.core.logprobs.pack_groups`). Without it, every sequence is its own
+    right-padded row.
+    """
+
+    def __init__(self, pad_id: int, with_base: bool, pack: bool = True):
+        self.pad_id = pad_id
+        self.with_base = with_base
+        self.pack = pack
+
+    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        groups = [[e.chosen, e.rejected, *(e.base if self.with_base else [])] for e in examples]
+        batch = {}
+        if self.with_base:
+            batch["ref_base"] = torch.tensor([e.ref_base for e in examples], dtype=torch.float32)
+        if self.pack and all(s.prompt == g[0].prompt for g in groups for s in g):
+            batch.update(pack_groups(groups, self.pad_id))
+        else:
+            seqs = [g[k] for k in range(len(groups[0])) for g in groups]
+            batch.update(pad_batch(seqs, self.pad_id))
+        batch["ref_chosen"] = torch.tensor([e.ref_chosen for e in examples], dtype=torch.float32)
+        batch["ref_rejected"] = torch.tensor([e.ref_rejected for e in examples], dtype=torch.float32)
+        return batch
+
+
+def batch_pair_logps(model, batch: dict[str, torch.Tensor]) -> PairLogps:
+    """Run the policy over a collated batch and split its per-sequence log-probs into a :class:`PairLogps`."""
+    sums, lens = packed_logps(model, batch) if "seq" in batch else sequence_logps(model, batch)
+    lens = lens.to(sums.dtype)
+    b = batch["ref_chosen"].shape[0]
+    p = PairLogps(sums[:b], sums[b : 2 * b], batch["ref_chosen"], batch["ref_rejected"], lens[:b], lens[b : 2 * b])
+    if "ref_base" in batch:
+        k = batch["ref_base"].shape[1]
+        # base sequences come response-major (all first base responses, then all second...): (K, B) -> (B, K)
+        p.base, p.ref_base = sums[2 * b :].view(k, b).T, batch["ref_base"]
+        p.base_len = lens[2 * b :].view(k, b).T
+    return p
+
+
+class PreferenceTrainer(Trainer):
+    """The transformers Trainer with bapo's loss; metrics are averaged over the steps between two logs."""
+
+    def __init__(self, *args, loss_config: LossConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_config = loss_config
+        self.model_accepts_loss_kwargs = False  # the Trainer then scales our loss for gradient accumulation
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, metrics = preference_loss(batch_pair_logps(model, inputs), self.loss_config)
+        for k, v in metrics.items():
+            self._metrics[k].append(self.accelerator.gather_for_metrics(v.reshape(1)).mean().item())
+        return (loss, {}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs.update({k: sum(v) / len(v) for k, v in self._metrics.items() if v})
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+
+class MetricsFile(TrainerCallback):
+    """Per-step metrics as JSONL, rewritten atomically at each log; after ``--resume`` steps past the checkpoint
+    are dropped, so the file matches the weights."""
+
+    def __init__(self, path: Path, resume_step: int = 0):
+        self.path = path
+        self.rows: list[dict] = []
+        if resume_step and path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            self.rows = [r for r in rows if r.get("step", 0) <= resume_step]
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.rows.append({"step": state.global_step, "epoch": round(state.epoch or 0, 4), **logs})
+            write_jsonl(self.path, self.rows)
+
+
+class BarWithMetrics(ProgressCallback):
+    """The Trainer's progress bar, showing loss, reward margin and BAPO's anchor gap instead of printing dicts."""
+
+    SHOWN = {"loss": "loss", "rewards/margins": "margin", "rewards/accuracies": "acc", "anchor/gap": "gap"}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.training_bar = tqdm(total=state.max_steps, desc="training", dynamic_ncols=True,
+                                     initial=state.global_step)
+        self.current_step = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            shown = {short: f"{logs[k]:.3g}" for k, short in self.SHOWN.items() if k in logs}
+            if shown:
+                self.training_bar.set_postfix(shown, refresh=False)

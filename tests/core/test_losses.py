@@ -1,0 +1,125 @@
+"""Every loss against values computed by hand (see the comment on each expected number)."""
+
+import math
+
+import pytest
+import torch
+
+from bapo.core.losses import (PAIRWISE_LOSSES, LossConfig, PairLogps, base_anchor, cdpo_loss, dpo_loss, hinge_loss,
+                              ipo_loss, nll_loss, preference_loss, robust_loss, simpo_loss)
+
+T = torch.tensor
+
+
+def close(a, b, tol=1e-6):
+    assert torch.allclose(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=tol), (a, b)
+
+
+def test_dpo_by_hand():
+    # beta * (1 - (-1)) = 1 with beta 0.5: -log sigmoid(1) = log(1 + e^-1)
+    close(dpo_loss(T([1.0]), T([-1.0]), 0.5), [math.log1p(math.exp(-1))])
+    # no preference learned yet: log 2
+    close(dpo_loss(T([0.3]), T([0.3]), 0.1), [math.log(2)])
+
+
+def test_cdpo_and_robust_by_hand():
+    a, b = math.log1p(math.exp(-1)), math.log1p(math.e)  # -log s(1), -log s(-1)
+    close(cdpo_loss(T([1.0]), T([-1.0]), 0.5, 0.1), [0.9 * a + 0.1 * b])
+    close(robust_loss(T([1.0]), T([-1.0]), 0.5, 0.1), [(0.9 * a - 0.1 * b) / 0.8])
+    # without label noise both are DPO
+    close(cdpo_loss(T([1.0]), T([-1.0]), 0.5, 0.0), dpo_loss(T([1.0]), T([-1.0]), 0.5))
+    close(robust_loss(T([1.0]), T([-1.0]), 0.5, 0.0), dpo_loss(T([1.0]), T([-1.0]), 0.5))
+
+
+def test_hinge_ipo_simpo_by_hand():
+    close(hinge_loss(T([1.0, 0.5]), T([-1.0, 0.0]), 0.5), [0.0, 0.75])  # 1 - 0.5*2 = 0; 1 - 0.5*0.5
+    close(ipo_loss(T([0.2]), T([-0.1]), 0.5), [(0.3 - 1.0) ** 2])  # target 1/(2*0.5) = 1
+    close(simpo_loss(T([-1.0]), T([-1.2]), 2.0, 0.5), [math.log1p(math.exp(0.1))])  # -log s(2*0.2 - 0.5)
+
+
+def test_nll_is_token_weighted_like_cross_entropy():
+    per_pair = nll_loss(T([-4.0, -6.0]), T([2.0, 4.0]))
+    close(per_pair.mean(), 10 / 6)
+
+
+def test_anchor_shapes_by_hand():
+    pol, ref = T([-10.0, -5.0]), T([-8.0, -6.0])  # gaps ref - pol = [2, -1]
+    close(base_anchor(pol, ref, "hinge"), [2.0, 0.0])
+    close(base_anchor(pol, ref, "abs"), [2.0, 1.0])
+    close(base_anchor(pol, ref, "squared"), [4.0, 1.0])
+    # several base responses per prompt are averaged
+    close(base_anchor(T([[-10.0, -5.0]]), T([[-8.0, -6.0]]), "hinge"), [1.0])
+    with pytest.raises(ValueError):
+        base_anchor(pol, ref, "cubic")
+
+
+def test_hinge_anchor_gradient_vanishes_at_or_above_reference():
+    ref = T([-5.0, -5.0, -5.0])
+    pol = T([-6.0, -5.0, -4.0], requires_grad=True)  # below, equal, above the reference
+    base_anchor(pol, ref, "hinge").sum().backward()
+    close(pol.grad, [-1.0, 0.0, 0.0])  # only the one below is pushed up
+    pol.grad = None
+    base_anchor(pol, ref, "abs").sum().backward()
+    close(pol.grad[2], 1.0)  # the two-sided variant would pull the one above back down
+
+
+def _pairs(**kw):
+    base = dict(chosen=T([-10.0, -12.0]), rejected=T([-11.0, -9.0]), ref_chosen=T([-10.5, -12.0]),
+                ref_rejected=T([-10.5, -10.0]), chosen_len=T([4.0, 6.0]), rejected_len=T([5.0, 3.0]))
+    base.update(kw)
+    return PairLogps(**base)
+
+
+def test_preference_loss_combines_dpo_nll_and_anchor():
+    p = _pairs(base=T([[-20.0], [-14.0]]), ref_base=T([[-18.0], [-15.0]]), base_len=T([[10.0], [7.0]]))
+    cfg = LossConfig(method="bapo", beta=0.1, anchor_lambda=2.0, rpo_alpha=0.5)
+    loss, m = preference_loss(p, cfg)
+    # log-ratios: chosen [0.5, 0], rejected [-0.5, 1] -> deltas [1, -1]
+    dpo = (math.log1p(math.exp(-0.1)) + math.log1p(math.exp(0.1))) / 2
+    nll = 22 / 10  # (10 + 12) / (4 + 6)
+    anchor = (2.0 + 0.0) / 2  # gaps [2, -1]
+    close(loss, dpo + 0.5 * nll + 2.0 * anchor, 1e-5)
+    close(m["rewards/margins"], 0.0)  # 0.1 * mean([1, -1])
+    close(m["rewards/accuracies"], 0.5)
+    close(m["anchor/gap"], 0.5)
+    close(m["loss/anchor"], 1.0)
+
+
+def test_anchor_per_token_mean_and_plain_dpo_ignores_anchor():
+    p = _pairs(base=T([[-20.0], [-14.0]]), ref_base=T([[-18.0], [-15.0]]), base_len=T([[10.0], [7.0]]))
+    loss, m = preference_loss(p, LossConfig(method="bapo", anchor_reduction="mean", anchor_lambda=1.0))
+    close(m["loss/anchor"], (0.2 + 0.0) / 2)  # per-token gaps [2/10, -1/7]
+    dpo_only, m2 = preference_loss(p, LossConfig(method="dpo"))
+    assert "loss/anchor" not in m2 and "anchor/gap" in m2  # the gap is still reported for DPO
+    close(loss - dpo_only, 0.1)
+
+
+@pytest.mark.parametrize("name", sorted(PAIRWISE_LOSSES))
+def test_every_registered_loss_prefers_the_chosen_side(name):
+    cfg = LossConfig(method=name, beta=0.5)
+    good = _pairs(chosen=T([-9.0, -11.0]), rejected=T([-12.0, -12.0]))
+    bad = _pairs(chosen=T([-12.0, -13.0]), rejected=T([-9.0, -8.0]))
+    assert preference_loss(good, cfg)[0] < preference_loss(bad, cfg)[0]
+
+
+def test_unknown_method_is_a_config_error():
+    from bapo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="loss.method"):
+        LossConfig(method="kto").validate()
+    with pytest.raises(ConfigError, match="base.num_responses"):
+        from bapo.runtime.config import BaseResponseConfig
+
+        BaseResponseConfig(num_responses=2).validate()
+
+
+def test_config_yaml_round_trip_keeps_help_as_comments(tmp_path):
+    from bapo.training.config import TrainConfig
+    from bapo.options import apply_overrides, dump_yaml, load_yaml
+
+    cfg = apply_overrides(TrainConfig(), {"loss.beta": 0.25, "lora.target_modules": "q_proj,v_proj", "out": "x: y",
+                                          "data.path": "a b.jsonl"})
+    text = dump_yaml(cfg)
+    assert "beta: 0.25  # Inverse temperature" in text and "target_modules: [q_proj, v_proj]" in text
+    (tmp_path / "c.yaml").write_text(text)
+    assert load_yaml(tmp_path / "c.yaml", TrainConfig) == cfg

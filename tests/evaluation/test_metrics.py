@@ -1,0 +1,88 @@
+"""Metrics: exact values on constructed cases, agreement with direct per-choice computation, paired deltas."""
+
+import math
+
+import pytest
+import torch
+
+from bapo.evaluation.metrics import Stat, mc_scores, paired_delta
+from bapo.runtime.models import load_model, load_tokenizer
+from bapo.data.readers import McItem
+
+
+class Unigram(torch.nn.Module):
+    """A 'language model' whose next-token distribution ignores the context: log p(token) = table[token]."""
+
+    def __init__(self, logp: torch.Tensor):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logp.clone())
+        self.config = type("C", (), {})()
+        self.device = torch.device("cpu")
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False, **kwargs):
+        b, l = input_ids.shape
+        return type("O", (), {"logits": self.logits.expand(b, l, -1)})()
+
+
+def test_mc_accuracy_exact_on_a_constructed_case(tiny_model):
+    tok = load_tokenizer(tiny_model)
+    vocab = tok.get_vocab()
+    table = torch.full((len(vocab),), -8.0)
+    table[vocab["a"]] = -0.1
+    table[vocab[" "]] = -0.5
+    model = Unigram(torch.log_softmax(table, 0))
+    items = [
+        McItem("Question: q1\nAnswer:", ["zzz", "aaa", "bbb"], 1),  # 'aaa' is likeliest: right
+        McItem("Question: q2\nAnswer:", ["aaa", "zz"], 1),  # 'aaa' is likeliest: wrong
+        # total log-likelihood prefers the short 'a'; per byte the long 'aaaaaaaa' wins (gold 1)
+        McItem("Question: q3\nAnswer:", ["a", "aaaaaaaa", "zz"], 1),
+    ]
+    got = mc_scores(model, tok, items)
+    assert got["acc"] == [1.0, 0.0, 0.0]
+    assert got["acc_norm"] == [1.0, 0.0, 1.0]
+
+
+def test_mc_acc_agrees_with_a_direct_per_choice_computation(tiny_model):
+    model, tok = load_model(tiny_model), load_tokenizer(tiny_model)
+    items = [McItem(f"Question: what is {i}?\nAnswer:", [f"{i}", f"not {i}", "maybe", f"{i}{i}x"], i % 4)
+             for i in range(12)]
+    got = mc_scores(model, tok, items, batch_size=5)
+
+    def ll(ctx, cont):
+        c = tok(ctx)["input_ids"]
+        ids = c + tok(cont, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], -1)
+        return sum(lp[t - 1, ids[t]].item() for t in range(len(c), len(ids)))
+
+    direct = []
+    for it in items:
+        scores = [ll(it.context, " " + ch) for ch in it.choices]
+        direct.append(float(scores.index(max(scores)) == it.gold))
+    assert got["acc"] == direct
+
+
+def test_stat_and_paired_delta_by_hand():
+    s = Stat.of([1.0, 0.0, 1.0, 1.0])
+    assert s.value == 0.75 and s.n == 4 and s.stderr == pytest.approx(math.sqrt(0.25 / 4))
+    d, se, lo, hi = paired_delta([1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0])  # differences 1, 0, 0, 1
+    assert d == 0.5 and se == pytest.approx(math.sqrt((4 * 0.25 / 3) / 4))
+    assert lo == pytest.approx(0.5 - 1.959964 * se) and hi == pytest.approx(0.5 + 1.959964 * se)
+
+
+def test_personal_reward_acc_counts_float_noise_as_a_tie_and_real_margins_by_sign(tiny_model):
+    from bapo.runtime.reference import Example
+    from bapo.evaluation.metrics import TIE_NATS, personal_scores
+    from bapo.core.logprobs import score
+    from bapo.core.tokens import Encoded
+
+    model = load_model(tiny_model)
+    seqs = [Encoded((7, 8, 9), (10, 11, 12)), Encoded((7, 8, 9), (20, 21)), Encoded((7, 8), (30, 31, 32, 33)),
+            Encoded((7, 8), (40,))]
+    (c1, _), (r1, _), (c2, _), (r2, _) = score(model, seqs, 0)
+    noise = TIE_NATS / 3  # as when the reference's log-probs were computed in another batch
+    examples = [Example(seqs[0], seqs[1], c1 + noise, r1 - noise, [], [], []),  # margin -2/3 TIE: a tie
+                Example(seqs[2], seqs[3], c2 - 0.5, r2, [], [], [])]  # the model likes chosen 0.5 nats more: right
+    out = personal_scores(model, examples, 0)
+    assert out["reward_acc"] == [0.5, 1.0]
+    assert out["margin"] == pytest.approx([-2 * noise, 0.5], abs=1e-5)

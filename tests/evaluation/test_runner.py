@@ -1,0 +1,211 @@
+"""``bapo eval`` and ``bapo report`` end to end on a tiny model with two tiny adapters."""
+
+import json
+import math
+import shutil
+import subprocess
+from dataclasses import replace
+
+import pytest
+
+import bapo
+from bapo.data.config import DataConfig
+from bapo.evaluation import tasks
+from bapo.evaluation.config import EvalConfig
+from bapo.evaluation.records import as_dicts
+from bapo.evaluation.report import write_report
+from bapo.evaluation.runner import evaluate
+from bapo.training.config import TrainConfig
+from tests.helpers import make_pairs, write_jsonl
+
+
+def run_eval(cfg: EvalConfig) -> list[dict]:
+    """``bapo eval``'s records, as the dicts written to results.json."""
+    return as_dicts(evaluate(cfg).records)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("cmp")
+    import os
+
+    os.environ["BAPO_CACHE_DIR"] = str(root / "cache")
+    data = write_jsonl(root / "pairs.jsonl", make_pairs(10, 2, user="ann"))
+    adapters = []
+    for method in ("dpo", "bapo"):
+        cfg = TrainConfig(model=tiny_model, out=str(root / method), data=DataConfig(path=str(data), holdout=0.3),
+                          max_steps=3, batch_size=2, lr=2e-2, cache_dir=str(root / "cache"))
+        cfg.loss.method = method
+        cfg.base.max_new_tokens = 6
+        adapters.append(str(bapo.train(cfg).out))
+    mc = [{"query": f"Question: {i} + {i}?", "choices": [str(2 * i), str(i), "x"], "gold": 0} for i in range(8)]
+    write_jsonl(root / "mc.jsonl", mc)
+    hh = [{"chosen": f"\n\nHuman: hi {i}\n\nAssistant: hello {i}", "rejected": f"\n\nHuman: hi {i}\n\nAssistant: go away"}
+          for i in range(6)]
+    write_jsonl(root / "hh.jsonl", hh)
+    write_jsonl(root / "prompts.jsonl", [{"prompt": f"Tell me about {w}."} for w in ("cats", "rain", "tea", "maps")])
+    (root / "suite.yaml").write_text(
+        "tasks:\n  - {name: mc, kind: mc, path: mc.jsonl}\n  - {name: hh, kind: general_pairs, path: hh.jsonl}\n"
+        "  - {name: drift, kind: drift, path: prompts.jsonl, max_new_tokens: 6}\n")
+    return root, adapters
+
+
+@pytest.fixture(scope="module")
+def evaluated(setup, tiny_model):
+    root, adapters = setup
+    return run_eval(EvalConfig(model=tiny_model, adapters=adapters, suite=str(root / "suite.yaml"),
+                               out=str(root / "res"), adapter_scales=[0.0, 1.0], cache_dir=str(root / "cache")))
+
+
+def test_eval_records_for_base_and_every_adapter_scale(setup, evaluated):
+    root, _ = setup
+    records = evaluated
+    models = list(dict.fromkeys(r["model"] for r in records))
+    assert models == ["base", "dpo@0", "dpo@1", "bapo@0", "bapo@1"]
+    tasks = {r["task"] for r in records}
+    assert tasks == {"mc", "hh", "drift", "personal:ann"}
+    by = {(r["model"], r["task"], r["metric"]): r for r in records}
+    assert by[("base", "mc", "acc")]["n"] == 8 and by[("base", "hh", "acc_norm")]["n"] == 6
+    assert by[("base", "drift", "logp_change_per_token")]["value"] == pytest.approx(0.0, abs=1e-4)
+    assert by[("base", "personal:ann", "reward_acc")]["value"] == 0.5  # the reference ties with itself
+    for metric in ("acc", "acc_norm"):  # scale 0 is the base model: the same answers, a zero change
+        r = by[("dpo@0", "mc", metric)]
+        assert r["value"] == by[("base", "mc", metric)]["value"] and r["delta"] == 0.0
+    moved = by[("dpo@1", "drift", "logp_change_per_token")]
+    assert moved["value"] != 0.0 and moved["delta_lo"] <= moved["delta"] <= moved["delta_hi"]
+    assert by[("dpo@1", "personal:ann", "margin")]["value"] > 0  # it learned something of the user
+    assert by[("bapo@1", "personal:ann", "margin")]["method"] == "bapo"
+
+    out = root / "res"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["records"] == json.loads(json.dumps(records)) and saved["machine"]["cpus"]
+    items = json.loads((out / "item_scores.json").read_text())  # the per-item values behind every mean
+    assert len(items["dpo@1"]["mc"]["acc_norm"]) == 8
+    assert sum(items["dpo@1"]["mc"]["acc_norm"]) / 8 == pytest.approx(by[("dpo@1", "mc", "acc_norm")]["value"])
+    assert (out / "results.csv").read_text().splitlines()[0].startswith("model,adapter,scale,method,task")
+    md = (out / "results.md").read_text()
+    assert "### mc (n = 8)" in md and "| dpo@1 | dpo |" in md
+
+
+def test_a_rerun_comes_from_the_cache(setup, tiny_model, monkeypatch):
+    root, adapters = setup
+    first = run_eval(EvalConfig(model=tiny_model, adapters=adapters[:1], suite=str(root / "suite.yaml"),
+                                out=str(root / "res2"), cache_dir=str(root / "cache")))
+
+    def boom(*a, **k):
+        raise AssertionError("scored again")
+
+    for name, kind in list(tasks.KINDS.items()):
+        monkeypatch.setitem(tasks.KINDS, name, replace(kind, score=boom))
+    again = run_eval(EvalConfig(model=tiny_model, adapters=adapters[:1], suite=str(root / "suite.yaml"),
+                                out=str(root / "res3"), cache_dir=str(root / "cache")))
+    assert again == first
+
+
+def test_bad_adapter_and_suite_errors(setup, tiny_model, tmp_path):
+    root, _ = setup
+    with pytest.raises(bapo.ConfigError, match="not an adapter directory"):
+        run_eval(EvalConfig(model=tiny_model, adapters=[str(tmp_path)], out=str(tmp_path / "r")))
+    with pytest.raises(bapo.ConfigError, match="no such file"):
+        run_eval(EvalConfig(model=tiny_model, suite=str(tmp_path / "nope.yaml"), out=str(tmp_path / "r")))
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_writes_plots_and_a_self_contained_page(setup, evaluated, tmp_path):
+    import matplotlib.image as mpimg
+
+    root, _ = setup
+    page = write_report(root / "res", tmp_path / "rep")
+    pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
+    assert pngs == ["task_drift.png", "task_hh.png", "task_mc.png", "task_personal_ann.png", "tradeoff.png"]
+    for p in pngs:
+        img = mpimg.imread(tmp_path / "rep" / p)
+        assert img.shape[0] > 200 and img.shape[1] > 300 and img.std() > 0.01  # a real picture, not a blank
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") == 5 and "<table>" in text and "dpo@1" in text
+    assert "src='http" not in text and 'src="http' not in text  # nothing fetched from elsewhere
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="chromium not installed (apt-get install chromium)")
+def test_report_page_renders_in_headless_chromium(setup, evaluated, tmp_path):
+    import matplotlib.image as mpimg
+
+    root, _ = setup
+    page = write_report(root / "res", tmp_path / "rep")
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'ud'}",
+                    f"--screenshot={shot}", "--window-size=1200,1600", f"file://{page}"],
+                   check=True, capture_output=True, timeout=120)
+    img = mpimg.imread(shot)
+    assert img.shape[:2] == (1600, 1200)
+    assert img[..., :3].std() > 0.05  # tables and plots drawn, not an empty white page
+
+
+def test_reward_model_scores_generated_answers(setup, tiny_model, tmp_path):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    root, adapters = setup
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    torch.manual_seed(0)
+    rm = LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                                    num_labels=1, pad_token_id=tok.pad_token_id))
+    rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    (tmp_path / "s.yaml").write_text(f"tasks:\n  - {{name: rw, kind: reward, path: {root / 'prompts.jsonl'}, max_new_tokens: 5}}\n")
+    records = run_eval(EvalConfig(model=tiny_model, adapters=adapters[:1], suite=str(tmp_path / "s.yaml"),
+                                  out=str(tmp_path / "r"), reward_model=str(tmp_path / "rm"), cache_dir=str(root / "cache")))
+    rw = {r["model"]: r for r in records if r["task"] == "rw"}
+    assert set(rw) == {"base", "dpo"} and rw["base"]["n"] == 4 and rw["base"]["metric"] == "score"
+    assert all(math.isfinite(r["value"]) for r in rw.values())
+    with pytest.raises(bapo.ConfigError, match="needs --reward-model"):
+        run_eval(EvalConfig(model=tiny_model, suite=str(tmp_path / "s.yaml"), out=str(tmp_path / "r2")))
+
+
+def test_a_profile_user_also_gets_the_rule_score_of_generated_answers(setup, tiny_model, tmp_path, monkeypatch):
+    from bapo.data import profiles
+
+    root, adapters = setup
+    seen = []
+    monkeypatch.setitem(profiles.PROFILES, "ann", lambda text: seen.append(text) or float(len(text) % 2))
+    records = run_eval(EvalConfig(model=tiny_model, adapters=adapters[:1], suite=str(root / "suite.yaml"),
+                                  out=str(tmp_path / "r"), cache_dir=str(root / "cache")))
+    prof = {r["model"]: r for r in records if r["metric"] == "profile_score"}
+    assert set(prof) == {"base", "dpo"} and prof["base"]["n"] == 6  # 30% of 20 distinct prompts held out
+    assert prof["base"]["value"] == sum(len(t) % 2 for t in seen[:6]) / 6
+
+
+def test_bullet_rule():
+    from bapo.data.profiles import PROFILES, is_bullet_list
+
+    assert is_bullet_list("- a\n- b\n- c") and is_bullet_list("1. a\n2) b")
+    assert not is_bullet_list("- only one") and not is_bullet_list("A paragraph.\nAnother line.\n- one bullet")
+    assert PROFILES["bullet-lover"]("* x\n* y") == 1.0
+
+
+def test_merged_adapter_scores_like_the_unmerged_one_and_leaves_the_base_exact(setup, tiny_model):
+    import torch
+
+    from bapo.core.logprobs import score
+    from bapo.core.tokens import Encoded
+    from bapo.runtime.adapters import applied
+    from bapo.runtime.models import load_model
+
+    _, adapters = setup
+    model = load_model(tiny_model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seqs = [Encoded((7, 8, 9), (10, 11, 12, 13)), Encoded((7, 8), (20, 21))]
+    base_scores = score(model, seqs, 0)
+    for scale in (1.0, 0.5):
+        with applied(model, adapters[0], scale, merge=False) as m:
+            plain = score(m, seqs, 0)
+        with applied(model, adapters[0], scale, merge=True) as m:
+            merged = score(m, seqs, 0)
+        assert [n for _, n in merged] == [n for _, n in plain]
+        assert [v for v, _ in merged] == pytest.approx([v for v, _ in plain], abs=1e-5)
+        assert [v for v, _ in merged] != pytest.approx([v for v, _ in base_scores], abs=1e-3)  # the adapter acts
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert score(model, seqs, 0) == base_scores

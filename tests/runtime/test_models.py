@@ -1,0 +1,72 @@
+"""Model resolution, fingerprints, LoRA wrapping; the embedded SmolLM2 model under -m slow."""
+
+import time
+
+import pytest
+
+from bapo.runtime.config import LoraSettings
+from bapo.errors import ModelError
+from bapo.runtime.models import add_lora, fingerprint, load_model, resolve_model
+
+
+def test_local_directory_and_bad_paths(tmp_path, tiny_model):
+    assert resolve_model(tiny_model) == tiny_model
+    with pytest.raises(ModelError, match="no such directory"):
+        resolve_model(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve_model(str(tmp_path / "empty"))
+    assert resolve_model("org/name") == "org/name"  # a hub id is passed on, tried only when loaded
+
+
+def test_fingerprint_follows_the_weights(tmp_path, tiny_model):
+    from tests.helpers import build_tiny_model
+
+    a = build_tiny_model(tmp_path / "a", seed=0)
+    b = build_tiny_model(tmp_path / "b", seed=1)
+    assert fingerprint(a) == fingerprint(tiny_model) != fingerprint(b)
+
+
+def test_lora_targets_every_linear_layer_but_the_head(tiny_model):
+    model = add_lora(load_model(tiny_model), LoraSettings(r=2))
+    wrapped = {n.rsplit(".lora_A", 1)[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    only_q = add_lora(load_model(tiny_model), LoraSettings(r=2, target_modules=["q_proj"]))
+    assert all("q_proj" in n for n, p in only_q.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.slow
+def test_embedded_model_converts_once_then_loads_in_seconds(tmp_path):
+    from bapo.runtime.models import load_tokenizer
+
+    path = resolve_model("smollm2-135m-instruct", str(tmp_path))
+    t = time.time()
+    again = resolve_model("smollm2-135m-instruct", str(tmp_path))
+    model, tok = load_model(again), load_tokenizer(again)
+    assert again == path and time.time() - t < 10
+    assert model.config.model_type == "llama" and tok.chat_template
+    from bapo.runtime.generate import generate_batch, stop_ids
+    from bapo.runtime.config import BaseResponseConfig
+
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, tokenize=False)
+    (text,) = generate_batch(model, tok, [tok(ids)["input_ids"]], BaseResponseConfig(max_new_tokens=12),
+                             stop_ids(model, tok))
+    assert "Paris" in text
+
+
+@pytest.mark.slow
+def test_embedded_model_trains_a_few_steps(tmp_path):
+    import bapo
+    from bapo.data.config import DataConfig
+    from bapo.training.config import TrainConfig
+    from tests.helpers import make_pairs, write_jsonl
+
+    data = write_jsonl(tmp_path / "d.jsonl", make_pairs(6, 1))
+    cfg = TrainConfig(out=str(tmp_path / "o"), data=DataConfig(path=str(data), holdout=0.2), max_steps=2,
+                      batch_size=2, cache_dir=str(tmp_path / "cache"))
+    cfg.base.max_new_tokens = 16
+    res = bapo.train(cfg)
+    assert res.steps == 2 and (res.out / "adapter_model.safetensors").exists()

@@ -1,0 +1,304 @@
+"""``bapo study`` end to end on a tiny model and a miniature copy of the shared data layout."""
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+from types import SimpleNamespace
+
+import pytest
+
+import bapo.studies.run
+from bapo.data.users import Sources
+from bapo.evaluation.config import EvalConfig
+from bapo.evaluation.records import as_dicts
+from bapo.evaluation.runner import evaluate
+from bapo.studies.config import StudyConfig, study_training
+from bapo.studies.contrasts import contrasts, contrasts_markdown
+from bapo.studies.figures import aggregate
+from bapo.studies.plan import Cell
+from bapo.studies.run import run_study
+from bapo.studies.users import heterogeneity
+from bapo.studies.users import make_user as build_user
+from tests.helpers import write_jsonl
+
+
+def run_eval(cfg: EvalConfig) -> list[dict]:
+    return as_dicts(evaluate(cfg).records)
+
+
+def hh(q: str, a: str) -> str:
+    return f"\n\nHuman: {q}\n\nAssistant: {a}"
+
+
+def mini_data(root: Path) -> Path:
+    (root / "knowledge").mkdir(parents=True)
+    (root / "general").mkdir()
+    (root / "prompts").mkdir()
+    (root / "personal").mkdir()
+    write_jsonl(root / "knowledge/arc_easy.jsonl", [{"query": f"Question: What is {i} plus 1?\nAnswer:",
+                                                     "choices": [str(i + 1), str(i + 2), "x"], "gold": 0}
+                                                    for i in range(5)])
+    write_jsonl(root / "knowledge/piqa.jsonl", [{"query": f"Open jar {i}", "choices": ["twist lid", "eat lid"],
+                                                 "gold": 0} for i in range(5)])
+    with gzip.open(root / "general/hh_harmless_base_test.jsonl.gz", "wt") as f:
+        for i in range(5):
+            f.write(json.dumps({"chosen": hh(f"Help {i}?", "Sure, here is how."),
+                                "rejected": hh(f"Help {i}?", "No.")}) + "\n")
+    general = [{"text": [hh(f"Tell me about topic {i}.", "A long and friendly answer " + "ok " * (i % 4)),
+                         hh(f"Tell me about topic {i}.", f"Short {i}.")], "score": [1, 0]} for i in range(24)]
+    (root / "general/dsp_helpful_test.json").write_text(json.dumps(general))
+    write_jsonl(root / "prompts/alpaca_eval_instructions.jsonl", [{"instruction": f"Say {w}."} for w in "abc"])
+    dsp = [{"query": f"Explain thing {i}.", "responses": {d: f"{d} answer {i}" for d in
+                                                          ("academy", "business", "entertainment", "literature", "normal")}}
+           for i in range(6)]
+    (root / "personal/dsp_domain_preference_test.json").write_text(json.dumps(dsp))
+    for style in ("concise", "verbose"):
+        rows = [{"instruction": f"Task {i}", "output": f"{style} output {i}", "generator": f"m_{style}"} for i in range(7)]
+        (root / f"personal/alpacaeval_gpt-3.5-turbo-1106_{style}.json").write_text(json.dumps(rows))
+    with gzip.open(root / "personal/vpl_relabeled_hh_both_test.jsonl.gz", "wt") as f:
+        for i in range(10):
+            f.write(json.dumps({"prompt": f"Human: Q{i}?", "responses": [f"yes {i}", f"no {i}"],
+                                "label": i % 2, "original_label": 0, "objective": "helpful"}) + "\n")
+    return root
+
+
+@pytest.fixture
+def study_cfg(tmp_path, tiny_model):
+    data = mini_data(tmp_path / "data")
+    train = study_training()
+    train.model, train.epochs, train.batch_size, train.lr = tiny_model, 1, 4, 5e-3
+    train.base.max_new_tokens, train.data.max_length, train.data.max_prompt_length = 6, 128, 64
+    return StudyConfig(users=["flip:0", "flip:1"], methods=["dpo", "bapo"], seeds=1, out=str(tmp_path / "study"),
+                       pairs_per_user=8, holdout_pairs=4, eval_items=0, alignment_items=0, drift_prompts=3,
+                       sources=Sources(data_dir=str(data)), train=train)
+
+
+def test_flip_users_reverse_a_nested_rule_chosen_fraction(tmp_path):
+    src = Sources(data_dir=str(mini_data(tmp_path / "data")))
+    half, all_ = build_user("flip:0.5", src, 0), build_user("flip:1", src, 0)
+    assert len(half.pairs) == 24 and heterogeneity(half).value == 0.5 and heterogeneity(all_).value == 1.0
+    flipped = [p for p, a in zip(half.pairs, half.general_agree) if not a]
+    # the length rule reverses the pairs where the general choice is longest relative to the rejected one
+    assert all(len(p.rejected) - len(p.chosen) >= max(len(q.chosen) - len(q.rejected)
+                                                      for q, a in zip(half.pairs, half.general_agree) if a)
+               for p in flipped)
+    vpl = build_user("vpl:helpful", src, 0)
+    assert len(vpl.pairs) == 10 and heterogeneity(vpl).value == 0.5  # label disagrees with original on odd rows
+    assert vpl.pairs[1].chosen == "no 1" and vpl.pairs[0].chosen == "yes 0"
+
+
+def test_real_data_users_prefer_their_own_responses(tmp_path):
+    src = Sources(data_dir=str(mini_data(tmp_path / "data")))
+    lit = build_user("dsp:literature", src, 0)
+    assert len(lit.pairs) == 24 and lit.general_agree is None  # 6 queries x (3 other domains + the original)
+    assert all(p.chosen.startswith("literature") and not p.rejected.startswith("literature") for p in lit.pairs)
+    assert {p.rejected.split()[0] for p in lit.pairs} == {"academy", "business", "entertainment", "normal"}
+    verbose = build_user("alpacaeval:verbose", src, 5)
+    assert len(verbose.pairs) == 5 and all(p.chosen.startswith("verbose") and p.rejected.startswith("concise")
+                                           for p in verbose.pairs)
+    assert build_user("alpacaeval:verbose", src, 5).pairs == verbose.pairs  # the sample is seeded
+    assert all(p.user_id == "alpacaeval-verbose" for p in verbose.pairs)
+
+
+def test_bad_user_specs_and_files_are_clear_errors(tmp_path):
+    from bapo.errors import BapoError
+
+    src = Sources(data_dir=str(mini_data(tmp_path / "data")))
+    for spec, msg in [("dsp:law", "DOMAIN"), ("flip:1.5", "[0, 1]"), ("nobody", "unknown user"),
+                      ("psoups:rude", "PROFILE"), ("vpl:kind", "vpl:helpful")]:
+        with pytest.raises(BapoError, match=re.escape(msg)):
+            build_user(spec, src, 0)
+    (tmp_path / "data/personal/dsp_domain_preference_test.json").write_text('[{"query": "q", "responses": {}}]')
+    with pytest.raises(BapoError, match="record 1: responses"):
+        build_user("dsp:academy", src, 0)
+    with pytest.raises(BapoError, match="sources.vpl: .* not found"):
+        build_user("vpl:helpful", Sources(data_dir=str(tmp_path / "nowhere")), 0)
+
+
+def test_dry_run_prints_a_plan_and_trains_nothing(study_cfg, capsys):
+    res = run_study(study_cfg, dry_run=True)
+    assert [c.name for c in res.cells] == ["flip-0__dpo__s0", "flip-0__bapo__s0", "flip-1__dpo__s0", "flip-1__bapo__s0"]
+    assert res.estimated_seconds > 0
+    assert not (Path(study_cfg.out) / "cells").exists()
+
+
+def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatch):
+    result = run_study(study_cfg)
+    out = Path(study_cfg.out)
+    summary = json.loads((out / "study.json").read_text())
+    rows = summary["rows"]
+    assert rows == [r.to_dict() for r in result.rows] and summary["contrasts"] == as_dicts(result.contrasts)
+    assert [(r["user"], r["method"]) for r in rows] == [("flip:0", "dpo"), ("flip:0", "bapo"), ("flip:1", "dpo"),
+                                                         ("flip:1", "bapo")]
+    assert [r["heterogeneity"] for r in rows] == [0.0, 0.0, 1.0, 1.0]
+    for r in rows:
+        assert Path(r["adapter"]) == out / "cells" / f"{r['user'].replace(':', '-')}__{r['method']}__s0"
+        assert (Path(r["adapter"]) / "run.json").exists()
+        for k in ("personal_reward_acc", "knowledge_delta", "alignment_delta", "drift_delta", "arc_easy_delta"):
+            assert isinstance(r[k], float), k
+    table = (out / "table.md").read_text()
+    # 4 cells; 6 measures x (2 users x 2 methods against the base model + 2 users x bapo against dpo) contrasts
+    assert table.count("\n| flip:") == 4 + 6 * (4 + 2) and "general labels in the data" in table
+    assert (out / "table.csv").read_text().splitlines()[0].startswith("user,method,seed,adapter,heterogeneity")
+    assert {Path(f).name for f in summary["figures"]} == {"retention.png", "personalization.png", "tradeoff.png"}
+    versus = summary["contrasts"]
+    assert {(c["user"], c["method"], c["baseline"], c["measure"], c["metric"]) for c in versus} == {
+        (u, m, b, measure, metric) for u in ("flip:0", "flip:1") for m, b in (("dpo", "base"), ("bapo", "base"),
+                                                                             ("bapo", "dpo"))
+        for measure, metric in (("personalization", "reward_acc"), ("knowledge", "acc_norm"), ("knowledge", "acc"),
+                                ("alignment", "acc_norm"), ("alignment", "acc"), ("drift", "logp_change_per_token"))}
+    assert "bapo − dpo" in table and "dpo − base" in table and (out / "contrasts.csv").exists()
+    drift = {(c["method"], c["baseline"]): c["delta"] for c in versus
+             if c["user"] == "flip:1" and c["measure"] == "drift"}
+    assert drift["bapo", "dpo"] == pytest.approx(rows[3]["drift_delta"] - rows[2]["drift_delta"], abs=1e-6)
+    assert drift["bapo", "base"] == pytest.approx(rows[3]["drift_delta"], abs=1e-6)
+    know = next(c for c in versus if (c["user"], c["method"], c["baseline"], c["measure"], c["metric"])
+                == ("flip:0", "dpo", "base", "knowledge", "acc_norm"))
+    assert know["delta"] == pytest.approx(rows[0]["knowledge_delta"], abs=1e-6)
+    # each row's numbers are its own adapter's: evaluate one cell alone and compare
+    cell = rows[3]
+    alone = run_eval(EvalConfig(model=tiny_model, adapters=[cell["adapter"]], suite=str(out / "suite.yaml"),
+                                out=str(out / "alone"), max_length=128, max_prompt_length=64))
+    mine = {(r["task"], r["metric"]): r for r in alone if r["model"] != "base"}
+    assert mine[("arc_easy", "acc_norm")]["delta"] == pytest.approx(cell["arc_easy_delta"])
+    assert mine[("personal:flip-1", "reward_acc")]["value"] == pytest.approx(cell["personal_reward_acc"])
+    assert len({r["personal_reward_acc"] for r in rows} | {r["drift_delta"] for r in rows}) > 2
+
+    # rerun: everything is cached, nothing is trained again, the same table comes back
+    monkeypatch.setattr(bapo.studies.run, "train", lambda cfg: pytest.fail("a finished cell was trained again"))
+    again = run_study(study_cfg)
+    assert [r.personal_reward_acc for r in again.rows] == [r["personal_reward_acc"] for r in rows]
+
+
+def test_contrasts_pair_items_and_match_seeds():
+    cells = [Cell("u", "flip:1", m, s) for m in ("dpo", "bapo") for s in (0, 1)]
+    records = [SimpleNamespace(task=t, kind=k) for t, k in (("arc", "mc"), ("piqa", "mc"), ("hh", "general_pairs"),
+                                                            ("personal:u", "personal"))]
+    scores = {"u__dpo__s0": {"arc": {"acc_norm": [1, 0]}, "piqa": {"acc_norm": [1]}, "hh": {"acc_norm": [0, 0, 0, 0]},
+                             "personal:u": {"reward_acc": [0.5, 1]}},
+              "u__bapo__s0": {"arc": {"acc_norm": [1, 1]}, "piqa": {"acc_norm": [1]}, "hh": {"acc_norm": [1, 1, 1, 0]},
+                              "personal:u": {"reward_acc": [0.5, 1]}},
+              "u__dpo__s1": {"arc": {"acc_norm": [0, 0]}, "piqa": {"acc_norm": [1]}, "hh": {"acc_norm": [0, 0, 0, 0]},
+                             "personal:u": {"reward_acc": [1, 1]}},
+              "u__bapo__s1": {"arc": {"acc_norm": [1, 0]}, "piqa": {"acc_norm": [0]}, "hh": {"acc_norm": [1, 1, 0, 1]},
+                              "personal:u": {"reward_acc": [0, 1]}}}
+    rows = {r["measure"]: r for r in as_dicts(contrasts(cells, records, scores, "dpo"))}
+    assert set(rows) == {"personalization", "knowledge", "alignment"}  # no drift task was scored
+    k = rows["knowledge"]  # per-item differences: seed 0 [0, 1, 0], seed 1 [1, 0, -1]; averaged [.5, .5, -.5]
+    assert (k["method"], k["baseline"], k["n"], k["seeds"]) == ("bapo", "dpo", 3, 2)
+    assert k["delta"] == pytest.approx(1 / 6) and k["stderr"] == pytest.approx(1 / 3)
+    assert k["per_seed"] == pytest.approx([1 / 3, 0.0]) and not k["clear"]
+    a = rows["alignment"]  # averaged differences [1, 1, .5, .5]: sd 0.2887 over 4 items
+    assert a["delta"] == pytest.approx(0.75) and a["stderr"] == pytest.approx(0.2887 / 2, abs=1e-4)
+    assert a["lo"] > 0 and a["per_seed"] == pytest.approx([0.75, 0.75]) and a["clear"]
+    p = rows["personalization"]  # seed 0 ties, seed 1 [-1, 0]: the seeds do not agree
+    assert p["delta"] == pytest.approx(-0.25) and p["per_seed"] == pytest.approx([0.0, -0.5]) and not p["clear"]
+
+
+def test_contrasts_against_the_base_model_and_on_raw_accuracy():
+    cells = [Cell("u", "flip:1", "dpo", s) for s in (0, 1)]
+    records = [SimpleNamespace(task=t, kind=k) for t, k in (("arc", "mc"), ("personal:u", "personal"),
+                                                            ("personal:v", "personal"))]
+    scores = {"base": {"arc": {"acc": [1, 1, 0], "acc_norm": [0, 1, 0]}, "personal:u": {"reward_acc": [0.5, 0.5]},
+                       "personal:v": {"reward_acc": [0.5, 0.5, 0.5]}},  # another user's pairs: not this user's
+              "u__dpo__s0": {"arc": {"acc": [0, 1, 0], "acc_norm": [0, 1, 0]}, "personal:u": {"reward_acc": [1, 1]}},
+              "u__dpo__s1": {"arc": {"acc": [0, 0, 0], "acc_norm": [1, 1, 0]}, "personal:u": {"reward_acc": [1, 0]}}}
+    found = contrasts(cells, records, scores, "base")
+    rows = {(r["measure"], r["metric"]): r for r in as_dicts(found)}
+    assert set(rows) == {("personalization", "reward_acc"), ("knowledge", "acc_norm"), ("knowledge", "acc")}
+    raw = rows["knowledge", "acc"]  # seed 0 [-1, 0, 0], seed 1 [-1, -1, 0]; averaged [-1, -.5, 0]
+    assert (raw["method"], raw["baseline"], raw["n"], raw["seeds"]) == ("dpo", "base", 3, 2)
+    assert raw["delta"] == pytest.approx(-0.5) and raw["stderr"] == pytest.approx(0.5 / 3 ** 0.5)
+    assert raw["per_seed"] == pytest.approx([-1 / 3, -2 / 3]) and not raw["clear"]  # interval [-1.07, +0.07]
+    assert rows["knowledge", "acc_norm"]["per_seed"] == pytest.approx([0.0, 1 / 3])
+    p = rows["personalization", "reward_acc"]
+    assert p["n"] == 2 and p["delta"] == pytest.approx(0.25) and p["per_seed"] == pytest.approx([0.5, 0.0])
+    md = contrasts_markdown(found)
+    assert md.startswith("Against the base model:") and "dpo − base: -0.500 ± 0.289" in md
+
+
+def test_aggregate_combines_seeds():
+    rows = [SimpleNamespace(method="dpo", user="u", heterogeneity=0.5, m=v, m_stderr=0.1) for v in (1.0, 3.0)]
+    (h, mean, err), = aggregate(rows, "m")["dpo"]
+    assert (h, mean) == (0.5, 2.0)
+    assert err == pytest.approx(((2.0 + 0.01) / 2) ** 0.5)
+
+
+class CannedReference:
+    """Greedy: long answers when told to be thorough, short when told to be brief, medium otherwise. Sampled: one
+    answer of a single word, then answers of 60 words (so samples can be the extremes)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, cfg):
+        self.calls.append(cfg)
+        if cfg.do_sample:
+            return [[" ".join(["word"] * (1 if k == 0 else 60)) + "." for k in range(cfg.num_responses)]
+                    for _ in prompts]
+        out = []
+        for p in prompts:
+            system = p[0]["content"] if p[0]["role"] == "system" else ""
+            n = 40 if "thoroughly" in system else 3 if "short" in system else 12
+            out.append([" ".join(["word"] * n) + "."])
+        return out
+
+
+def test_simulated_user_labels_the_base_models_candidates_by_its_profile(tmp_path):
+    from bapo.data.profiles import SIMULATED
+
+    src = Sources(data_dir=str(mini_data(tmp_path / "data")))
+    ref = CannedReference()
+    user = build_user("psoups:concise", src, 3, reference=ref, candidate_samples=0)
+    assert len(user.pairs) == 3 and user.general_agree is None and not any(c.do_sample for c in ref.calls)
+    for p in user.pairs:
+        assert len(p.chosen.split()) == 3 and len(p.rejected.split()) == 40
+        assert SIMULATED["concise"](p.chosen) > SIMULATED["concise"](p.rejected)
+        assert p.messages[0]["role"] == "user"  # the steering system prompt is not part of the user's pair
+    detailed = build_user("psoups:detailed", src, 3, reference=CannedReference(), candidate_samples=0)
+    assert all(len(p.chosen.split()) == 40 for p in detailed.pairs)
+
+    # with samples, the sampled answers (seeded, cached like any generation) join the candidates
+    ref = CannedReference()
+    sampled = build_user("psoups:concise", src, 3, seed=5, reference=ref, candidate_samples=2)
+    assert [(c.do_sample, c.num_responses, c.seed) for c in ref.calls] == [(False, 1, 0), (True, 2, 5)]
+    assert all(len(p.chosen.split()) == 1 and len(p.rejected.split()) == 60 for p in sampled.pairs)
+
+
+def test_cli_study_dry_run_and_bad_user(tmp_path, tiny_model):
+    import subprocess
+    import sys
+
+    data = mini_data(tmp_path / "data")
+    cmd = [sys.executable, "-m", "bapo.cli", "study", "--model", tiny_model, "--data-dir", str(data),
+           "--out", str(tmp_path / "s"), "--users", "flip:0,flip:1", "--dry-run"]
+    ok = subprocess.run(cmd, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "study plan: 4 adapters" in ok.stdout and "estimated run time" in ok.stdout
+    sweep = subprocess.run(cmd[:-3] + ["--flip-rate", "0,0.25,1", "--dry-run"], capture_output=True, text=True)
+    assert sweep.returncode == 0 and "study plan: 6 adapters" in sweep.stdout and "flip:0.25" in sweep.stdout
+    bad = subprocess.run(cmd[:-3] + ["--users", "flip:2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "flip:2" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_reward_model_judge_counts_pairs_the_reward_model_ranks_the_other_way(tmp_path, tiny_model):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from bapo.runtime.models import reward_of
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    torch.manual_seed(0)
+    rm = LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                                    num_hidden_layers=1, num_attention_heads=2, num_labels=1,
+                                                    pad_token_id=tok.pad_token_id)).eval()
+    src = Sources(data_dir=str(mini_data(tmp_path / "data")))
+    user = build_user("flip:0.5", src, 9)
+    h = heterogeneity(user, "auto", reward=(rm, tok))
+    by_hand = [float(reward_of(rm, tok, p.messages, p.chosen) < reward_of(rm, tok, p.messages, p.rejected))
+               for p in user.pairs]
+    assert h.judge == "reward model" and h.n == 9  # an odd count: a sign error cannot hide at one half
+    assert h.value == pytest.approx(sum(by_hand) / 9)
+    assert heterogeneity(user, "labels").value == pytest.approx(4 / 9)  # the data's own labels, when asked for
