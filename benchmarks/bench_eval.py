@@ -44,14 +44,14 @@ def main() -> None:
     ap.add_argument("--adapter", default="", help="compare `bapo eval`'s merged and unmerged scoring of this adapter")
     args = ap.parse_args()
 
-    from bapo.evaluation import mc_scores
-    from bapo.models import load_model, load_tokenizer, resolve_model
-    from bapo.suites import TaskSpec, load_mc
+    from bapo.evaluation.metrics import mc_scores
+    from bapo.runtime.models import load_model, load_tokenizer, resolve_model
+    from bapo.data.readers import load_mc
 
     print_header()
     path = resolve_model(args.model)
     model, tok = load_model(path), load_tokenizer(path)
-    items = load_mc(TaskSpec("bench", "mc", args.data, limit=args.items, seed=0))
+    items = load_mc(args.data, limit=args.items, seed=0)
     n_choices = sum(len(i.choices) for i in items)
     print(f"model: {args.model}; {len(items)} questions, {n_choices} choices; batch size {args.batch_size}")
     if args.adapter:
@@ -79,15 +79,12 @@ def main() -> None:
 
 def merged_vs_unmerged(model, tok, items, args) -> None:
     """The same adapter scored through peft's LoRA layers and merged into the weights, as ``bapo eval`` does."""
-    from pathlib import Path
+    from bapo.runtime.adapters import applied
+    from bapo.evaluation.metrics import mc_scores
 
-    from bapo.compare import Candidate, _policy
-    from bapo.evaluation import mc_scores
-
-    cand = Candidate("adapter", Path(args.adapter))
     run = {}
     for merge in (False, True):
-        with _policy(model, cand, merge) as m:
+        with applied(model, args.adapter, 1.0, merge) as m:
             run[merge] = mc_scores(m, tok, items, args.batch_size)["acc"]
     if run[False] != run[True]:
         sys.exit("MISMATCH: merged and unmerged scoring disagree")
@@ -97,7 +94,7 @@ def merged_vs_unmerged(model, tok, items, args) -> None:
     for r in range(args.repeats):
         rate = {}
         for merge in (False, True):
-            with _policy(model, cand, merge) as m:
+            with applied(model, args.adapter, 1.0, merge) as m:
                 t = time.perf_counter()
                 mc_scores(m, tok, items, args.batch_size)
                 rate[merge] = len(items) / (time.perf_counter() - t)

@@ -33,7 +33,7 @@ def plain_loop(model, tok, prompts, cfg, stop) -> list[str]:
 
 
 def batched(model, tok, prompts, cfg, stop) -> list[str]:
-    from bapo.base import generate_batch
+    from bapo.runtime.generate import generate_batch
 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
@@ -54,18 +54,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
 
-    from bapo.base import stop_ids
-    from bapo.config import BaseResponseConfig, DataConfig
-    from bapo.models import load_model, load_tokenizer, resolve_model
-    from bapo.suites import TaskSpec, load_prompts
-    from bapo.tokens import Renderer
+    from bapo.runtime.generate import stop_ids
+    from bapo.runtime.config import BaseResponseConfig
+    from bapo.data.config import DataConfig, renderer
+    from bapo.runtime.models import load_model, load_tokenizer, resolve_model
+    from bapo.data.readers import load_prompts
 
     print_header()
     path = resolve_model(args.model)
     model, tok = load_model(path).eval(), load_tokenizer(path)
-    renderer = Renderer(tok, DataConfig())
-    messages = load_prompts(TaskSpec("bench", "drift", args.data, limit=args.prompts, seed=0))
-    prompts = [tuple(renderer.prompt_ids(m)) for m in messages]
+    render = renderer(tok, DataConfig())
+    messages = load_prompts(args.data, limit=args.prompts, seed=0)
+    prompts = [tuple(render.prompt_ids(m)) for m in messages]
     cfg = BaseResponseConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     stop = stop_ids(model, tok)
     print(f"model: {args.model}; {len(prompts)} prompts of {sum(map(len, prompts)) / len(prompts):.0f} tokens on "

@@ -69,7 +69,7 @@ def worker_trl(a) -> dict:
     from transformers import set_seed
     from trl import DPOConfig, DPOTrainer
 
-    from bapo.models import load_model, load_tokenizer
+    from bapo.runtime.models import load_model, load_tokenizer
 
     rows = [json.loads(x) for x in Path(a.data).read_text().splitlines()]
     model, tok = load_model(a.model_path), load_tokenizer(a.model_path)
@@ -88,11 +88,15 @@ def worker_trl(a) -> dict:
 
 
 def worker_bapo(a) -> dict:
-    from bapo.base import open_reference
-    from bapo.config import DataConfig, LoraSettings, TrainConfig
-    from bapo.data import load_pairs
-    from bapo.training import train
+    from bapo.cli import keep_freed_memory
+    from bapo.runtime.reference import open_reference
+    from bapo.data.config import DataConfig, renderer
+    from bapo.runtime.config import LoraSettings
+    from bapo.training.config import TrainConfig
+    from bapo.data.pairs import load_pairs
+    from bapo.training.run import train
 
+    keep_freed_memory()  # as the bapo command does (a library call leaves the allocator alone)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(model=a.model_path, out=f"{tmp}/out", cache_dir=f"{tmp}/cache",
                           data=DataConfig(path=a.data, holdout=0.0, max_length=1024, max_prompt_length=512),
@@ -103,7 +107,7 @@ def worker_bapo(a) -> dict:
         gen = 0.0
         if a.case == "bapo":  # the base-response step, timed on its own
             pairs = load_pairs(a.data)
-            ref = open_reference(a.model_path, cfg.data, cfg.cache_dir)
+            ref = open_reference(a.model_path, cfg.data.max_length, cfg.data.max_prompt_length, cfg.cache_dir)
             t0 = time.perf_counter()
             ref.generate(list({p.prompt_key: p.messages for p in pairs}.values()), cfg.base, show=False)
             gen = time.perf_counter() - t0
@@ -124,10 +128,10 @@ def worker_check(a) -> dict:
     from transformers import set_seed
     from trl import DPOConfig, DPOTrainer
 
-    from bapo.config import LossConfig
-    from bapo.logprobs import sequence_logps
-    from bapo.losses import PairLogps, preference_loss
-    from bapo.models import load_model, load_tokenizer
+    from bapo.core.losses import LossConfig
+    from bapo.core.logprobs import sequence_logps
+    from bapo.core.losses import PairLogps, preference_loss
+    from bapo.runtime.models import load_model, load_tokenizer
 
     rows = [json.loads(x) for x in Path(a.data).read_text().splitlines()]
     tok = load_tokenizer(a.model_path)
@@ -217,10 +221,12 @@ def main() -> None:
 
     import torch
 
-    from bapo.config import DataConfig, TrainConfig
-    from bapo.data import load_pairs
-    from bapo.models import load_tokenizer, resolve_model
-    from bapo.tokens import Renderer, encode_pairs
+    from bapo.data.config import DataConfig, renderer
+
+    from bapo.training.config import TrainConfig
+    from bapo.data.pairs import load_pairs
+    from bapo.runtime.models import load_tokenizer, resolve_model
+    from bapo.core.tokens import encode_pairs
 
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"machine: {platform.platform()}; {os.cpu_count()} CPUs; torch {torch.__version__}, "
@@ -236,7 +242,7 @@ def main() -> None:
         rows = synthetic_pairs(a.pairs, a.prompt_words, a.response_words, a.seed)
         Path(a.data).write_text("".join(json.dumps(r) + "\n" for r in rows))
     pairs = load_pairs(a.data)
-    enc = encode_pairs(pairs, Renderer(load_tokenizer(a.model_path), DataConfig(max_length=1024, max_prompt_length=512)))
+    enc = encode_pairs(pairs, renderer(load_tokenizer(a.model_path), DataConfig(max_length=1024, max_prompt_length=512)))
     p_len = sum(len(c.prompt) for c, _ in enc) / len(enc)
     r_len = sum(len(c.response) + len(r.response) for c, r in enc) / (2 * len(enc))
     pair_tokens = sum(len(c.ids) + len(r.ids) for c, r in enc)
@@ -295,7 +301,7 @@ def main() -> None:
 
 def _body_params(model_path: str) -> int:
     """Parameters that do matmul work per token: everything but the input embedding (a lookup)."""
-    from bapo.models import load_model
+    from bapo.runtime.models import load_model
 
     m = load_model(model_path)
     emb = m.get_input_embeddings().weight.numel()
@@ -306,11 +312,10 @@ def _body_params(model_path: str) -> int:
 
 def _base_tokens(a, pairs, texts) -> tuple[int, int]:
     """Tokens of the base sequences: as whole sequences, and as the responses that packing adds."""
-    from bapo.config import DataConfig
-    from bapo.models import load_tokenizer
-    from bapo.tokens import Renderer
+    from bapo.data.config import DataConfig, renderer
+    from bapo.runtime.models import load_tokenizer
 
-    r = Renderer(load_tokenizer(a.model_path), DataConfig(max_length=1024, max_prompt_length=512))
+    r = renderer(load_tokenizer(a.model_path), DataConfig(max_length=1024, max_prompt_length=512))
     enc = [r.encode(p.messages, t, "", "", [], truncate=True) for p, t in zip(pairs, texts)]
     return sum(len(e.ids) for e in enc), sum(len(e.response) for e in enc)
 

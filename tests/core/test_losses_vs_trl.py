@@ -1,61 +1,58 @@
-"""bapo's losses against TRL's DPOTrainer on the same per-token log-probs.
+"""bapo's losses against TRL's DPOTrainer, through TRL's public API only.
 
-TRL computes its loss inside ``DPOTrainer._compute_loss``; we call that method on a stand-in trainer whose model
-returns the per-token log-probs we choose, so both sides see exactly the same inputs. Skipped without TRL.
+A real ``DPOTrainer`` (a tiny model with a fresh LoRA adapter, moved off zero so the policy differs from its
+reference) computes its loss on its own first batch with ``compute_loss``; bapo computes the per-sequence log-probs
+of the same batch with :func:`bapo.core.logprobs.sequence_logps` (the adapter disabled for the reference) and its
+loss with :func:`bapo.core.losses.preference_loss`. Skipped without TRL.
 """
-
-from collections import defaultdict
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 trl = pytest.importorskip("trl")
 
+from bapo.core.logprobs import sequence_logps  # noqa: E402
 from bapo.core.losses import LossConfig, PairLogps, preference_loss  # noqa: E402
-
-B, L = 4, 7
-
-
-class _Accel:
-    device = torch.device("cpu")
-
-    @staticmethod
-    def gather(x):
-        return x
-
-    gather_for_metrics = gather
+from bapo.runtime.models import load_model, load_tokenizer  # noqa: E402
 
 
-def _trl_loss(loss_type, beta, eps, token_logps, mask, ref_c, ref_r):
-    """Run TRL's own loss code; the stand-in model hands back ``token_logps`` as its log-probs."""
-
-    def model(**kw):
-        z = torch.zeros(2 * B, L - 1)
-        return SimpleNamespace(log_probs=token_logps, entropy=z, mean_logits=z, is_top1=z.bool(), aux_loss=None)
-
-    model.training = True
-    fake = SimpleNamespace(
-        model=model, accelerator=_Accel(), aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True,
-        f_divergence_type="reverse_kl", loss_types=[loss_type], loss_weights=[1.0], beta=beta, label_smoothing=eps,
-        use_weighting=False, _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
-        args=SimpleNamespace())
-    inputs = {"input_ids": torch.ones(2 * B, L, dtype=torch.long), "attention_mask": torch.ones(2 * B, L),
-              "completion_mask": mask, "ref_chosen_logps": ref_c, "ref_rejected_logps": ref_r}
-    return trl.DPOTrainer._compute_loss(fake, model, inputs, False)
+@pytest.fixture(scope="module")
+def rows():
+    return [{"prompt": f"Question {i}: which is better?", "chosen": f"- point {i}\n- point {i + 1}",
+             "rejected": f"Point {i} and {'more ' * (i % 3)}point {i + 1}."} for i in range(4)]
 
 
 @pytest.mark.parametrize("ours,theirs", [("dpo", "sigmoid"), ("ipo", "ipo"), ("hinge", "hinge"), ("robust", "robust")])
-def test_same_numbers_as_trl(ours, theirs):
-    g = torch.Generator().manual_seed(0)
-    mask = torch.zeros(2 * B, L, dtype=torch.long)
-    for i, n in enumerate([3, 5, 2, 6, 4, 1, 6, 3]):
-        mask[i, L - n:] = 1  # completion tokens at the end
-    token_logps = -torch.rand(2 * B, L - 1, generator=g) * 3 * mask[:, 1:]
-    ref = -torch.rand(2 * B, generator=g) * 8
-    expected = _trl_loss(theirs, 0.3, 0.2, token_logps, mask, ref[:B], ref[B:])
+def test_same_loss_as_trl_on_its_own_batch(ours, theirs, rows, tiny_base_model, tmp_path):
+    import datasets
+    from peft import LoraConfig
 
-    sums, lens = token_logps.sum(1), mask[:, 1:].sum(1).float()
-    p = PairLogps(sums[:B], sums[B:], ref[:B], ref[B:], lens[:B], lens[B:])
-    got, _ = preference_loss(p, LossConfig(method=ours, beta=0.3, label_smoothing=0.2))
-    assert got.item() == pytest.approx(expected.item(), abs=1e-6)
+    beta, eps = 0.3, 0.2
+    args = trl.DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, beta=beta, loss_type=[theirs],
+                         label_smoothing=eps if theirs == "robust" else 0.0, max_length=256, report_to="none",
+                         use_cpu=True, dataloader_num_workers=0, seed=0)
+    trainer = trl.DPOTrainer(model=load_model(tiny_base_model, "cpu", "float32"), args=args,
+                             processing_class=load_tokenizer(tiny_base_model),
+                             train_dataset=datasets.Dataset.from_list(rows),
+                             peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                    task_type="CAUSAL_LM"))
+    model = trainer.model
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    batch = next(iter(trainer.get_train_dataloader()))
+    model.eval()
+    with torch.no_grad():
+        expected = trainer.compute_loss(model, batch).item()
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                  "target_mask": torch.nn.functional.pad(batch["completion_mask"][:, 1:].bool(), (0, 1))}
+        pol, n = sequence_logps(model, inputs)
+        with model.disable_adapter():
+            ref, _ = sequence_logps(model, inputs)
+    b = pol.shape[0] // 2
+    p = PairLogps(pol[:b], pol[b:], ref[:b], ref[b:], n[:b].float(), n[b:].float())
+    got, _ = preference_loss(p, LossConfig(method=ours, beta=beta, label_smoothing=eps))
+    assert abs(expected - 0.0) > 1e-3  # a real loss, not a degenerate zero
+    assert got.item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
