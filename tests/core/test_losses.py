@@ -111,15 +111,3 @@ def test_unknown_method_is_a_config_error():
         from bapo.runtime.config import BaseResponseConfig
 
         BaseResponseConfig(num_responses=2).validate()
-
-
-def test_config_yaml_round_trip_keeps_help_as_comments(tmp_path):
-    from bapo.training.config import TrainConfig
-    from bapo.options import apply_overrides, dump_yaml, load_yaml
-
-    cfg = apply_overrides(TrainConfig(), {"loss.beta": 0.25, "lora.target_modules": "q_proj,v_proj", "out": "x: y",
-                                          "data.path": "a b.jsonl"})
-    text = dump_yaml(cfg)
-    assert "beta: 0.25  # Inverse temperature" in text and "target_modules: [q_proj, v_proj]" in text
-    (tmp_path / "c.yaml").write_text(text)
-    assert load_yaml(tmp_path / "c.yaml", TrainConfig) == cfg
