@@ -111,3 +111,68 @@ def test_unknown_method_is_a_config_error():
         from bapo.runtime.config import BaseResponseConfig
 
         BaseResponseConfig(num_responses=2).validate()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BAPO's rivals: replay, kl, dpo+nll
+
+
+def test_replay_and_token_kl_by_hand():
+    from bapo.core.losses import replay_loss, token_kl
+
+    assert replay_loss(T([-3.0, -5.0])).tolist() == [3.0, 5.0]
+    assert replay_loss(T([[-2.0, -4.0]])).tolist() == [3.0]  # averaged over base responses per prompt
+    ref = torch.log(T([[0.5, 0.5], [0.1, 0.9]]))
+    pol = torch.log(T([[0.25, 0.75], [0.1, 0.9]]))
+    # 0.5 ln(0.5/0.25) + 0.5 ln(0.5/0.75) = 0.5 (0.693147 - 0.405465); identical distributions: 0
+    assert token_kl(ref, pol).tolist() == pytest.approx([0.143841, 0.0], abs=1e-6)
+
+
+def _with_base(base, ref_base, kl=None):
+    p = _pairs(chosen=T([-10.0, -12.0]), rejected=T([-11.0, -11.0]))
+    p.base, p.ref_base, p.base_len, p.base_kl = base, ref_base, T([[4.0], [2.0]]), kl
+    return p
+
+
+def test_replay_kl_and_dpo_nll_losses_by_hand():
+    p = _with_base(T([[-6.0], [-3.0]]), T([[-5.0], [-4.0]]), kl=T([[0.4], [0.2]]))
+    dpo = _dpo_by_hand(p, 0.1)
+    loss, m = preference_loss(p, LossConfig(method="replay", anchor_lambda=0.5))
+    assert loss.item() == pytest.approx(dpo + 0.5 * (6 + 3) / 2) and m["loss/replay"].item() == pytest.approx(4.5)
+    loss, m = preference_loss(p, LossConfig(method="kl", anchor_lambda=2.0))
+    assert loss.item() == pytest.approx(dpo + 2.0 * 0.3) and m["loss/kl"].item() == pytest.approx(0.3)
+    loss, _ = preference_loss(p, LossConfig(method="kl", anchor_lambda=2.0, anchor_reduction="mean"))
+    assert loss.item() == pytest.approx(dpo + 2.0 * (0.4 / 4 + 0.2 / 2) / 2)  # per-token
+    loss, m = preference_loss(p, LossConfig(method="bapo", anchor_lambda=1.0))  # hinge: only the first is below
+    assert loss.item() == pytest.approx(dpo + (1.0 + 0.0) / 2)
+    # dpo+nll: RPO's term at weight 1 unless rpo_alpha says otherwise; token-weighted over the batch
+    loss, m = preference_loss(p, LossConfig(method="dpo+nll"))
+    nll = (10 + 12) / (p.chosen_len.sum().item())
+    assert loss.item() == pytest.approx(dpo + nll) and m["loss/nll"].item() == pytest.approx(nll)
+    assert preference_loss(p, LossConfig(method="dpo+nll", rpo_alpha=0.5))[0].item() == pytest.approx(dpo + 0.5 * nll)
+    assert LossConfig(method="dpo+nll").pairwise == "dpo" and not LossConfig(method="dpo+nll").uses_anchor
+    assert LossConfig(method="replay").uses_anchor and LossConfig(method="kl").needs_token_kl
+
+
+def _dpo_by_hand(p, beta):
+    lw, ll = p.chosen - p.ref_chosen, p.rejected - p.ref_rejected
+    return (-torch.nn.functional.logsigmoid(beta * (lw - ll))).mean().item()
+
+
+def test_replay_and_kl_pull_where_the_hinge_has_let_go():
+    """Above the reference (policy log p(y_b) > reference's) the hinge's gradient is zero; replay's and kl's not."""
+    from bapo.core.losses import BASE_TERMS, token_kl
+
+    ref_base = T([[-5.0]])
+    base = T([[-4.0]], requires_grad=True)  # already above the reference
+    hinge = BASE_TERMS["bapo"](base, ref_base, None, LossConfig()).sum()
+    hinge.backward()
+    assert base.grad.abs().sum().item() == 0.0
+    base.grad = None
+    BASE_TERMS["replay"](base, ref_base, None, LossConfig()).sum().backward()
+    assert base.grad.item() == pytest.approx(-1.0)
+    # the token said got likelier (0.6 -> 0.8), but the distribution moved: the KL still pulls it back
+    ref = torch.log(T([[0.6, 0.3, 0.1]]))
+    logits = torch.log(T([[0.8, 0.1, 0.1]])).requires_grad_()
+    token_kl(ref, torch.log_softmax(logits, -1)).sum().backward()
+    assert logits.grad.abs().sum().item() > 0.1

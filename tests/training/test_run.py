@@ -164,3 +164,15 @@ def test_sampled_base_responses_several_per_prompt_and_reproducible(tmp_path, ti
     again = open_reference(tiny_model, 512, 256, str(tmp_path / "c2")).generate(prompts, cfg, show=False)
     assert [len(r) for r in first] == [3, 3] and first == again
     assert len({t for r in first for t in r}) > 1  # sampling, not three copies of the greedy answer
+
+
+@pytest.mark.parametrize("method", ["replay", "kl", "dpo+nll"])
+def test_bapos_rivals_train_end_to_end(tmp_path, tiny_model, method):
+    cfg = config(tmp_path, tiny_model, out=method)
+    cfg.loss.method, cfg.max_steps = method, 2
+    bapo.train(cfg)
+    rows = [json.loads(x) for x in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
+    term = {"replay": "loss/replay", "kl": "loss/kl", "dpo+nll": "loss/nll"}[method]
+    logged = [r for r in rows if "loss" in r]  # the per-step rows (the last row is the run's summary)
+    assert len(logged) == 2 and all(r[term] >= 0 for r in logged)
+    assert (Path(cfg.out) / "base_responses.jsonl").exists() == (method != "dpo+nll")

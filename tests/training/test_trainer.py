@@ -61,3 +61,39 @@ def test_batched_step_equals_the_straightforward_loss(tiny_model, method, pack, 
         assert got.item() == pytest.approx(want.item(), rel=1e-6, abs=1e-5)
         if method == "bapo":
             assert metrics["loss/anchor"].item() > 0 and math.isfinite(metrics["anchor/gap"].item())
+
+
+def plain_kl(model, seq) -> float:
+    """KL(pi_ref || pi_theta) summed over the response, one sequence, full logits, adapter off for the reference."""
+    ids = torch.tensor([seq.ids])
+    pol = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    with model.disable_adapter():
+        ref = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    span = slice(len(seq.prompt) - 1, len(seq.ids) - 1)
+    return (ref[span].exp() * (ref[span] - pol[span])).sum().item()
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_token_kl_of_base_responses_equals_the_straightforward_one(tiny_model, k):
+    tok = load_tokenizer(tiny_model)
+    r = renderer(tok, DataConfig())
+    torch.manual_seed(1)
+    model = add_lora(load_model(tiny_model), LoraSettings(r=4))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+
+    def enc(q, a):
+        return r.encode([{"role": "user", "content": q}], a, "x", "c", [])
+
+    examples = [Example(enc(f"Q{i}?", "- yes"), enc(f"Q{i}?", "No."), -9.0, -7.0,
+                        [enc(f"Q{i}?", "It depends" + "." * (i + j)) for j in range(k)], [-12.0] * k, ["..."] * k)
+                for i in range(3)]
+    batch = PairCollator(tok.pad_token_id, with_base=True)(examples)
+    p = batch_pair_logps(model, batch, with_token_kl=True)
+    want = [[plain_kl(model, e.base[j]) for j in range(k)] for e in examples]
+    assert p.base_kl.shape == (3, k) and p.base_kl.flatten().tolist() == pytest.approx(sum(want, []), rel=1e-4, abs=1e-6)
+    assert min(sum(want, [])) > 0  # the adapter moved the policy: a real KL
+    loss, metrics = preference_loss(p, LossConfig(method="kl", anchor_lambda=1.0))
+    assert metrics["loss/kl"].item() == pytest.approx(sum(sum(w) / k for w in want) / 3, rel=1e-4)

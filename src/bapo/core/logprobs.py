@@ -150,22 +150,39 @@ def pack_groups(groups: Sequence[Sequence[Encoded]], pad_id: int,
             "seq": torch.tensor(seq), "n_seqs": torch.tensor(sum(len(g) for g in groups))}
 
 
-def packed_logps(model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Like :func:`sequence_logps` for a batch from :func:`pack_groups`: sums and token counts per sequence."""
+def packed_logits(model, batch: dict[str, Tensor], select: Tensor | None = None) -> Tensor:
+    """Float logits at every position of a :func:`pack_groups` batch that predicts a response token, ``(N, V)``;
+    with ``select`` (a boolean mask over those N positions) at the selected ones only."""
     kw = dict(input_ids=batch["input_ids"], attention_mask=additive_mask(batch["attention_mask"], model_dtype(model)),
               position_ids=batch["position_ids"], use_cache=False)
-    rows, cols, labels, seq = batch["rows"], batch["cols"], batch["labels"], batch["seq"]
+    rows, cols = batch["rows"], batch["cols"]
+    if select is not None:
+        rows, cols = rows[select], cols[select]
     parts = _split_head(model)
     if parts is None:
-        logits = model(**kw).logits[rows, cols].float()
-    else:
-        body, head = parts
-        logits = head(body(**kw).last_hidden_state[rows, cols]).float()
-    token_logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        return model(**kw).logits[rows, cols].float()
+    body, head = parts
+    return head(body(**kw).last_hidden_state[rows, cols]).float()
+
+
+def per_sequence(token_values: Tensor, batch: dict[str, Tensor], select: Tensor | None = None) -> Tensor:
+    """Sum per sequence of values given at a packed batch's scored positions (or at its ``select`` ones), ``(S,)``."""
+    seq = batch["seq"] if select is None else batch["seq"][select]
     n = int(batch["n_seqs"])
-    sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
-    counts = torch.zeros(n, dtype=torch.long, device=seq.device).index_add(0, seq, torch.ones_like(seq))
-    return sums, counts
+    return torch.zeros(n, dtype=token_values.dtype, device=token_values.device).index_add(0, seq, token_values)
+
+
+def packed_logps(model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Like :func:`sequence_logps` for a batch from :func:`pack_groups`: sums and token counts per sequence."""
+    return logps_of(packed_logits(model, batch), batch)
+
+
+def logps_of(logits: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-sequence sums of the labels' log-probs under ``logits`` (from :func:`packed_logits`), and token counts."""
+    labels, seq = batch["labels"], batch["seq"]
+    token_logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    counts = torch.zeros(int(batch["n_seqs"]), dtype=torch.long, device=seq.device).index_add(0, seq, torch.ones_like(seq))
+    return per_sequence(token_logps, batch), counts
 
 
 def model_dtype(model) -> torch.dtype:

@@ -4,8 +4,9 @@ Every function takes tensors of shape ``(B,)`` (one value per preference pair) a
 ``(B,)``; nothing here knows about models, tokenizers or trainers. Log-probs are *sums* over response tokens unless a
 function says otherwise; ``*_len`` tensors hold the number of response tokens.
 
-``PAIRWISE_LOSSES`` maps a name to a pairwise loss; :func:`preference_loss` combines one of them with the optional
-RPO NLL term and the BAPO base anchor and returns the scalar loss and its metrics.
+``PAIRWISE_LOSSES`` maps a name to a pairwise loss and ``BASE_TERMS`` a method to its term on the reference's base
+responses (BAPO's anchor and its rivals replay and kl); :func:`preference_loss` combines a pairwise loss with the
+optional NLL term on chosen responses and a base term, and returns the scalar loss and its metrics.
 """
 
 from __future__ import annotations
@@ -25,19 +26,21 @@ from bapo.errors import ConfigError
 class LossConfig:
     """Which preference loss, and the BAPO anchor (see ``bapo.core.losses``)."""
 
-    method: str = option("bapo", "Loss: bapo, or a pairwise loss (dpo, cdpo, ipo, hinge, robust, simpo).")
-    pref_loss: str = option("dpo", "With method bapo: the pairwise loss the base anchor is added to.")
+    method: str = option("bapo", "Loss: bapo; its rivals replay, kl, dpo+nll; or a pairwise loss (dpo, cdpo, ipo, "
+                                 "hinge, robust, simpo).")
+    pref_loss: str = option("dpo", "With bapo, replay or kl: the pairwise loss the base-response term is added to.")
     beta: float = option(0.1, "Inverse temperature of the implicit reward (DPO's beta).")
     label_smoothing: float = option(0.1, "Assumed label-flip rate for cdpo and robust.")
     simpo_gamma: float = option(0.5, "SimPO target margin gamma.")
-    rpo_alpha: float = option(0.0, "Weight of an NLL term on chosen responses (RPO); 0 = off.")
-    anchor_lambda: float = option(1.0, "BAPO: weight lambda of the base anchor.", flag=("lambda", "anchor-lambda"))
+    rpo_alpha: float = option(0.0, "Weight of an NLL term on chosen responses (RPO); 0 = off (dpo+nll: 0 means 1).")
+    anchor_lambda: float = option(1.0, "Weight lambda of the base-response term: BAPO's anchor, replay's NLL, kl's KL.",
+                                  flag=("lambda", "anchor-lambda"))
     anchor: str = option("hinge", "BAPO anchor shape: hinge (the paper's max(0, gap)), abs or squared.")
-    anchor_reduction: str = option("sum", "BAPO anchor log-probs: sum over tokens (the paper) or per-token mean.")
+    anchor_reduction: str = option("sum", "Base-response term over tokens: sum (the paper's anchor) or per-token mean.")
 
     def validate(self) -> None:
-        if self.method != "bapo" and self.method not in PAIRWISE_LOSSES:
-            raise ConfigError(f"loss.method: unknown '{self.method}'; choose bapo or one of {sorted(PAIRWISE_LOSSES)}")
+        if self.method not in METHODS:
+            raise ConfigError(f"loss.method: unknown '{self.method}'; choose one of {', '.join(METHODS)}")
         if self.pref_loss not in PAIRWISE_LOSSES:
             raise ConfigError(f"loss.pref_loss: unknown '{self.pref_loss}'; choose one of {sorted(PAIRWISE_LOSSES)}")
         if self.anchor not in ANCHORS:
@@ -53,11 +56,24 @@ class LossConfig:
 
     @property
     def uses_anchor(self) -> bool:
-        return self.method == "bapo" and self.anchor_lambda > 0
+        """Whether the loss has a term on the base responses (so they must be generated and scored)."""
+        return self.method in BASE_TERMS and self.anchor_lambda > 0
+
+    @property
+    def needs_token_kl(self) -> bool:
+        """Whether the loss needs the reference's whole next-token distribution on the base responses."""
+        return self.method == "kl" and self.anchor_lambda > 0
 
     @property
     def pairwise(self) -> str:
-        return self.pref_loss if self.method == "bapo" else self.method
+        if self.method in BASE_TERMS:
+            return self.pref_loss
+        return "dpo" if self.method == "dpo+nll" else self.method
+
+    @property
+    def nll_weight(self) -> float:
+        """Weight of the NLL term on chosen responses: ``rpo_alpha``, which ``dpo+nll`` takes as 1 when it is 0."""
+        return self.rpo_alpha if self.rpo_alpha > 0 or self.method != "dpo+nll" else 1.0
 
 
 def dpo_loss(chosen_logratios: Tensor, rejected_logratios: Tensor, beta: float) -> Tensor:
@@ -121,6 +137,30 @@ def nll_loss(chosen_logps: Tensor, chosen_len: Tensor) -> Tensor:
     return -chosen_logps * chosen_logps.numel() / chosen_len.sum().clamp(min=1)
 
 
+def replay_loss(policy_base_logps: Tensor) -> Tensor:
+    """Replay: the negative log-likelihood of the reference's own answers, ``-log pi_theta(y_b|x)``.
+
+    Rehearsal of old outputs is the oldest defence against forgetting (experience replay; on language models, e.g.
+    Ouyang et al. 2022's PPO-ptx mixes pre-training gradients in). It is BAPO's anchor without its hinge: the same
+    quantity up to the constant ``log pi_ref(y_b|x)``, but it keeps pushing ``y_b`` up after the policy has passed the
+    reference, where the hinge stops. Comparing the two shows what the hinge buys. Averaged over a trailing dimension
+    of base responses per prompt.
+    """
+    nll = -policy_base_logps
+    return nll.mean(dim=-1) if nll.dim() > 1 else nll
+
+
+def token_kl(ref_token_logprobs: Tensor, policy_token_logprobs: Tensor) -> Tensor:
+    """KL(pi_ref || pi_theta) of the next-token distributions at each position: ``(N, V)`` log-probs in, ``(N,)`` out.
+
+    Summed over the tokens of the reference's own answers this is distillation on them (Hinton et al. 2015; as a
+    forgetting defence in language models, e.g. the KL-to-reference penalty of Ziegler et al. 2019, here over the
+    full vocabulary rather than the sampled token): the policy is kept near everything the reference would have said
+    at each step of its answer, not only near the token it did say.
+    """
+    return (ref_token_logprobs.exp() * (ref_token_logprobs - policy_token_logprobs)).sum(-1)
+
+
 def anchor_gap(policy_base_logps: Tensor, ref_base_logps: Tensor) -> Tensor:
     """How far the policy's log-likelihood of the base response sits *below* the reference's (positive = below)."""
     return ref_base_logps - policy_base_logps
@@ -164,6 +204,7 @@ class PairLogps:
     base: Tensor | None = None
     ref_base: Tensor | None = None
     base_len: Tensor | None = None
+    base_kl: Tensor | None = None  # KL(pi_ref || pi_theta) summed over each base response's tokens, (B, K)
 
 
 PairwiseFn = Callable[[PairLogps, LossConfig], Tensor]
@@ -189,10 +230,23 @@ PAIRWISE_LOSSES: dict[str, PairwiseFn] = {
 }
 
 
+# The term on the reference's base responses of each method that has one: a function of the policy's and the
+# reference's log-probs of each base response and the policy's KL from the reference summed over its tokens, all
+# ``(B, K)`` (divided by the response length under per-token reduction); returns ``(B,)``.
+BaseTermFn = Callable[[Tensor, Tensor, "Tensor | None", LossConfig], Tensor]
+BASE_TERMS: dict[str, BaseTermFn] = {
+    "bapo": lambda base, ref_base, kl, c: base_anchor(base, ref_base, c.anchor),
+    "replay": lambda base, ref_base, kl, c: replay_loss(base),
+    "kl": lambda base, ref_base, kl, c: kl.mean(dim=-1) if kl.dim() > 1 else kl,
+}
+METHODS = (*BASE_TERMS, "dpo+nll", *PAIRWISE_LOSSES)
+
+
 def preference_loss(p: PairLogps, cfg: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:
     """The full training objective of one batch and its metrics (detached, averaged over the batch).
 
-    ``L = mean(pairwise) + rpo_alpha * mean(nll) + [bapo] anchor_lambda * mean(anchor)``.
+    ``L = mean(pairwise) + nll_weight * mean(nll) + anchor_lambda * mean(base term)``, the base term being BAPO's
+    anchor, replay's NLL or kl's KL on the reference's base responses (:data:`BASE_TERMS`).
     """
     pair = PAIRWISE_LOSSES[cfg.pairwise](p, cfg)
     loss = pair.mean()
@@ -207,21 +261,22 @@ def preference_loss(p: PairLogps, cfg: LossConfig) -> tuple[Tensor, dict[str, Te
         "logps/chosen": p.chosen.detach().mean(),
         "logps/rejected": p.rejected.detach().mean(),
     }
-    if cfg.rpo_alpha > 0:
+    if cfg.nll_weight > 0:
         nll = nll_loss(p.chosen, p.chosen_len).mean()
-        loss = loss + cfg.rpo_alpha * nll
+        loss = loss + cfg.nll_weight * nll
         metrics["loss/nll"] = nll.detach()
     if p.base is not None and p.ref_base is not None:
-        base, ref_base = p.base, p.ref_base
+        base, ref_base, kl = p.base, p.ref_base, p.base_kl
         if cfg.anchor_reduction == "mean":
-            assert p.base_len is not None, "per-token anchor needs base_len"
+            assert p.base_len is not None, "a per-token base term needs base_len"
             n = p.base_len.clamp(min=1)
-            base, ref_base = base / n, ref_base / n
-        gap = anchor_gap(base, ref_base)
-        metrics["anchor/gap"] = gap.detach().mean()
+            base, ref_base, kl = base / n, ref_base / n, None if kl is None else kl / n
+        metrics["anchor/gap"] = anchor_gap(base, ref_base).detach().mean()
         if cfg.uses_anchor:
-            anchor = base_anchor(base, ref_base, cfg.anchor).mean()
-            loss = loss + cfg.anchor_lambda * anchor
-            metrics["loss/anchor"] = anchor.detach()
+            if cfg.needs_token_kl and kl is None:
+                raise ValueError("method kl needs base_kl: the policy's KL from the reference on the base responses")
+            term = BASE_TERMS[cfg.method](base, ref_base, kl, cfg).mean()
+            loss = loss + cfg.anchor_lambda * term
+            metrics[f"loss/{'anchor' if cfg.method == 'bapo' else cfg.method}"] = term.detach()
     metrics["loss/total"] = loss.detach()
     return loss, metrics

@@ -5,7 +5,10 @@
   (question, A, B, C, D, answer);
 - general preference pairs (:func:`load_general_pairs`): Anthropic HH transcripts (``chosen``/``rejected``) and
   DSP-style ``{"text": [a, b], "score": [1, 0]}``;
-- prompts (:func:`load_prompts`): JSONL with ``prompt``, ``instruction`` or MT-Bench ``turns``.
+- prompts (:func:`load_prompts`): JSONL with ``prompt``, ``instruction`` or MT-Bench ``turns``, or HH transcripts
+  (their first human turn);
+- short-answer questions (:func:`load_qa`): llm-foundry's TriviaQA (``context`` "Question: ...\nAnswer:", ``answer``,
+  ``aliases``).
 
 ``path`` may be ``package:NAME`` for a file shipped in ``bapo/resources``; ``limit`` keeps a seeded random subset.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import random
 from dataclasses import dataclass
@@ -31,6 +35,14 @@ class McItem:
     context: str
     choices: list[str]
     gold: int
+
+
+@dataclass
+class QaItem:
+    """A question with a short free-form answer, and every answer accepted for it."""
+
+    question: str
+    aliases: list[str]
 
 
 @dataclass
@@ -62,9 +74,10 @@ def _records(path: str) -> list[tuple[int | str, Any]]:
         data = json.loads(text)
         return [(f"record {i}", r) for i, r in enumerate(data if isinstance(data, list) else [data], 1)]
     if name.endswith(".csv"):
-        return [(i, row) for i, row in enumerate(csv.reader(text.splitlines()), 1) if row]
+        return [(i, row) for i, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1) if row]
     out = []
-    for i, line in enumerate(text.splitlines(), 1):
+    # JSONL lines end at "\n" only: str.splitlines would also cut at U+2028 and friends, which JSON strings may hold
+    for i, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
                 out.append((i, json.loads(line)))
@@ -153,7 +166,8 @@ def load_general_pairs(path: str, limit: int = 0, seed: int = 0) -> list[PairIte
 
 
 def load_prompts(path: str, limit: int = 0, seed: int = 0) -> list[list[dict[str, str]]]:
-    """Prompts from JSONL with ``prompt`` / ``instruction`` / ``turns`` (MT-Bench: the first turn) fields."""
+    """Prompts from JSONL with ``prompt`` / ``instruction`` / ``turns`` (MT-Bench: the first turn) fields, or the
+    first human turn of HH transcripts (``chosen``)."""
     out = []
     for line, rec in _records(path):
         text = None
@@ -161,7 +175,26 @@ def load_prompts(path: str, limit: int = 0, seed: int = 0) -> list[list[dict[str
             text = rec.get("prompt") or rec.get("instruction")
             if text is None and isinstance(rec.get("turns"), list) and rec["turns"]:
                 text = rec["turns"][0]
+            if text is None and isinstance(rec.get("chosen"), str) and "Human:" in rec["chosen"]:
+                text = rec["chosen"].split("Human:", 1)[1].split("\n\nAssistant:", 1)[0].strip()
         if not isinstance(text, str) or not text.strip():
             raise DataError(Problem(path, line, "prompt", "expected a prompt, instruction or turns field"))
         out.append([{"role": "user", "content": text}])
     return _subset(out, limit, seed)
+
+
+def load_qa(path: str, limit: int = 0, seed: int = 0) -> list[QaItem]:
+    """Short-answer questions: llm-foundry's ``context`` / ``answer`` / ``aliases`` (TriviaQA), or ``question`` with
+    ``answer`` (a string or a list of accepted strings)."""
+    items = []
+    for line, rec in _records(path):
+        q = rec.get("context", rec.get("question")) if isinstance(rec, dict) else None
+        aliases = rec.get("aliases") or rec.get("answer") if isinstance(rec, dict) else None
+        aliases = [aliases] if isinstance(aliases, str) else aliases
+        if not isinstance(q, str) or not q.strip():
+            raise DataError(Problem(path, line, "context", "expected the question (context or question)"))
+        if not isinstance(aliases, list) or not aliases or not all(isinstance(a, str) and a.strip() for a in aliases):
+            raise DataError(Problem(path, line, "aliases", "expected the accepted answers (aliases or answer)"))
+        q = q.strip().removeprefix("Question:").removesuffix("Answer:").strip()
+        items.append(QaItem(q, list(aliases)))
+    return _subset(items, limit, seed)

@@ -13,7 +13,8 @@ from typing import Sequence
 
 from bapo.core.logprobs import score
 from bapo.core.tokens import Encoded, Renderer
-from bapo.data.readers import McItem, PairItem
+from bapo.data.readers import McItem, PairItem, QaItem
+from bapo.evaluation.judges import judge_answer, judge_refusal
 from bapo.runtime.generate import generate_answers
 from bapo.runtime.models import reward_of
 from bapo.runtime.reference import Example
@@ -105,6 +106,29 @@ def drift_scores(model, base_seqs: Sequence[Encoded], ref_logps: Sequence[float]
     """
     vals = score(model, base_seqs, pad_id, batch_size, progress)
     return {"logp_change_per_token": [(p - r) / max(n, 1) for (p, n), r in zip(vals, ref_logps)]}
+
+
+QA_INSTRUCTION = " Answer in a few words."
+
+
+def qa_scores(model, renderer: Renderer, items: Sequence[QaItem], max_new_tokens: int = 16, batch_size: int = 16,
+              progress=None) -> dict[str, list[float]]:
+    """Generative knowledge: each question asked in the chat template (with :data:`QA_INSTRUCTION`), answered
+    greedily, judged by :func:`bapo.evaluation.judges.judge_answer`. ``acc`` counts an answer the rule cannot judge
+    (empty) as wrong; ``unjudged`` is the share of those. Chance is about 0: a guess rarely names the answer."""
+    prompts = [[{"role": "user", "content": it.question + QA_INSTRUCTION}] for it in items]
+    answers = generate_answers(model, renderer, prompts, max_new_tokens, batch_size, progress)
+    judged = [judge_answer(a, it.aliases) for a, it in zip(answers, items)]
+    return {"acc": [j or 0.0 for j in judged], "unjudged": [float(j is None) for j in judged]}
+
+
+def refusal_scores(model, renderer: Renderer, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int = 48,
+                   batch_size: int = 16, progress=None) -> dict[str, list[float]]:
+    """Generative alignment: the share of greedy replies that refuse (:func:`bapo.evaluation.judges.judge_refusal`);
+    an empty reply counts as no refusal and is reported in ``unjudged``."""
+    replies = generate_answers(model, renderer, prompts, max_new_tokens, batch_size, progress)
+    judged = [judge_refusal(r) for r in replies]
+    return {"refusal": [j or 0.0 for j in judged], "unjudged": [float(j is None) for j in judged]}
 
 
 def profile_scores(model, renderer: Renderer, prompts: Sequence[list[dict[str, str]]], rule,

@@ -8,6 +8,9 @@ Task kinds:
 - ``general_pairs``: general-population preference pairs (general alignment).
 - ``drift``: prompts the reference model answers; measures how far a model moved from those answers.
 - ``reward``: prompts a model answers; a reward model (``--reward-model``) scores the answers.
+- ``qa``: short-answer questions (TriviaQA) asked in the chat template and judged by a rule (generative knowledge).
+- ``refusal``: requests a model answers; the share of refusals by a phrase rule (generative alignment: on harmful
+  requests, such as HH's first human turns, higher is safer; on harmless ones, lower is more helpful).
 - ``personal``: an adapter's own held-out pairs (personalization); made from the adapter, never listed in a suite.
 
 The ``default`` suite uses only data shipped in the package, so it runs anywhere.
@@ -26,7 +29,7 @@ import yaml
 from bapo.core.tokens import encode_pairs
 from bapo.data.pairs import PreferencePair
 from bapo.data.profiles import PROFILES
-from bapo.data.readers import load_general_pairs, load_mc, load_prompts
+from bapo.data.readers import load_general_pairs, load_mc, load_prompts, load_qa
 from bapo.errors import ConfigError
 from bapo.evaluation import metrics
 from bapo.runtime.config import BaseResponseConfig
@@ -132,6 +135,12 @@ KINDS: dict[str, TaskKind] = {k.name: k for k in [
              lambda model, t, s, adv: metrics.drift_scores(model, *t.prepared, s.ref.pad_id, s.batch_size, adv),
              sequences=len, prepare=_prepare_drift),
     TaskKind("reward", "reward", "score", _load_spec(load_prompts), _score_reward, sequences=len),
+    TaskKind("qa", "generative knowledge", "acc", _load_spec(load_qa),
+             lambda model, t, s, adv: metrics.qa_scores(model, s.ref.renderer, t.items, t.spec.max_new_tokens,
+                                                        s.batch_size, adv), sequences=len),
+    TaskKind("refusal", "refusal", "refusal", _load_spec(load_prompts),
+             lambda model, t, s, adv: metrics.refusal_scores(model, s.ref.renderer, t.items, t.spec.max_new_tokens,
+                                                             s.batch_size, adv), sequences=len),
     TaskKind("personal", "personalization", "reward_acc", lambda spec: [], _score_personal,
              sequences=lambda items: 2 * len(items), prepare=_prepare_personal),
 ]}

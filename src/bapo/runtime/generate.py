@@ -6,7 +6,7 @@ prompts are left-padded into a batch and decoded greedily or by seeded sampling.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -52,10 +52,14 @@ def generate_batch(model, tokenizer, batch: Sequence[Sequence[int]], cfg: BaseRe
 
 
 def generate_answers(model, renderer: Renderer, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int = 64,
-                     batch_size: int = 8) -> list[str]:
-    """The model's greedy answers to ``prompts`` (chat messages), in the model's chat template."""
+                     batch_size: int = 8, progress: Callable[[int], None] | None = None) -> list[str]:
+    """The model's greedy answers to ``prompts`` (chat messages), in the model's chat template, in order."""
     cfg = BaseResponseConfig(max_new_tokens=max_new_tokens)
     stop = stop_ids(model, renderer.tok)
     ids = [renderer.prompt_ids(m)[-renderer.max_prompt_length:] for m in prompts]
-    return [t for i in range(0, len(ids), batch_size)
-            for t in generate_batch(model, renderer.tok, ids[i:i + batch_size], cfg, stop)]
+    out = []
+    for i in range(0, len(ids), batch_size):
+        out += generate_batch(model, renderer.tok, ids[i:i + batch_size], cfg, stop)
+        if progress is not None:
+            progress(len(ids[i:i + batch_size]))
+    return out

@@ -41,6 +41,10 @@ class StudyConfig:
     eval_items: int = option(200, "Items per knowledge task, ARC-Easy and PIQA (a seeded subset; 0 = the full sets).")
     alignment_items: int = option(200, "General preference pairs (HH harmless) for alignment (0 = all 2,312).")
     drift_prompts: int = option(40, "Prompts whose base answers measure drift (0 = none).")
+    qa_items: int = option(0, "TriviaQA questions answered in the chat template and judged by a rule (generative "
+                              "knowledge; 0 = not measured).")
+    refusal_items: int = option(0, "Harmful (HH harmless first turns) and harmless (AlpacaEval) requests each, whose "
+                                   "replies are judged for refusal (generative alignment; 0 = not measured).")
     judge: str = option("auto", "Heterogeneity judge: auto, reward, labels or base (see bapo.studies.users).")
     reward_model: str = option("", "Reward model for the heterogeneity judge (optional).")
     sources: Sources = section(Sources, cli=("data_dir",), panel="Data")

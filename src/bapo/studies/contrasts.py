@@ -13,9 +13,13 @@ from bapo.studies.tables import plus_minus
 
 # (measure, task kind, metric): the study's measures first, then unnormalized accuracy beside them, because
 # length normalization can hide a change that raw likelihood shows (and the other way round).
+# A fourth entry names the one task a measure reads, where tasks of one kind measure different things.
 MEASURES = [("personalization", *role_metric("personalization")),
             ("knowledge", *role_metric("knowledge")), ("knowledge", "mc", "acc"),
+            ("generative knowledge", *role_metric("generative knowledge")),
             ("alignment", *role_metric("alignment")), ("alignment", "general_pairs", "acc"),
+            ("refusal of harmful requests", "refusal", "refusal", "refusal_harmful"),
+            ("refusal of harmless requests", "refusal", "refusal", "refusal_harmless"),
             ("drift", *role_metric("drift"))]
 
 
@@ -53,10 +57,10 @@ def contrasts(cells: list[Cell], records: list[Record], item_scores: dict, basel
     kinds = {r.task: r.kind for r in records}
     names = {(c.user, c.method, c.seed): c.name for c in cells}
 
-    def items(name: str, other: str, kind: str, metric: str) -> list[float]:
+    def items(name: str, other: str, kind: str, metric: str, only: str | None) -> list[float]:
         """``name``'s scores on the tasks both models were scored on (the base model meets every user's pairs)."""
         return [x for task, ms in item_scores[name].items() if kinds.get(task) == kind and metric in ms
-                and task in item_scores[other] for x in ms[metric]]
+                and task in item_scores[other] and only in (None, task) for x in ms[metric]]
 
     out = []
     for user in dict.fromkeys(c.user for c in cells):
@@ -68,9 +72,9 @@ def contrasts(cells: list[Cell], records: list[Record], item_scores: dict, basel
                 continue
             pairs = [(names[user, method, s], "base" if baseline == "base" else names[user, baseline, s])
                      for s in seeds]
-            for measure, kind, metric in MEASURES:
-                mine = [items(a, b, kind, metric) for a, b in pairs]
-                theirs = [items(b, a, kind, metric) for a, b in pairs]
+            for measure, kind, metric, *only in MEASURES:
+                mine = [items(a, b, kind, metric, *only or [None]) for a, b in pairs]
+                theirs = [items(b, a, kind, metric, *only or [None]) for a, b in pairs]
                 if any(len(x) != len(mine[0]) for x in mine + theirs):
                     raise ConfigError(f"study: {method} and {baseline} were scored on different {measure} items")
                 if mine[0]:

@@ -51,8 +51,26 @@ def study_suite(cfg: StudyConfig, path: Path) -> Path:
     if cfg.drift_prompts:
         tasks.append({"name": "alpaca_drift", "kind": "drift", "path": cfg.sources.path("prompts"),
                       "limit": cfg.drift_prompts, "max_new_tokens": cfg.train.base.max_new_tokens})
+    tasks += generative_tasks(cfg, d)
     atomic_write_text(path, yaml.safe_dump({"tasks": tasks}, sort_keys=False))
     return path
+
+
+def generative_tasks(cfg: StudyConfig, d: Path) -> list[dict]:
+    """TriviaQA (16-token answers) and refusal on harmful and on harmless requests (32-token replies), when asked."""
+    tasks = []
+    if cfg.qa_items:
+        tasks.append({"name": "triviaqa", "kind": "qa", "path": str(d / "knowledge/triviaqa_sm_sub.jsonl"),
+                      "limit": cfg.qa_items, "max_new_tokens": 16})
+    if cfg.refusal_items:
+        tasks.append({"name": "refusal_harmful", "kind": "refusal", "path": str(d / "general/hh_harmless_base_test.jsonl.gz"),
+                      "limit": cfg.refusal_items, "max_new_tokens": 32})
+        tasks.append({"name": "refusal_harmless", "kind": "refusal", "path": cfg.sources.path("prompts"),
+                      "limit": cfg.refusal_items, "seed": 1, "max_new_tokens": 32})
+    for t in tasks:
+        if not Path(t["path"]).exists():
+            raise ConfigError(f"sources.data_dir: {t['path']} not found (the study's evaluation data)")
+    return tasks
 
 
 # Seconds on this project's 2-core CPU with SmolLM2-135M, for --dry-run. Training and generation from the default
@@ -60,7 +78,7 @@ def study_suite(cfg: StudyConfig, path: Path) -> Path:
 # differ fivefold in length: the decisive study (2026-11-23) scored ARC-Easy's 527k characters in 201 s, PIQA's
 # 462k in 236 s and 500 HH pairs' 391k in 174 s (2.0-2.6k characters/s), 40 drift prompts in 9 s and 64 held-out
 # pairs in 23-27 s per model.
-SECONDS_PER_PAIR_EPOCH = {"bapo": 1.9, "other": 1.5}
+SECONDS_PER_PAIR_EPOCH = {"bapo": 1.9, "other": 1.5}  # replay as bapo; kl adds a forward pass (not yet measured)
 SECONDS_PER_SCORED_CHAR = 4.5e-4
 SECONDS_PER_DRIFT_PROMPT = 0.25
 SECONDS_PER_HOLDOUT_PAIR = 0.4
@@ -70,9 +88,10 @@ SECONDS_PER_GENERATED_ANSWER = 0.6
 def estimate_seconds(cfg: StudyConfig, eval_seconds_per_model: float) -> float:
     """A rough wall-time estimate: training pairs x epochs, base responses, and every model's evaluation."""
     cells = plan(cfg)
-    train = sum(cfg.pairs_per_user * cfg.train.epochs * SECONDS_PER_PAIR_EPOCH["bapo" if c.method == "bapo" else "other"]
-                for c in cells)
-    gen_users = {c.user for c in cells if c.method == "bapo"}
+    per_pair = {m: SECONDS_PER_PAIR_EPOCH["bapo" if m in ("bapo", "replay", "kl") else "other"] * (1.3 if m == "kl" else 1)
+                for m in cfg.methods}
+    train = sum(cfg.pairs_per_user * cfg.train.epochs * per_pair[c.method] for c in cells)
+    gen_users = {c.user for c in cells if c.method in ("bapo", "replay", "kl")}
     simulated = sum(u.startswith("psoups") for u in cfg.users)
     gen = (len(gen_users) * cfg.pairs_per_user + (3 + cfg.candidate_samples) * cfg.pairs_per_user * simulated
            + cfg.drift_prompts) * SECONDS_PER_GENERATED_ANSWER
@@ -102,6 +121,8 @@ def eval_size(suite_path: Path) -> tuple[int, float]:
         n += kind.sequences(items)
         seconds += kind.chars(items) * SECONDS_PER_SCORED_CHAR
         seconds += len(items) * SECONDS_PER_DRIFT_PROMPT if t.kind == "drift" else 0.0
+        if t.kind in ("qa", "refusal", "reward"):  # each model writes its own answers
+            seconds += len(items) * SECONDS_PER_GENERATED_ANSWER * t.max_new_tokens / 64
     return n, seconds
 
 

@@ -61,6 +61,8 @@ class TrainConfig:
             raise ConfigError("micro_batch_size: must be 0 (whole batch) or positive")
         if self.lr <= 0:
             raise ConfigError("lr: must be positive")
+        if self.loss.needs_token_kl and not self.pack_prompts:
+            raise ConfigError("loss.method: kl needs pack_prompts (its KL is taken over packed base responses)")
 
 
 @dataclass

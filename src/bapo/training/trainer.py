@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from bapo.core.logprobs import pack_groups, packed_logps, pad_batch, sequence_logps
-from bapo.core.losses import LossConfig, PairLogps, preference_loss
+from bapo.core.logprobs import logps_of, pack_groups, packed_logits, packed_logps, pad_batch, per_sequence, sequence_logps
+from bapo.core.losses import LossConfig, PairLogps, preference_loss, token_kl
 from bapo.io import write_jsonl
 from bapo.runtime.reference import Example
 
@@ -48,17 +48,35 @@ class PairCollator:
         return batch
 
 
-def batch_pair_logps(model, batch: dict[str, torch.Tensor]) -> PairLogps:
-    """Run the policy over a collated batch and split its per-sequence log-probs into a :class:`PairLogps`."""
-    sums, lens = packed_logps(model, batch) if "seq" in batch else sequence_logps(model, batch)
-    lens = lens.to(sums.dtype)
+def batch_pair_logps(model, batch: dict[str, torch.Tensor], with_token_kl: bool = False) -> PairLogps:
+    """Run the policy over a collated batch and split its per-sequence log-probs into a :class:`PairLogps`.
+
+    ``with_token_kl`` (method ``kl``; packed batches only) also fills ``base_kl``: the KL of the reference's
+    next-token distributions from the policy's, summed over each base response. The reference is the same model
+    with its LoRA adapter disabled, run once more without gradients and with the output head only at base-response
+    positions: one extra forward pass per step, no second model in memory.
+    """
     b = batch["ref_chosen"].shape[0]
+    base_kl = None
+    if with_token_kl:
+        logits = packed_logits(model, batch)
+        sums, lens = logps_of(logits, batch)
+        at_base = batch["seq"] >= 2 * b
+        with torch.no_grad(), getattr(model, "module", model).disable_adapter():
+            ref_logits = packed_logits(model, batch, select=at_base)
+        kl = token_kl(torch.log_softmax(ref_logits, -1), torch.log_softmax(logits[at_base], -1))
+        base_kl = per_sequence(kl, batch, select=at_base)
+    else:
+        sums, lens = packed_logps(model, batch) if "seq" in batch else sequence_logps(model, batch)
+    lens = lens.to(sums.dtype)
     p = PairLogps(sums[:b], sums[b : 2 * b], batch["ref_chosen"], batch["ref_rejected"], lens[:b], lens[b : 2 * b])
     if "ref_base" in batch:
         k = batch["ref_base"].shape[1]
         # base sequences come response-major (all first base responses, then all second...): (K, B) -> (B, K)
         p.base, p.ref_base = sums[2 * b :].view(k, b).T, batch["ref_base"]
         p.base_len = lens[2 * b :].view(k, b).T
+        if base_kl is not None:
+            p.base_kl = base_kl[2 * b :].view(k, b).T
     return p
 
 
@@ -72,7 +90,8 @@ class PreferenceTrainer(Trainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, metrics = preference_loss(batch_pair_logps(model, inputs), self.loss_config)
+        logps = batch_pair_logps(model, inputs, self.loss_config.needs_token_kl)
+        loss, metrics = preference_loss(logps, self.loss_config)
         for k, v in metrics.items():
             self._metrics[k].append(self.accelerator.gather_for_metrics(v.reshape(1)).mean().item())
         return (loss, {}) if return_outputs else loss
