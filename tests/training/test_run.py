@@ -176,3 +176,33 @@ def test_bapos_rivals_train_end_to_end(tmp_path, tiny_model, method):
     logged = [r for r in rows if "loss" in r]  # the per-step rows (the last row is the run's summary)
     assert len(logged) == 2 and all(r[term] >= 0 for r in logged)
     assert (Path(cfg.out) / "base_responses.jsonl").exists() == (method != "dpo+nll")
+
+
+def test_full_fine_tuning_writes_a_model_directory_that_eval_scores(tmp_path, tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from bapo.evaluation.config import EvalConfig
+    from bapo.evaluation.records import as_dicts
+    from bapo.evaluation.runner import evaluate
+    from bapo.runtime.models import load_model
+
+    cfg = config(tmp_path, tiny_model, out="full")
+    cfg.finetune, cfg.loss.method, cfg.max_steps = "full", "dpo", 3
+    out = bapo.train(cfg).out
+    assert (out / "model.safetensors").exists() and (out / "config.json").exists()
+    assert not (out / "adapter_config.json").exists()
+    assert json.loads((out / "run.json").read_text())["finetune"] == "full"
+    tuned, base = AutoModelForCausalLM.from_pretrained(out), load_model(tiny_model)
+    moved = [n for n, p in tuned.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert len(moved) > 10  # every kind of weight trained, not an adapter's few
+    suite = tmp_path / "s.yaml"
+    write_jsonl(tmp_path / "mc.jsonl", [{"query": f"Question: {i}?", "choices": ["a", "b"], "gold": 0} for i in range(4)])
+    suite.write_text("tasks:\n  - {name: mc, kind: mc, path: mc.jsonl}\n")
+    records = as_dicts(evaluate(EvalConfig(model=tiny_model, adapters=[str(out)], suite=str(suite),
+                                           adapter_scales=[0.0, 1.0], out=str(tmp_path / "res"))).records)
+    by = {(r["model"], r["task"], r["metric"]): r for r in records}
+    assert by[("full@0", "mc", "acc")]["value"] == by[("base", "mc", "acc")]["value"]  # scale 0 = the base model
+    assert by[("full@1", "personal:full", "margin")]["value"] > 0 and by[("full@1", "mc", "acc")]["method"] == "dpo (full)"
+    with pytest.raises(bapo.ConfigError, match="kl needs finetune lora"):
+        cfg.loss.method = "kl"
+        cfg.validate()

@@ -1,5 +1,9 @@
 """Adapters over one loaded base model: identify one, check it fits the model, and apply it at a scale (merged into
-the weights or as peft's separate layers), with the base model left exactly as it was afterwards."""
+the weights or as peft's separate layers), with the base model left exactly as it was afterwards.
+
+A fully fine-tuned model directory (``bapo train --finetune full``) is taken like an adapter: applied at scale ``s``
+its weights are the interpolation ``base + s (tuned - base)`` (so 0 is the base model and 1 the tuned one).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
 import yaml
 
 from bapo.errors import ConfigError
+from bapo.runtime.models import fingerprint
 
 # BAPO settings named in an adapter's label only when they differ from these defaults.
 _BAPO_DEFAULTS = (("anchor_lambda", 1.0), ("anchor", "hinge"), ("anchor_reduction", "sum"))
@@ -27,14 +33,20 @@ class AdapterInfo:
     method: str
     digest: str
     model_fingerprint: str
+    full: bool = False  # a whole fine-tuned model directory rather than a PEFT adapter
 
 
 def read_adapter(path: str | Path) -> AdapterInfo:
     """Identify an adapter directory; raise a clear error when it is not one."""
     path = Path(path)
-    if not (path / "adapter_config.json").exists():
-        raise ConfigError(f"--adapters {path}: not an adapter directory (no adapter_config.json)")
+    full = not (path / "adapter_config.json").exists() and (path / "config.json").exists() and \
+        any((path / n).exists() for n in ("model.safetensors", "model.safetensors.index.json"))
+    if not (path / "adapter_config.json").exists() and not full:
+        raise ConfigError(f"--adapters {path}: not an adapter directory (no adapter_config.json) nor a model "
+                          f"directory (config.json and model.safetensors)")
     h = hashlib.sha256()
+    if full:
+        h.update(fingerprint(path).encode())
     for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
         if (path / name).exists():
             h.update((path / name).read_bytes())
@@ -48,7 +60,7 @@ def read_adapter(path: str | Path) -> AdapterInfo:
     fp = ""
     if (path / "run.json").exists():
         fp = json.loads((path / "run.json").read_text()).get("model_fingerprint") or ""
-    return AdapterInfo(path, method, h.hexdigest()[:16], fp)
+    return AdapterInfo(path, method + (" (full)" if full else ""), h.hexdigest()[:16], fp, full)
 
 
 def check_same_model(info: AdapterInfo, fingerprint: str) -> None:
@@ -70,6 +82,10 @@ def applied(model, adapter: str | Path | None, scale: float = 1.0, merge: bool =
     if adapter is None:
         yield model
         return
+    if read_adapter(adapter).full:
+        with interpolated(model, Path(adapter), scale) as tuned:
+            yield tuned
+        return
     from peft import PeftModel
     from peft.helpers import rescale_adapter_scale
     from peft.tuners.lora import LoraLayer
@@ -86,3 +102,24 @@ def applied(model, adapter: str | Path | None, scale: float = 1.0, merge: bool =
         for m, w in zip(layers, saved):
             m.get_base_layer().weight.data.copy_(w)
         peft_model.unload()  # back to the plain base model (its weights restored above, not unmerged)
+
+
+@contextmanager
+def interpolated(model, tuned_dir: Path, scale: float) -> Iterator[Any]:
+    """``model`` with every weight at ``base + scale * (tuned - base)``, the tuned weights read from a fully
+    fine-tuned model directory; the base weights are copied back exactly afterwards."""
+    from transformers import AutoModelForCausalLM
+
+    tuned = AutoModelForCausalLM.from_pretrained(tuned_dir, dtype=torch.float32).state_dict()
+    params = dict(model.named_parameters())
+    saved = {n: p.detach().clone() for n, p in params.items() if n in tuned}
+    try:
+        with torch.no_grad():
+            for n, base in saved.items():
+                target = tuned[n].to(base.device, torch.float32)
+                params[n].copy_((base.float() + scale * (target - base.float())).to(base.dtype))
+        yield model
+    finally:
+        with torch.no_grad():
+            for n, base in saved.items():
+                params[n].copy_(base)

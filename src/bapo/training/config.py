@@ -21,6 +21,8 @@ class TrainConfig:
     cache_dir: str = cache_dir_option()
     device: str = device_option()
     dtype: str = dtype_option()
+    finetune: str = option("lora", "lora (a PEFT adapter) or full (every weight trains; the output is a Hugging Face "
+                                   "model directory; weights and optimizer in float32, --dtype bfloat16 autocasts).")
     data: DataConfig = section(DataConfig, panel="Data")
     loss: LossConfig = section(LossConfig, panel="Loss")
     lora: LoraSettings = section(LoraSettings, prefix="lora-", panel="LoRA")
@@ -61,8 +63,13 @@ class TrainConfig:
             raise ConfigError("micro_batch_size: must be 0 (whole batch) or positive")
         if self.lr <= 0:
             raise ConfigError("lr: must be positive")
+        if self.finetune not in ("lora", "full"):
+            raise ConfigError(f"finetune: '{self.finetune}' is not one of lora, full")
         if self.loss.needs_token_kl and not self.pack_prompts:
             raise ConfigError("loss.method: kl needs pack_prompts (its KL is taken over packed base responses)")
+        if self.loss.needs_token_kl and self.finetune == "full":
+            raise ConfigError("loss.method: kl needs finetune lora: its reference is the model with the adapter "
+                              "disabled (full fine-tuning would need a second model in memory)")
 
 
 @dataclass

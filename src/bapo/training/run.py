@@ -8,10 +8,12 @@ with the transformers Trainer (so ``accelerate launch`` and its DeepSpeed/FSDP c
 from __future__ import annotations
 
 import importlib.util
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
@@ -22,7 +24,7 @@ from bapo.data.pairs import PreferencePair, load_pairs, split_holdout
 from bapo.errors import ConfigError
 from bapo.io import atomic_write_text, write_json, write_jsonl
 from bapo.options import dump_yaml
-from bapo.runtime.models import add_lora, load_tokenizer, resolve_device, resolve_model
+from bapo.runtime.models import add_lora, load_tokenizer, resolve_device, resolve_dtype, resolve_model
 from bapo.runtime.reference import build_examples, load_reference
 from bapo.training.config import TrainConfig
 from bapo.training.trainer import BarWithMetrics, MetricsFile, PairCollator, PreferenceTrainer
@@ -43,8 +45,8 @@ def _check_out(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     if cfg.resume or not out.exists():
         return out
-    if (out / "adapter_config.json").exists():
-        raise ConfigError(f"out: {out} already holds a trained adapter; choose another --out")
+    if (out / "adapter_config.json").exists() or (out / "run.json").exists():
+        raise ConfigError(f"out: {out} already holds a trained adapter or model; choose another --out")
     if (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
         raise ConfigError(f"out: {out} holds checkpoints of an unfinished run; add --resume to continue it")
     return out
@@ -65,8 +67,17 @@ def training_arguments(cfg: TrainConfig, ckpt_dir: Path) -> TrainingArguments:
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, data_seed=cfg.seed,
         remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=False,
         report_to=["tensorboard"] if has_tb else "none", disable_tqdm=False,
-        use_cpu=resolve_device(cfg.device).type == "cpu",
+        use_cpu=resolve_device(cfg.device).type == "cpu", **_mixed_precision(cfg),
     )
+
+
+def _mixed_precision(cfg: TrainConfig) -> dict[str, bool]:
+    """Full fine-tuning keeps float32 weights for AdamW and autocasts to the dtype asked for; LoRA loads the base
+    model in that dtype (peft keeps the adapter in float32), so it needs no autocast."""
+    if cfg.finetune != "full":
+        return {}
+    dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
 
 
 def load_splits(cfg: TrainConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
@@ -78,7 +89,7 @@ def load_splits(cfg: TrainConfig) -> tuple[list[PreferencePair], list[Preference
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Train one LoRA adapter; the Python twin of ``bapo train``."""
+    """Train one LoRA adapter (or, with ``finetune: full``, every weight); the Python twin of ``bapo train``."""
     t0 = time.time()
     cfg.validate()
     out = _check_out(cfg)
@@ -92,7 +103,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     encode_pairs(held_pairs, render)  # fail now, not at evaluation time
 
     # 2. The reference model: base responses and reference log-probs, cached.
-    ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, cfg.dtype)
+    ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, "float32" if cfg.finetune == "full" else cfg.dtype)
     model, fp = ref.model, ref.fingerprint
     with_base = cfg.loss.uses_anchor
     examples = build_examples(ref, train_pairs, train_enc, cfg.base, with_base, batch_size=cfg.batch_size * 2)
@@ -106,9 +117,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             {"prompt": p.to_record()["prompt"], "base_responses": e.base_texts, "ref_logps": e.ref_base}
             for p, e in zip(train_pairs, examples)])
 
-    # 3. LoRA on the same weights: the reference is never needed again.
+    # 3. LoRA on the same weights (or every weight): the reference is never needed again.
     set_seed(cfg.seed)
-    model = add_lora(model, cfg.lora)
+    model = add_lora(model, cfg.lora) if cfg.finetune == "lora" else model.requires_grad_(True)
     model.train()
     ckpt_dir = out / "checkpoints"
     last = get_last_checkpoint(str(ckpt_dir)) if cfg.resume and ckpt_dir.exists() else None
@@ -122,12 +133,20 @@ def train(cfg: TrainConfig) -> TrainResult:
     trainer.add_callback(BarWithMetrics())
     trainer.train(resume_from_checkpoint=last)
 
-    # 4. A standard PEFT adapter directory, plus what it took to make it.
+    # 4. A standard PEFT adapter directory (or Hugging Face model directory), plus what it took to make it.
     trainer.save_model(str(out))
+    if cfg.finetune == "full":
+        tokenizer.save_pretrained(str(out))  # so from_pretrained(out) opens a whole model
     result = TrainResult(out, len(examples), len(held_pairs), trainer.state.global_step, time.time() - t0)
     write_json(out / "run.json", {
         "model": cfg.model, "model_path": model_path, "model_fingerprint": fp, "method": cfg.loss.method,
+        "finetune": cfg.finetune, "peak_rss_mb": peak_rss_mb(),
         "train_pairs": result.train_examples, "holdout_pairs": result.holdout_examples, "steps": result.steps,
         "seconds": round(result.seconds, 1),
     })
     return result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB), for run.json."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
