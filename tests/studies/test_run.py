@@ -125,11 +125,17 @@ def test_dry_run_prints_a_plan_and_trains_nothing(study_cfg, capsys):
 
 
 def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatch):
+    study_cfg.frontier_scales = [0.0, 0.5]
     result = run_study(study_cfg)
     out = Path(study_cfg.out)
     summary = json.loads((out / "study.json").read_text())
     rows = summary["rows"]
     assert rows == [r.to_dict() for r in result.rows] and summary["contrasts"] == as_dicts(result.contrasts)
+    # the DPO adapters' weakening frontier: at scale 0 each is the base model (no change, reference-tied reward)
+    zero, half = summary["frontier"]["0"], summary["frontier"]["0.5"]
+    assert [r["user"] for r in zero] == [r["user"] for r in half] == ["flip:0", "flip:1"]
+    assert all(r["personal_reward_acc"] == 0.5 and r["knowledge_delta"] == 0.0 for r in zero)
+    assert half[1]["drift_delta"] != rows[2]["drift_delta"]  # half the adapter moves the model another amount
     assert [(r["user"], r["method"]) for r in rows] == [("flip:0", "dpo"), ("flip:0", "bapo"), ("flip:1", "dpo"),
                                                          ("flip:1", "bapo")]
     assert [r["heterogeneity"] for r in rows] == [0.0, 0.0, 1.0, 1.0]

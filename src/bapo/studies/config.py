@@ -45,6 +45,8 @@ class StudyConfig:
                               "knowledge; 0 = not measured).")
     refusal_items: int = option(0, "Harmful (HH harmless first turns) and harmless (AlpacaEval) requests each, whose "
                                    "replies are judged for refusal (generative alignment; 0 = not measured).")
+    frontier_scales: list[float] = option([], "LoRA scales at which every DPO adapter is also evaluated: its "
+                                              "weakening frontier, drawn in the trade-off figure (empty = none).")
     judge: str = option("auto", "Heterogeneity judge: auto, reward, labels or base (see bapo.studies.users).")
     reward_model: str = option("", "Reward model for the heterogeneity judge (optional).")
     sources: Sources = section(Sources, cli=("data_dir",), panel="Data")

@@ -35,9 +35,10 @@ def aggregate(rows: list[StudyRow], metric: str) -> dict[str, list[tuple[float, 
     return out
 
 
-def study_figures(rows: list[StudyRow], out: Path) -> list[Path]:
+def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[StudyRow]] | None = None) -> list[Path]:
     """The study's three figures: retention and personalization against measured heterogeneity (a line per method,
-    95% error bars), and each adapter's personalization against its retention."""
+    95% error bars), and each adapter's personalization against its retention, with each DPO adapter's weakening
+    frontier (``frontier``: its rows at LoRA scales below 1) drawn as a line through its scales."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     panels = [("knowledge_delta", "global knowledge: Δ acc_norm vs base"),
@@ -71,6 +72,7 @@ def study_figures(rows: list[StudyRow], out: Path) -> list[Path]:
             for r in rs:
                 ax.annotate(f"h={r.heterogeneity:.2f}", (r.personal_reward_acc, getattr(r, metric)), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")
+        draw_frontier(ax, rows, frontier or {}, metric)
         ax.axhline(0.0, color="#888888", lw=1, ls="--")
         ax.set_xlabel("personalization: held-out reward accuracy")
         ax.set_title(title, fontsize=10)
@@ -81,3 +83,14 @@ def study_figures(rows: list[StudyRow], out: Path) -> list[Path]:
     plt.close(fig)
     paths.append(out / "tradeoff.png")
     return paths
+
+
+def draw_frontier(ax, rows: list[StudyRow], frontier: dict[float, list[StudyRow]], metric: str) -> None:
+    """One dashed line per DPO adapter from the base model (scale 0) through its scales to itself (scale 1): what
+    simply weakening the adapter buys, beside what the other methods reach."""
+    full = [r for r in rows if r.method == "dpo"]
+    for k, r in enumerate(full):
+        pts = [(0.5, 0.0)] + [(f[k].personal_reward_acc, getattr(f[k], metric)) for s, f in sorted(frontier.items())
+                              if getattr(f[k], metric) is not None] + [(r.personal_reward_acc, getattr(r, metric))]
+        if len(pts) > 2 and pts[-1][1] is not None:
+            ax.plot(*zip(*pts), ls="--", lw=1, color="#555555", marker=".", label="dpo, scaled" if k == 0 else None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -46,6 +46,7 @@ class StudyResult:
     contrasts: list[Contrast]
     out: Path
     seconds: float = 0.0
+    frontier: dict[float, list[StudyRow]] = field(default_factory=dict)  # DPO adapters' rows at each LoRA scale
 
 
 class _LazyReference:
@@ -139,9 +140,23 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
     evaluation = evaluate(eval_config(cfg, cells, suite, out), console)
     result = StudyResult(cells, est, study_rows(cells, users, evaluation.records),
                          versus_baselines(cfg, cells, evaluation), out)
+    result.frontier = frontier(cfg, cells, users, suite, out, console)
     result.seconds = round(time.time() - t0, 1)
     write_outputs(cfg, result, users, n_eval, console)
     return result
+
+
+def frontier(cfg: StudyConfig, cells: list[Cell], users: dict, suite: Path, out: Path,
+             console: Console) -> dict[float, list[StudyRow]]:
+    """Every DPO adapter evaluated again at ``frontier_scales`` (in ``OUT/eval_frontier``): rows per scale."""
+    dpo = [c for c in cells if c.method == "dpo"]
+    scales = [s for s in cfg.frontier_scales if s != 1.0]
+    if not dpo or not scales:
+        return {}
+    console.rule(f"the DPO adapters' frontier: scales {', '.join(f'{s:g}' for s in scales)}")
+    ev = replace(eval_config(cfg, dpo, suite, out), adapter_scales=scales, out=str(out / "eval_frontier"))
+    records = evaluate(ev, console).records
+    return {s: study_rows(dpo, users, records, s) for s in scales}
 
 
 def versus_baselines(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResult) -> list[Contrast]:
@@ -156,9 +171,10 @@ def versus_baselines(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResult
 def write_outputs(cfg: StudyConfig, result: StudyResult, users: dict, n_eval: int, console: Console) -> None:
     """study.json, table.md / table.csv, contrasts.csv and the figures."""
     out = result.out
-    figures = study_figures(result.rows, out / "figures")
+    figures = study_figures(result.rows, out / "figures", result.frontier)
     rows = [r.to_dict() for r in result.rows]
     summary = {"config": asdict(cfg), "users": users, "rows": rows, "contrasts": as_dicts(result.contrasts),
+               "frontier": {f"{s:g}": [r.to_dict() for r in rs] for s, rs in result.frontier.items()},
                "figures": [str(f) for f in figures], "eval_sequences_per_model": n_eval,
                "estimated_seconds": round(result.estimated_seconds), "seconds": result.seconds,
                "created": time.strftime("%Y-%m-%d %H:%M:%S")}

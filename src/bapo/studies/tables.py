@@ -62,13 +62,16 @@ def pooled(recs: list[Record]) -> tuple[float | None, float | None]:
     return d, se
 
 
-def study_rows(cells: list[Cell], users: dict[str, dict], records: list[Record]) -> list[StudyRow]:
-    """One row per cell, every number read from that cell's own adapter's evaluation records."""
+def study_rows(cells: list[Cell], users: dict[str, dict], records: list[Record],
+               scale: float | None = None) -> list[StudyRow]:
+    """One row per cell, every number read from that cell's own adapter's evaluation records (with ``scale``: the
+    records of the adapter at that LoRA scale, labelled ``name@scale``)."""
     rows = []
     for c in cells:
-        mine = [r for r in records if r.model == c.name]
+        label = c.name if scale is None else f"{c.name}@{scale:g}"
+        mine = [r for r in records if r.model == label]
         if not mine:
-            raise ConfigError(f"study: no evaluation records for cell {c.name}")
+            raise ConfigError(f"study: no evaluation records for {label}")
         h = users[c.user]["heterogeneity"]
         pers = {r.metric: r for r in mine if r.kind == "personal"}
         row = StudyRow(c.spec, c.method, c.seed, mine[0].adapter, h["value"], h["stderr"], h["judge"],
