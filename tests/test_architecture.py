@@ -21,7 +21,8 @@ MAY_IMPORT = {
     "training": {"core", "utilities", "data", "runtime"},
     "evaluation": {"core", "utilities", "data", "runtime"},
     "studies": {"core", "utilities", "data", "runtime", "training", "evaluation"},
-    "top": {"core", "utilities", "data", "runtime", "training", "evaluation", "studies"},
+    "serve": {"core", "utilities", "data", "runtime"},
+    "top": {"core", "utilities", "data", "runtime", "training", "evaluation", "studies", "serve"},
 }
 # Imports inside functions are allowed only where they keep start-up fast at the very top (nothing imports these).
 LAZY_OK = {"bapo.cli"}
@@ -86,6 +87,7 @@ def test_the_rules_themselves_catch_a_wrong_import():
     assert not allowed("bapo.runtime.reference", "bapo.evaluation.metrics")
     assert not allowed("bapo.training.run", "bapo.studies.run") and not allowed("bapo.evaluation.runner", "bapo.cli")
     assert allowed("bapo.studies.run", "bapo.training.run") and allowed("bapo.core.losses", "bapo.core.fields")
+    assert not allowed("bapo.serve.engine", "bapo.training.run") and allowed("bapo.serve.pool", "bapo.runtime.models")
 
 
 def test_no_import_cycles():

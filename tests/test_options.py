@@ -9,10 +9,11 @@ from bapo.cli import ValidateConfig
 from bapo.errors import ConfigError
 from bapo.evaluation.config import EvalConfig
 from bapo.options import apply_overrides, cli_fields, dump_yaml, load_config, load_yaml
+from bapo.serve.config import ServeConfig
 from bapo.studies.config import StudyConfig, study_training
 from bapo.training.config import BaseRunConfig, TrainConfig
 
-CONFIGS = [TrainConfig, BaseRunConfig, EvalConfig, StudyConfig, ValidateConfig]
+CONFIGS = [TrainConfig, BaseRunConfig, EvalConfig, StudyConfig, ValidateConfig, ServeConfig]
 
 
 def leaves(cls, prefix=""):

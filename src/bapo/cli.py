@@ -24,6 +24,7 @@ from bapo.errors import BapoError, ConfigError
 from bapo.evaluation.config import EvalConfig
 from bapo.options import CliField, cli_fields, cli_value, load_config, parse_sets
 from bapo.runtime.config import cache_dir_option, model_option
+from bapo.serve.config import ServeConfig
 from bapo.studies.config import StudyConfig
 from bapo.training.config import BaseRunConfig, TrainConfig
 
@@ -160,6 +161,12 @@ def _study(cfg: StudyConfig, flip_rate: str | None = None, dry_run: bool = False
     run_study(cfg, dry_run=dry_run, console=out)
 
 
+def _serve(cfg: ServeConfig) -> None:
+    from bapo.serve.server import serve
+
+    serve(cfg)
+
+
 def _demo(cfg: DemoConfig) -> None:
     from bapo.demo import run_demo
 
@@ -199,6 +206,11 @@ config_command("study", StudyConfig, _study, """One adapter per (user, method, s
                                                          "Added to --users, or alone the study's users.")),
     _param("dry_run", bool, typer.Option("--dry-run", help="Print the plan, sizes and an estimated run time; train "
                                                           "nothing."), False)))
+config_command("serve", ServeConfig, _serve, """Serve the base model and every user's adapter behind an OpenAI API.
+
+    Example: [bold]bapo serve --adapters adapters/[/], then ask model "alice" at http://127.0.0.1:8000/v1. Requests of
+    different users are answered together in shared batches; adapter_scale (0..1) in a request dials its adapter down.
+    """)
 config_command("demo", DemoConfig, _demo, """DPO and two BAPO adapters for a user who loves bullet lists (10 min).
 
     Trains the three on the same pairs, compares them on held-out prompts, runs bapo eval and writes a report.""",

@@ -1,0 +1,1 @@
+"""``bapo serve``: many users' adapters over one base model behind an OpenAI-compatible API."""

@@ -1,0 +1,171 @@
+"""The HTTP face of ``bapo serve``: OpenAI's ``/v1/chat/completions`` (plain and streamed as server-sent events)
+and ``/v1/models`` on FastAPI. Every error is OpenAI's envelope with a 4xx or 5xx; no traceback reaches a client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request as HttpRequest
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from bapo.serve.config import ServeConfig
+from bapo.serve.engine import Engine, Reply, Request
+from bapo.serve.pool import AdapterLoadError, AdapterPool, ModelNotFound
+from bapo.serve.schemas import ChatRequest, Usage, chunk, completion, completion_id, error
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI's envelope."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.body = status, error(message, kind, param, code)
+
+
+def _reply_error(e: Exception) -> ApiError:
+    if isinstance(e, ModelNotFound):
+        return ApiError(404, f"The model '{e}' does not exist", param="model", code="model_not_found")
+    if isinstance(e, AdapterLoadError):
+        return ApiError(500, str(e), kind="server_error", param="model", code="adapter_load_failed")
+    return ApiError(500, "the server failed to answer this request", kind="server_error")
+
+
+def create_app(cfg: ServeConfig, engine: Engine, pool: AdapterPool, base_name: str) -> FastAPI:
+    """The FastAPI application over ``engine``; ``base_name`` is the base model's id in the API."""
+    app = FastAPI(title="bapo serve", docs_url=None, redoc_url=None, openapi_url=None)
+    api_key = cfg.api_key or os.environ.get("BAPO_API_KEY", "")
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: HttpRequest, e: ApiError) -> JSONResponse:
+        return JSONResponse(e.body, status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: HttpRequest, e: HTTPException) -> JSONResponse:
+        return JSONResponse(error(str(e.detail), "invalid_request_error"), status_code=e.status_code)
+
+    @app.middleware("http")
+    async def guard(request: HttpRequest, call_next: Any) -> Any:
+        if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
+            return JSONResponse(error("Incorrect API key provided", "invalid_request_error", code="invalid_api_key"),
+                                status_code=401)
+        try:
+            return await call_next(request)
+        except Exception as e:  # the last line of defence: log it here, never send it
+            print(f"bapo serve: {type(e).__name__}: {e}", file=sys.stderr)
+            return JSONResponse(error("internal server error", "server_error"), status_code=500)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        now = int(time.time())
+        data = [{"id": base_name, "object": "model", "created": now, "owned_by": "bapo", "parent": None}]
+        data += [{"id": n, "object": "model", "created": now, "owned_by": "bapo", "parent": base_name}
+                 for n in pool.names()]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: HttpRequest) -> Any:
+        req = await _parse(request, cfg.max_body_kb * 1024)
+        max_tokens = req.max_completion_tokens or req.max_tokens or cfg.default_max_tokens
+        if max_tokens > cfg.max_tokens:
+            raise ApiError(400, f"max_tokens: {max_tokens} is over this server's limit of {cfg.max_tokens}",
+                           param="max_tokens")
+        adapter, served = _route(req.model, pool, base_name, cfg.fallback_to_base)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        job = Request([m.model_dump() for m in req.messages], adapter, req.adapter_scale, max_tokens,
+                      req.temperature, req.top_p, req.stops, req.seed,
+                      emit=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        engine.submit(job)
+        cid = completion_id()
+        if req.stream:
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(_stream(job, events, cid, served, usage), media_type="text/event-stream")
+        try:
+            reply = await _done(events)
+        except asyncio.CancelledError:  # the client went away: stop generating for it
+            job.cancelled.set()
+            raise
+        if reply.error is not None:
+            raise _reply_error(reply.error)
+        return completion(cid, served, reply.text, reply.finish_reason, _usage(reply))
+
+    return app
+
+
+async def _parse(request: HttpRequest, limit: int) -> ChatRequest:
+    body = b""
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise ApiError(413, f"request body over {limit // 1024} KiB")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"malformed JSON: {e}", code="invalid_json") from None
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        param = ".".join(str(x) for x in first["loc"]) or None
+        raise ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+
+
+def _route(model: str, pool: AdapterPool, base_name: str, fallback: bool) -> tuple[str | None, str]:
+    """(adapter to use or None for the base model, the model id the response names)."""
+    if model == base_name:
+        return None, base_name
+    try:
+        pool.path(model)
+        return model, model
+    except ModelNotFound:
+        if fallback:
+            return None, base_name
+        raise ApiError(404, f"The model '{model}' does not exist", param="model", code="model_not_found") from None
+
+
+async def _done(events: asyncio.Queue) -> Reply:
+    while True:
+        kind, value = await events.get()
+        if kind == "done":
+            return value
+
+
+def _usage(reply: Reply) -> Usage:
+    return Usage(prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
+                 total_tokens=reply.prompt_tokens + reply.completion_tokens)
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _stream(job: Request, events: asyncio.Queue, cid: str, model: str, usage: bool) -> AsyncIterator[str]:
+    try:
+        yield _sse(chunk(cid, model, {"role": "assistant", "content": ""}))
+        while True:
+            kind, value = await events.get()
+            if kind == "delta":
+                yield _sse(chunk(cid, model, {"content": value}))
+                continue
+            if value.error is not None:
+                yield _sse(_reply_error(value.error).body)
+            else:
+                yield _sse(chunk(cid, model, {}, value.finish_reason))
+                if usage:
+                    yield _sse({**chunk(cid, model, {}), "choices": [], "usage": _usage(value).model_dump()})
+            yield "data: [DONE]\n\n"
+            return
+    finally:  # also when the client disconnects mid-stream: the engine stops generating for it
+        job.cancelled.set()

@@ -1,0 +1,180 @@
+"""``bapo serve`` driven by the official openai client against a real server on 127.0.0.1."""
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+
+from bapo.runtime.adapters import applied  # noqa: E402
+from bapo.runtime.generate import generate_answers  # noqa: E402
+from bapo.runtime.models import add_lora, load_model, load_tokenizer  # noqa: E402
+from bapo.runtime.config import LoraSettings  # noqa: E402
+from bapo.core.tokens import Renderer  # noqa: E402
+from bapo.serve.config import ServeConfig  # noqa: E402
+from bapo.serve.server import build  # noqa: E402
+
+USERS = ["alice", "bob", "carol"]
+Q = [{"role": "user", "content": "Tell me about tea."}]
+
+
+def make_adapter(model_dir: str, out: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    peft_model = add_lora(load_model(model_dir, "cpu", "float32"), LoraSettings(r=4))
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)  # a strong adapter: its answers differ from the base model's
+    peft_model.save_pretrained(out)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("serve")
+    for i, u in enumerate(USERS):
+        make_adapter(tiny_model, root / "adapters" / u, seed=i)
+    (root / "outside").mkdir()
+    make_adapter(tiny_model, root / "outside" / "eve", seed=9)
+    (root / "adapters" / "sneaky").symlink_to(root / "outside" / "eve")
+    cfg = ServeConfig(model=tiny_model, adapters=str(root / "adapters"), port=free_port(), api_key="sekret",
+                      max_adapters=2, max_tokens=64, max_body_kb=8, device="cpu", dtype="float32", batch_wait_ms=50)
+    app, engine = build(cfg)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=cfg.port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{cfg.port}/v1", api_key="sekret", max_retries=0)
+    yield client, engine, root, cfg, Path(tiny_model).name
+    srv.should_exit = True
+    thread.join(timeout=10)
+    engine.close()
+
+
+def offline(tiny_model: str, adapter: Path | None, messages, max_new_tokens: int, scale: float = 1.0) -> str:
+    """The answer the same adapter gives alone, through bapo's own batch-of-one generation."""
+    model, tok = load_model(tiny_model, "cpu", "float32"), load_tokenizer(tiny_model)
+    with applied(model, adapter, scale, merge=False) as m:
+        return generate_answers(m, Renderer(tok, 512, 256), [messages], max_new_tokens, batch_size=1)[0]
+
+
+def test_models_lists_the_base_and_every_adapter_even_new_ones(server, tiny_model):
+    client, _, root, _, base = server
+    ids = {m.id: m for m in client.models.list().data}
+    assert set(ids) == {base, *USERS}  # the symlink out of the folder is not served
+    assert ids["alice"].model_extra["parent"] == base
+    make_adapter(tiny_model, root / "adapters" / "dave", seed=4)
+    assert "dave" in {m.id for m in client.models.list().data}
+
+
+def test_greedy_chat_equals_the_adapter_alone_and_streaming_says_the_same(server, tiny_model):
+    client, _, root, _, base = server
+    r = client.chat.completions.create(model="alice", messages=Q, temperature=0, max_tokens=12)
+    want = offline(tiny_model, root / "adapters" / "alice", Q, 12)
+    assert r.choices[0].message.content == want and r.model == "alice"
+    assert r.usage.completion_tokens > 0 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.choices[0].finish_reason in ("stop", "length")
+    parts = list(client.chat.completions.create(model="alice", messages=Q, temperature=0, max_tokens=12, stream=True,
+                                                stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in parts if c.choices)
+    assert text == want and parts[-1].usage.completion_tokens == r.usage.completion_tokens
+    base_answer = client.chat.completions.create(model=base, messages=Q, temperature=0, max_tokens=12)
+    assert base_answer.choices[0].message.content == offline(tiny_model, None, Q, 12) != want
+
+
+def test_adapter_scale_dials_the_user_down_to_the_base_model(server, tiny_model):
+    client, _, root, _, base = server
+    zero = client.chat.completions.create(model="bob", messages=Q, temperature=0, max_tokens=10,
+                                          extra_body={"adapter_scale": 0.0})
+    assert zero.choices[0].message.content == offline(tiny_model, None, Q, 10)
+    half = client.chat.completions.create(model="bob", messages=Q, temperature=0, max_tokens=10,
+                                          extra_body={"adapter_scale": 0.5})
+    assert half.choices[0].message.content == offline(tiny_model, root / "adapters" / "bob", Q, 10, scale=0.5)
+
+
+def test_errors_are_openai_envelopes(server):
+    client, _, _, cfg, _ = server
+    for name in ("nobody", "../outside/eve", "/etc", "sneaky", ".hidden"):
+        with pytest.raises(openai.NotFoundError) as e:
+            client.chat.completions.create(model=name, messages=Q, max_tokens=4)
+        assert e.value.body["param"] == "model" and e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="alice", messages=Q, max_tokens=cfg.max_tokens + 1)
+    assert e.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="alice", messages=Q, temperature=5)
+    assert e.value.body["param"] == "temperature"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=str(client.base_url), api_key="wrong", max_retries=0).models.list()
+    url = f"{client.base_url}chat/completions"
+    status, body = raw(url, b'{"model": "alice", "messages": [')
+    assert status == 400 and body["error"]["code"] == "invalid_json"
+    status, body = raw(url, json.dumps({"model": "alice", "messages": Q, "pad": "x" * 20000}).encode())
+    assert status == 413 and "error" in body
+    status, body = raw(f"{client.base_url}nowhere")
+    assert status == 404 and body["error"]["type"] == "invalid_request_error"
+
+
+def raw(url: str, data: bytes | None = None) -> tuple[int, dict]:
+    """A request without the openai client (malformed bodies), answered with (status, JSON body)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=data, headers={"Authorization": "Bearer sekret",
+                                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_fallback_to_base_is_explicit(tiny_model, tmp_path):
+    cfg = ServeConfig(model=tiny_model, adapters=str(tmp_path), fallback_to_base=True, device="cpu")
+    app, engine = build(cfg)
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as c:
+        r = c.post("/v1/chat/completions", json={"model": "nobody", "messages": Q, "max_tokens": 3, "temperature": 0})
+    engine.close()
+    assert r.status_code == 200 and r.json()["model"] == Path(tiny_model).name
+
+
+def test_many_users_at_once_are_batched_and_each_gets_its_own_answer(server, tiny_model):
+    client, engine, root, _, base = server
+    users = USERS + [base]
+    prompts = [[{"role": "user", "content": f"Name a {w}."}] for w in ("fruit", "river", "tool", "bird")]
+    jobs = [(users[i % len(users)], prompts[i % len(prompts)]) for i in range(32)]
+    aclient = openai.AsyncOpenAI(base_url=str(client.base_url), api_key="sekret", max_retries=0)
+
+    async def ask(user, msgs):
+        r = await aclient.chat.completions.create(model=user, messages=msgs, temperature=0, max_tokens=8)
+        return r.choices[0].message.content
+
+    before = len(engine.batches)
+    t0 = time.time()
+    async def all_at_once():
+        return await asyncio.wait_for(asyncio.gather(*(ask(u, m) for u, m in jobs)), timeout=120)
+
+    answers = asyncio.run(all_at_once())
+    assert time.time() - t0 < 120
+    assert max(engine.batches[before:]) > 1  # rows of different users shared batches
+    want = {(u, i): offline(tiny_model, None if u == base else root / "adapters" / u, prompts[i], 8)
+            for u in users for i in range(len(prompts))}
+    assert answers == [want[u, prompts.index(m)] for u, m in jobs]
