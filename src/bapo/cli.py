@@ -105,9 +105,17 @@ def config_command(name: str, cls: type, run: Callable[..., None], doc: str,
 
 
 def _train(cfg: TrainConfig) -> None:
+    from bapo.training.per_user import train_per_user
     from bapo.training.run import train
 
     cfg.validate()
+    if cfg.per_user:
+        done = train_per_user(cfg)
+        out.print(f"[green]{len(done.users)} adapters written to[/] {done.out}/<user> ({done.seconds:.0f} s); "
+                  f"summary: {done.out / 'users.csv'}")
+        for user, why in done.skipped.items():
+            out.print(f"[yellow]skipped {user}:[/] {why}", highlight=False)
+        return
     result = train(cfg)
     out.print(f"[green]adapter written to[/] {result.out}  ({result.train_examples} pairs, {result.steps} steps, "
               f"{result.seconds:.0f} s; held out: {result.holdout_examples} pairs)")

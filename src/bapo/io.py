@@ -3,11 +3,14 @@ killed job leaves either the old file or the new one, never half of one."""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -31,3 +34,18 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def as_dicts(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r) for r in rows]
+
+
+def csv_text(rows: Sequence[Any]) -> str:
+    """CSV of dataclass rows (or dicts); columns are every field seen, in order of first appearance."""
+    dicts = as_dicts(rows)
+    buf = io.StringIO()
+    cols = list(dict.fromkeys(k for r in dicts for k in r)) or ["model"]
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows(dicts)
+    return buf.getvalue()

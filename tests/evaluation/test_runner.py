@@ -12,7 +12,7 @@ import bapo
 from bapo.data.config import DataConfig
 from bapo.evaluation import tasks
 from bapo.evaluation.config import EvalConfig
-from bapo.evaluation.records import as_dicts
+from bapo.io import as_dicts
 from bapo.evaluation.report import write_report
 from bapo.evaluation.runner import evaluate
 from bapo.training.config import TrainConfig

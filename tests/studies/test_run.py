@@ -12,7 +12,7 @@ import pytest
 import bapo.studies.run
 from bapo.data.users import Sources
 from bapo.evaluation.config import EvalConfig
-from bapo.evaluation.records import as_dicts
+from bapo.io import as_dicts
 from bapo.evaluation.runner import evaluate
 from bapo.studies.config import StudyConfig, study_training
 from bapo.studies.contrasts import contrasts, contrasts_markdown

@@ -182,7 +182,7 @@ def test_full_fine_tuning_writes_a_model_directory_that_eval_scores(tmp_path, ti
     from transformers import AutoModelForCausalLM
 
     from bapo.evaluation.config import EvalConfig
-    from bapo.evaluation.records import as_dicts
+    from bapo.io import as_dicts
     from bapo.evaluation.runner import evaluate
     from bapo.runtime.models import load_model
 

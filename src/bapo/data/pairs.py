@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -225,6 +226,55 @@ def load_pairs(path: str, split: str = "train", user: str = "") -> list[Preferen
             hint = f"known user ids: {', '.join(known[:20])}" if known else "the data has no user_id field"
             raise DataError(Problem(path, 0, "user_id", f"no records for user '{user}'; {hint}"))
     return pairs
+
+
+# A user id names the folder of that user's adapter, so it must be a plain folder name.
+USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def load_pairs_by_user(path: str, split: str = "train") -> tuple[dict[str, list[PreferencePair]], dict[str, list[Problem]]]:
+    """Every record of ``path`` validated and grouped by ``user_id``: ``(pairs per user, problems per user)``; a
+    problem that belongs to no user (an unparseable line, a record without a usable ``user_id``) is filed under "".
+
+    A folder stands for one user per file (the file's name without its suffix is the user id).
+    """
+    p = Path(path)
+    if p.is_dir():
+        return _load_folder(p, split)
+    pairs: dict[str, list[PreferencePair]] = {}
+    problems: dict[str, list[Problem]] = {}
+    for line, rec in _iter_raw(path, split):
+        user = str(rec.get("user_id", "")) if isinstance(rec, dict) and rec.get("user_id") is not None else ""
+        found: list[Problem] = [rec] if isinstance(rec, Problem) else []
+        pair = None if found else validate_record(rec, path, line, found)
+        if not found and not user:
+            found.append(Problem(path, line, "user_id", "missing (one adapter per user needs each record's user)"))
+        elif not found and not USER_ID.match(user):
+            found.append(Problem(path, line, "user_id", f"'{user}' cannot name a folder (letters, digits, . _ -)"))
+        if found:
+            problems.setdefault(user if USER_ID.match(user) else "", []).extend(found)
+        elif pair is not None:
+            pairs.setdefault(user, []).append(pair)
+    return pairs, problems
+
+
+def _load_folder(folder: Path, split: str) -> tuple[dict[str, list[PreferencePair]], dict[str, list[Problem]]]:
+    pairs: dict[str, list[PreferencePair]] = {}
+    problems: dict[str, list[Problem]] = {}
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in SUFFIXES)
+    if not files:
+        raise DataError(Problem(str(folder), 0, "file", f"no pair files ({', '.join(SUFFIXES)}) in this folder"))
+    for f in files:
+        user = f.stem
+        if not USER_ID.match(user):
+            problems.setdefault("", []).append(Problem(str(f), 0, "file", "its name cannot name a user's folder"))
+            continue
+        try:
+            pairs[user] = [PreferencePair(p.prompt, p.chosen, p.rejected, user, p.source)
+                           for p in load_pairs(str(f), split)]
+        except DataError as e:
+            problems[user] = e.problems
+    return pairs, problems
 
 
 def split_holdout(pairs: list[PreferencePair], fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:

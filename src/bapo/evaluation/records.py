@@ -6,9 +6,7 @@ On disk a :class:`Record` is a flat JSON object with exactly these fields, in th
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -44,21 +42,6 @@ class Record:
         if self.delta is not None:
             text += f" (Δ {self.delta:+.3f} [{self.delta_lo:+.3f}, {self.delta_hi:+.3f}])"
         return text
-
-
-def as_dicts(rows: Sequence[Any]) -> list[dict[str, Any]]:
-    return [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r) for r in rows]
-
-
-def csv_text(rows: Sequence[Any]) -> str:
-    """CSV of dataclass rows (or dicts); columns are every field seen, in order of first appearance."""
-    dicts = as_dicts(rows)
-    buf = io.StringIO()
-    cols = list(dict.fromkeys(k for r in dicts for k in r)) or ["model"]
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
-    w.writerows(dicts)
-    return buf.getvalue()
 
 
 def markdown_table(records: Sequence[Record]) -> str:

@@ -24,9 +24,9 @@ from bapo.errors import ConfigError
 from bapo.evaluation.config import EvalConfig
 from bapo.evaluation.lm_eval import lm_eval_scores
 from bapo.evaluation.metrics import TIE_NATS, Stat, paired_delta
-from bapo.evaluation.records import Record, as_dicts, csv_text, markdown_table
+from bapo.evaluation.records import Record, markdown_table
 from bapo.evaluation.tasks import Scorer, Task, TaskSpec, load_suite, load_task, personal_task
-from bapo.io import atomic_write_text, write_json
+from bapo.io import as_dicts, atomic_write_text, csv_text, write_json
 from bapo.runtime.adapters import AdapterInfo, applied, check_same_model, read_adapter
 from bapo.runtime.models import load_reward_model
 from bapo.runtime.reference import Reference, open_reference

@@ -22,8 +22,7 @@ from bapo.data.users import parse_spec, user_name
 from bapo.errors import ConfigError
 from bapo.evaluation.config import EvalConfig
 from bapo.evaluation.runner import EvalResult, evaluate
-from bapo.io import atomic_write_text, write_json, write_jsonl
-from bapo.evaluation.records import as_dicts, csv_text
+from bapo.io import as_dicts, atomic_write_text, csv_text, write_json, write_jsonl
 from bapo.runtime.models import load_reward_model
 from bapo.runtime.reference import Reference, open_reference
 from bapo.studies.config import StudyConfig

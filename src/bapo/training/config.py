@@ -41,6 +41,10 @@ class TrainConfig:
     logging_steps: int = option(1, "Log metrics every N optimizer steps.")
     resume: bool = option(False, "Continue from the newest checkpoint in OUT/checkpoints.")
     pack_prompts: bool = option(True, "Encode each prompt once for its chosen, rejected and base responses (4D mask).")
+    per_user: bool = option(False, "One adapter per user in one process: per user_id of --data, or per file of a "
+                                   "--data folder; OUT/<user_id>/ each and OUT/users.csv. Reruns resume.")
+    skip_bad_users: bool = option(False, "With per_user: train the users whose data is valid and list the others "
+                                         "(OUT/skipped.txt) instead of stopping.")
 
     @property
     def pairs_per_forward(self) -> int:
@@ -63,6 +67,9 @@ class TrainConfig:
             raise ConfigError("micro_batch_size: must be 0 (whole batch) or positive")
         if self.lr <= 0:
             raise ConfigError("lr: must be positive")
+        if self.per_user and (self.finetune != "lora" or self.data.eval_path or self.data.user):
+            raise ConfigError("per_user: trains one LoRA adapter per user, each held-out split its own (finetune "
+                              "lora; no eval_path, no user)")
         if self.finetune not in ("lora", "full"):
             raise ConfigError(f"finetune: '{self.finetune}' is not one of lora, full")
         if self.loss.needs_token_kl and not self.pack_prompts:

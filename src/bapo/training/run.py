@@ -25,7 +25,7 @@ from bapo.errors import ConfigError
 from bapo.io import atomic_write_text, write_json, write_jsonl
 from bapo.options import dump_yaml
 from bapo.runtime.models import add_lora, load_tokenizer, resolve_device, resolve_dtype, resolve_model
-from bapo.runtime.reference import build_examples, load_reference
+from bapo.runtime.reference import Example, Reference, build_examples, load_reference
 from bapo.training.config import TrainConfig
 from bapo.training.trainer import BarWithMetrics, MetricsFile, PairCollator, PreferenceTrainer
 
@@ -92,43 +92,41 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Train one LoRA adapter (or, with ``finetune: full``, every weight); the Python twin of ``bapo train``."""
     t0 = time.time()
     cfg.validate()
-    out = _check_out(cfg)
+    _check_out(cfg)
 
     # 1. Data, validated and tokenized before any model is loaded.
     train_pairs, held_pairs = load_splits(cfg)
     model_path = resolve_model(cfg.model, cfg.cache_dir)
-    tokenizer = load_tokenizer(model_path)
-    render = renderer(tokenizer, cfg.data)
+    render = renderer(load_tokenizer(model_path), cfg.data)
     train_enc = encode_pairs(train_pairs, render)
     encode_pairs(held_pairs, render)  # fail now, not at evaluation time
 
     # 2. The reference model: base responses and reference log-probs, cached.
     ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, "float32" if cfg.finetune == "full" else cfg.dtype)
-    model, fp = ref.model, ref.fingerprint
-    with_base = cfg.loss.uses_anchor
-    examples = build_examples(ref, train_pairs, train_enc, cfg.base, with_base, batch_size=cfg.batch_size * 2)
+    examples = build_examples(ref, train_pairs, train_enc, cfg.base, cfg.loss.uses_anchor,
+                              batch_size=cfg.batch_size * 2)
+    return fit(cfg, ref, train_pairs, held_pairs, examples, t0)
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-    write_jsonl(out / "train.jsonl", [p.to_record() for p in train_pairs])
-    write_jsonl(out / "holdout.jsonl", [p.to_record() for p in held_pairs])
-    if with_base:
-        write_jsonl(out / "base_responses.jsonl", [
-            {"prompt": p.to_record()["prompt"], "base_responses": e.base_texts, "ref_logps": e.ref_base}
-            for p, e in zip(train_pairs, examples)])
+
+def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[PreferencePair], held_pairs: list[PreferencePair],
+        examples: list[Example], t0: float) -> TrainResult:
+    """Steps 3 and 4 of a run: train on ``examples`` over the reference's own model and write the output directory.
+    With LoRA the adapter is taken off afterwards, so ``ref.model`` is the plain base model again (the next user of
+    ``bapo train --per-user`` starts from it)."""
+    out = Path(cfg.out)
+    with_base = cfg.loss.uses_anchor
+    write_run_files(cfg, train_pairs, held_pairs, examples)
 
     # 3. LoRA on the same weights (or every weight): the reference is never needed again.
     set_seed(cfg.seed)
-    model = add_lora(model, cfg.lora) if cfg.finetune == "lora" else model.requires_grad_(True)
+    model = add_lora(ref.model, cfg.lora) if cfg.finetune == "lora" else ref.model.requires_grad_(True)
     model.train()
     ckpt_dir = out / "checkpoints"
     last = get_last_checkpoint(str(ckpt_dir)) if cfg.resume and ckpt_dir.exists() else None
     resume_step = int(Path(last).name.split("-")[-1]) if last else 0
-    args = training_arguments(cfg, ckpt_dir)
-    trainer = PreferenceTrainer(model=model, args=args, train_dataset=examples,
-                                data_collator=PairCollator(tokenizer.pad_token_id, with_base, cfg.pack_prompts),
-                                loss_config=cfg.loss,
-                                callbacks=[MetricsFile(out / "metrics.jsonl", resume_step)])
+    trainer = PreferenceTrainer(model=model, args=training_arguments(cfg, ckpt_dir), train_dataset=examples,
+                                data_collator=PairCollator(ref.pad_id, with_base, cfg.pack_prompts),
+                                loss_config=cfg.loss, callbacks=[MetricsFile(out / "metrics.jsonl", resume_step)])
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(BarWithMetrics())
     trainer.train(resume_from_checkpoint=last)
@@ -136,15 +134,31 @@ def train(cfg: TrainConfig) -> TrainResult:
     # 4. A standard PEFT adapter directory (or Hugging Face model directory), plus what it took to make it.
     trainer.save_model(str(out))
     if cfg.finetune == "full":
-        tokenizer.save_pretrained(str(out))  # so from_pretrained(out) opens a whole model
+        ref.tokenizer.save_pretrained(str(out))  # so from_pretrained(out) opens a whole model
+    else:
+        ref.model = model.unload().eval()  # the LoRA layers out, the base weights as they were
     result = TrainResult(out, len(examples), len(held_pairs), trainer.state.global_step, time.time() - t0)
     write_json(out / "run.json", {
-        "model": cfg.model, "model_path": model_path, "model_fingerprint": fp, "method": cfg.loss.method,
-        "finetune": cfg.finetune, "peak_rss_mb": peak_rss_mb(),
-        "train_pairs": result.train_examples, "holdout_pairs": result.holdout_examples, "steps": result.steps,
-        "seconds": round(result.seconds, 1),
+        "model": cfg.model, "model_path": str(getattr(ref.model.config, "_name_or_path", "")),
+        "model_fingerprint": ref.fingerprint, "method": cfg.loss.method, "finetune": cfg.finetune,
+        "peak_rss_mb": peak_rss_mb(), "train_pairs": result.train_examples,
+        "holdout_pairs": result.holdout_examples, "steps": result.steps, "seconds": round(result.seconds, 1),
     })
     return result
+
+
+def write_run_files(cfg: TrainConfig, train_pairs: list[PreferencePair], held_pairs: list[PreferencePair],
+                    examples: list[Example]) -> None:
+    """config.yaml, the train/holdout split and the base responses, written before training starts."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+    write_jsonl(out / "train.jsonl", [p.to_record() for p in train_pairs])
+    write_jsonl(out / "holdout.jsonl", [p.to_record() for p in held_pairs])
+    if cfg.loss.uses_anchor:
+        write_jsonl(out / "base_responses.jsonl", [
+            {"prompt": p.to_record()["prompt"], "base_responses": e.base_texts, "ref_logps": e.ref_base}
+            for p, e in zip(train_pairs, examples)])
 
 
 def peak_rss_mb() -> float:

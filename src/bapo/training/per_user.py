@@ -1,0 +1,117 @@
+"""``bapo train --per-user``: one adapter per user, in one process over one loaded model.
+
+Users are trained one after another over the same base model (one user's adapter is taken off before the next one's
+is put on), but what the reference computes is computed for all users together first: the base responses and
+reference log-probs of every user's pairs go through generation and scoring in full batches, even when each user has
+few prompts. Each user gets what ``bapo train`` alone would write, in ``OUT/<user_id>/``, from the same seed. A rerun
+skips the users whose ``run.json`` exists and resumes an interrupted one from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bapo.core.tokens import encode_pairs
+from bapo.data.config import renderer
+from bapo.data.pairs import PreferencePair, load_pairs_by_user, split_holdout
+from bapo.errors import DataError, Problem
+from bapo.io import atomic_write_text, csv_text
+from bapo.runtime.models import load_tokenizer, resolve_model
+from bapo.runtime.reference import build_examples, load_reference
+from bapo.training.config import TrainConfig
+from bapo.training.run import fit
+
+
+@dataclass
+class UserRun:
+    """One user's adapter: where, from how many pairs, in how many steps, and how training ended."""
+
+    user: str
+    pairs: int
+    holdout_pairs: int
+    steps: int
+    final_loss: float | None
+    margin: float | None
+    anchor_gap: float | None
+    seconds: float
+    out: str
+
+
+@dataclass
+class PerUserResult:
+    users: list[UserRun]
+    skipped: dict[str, str] = field(default_factory=dict)  # user -> the first problem of their data
+    out: Path = Path(".")
+    seconds: float = 0.0
+
+
+def user_data(cfg: TrainConfig) -> tuple[dict[str, list[PreferencePair]], dict[str, str]]:
+    """Every user's validated pairs, and the users skipped for bad data (with ``skip_bad_users``); without it any
+    problem is a :class:`DataError` listing them all, before any model is loaded."""
+    pairs, problems = load_pairs_by_user(cfg.data.path, cfg.data.split)
+    loose = problems.pop("", [])
+    if problems and not cfg.skip_bad_users or loose:
+        raise DataError([*loose, *(p for ps in problems.values() for p in ps)])
+    skipped = {u: str(ps[0]) for u, ps in problems.items()}
+    pairs = {u: ps for u, ps in pairs.items() if u not in skipped}
+    if not pairs:
+        raise DataError(Problem(cfg.data.path, 0, "user_id", "no user with valid pairs"))
+    return pairs, skipped
+
+
+def user_config(cfg: TrainConfig, user: str) -> TrainConfig:
+    """The config of one user's run: ``OUT/<user>``, resuming its checkpoints if there are any."""
+    ucfg = copy.deepcopy(cfg)
+    ucfg.out, ucfg.per_user, ucfg.data.user = str(Path(cfg.out) / user), False, user
+    ucfg.resume = (Path(ucfg.out) / "checkpoints").exists()
+    return ucfg
+
+
+def train_per_user(cfg: TrainConfig) -> PerUserResult:
+    """Train every user's adapter of ``cfg.data.path``; the Python twin of ``bapo train --per-user``."""
+    t0 = time.time()
+    cfg.validate()
+    out = Path(cfg.out)
+    by_user, skipped = user_data(cfg)
+    splits = {u: split_holdout(ps, cfg.data.holdout, cfg.seed) for u, ps in by_user.items()}
+    model_path = resolve_model(cfg.model, cfg.cache_dir)
+    render = renderer(load_tokenizer(model_path), cfg.data)
+    encoded, problems = {}, []
+    for u, (train_pairs, held) in splits.items():
+        try:
+            encoded[u] = encode_pairs(train_pairs, render)
+            encode_pairs(held, render)
+        except DataError as e:
+            problems += e.problems
+    if problems:
+        raise DataError(problems)
+    todo = [u for u in splits if not (out / u / "run.json").exists()]
+    if todo:
+        ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, cfg.dtype)
+        every = [p for u in todo for p in splits[u][0]]  # all users' pairs: full batches for the reference
+        examples = build_examples(ref, every, [e for u in todo for e in encoded[u]], cfg.base, cfg.loss.uses_anchor,
+                                  batch_size=cfg.batch_size * 2)
+        start = 0
+        for u in todo:
+            n = len(splits[u][0])
+            fit(user_config(cfg, u), ref, splits[u][0], splits[u][1], examples[start:start + n], time.time())
+            start += n
+    runs = [user_run(out / u, u) for u in splits]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "users.csv", csv_text(runs))
+    if skipped:
+        atomic_write_text(out / "skipped.txt", "".join(f"{u}: {why}\n" for u, why in skipped.items()))
+    return PerUserResult(runs, skipped, out, time.time() - t0)
+
+
+def user_run(folder: Path, user: str) -> UserRun:
+    """One finished user's summary, read from its ``run.json`` and ``metrics.jsonl``."""
+    run = json.loads((folder / "run.json").read_text())
+    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    last = next((r for r in reversed(rows) if "loss" in r), {})
+    return UserRun(user, run["train_pairs"], run["holdout_pairs"], run["steps"], last.get("loss"),
+                   last.get("rewards/margins"), last.get("anchor/gap"), run["seconds"], str(folder))
