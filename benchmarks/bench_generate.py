@@ -4,7 +4,7 @@
 
 Both answer the same prompts (the shipped demo prompts, or --data: any prompt/instruction JSONL) greedily with the
 same model, stop tokens and length limit. bapo sorts prompts by length and generates ``--batch-size`` at a time with
-left padding (``bapo.base.generate_batch``, what ``bapo base`` and ``bapo train`` run, here without the cache); the
+left padding (``bapo.runtime.generate.generate_batch``, what ``bapo base`` and ``bapo train`` run, here without the cache); the
 plain loop calls ``model.generate`` once per prompt. Every answer must be identical before any timing counts.
 Prints the machine, the command, generated tokens/s of each, and the speed-up per repeat (A B A B ...).
 """
