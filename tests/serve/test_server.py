@@ -178,3 +178,48 @@ def test_many_users_at_once_are_batched_and_each_gets_its_own_answer(server, tin
     want = {(u, i): offline(tiny_model, None if u == base else root / "adapters" / u, prompts[i], 8)
             for u in users for i in range(len(prompts))}
     assert answers == [want[u, prompts.index(m)] for u, m in jobs]
+
+
+def test_faults_leave_the_server_answering_correctly(server, tiny_model):
+    """A client gone mid-stream, a burst over the pool's size, an adapter folder deleted while loaded."""
+    import shutil
+    import urllib.request
+
+    client, engine, root, cfg, base = server
+    make_adapter(tiny_model, root / "adapters" / "doomed", seed=7)
+    # a client that reads one event of a long stream and hangs up
+    body = json.dumps({"model": "doomed", "messages": Q, "max_tokens": 60, "temperature": 0, "stream": True}).encode()
+    req = urllib.request.Request(f"{client.base_url}chat/completions", data=body, headers={
+        "Authorization": "Bearer sekret", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        r.readline()
+    # the folder disappears while its adapter is loaded: later requests get a 404, the others go on
+    shutil.rmtree(root / "adapters" / "doomed")
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="doomed", messages=Q, max_tokens=4)
+    # a burst of 60 over 4 models, with room for 2 adapters at a time
+    users = USERS + [base]
+    aclient = openai.AsyncOpenAI(base_url=str(client.base_url), api_key="sekret", max_retries=0)
+
+    async def burst():
+        async with aclient:
+            rs = await asyncio.gather(*(aclient.chat.completions.create(
+                model=users[i % 4], messages=Q, temperature=0, max_tokens=6) for i in range(60)))
+        return [r.choices[0].message.content for r in rs]
+
+    answers = asyncio.run(asyncio.wait_for(burst(), timeout=180))
+    want = {u: offline(tiny_model, None if u == base else root / "adapters" / u, Q, 6) for u in users}
+    assert answers == [want[users[i % 4]] for i in range(60)]
+    assert "doomed" not in {m.id for m in client.models.list().data}
+
+
+def test_a_broken_adapter_is_a_clear_error_and_others_go_on(server, tiny_model):
+    client, _, root, _, _ = server
+    broken = root / "adapters" / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{not json")
+    with pytest.raises(openai.InternalServerError) as e:
+        client.chat.completions.create(model="broken", messages=Q, max_tokens=4)
+    assert e.value.body["code"] == "adapter_load_failed" and "broken" in e.value.body["message"]
+    ok = client.chat.completions.create(model="carol", messages=Q, temperature=0, max_tokens=6)
+    assert ok.choices[0].message.content == offline(tiny_model, root / "adapters" / "carol", Q, 6)
