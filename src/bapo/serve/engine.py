@@ -201,6 +201,8 @@ class Engine:
     @torch.no_grad()
     def _generate(self, reqs: list[Request], keys: list[str]) -> None:
         self.batches.append(len(reqs))
+        if len(self.batches) > 10_000:  # a long-running server keeps only the recent sizes
+            del self.batches[:5_000]
         prompts = [self.renderer.prompt_ids(r.messages)[-self.renderer.max_prompt_length:] for r in reqs]
         pad = self.tok.pad_token_id
         width = max(map(len, prompts))
