@@ -39,8 +39,7 @@ class AdapterInfo:
 def read_adapter(path: str | Path) -> AdapterInfo:
     """Identify an adapter directory; raise a clear error when it is not one."""
     path = Path(path)
-    full = not (path / "adapter_config.json").exists() and (path / "config.json").exists() and \
-        any((path / n).exists() for n in ("model.safetensors", "model.safetensors.index.json"))
+    full = is_full_model(path)
     if not (path / "adapter_config.json").exists() and not full:
         raise ConfigError(f"--adapters {path}: not an adapter directory (no adapter_config.json) nor a model "
                           f"directory (config.json and model.safetensors)")
@@ -63,6 +62,12 @@ def read_adapter(path: str | Path) -> AdapterInfo:
     return AdapterInfo(path, method + (" (full)" if full else ""), h.hexdigest()[:16], fp, full)
 
 
+def is_full_model(path: Path) -> bool:
+    """Whether ``path`` holds a whole fine-tuned model (``bapo train --finetune full``) rather than an adapter."""
+    return not (path / "adapter_config.json").exists() and (path / "config.json").exists() and \
+        any((path / n).exists() for n in ("model.safetensors", "model.safetensors.index.json"))
+
+
 def check_same_model(info: AdapterInfo, fingerprint: str) -> None:
     """Refuse an adapter trained on another model than the one loaded."""
     if info.model_fingerprint and info.model_fingerprint != fingerprint:
@@ -82,7 +87,7 @@ def applied(model, adapter: str | Path | None, scale: float = 1.0, merge: bool =
     if adapter is None:
         yield model
         return
-    if read_adapter(adapter).full:
+    if is_full_model(Path(adapter)):  # a file check, not read_adapter: that hashes the weights
         with interpolated(model, Path(adapter), scale) as tuned:
             yield tuned
         return

@@ -23,17 +23,24 @@ def stop_ids(model, tokenizer) -> list[int]:
     return ids
 
 
+def left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt ids as one left-padded batch (so every row's answer starts at the same column) and its mask."""
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(input_ids)
+    for i, ids in enumerate(batch):
+        input_ids[i, width - len(ids):] = torch.tensor(list(ids))
+        attn[i, width - len(ids):] = 1
+    return input_ids, attn
+
+
 @torch.no_grad()
 def generate_batch(model, tokenizer, batch: Sequence[Sequence[int]], cfg: BaseResponseConfig, stop: list[int],
                    seed_key: str = "0") -> list[str]:
     """Generate for a batch of prompt ids (left-padded here); ``cfg.num_responses`` texts per prompt, in order."""
     pad = tokenizer.pad_token_id
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    attn = torch.zeros_like(input_ids)
-    for i, ids in enumerate(batch):
-        input_ids[i, width - len(ids):] = torch.tensor(list(ids))
-        attn[i, width - len(ids):] = 1
+    input_ids, attn = left_pad(batch, pad)
+    width = input_ids.shape[1]
     kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, eos_token_id=stop, pad_token_id=pad,
                   num_return_sequences=cfg.num_responses)
     if cfg.do_sample:

@@ -22,7 +22,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from bapo.core.tokens import Renderer
-from bapo.runtime.generate import stop_ids
+from bapo.runtime.generate import left_pad, stop_ids
 from bapo.serve.pool import BASE, AdapterLoadError, AdapterPool, ModelNotFound
 
 
@@ -205,12 +205,7 @@ class Engine:
             del self.batches[:5_000]
         prompts = [self.renderer.prompt_ids(r.messages)[-self.renderer.max_prompt_length:] for r in reqs]
         pad = self.tok.pad_token_id
-        width = max(map(len, prompts))
-        ids = torch.full((len(reqs), width), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            attn[i, width - len(p):] = 1
+        ids, attn = left_pad(prompts, pad)
         model = self.pool.current
         eos = stop_ids(model, self.tok)
         rows = [_Row(r, len(p)) for r, p in zip(reqs, prompts)]
