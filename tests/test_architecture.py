@@ -20,9 +20,10 @@ MAY_IMPORT = {
     "runtime": {"core", "utilities", "data"},
     "training": {"core", "utilities", "data", "runtime"},
     "evaluation": {"core", "utilities", "data", "runtime"},
-    "studies": {"core", "utilities", "data", "runtime", "training", "evaluation"},
+    "balancing": {"core", "utilities", "data", "runtime"},
+    "studies": {"core", "utilities", "data", "runtime", "training", "evaluation", "balancing"},
     "serve": {"core", "utilities", "data", "runtime"},
-    "top": {"core", "utilities", "data", "runtime", "training", "evaluation", "studies", "serve"},
+    "top": {"core", "utilities", "data", "runtime", "training", "evaluation", "balancing", "studies", "serve"},
 }
 # Imports inside functions are allowed only where they keep start-up fast at the very top (nothing imports these).
 LAZY_OK = {"bapo.cli"}

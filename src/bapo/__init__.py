@@ -13,6 +13,7 @@ A Python API that mirrors the command line, each function taking its config data
 | :func:`base_responses` | ``bapo base`` | :class:`BaseRunConfig` | :class:`~bapo.training.base.BaseResult` |
 | :func:`evaluate` | ``bapo eval`` | :class:`EvalConfig` | :class:`~bapo.evaluation.runner.EvalResult` |
 | :func:`report` | ``bapo report`` | results directory | path of ``report.html`` |
+| :func:`balance` | ``bapo balance`` | :class:`BalanceConfig` | :class:`~bapo.balancing.run.BalanceResult` |
 | :func:`study` | ``bapo study`` | :class:`StudyConfig` | :class:`~bapo.studies.run.StudyResult` |
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 # name -> (module, attribute). Loaded on first use (PEP 562), so importing one part of bapo (bapo.core.losses, say)
 # does not pull in training, evaluation and plotting; this is not a way around an import cycle (there is none).
 _API = {
+    "BalanceConfig": ("bapo.balancing.config", "BalanceConfig"),
     "BaseResponseConfig": ("bapo.runtime.config", "BaseResponseConfig"),
     "BaseRunConfig": ("bapo.training.config", "BaseRunConfig"),
     "DataConfig": ("bapo.data.config", "DataConfig"),
@@ -32,11 +34,13 @@ _API = {
     "LossConfig": ("bapo.core.losses", "LossConfig"),
     "StudyConfig": ("bapo.studies.config", "StudyConfig"),
     "TrainConfig": ("bapo.training.config", "TrainConfig"),
+    "BalanceResult": ("bapo.balancing.run", "BalanceResult"),
     "BaseResult": ("bapo.training.base", "BaseResult"),
     "EvalResult": ("bapo.evaluation.runner", "EvalResult"),
     "Record": ("bapo.evaluation.records", "Record"),
     "StudyResult": ("bapo.studies.run", "StudyResult"),
     "TrainResult": ("bapo.training.run", "TrainResult"),
+    "balance": ("bapo.balancing.run", "balance"),
     "base_responses": ("bapo.training.base", "base_responses"),
     "evaluate": ("bapo.evaluation.runner", "evaluate"),
     "report": ("bapo.evaluation.report", "write_report"),
@@ -61,7 +65,7 @@ def __dir__() -> list[str]:
 
 __version__ = "0.1.0"
 
-__all__ = ["BaseResponseConfig", "BaseRunConfig", "DataConfig", "EvalConfig", "LoraSettings", "LossConfig",
+__all__ = ["BalanceConfig", "BalanceResult", "balance", "BaseResponseConfig", "BaseRunConfig", "DataConfig", "EvalConfig", "LoraSettings", "LossConfig",
            "StudyConfig", "TrainConfig", "BaseResult", "EvalResult", "Record", "StudyResult", "TrainResult",
            "BapoError", "ConfigError", "DataError", "ModelError", "base_responses", "evaluate", "report", "study",
            "train"]

@@ -18,6 +18,7 @@ import click
 import typer
 from rich.console import Console
 
+from bapo.balancing.config import BalanceConfig
 from bapo.core.fields import option, section
 from bapo.data.config import DataConfig
 from bapo.errors import BapoError, ConfigError
@@ -169,6 +170,12 @@ def _study(cfg: StudyConfig, flip_rate: str | None = None, dry_run: bool = False
     run_study(cfg, dry_run=dry_run, console=out)
 
 
+def _balance(cfg: BalanceConfig) -> None:
+    from bapo.balancing.run import balance
+
+    balance(cfg, console=out)
+
+
 def _serve(cfg: ServeConfig) -> None:
     from bapo.serve.server import serve
 
@@ -214,6 +221,14 @@ config_command("study", StudyConfig, _study, """One adapter per (user, method, s
                                                          "Added to --users, or alone the study's users.")),
     _param("dry_run", bool, typer.Option("--dry-run", help="Print the plan, sizes and an estimated run time; train "
                                                           "nothing."), False)))
+config_command("balance", BalanceConfig, _balance, """Spend a budget of B pairs between prompts (breadth) and pairs per prompt (depth).
+
+    Strategies: none (B prompts, one pair each), uniform (P prompts x D pairs) and bpo (after BPO, Wang et al., NAACL 2025: representative prompts by embedding clusters, pairs by gradient clusters).
+
+    Writes OUT/pairs.jsonl (TRL format, for bapo train) and OUT/report.json (what was kept and why).
+
+    Example: [bold]bapo balance --data prompts.jsonl --judge psoups:concise --budget 64 --strategy bpo --out balanced/[/]
+    """)
 config_command("serve", ServeConfig, _serve, """Serve the base model and every user's adapter behind an OpenAI API.
 
     Example: [bold]bapo serve --adapters adapters/[/], then ask model "alice" at http://127.0.0.1:8000/v1. Requests of

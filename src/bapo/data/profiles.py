@@ -105,3 +105,10 @@ PROFILES: dict[str, Callable[[str], float]] = {
     **{p.name: p.rule for p in PSOUPS},
 }
 SIMULATED: dict[str, Profile] = {p.name: p for p in PSOUPS}
+
+
+def profile_key(user_id: str | None) -> str:
+    """The :data:`PROFILES` key a user id names, or "": a profile's own name (``concise``), or a simulated user's
+    spec or file-safe name (``psoups:concise``, ``psoups-concise``)."""
+    name = (user_id or "").removeprefix("psoups:").removeprefix("psoups-")
+    return name if name in PROFILES else ""

@@ -28,7 +28,7 @@ import yaml
 
 from bapo.core.tokens import encode_pairs
 from bapo.data.pairs import PreferencePair
-from bapo.data.profiles import PROFILES
+from bapo.data.profiles import PROFILES, profile_key
 from bapo.data.readers import load_general_pairs, load_mc, load_prompts, load_qa
 from bapo.errors import ConfigError
 from bapo.evaluation import metrics
@@ -163,8 +163,8 @@ def spec_items(spec: TaskSpec) -> list:
 
 def personal_task(name: str, pairs: list[PreferencePair], who: str, tie_nats: float) -> Task:
     """A user's held-out pairs as a task; ``who`` (their user id, else the adapter's name) names their scoring rule
-    when :data:`bapo.data.profiles.PROFILES` has one."""
-    rule = who if who in PROFILES else ""
+    when :data:`bapo.data.profiles.PROFILES` has one (see :func:`bapo.data.profiles.profile_key`)."""
+    rule = profile_key(who)
     held = [p.to_record() for p in pairs]
     key = hashlib.sha256(json.dumps([rule, tie_nats, held]).encode()).hexdigest()[:16]
     return Task(TaskSpec(name, "personal", ""), pairs, key, rule)
