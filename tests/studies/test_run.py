@@ -308,3 +308,29 @@ def test_reward_model_judge_counts_pairs_the_reward_model_ranks_the_other_way(tm
     assert h.judge == "reward model" and h.n == 9  # an odd count: a sign error cannot hide at one half
     assert h.value == pytest.approx(sum(by_hand) / 9)
     assert heterogeneity(user, "labels").value == pytest.approx(4 / 9)  # the data's own labels, when asked for
+
+
+def test_balance_study_builds_each_strategys_pairs_at_the_budget(study_cfg, tmp_path):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": f"Describe item number {i} briefly."}
+                                                       for i in range(30)])
+    study_cfg.sources.prompts = str(prompts)
+    study_cfg.users, study_cfg.methods, study_cfg.balance = ["dsp:academy", "psoups:concise"], ["dpo"], [
+        "none", "uniform", "bpo"]
+    study_cfg.pair_budget, study_cfg.balance_responses, study_cfg.pairs_per_user = 4, 4, 0
+    study_cfg.judge, study_cfg.drift_prompts = "base", 0
+    result = run_study(study_cfg)
+    out = Path(study_cfg.out)
+    assert [c.name for c in result.cells] == [f"{u}__dpo+{b}__s0" for u in ("dsp-academy", "psoups-concise")
+                                              for b in ("none", "uniform", "bpo")]
+    for c in result.cells:
+        kept = (out / "balance" / f"{c.user}__{c.balance}__s0" / "pairs.jsonl").read_text().splitlines()
+        assert 0 < len(kept) <= 4
+        assert (out / "cells" / c.name / "train.jsonl").read_text().splitlines() == kept
+    held = {json.loads(x)["prompt"] for x in (out / "users/psoups-concise.holdout.jsonl").read_text().splitlines()}
+    pool = {json.loads(x)["prompt"] for x in (out / "users/psoups-concise.prompts.jsonl").read_text().splitlines()}
+    assert held and not held & pool  # never trained on a held-out prompt
+    rows = {(r.user, r.balance): r for r in result.rows}
+    assert rows["psoups:concise", "bpo"].personal_profile_score is not None  # what the simulated user would see
+    assert rows["dsp:academy", "none"].personal_profile_score is None
+    table = (out / "table.md").read_text()
+    assert "dpo+bpo − dpo+none" in table and "dpo+bpo − dpo+uniform" in table and "profile score" in table

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bapo.balancing.config import STRATEGIES
 from bapo.core.fields import option, section
 from bapo.core.losses import LossConfig
 from bapo.data.config import DataConfig
@@ -47,6 +48,12 @@ class StudyConfig:
                                    "replies are judged for refusal (generative alignment; 0 = not measured).")
     frontier_scales: list[float] = option([], "LoRA scales at which every DPO adapter is also evaluated: its "
                                               "weakening frontier, drawn in the trade-off figure (empty = none).")
+    balance: list[str] = option([], "Strategies that build each user's training pairs at --pair-budget (bapo "
+                                    "balance): none, uniform, bpo; one cell per strategy (empty = the user's pairs as "
+                                    "sampled).")
+    pair_budget: int = option(64, "With balance: training pairs per user (B); pairs_per_user then sizes the pool "
+                                  "they are chosen from (0 = all).")
+    balance_responses: int = option(6, "With balance, simulated users: candidate responses per prompt (K).")
     judge: str = option("auto", "Heterogeneity judge: auto, reward, labels or base (see bapo.studies.users).")
     reward_model: str = option("", "Reward model for the heterogeneity judge (optional).")
     sources: Sources = section(Sources, cli=("data_dir",), panel="Data")
@@ -69,6 +76,11 @@ class StudyConfig:
             LossConfig(method=m).validate()
         if not self.methods or self.seeds < 1:
             raise ConfigError("methods and seeds: at least one method and one seed")
+        for b in self.balance:
+            if b not in STRATEGIES:
+                raise ConfigError(f"balance: unknown strategy '{b}'; choose from {', '.join(STRATEGIES)}")
+        if self.balance and (self.pair_budget < 1 or self.balance_responses < 2):
+            raise ConfigError("pair_budget: at least 1 pair; balance_responses: at least 2")
         if self.candidate_samples < 0:
             raise ConfigError("candidate_samples: 0 or more")
         if self.holdout_pairs < 2 or self.pairs_per_user < 0:

@@ -15,6 +15,7 @@ from bapo.studies.tables import plus_minus
 # length normalization can hide a change that raw likelihood shows (and the other way round).
 # A fourth entry names the one task a measure reads, where tasks of one kind measure different things.
 MEASURES = [("personalization", *role_metric("personalization")),
+            ("personalization", "personal", "profile_score"),  # simulated users: what the user would see
             ("knowledge", *role_metric("knowledge")), ("knowledge", "mc", "acc"),
             ("generative knowledge", *role_metric("generative knowledge")),
             ("alignment", *role_metric("alignment")), ("alignment", "general_pairs", "acc"),
@@ -44,7 +45,7 @@ class Contrast:
 
 
 def contrasts(cells: list[Cell], records: list[Record], item_scores: dict, baseline: str) -> list[Contrast]:
-    """Each method against ``baseline`` for the same user, directly: per item, the method's score minus the
+    """Each arm (a method, or ``method+strategy`` in a balance study) against ``baseline`` for the same user, directly: per item, the method's score minus the
     baseline's, seed matched with seed (the same LoRA initialisation and data order), averaged over seeds.
     ``baseline`` is another method, or ``"base"``: the base model, the same for every seed.
 
@@ -55,7 +56,7 @@ def contrasts(cells: list[Cell], records: list[Record], item_scores: dict, basel
     Knowledge pools the ``mc`` tasks item by item, as the study table does.
     """
     kinds = {r.task: r.kind for r in records}
-    names = {(c.user, c.method, c.seed): c.name for c in cells}
+    names = {(c.user, c.arm, c.seed): c.name for c in cells}
 
     def items(name: str, other: str, kind: str, metric: str, only: str | None) -> list[float]:
         """``name``'s scores on the tasks both models were scored on (the base model meets every user's pairs)."""
@@ -65,7 +66,7 @@ def contrasts(cells: list[Cell], records: list[Record], item_scores: dict, basel
     out = []
     for user in dict.fromkeys(c.user for c in cells):
         spec = next(c.spec for c in cells if c.user == user)
-        for method in dict.fromkeys(c.method for c in cells if c.user == user and c.method != baseline):
+        for method in dict.fromkeys(c.arm for c in cells if c.user == user and c.arm != baseline):
             seeds = sorted(s for (u, m, s) in names if (u, m) == (user, method)
                            and (baseline == "base" or (user, baseline, s) in names))
             if not seeds:

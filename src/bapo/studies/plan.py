@@ -1,4 +1,5 @@
-"""A study's plan: its cells (user x method x seed), its evaluation suite, and an estimate of its run time."""
+"""A study's plan: its cells (user x method [x balance strategy] x seed), its evaluation suite, and an estimate of its
+run time."""
 
 from __future__ import annotations
 
@@ -21,20 +22,28 @@ from bapo.studies.config import StudyConfig
 
 @dataclass
 class Cell:
-    """One adapter of the study: a user, a method and a seed."""
+    """One adapter of the study: a user, a method, the strategy that built its training pairs (``bapo balance``;
+    empty = the user's pairs as sampled) and a seed."""
 
     user: str  # user name (file-safe)
     spec: str
     method: str
     seed: int
+    balance: str = ""
+
+    @property
+    def arm(self) -> str:
+        """What the study compares: the method, and with a balance strategy ``method+strategy``."""
+        return f"{self.method}+{self.balance}" if self.balance else self.method
 
     @property
     def name(self) -> str:
-        return f"{self.user}__{self.method}__s{self.seed}"
+        return f"{self.user}__{self.arm}__s{self.seed}"
 
 
 def plan(cfg: StudyConfig) -> list[Cell]:
-    return [Cell(user_name(u), u, m, s) for u in cfg.users for m in cfg.methods for s in range(cfg.seeds)]
+    return [Cell(user_name(u), u, m, s, b) for u in cfg.users for m in cfg.methods for b in cfg.balance or [""]
+            for s in range(cfg.seeds)]
 
 
 def study_suite(cfg: StudyConfig, path: Path) -> Path:
@@ -90,7 +99,8 @@ def estimate_seconds(cfg: StudyConfig, eval_seconds_per_model: float) -> float:
     cells = plan(cfg)
     per_pair = {m: SECONDS_PER_PAIR_EPOCH["bapo" if m in ("bapo", "replay", "kl") else "other"] * (1.3 if m == "kl" else 1)
                 for m in cfg.methods}
-    train = sum(cfg.pairs_per_user * cfg.train.epochs * per_pair[c.method] for c in cells)
+    pairs = cfg.pair_budget if cfg.balance else cfg.pairs_per_user
+    train = sum(pairs * cfg.train.epochs * per_pair[c.method] for c in cells)
     gen_users = {c.user for c in cells if c.method in ("bapo", "replay", "kl")}
     simulated = sum(u.startswith("psoups") for u in cfg.users)
     gen = (len(gen_users) * cfg.pairs_per_user + (3 + cfg.candidate_samples) * cfg.pairs_per_user * simulated
@@ -128,14 +138,15 @@ def eval_size(suite_path: Path) -> tuple[int, float]:
 
 def print_plan(cfg: StudyConfig, cells: list[Cell], n_eval: int, est: float, console: Console) -> None:
     t = Table(title=f"study plan: {len(cells)} adapters", show_lines=False)
-    for col in ("user", "methods", "seeds"):
+    for col in ("user", "methods", *(["balance"] if cfg.balance else []), "seeds"):
         t.add_column(col)
     for u in cfg.users:
-        t.add_row(u, ", ".join(cfg.methods), str(cfg.seeds))
+        t.add_row(u, ", ".join(cfg.methods), *([", ".join(cfg.balance)] if cfg.balance else []), str(cfg.seeds))
     console.print(t)
     tc = cfg.train
-    steps = math.ceil(cfg.pairs_per_user / tc.batch_size) * tc.epochs
-    console.print(f"sizes: {cfg.pairs_per_user} training + {cfg.holdout_pairs} held-out pairs per user; {tc.epochs:g} "
+    pairs = cfg.pair_budget if cfg.balance else cfg.pairs_per_user
+    steps = math.ceil(pairs / tc.batch_size) * tc.epochs
+    console.print(f"sizes: {pairs}{' balanced' if cfg.balance else ''} training + {cfg.holdout_pairs} held-out pairs per user; {tc.epochs:g} "
                   f"epochs, batch {tc.batch_size} = {steps:g} steps per adapter; evaluation: "
                   f"{cfg.eval_items or 'all'} items per knowledge task, {cfg.alignment_items or 'all'} alignment pairs, "
                   f"{cfg.drift_prompts} drift prompts = {n_eval} scored sequences per model ({len(cells) + 1} models); "

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
 
+from bapo.balancing.config import BalanceConfig
+from bapo.balancing.run import balance
 from bapo.data.pairs import split_holdout
-from bapo.data.users import parse_spec, user_name
+from bapo.data.readers import load_prompts
+from bapo.data.users import parse_spec, sample, user_name
 from bapo.errors import ConfigError
 from bapo.evaluation.config import EvalConfig
 from bapo.evaluation.runner import EvalResult, evaluate
@@ -75,12 +79,19 @@ def prepare_users(cfg: StudyConfig, out: Path, console: Console) -> dict[str, di
             continue
         kind, _ = parse_spec(spec)
         console.rule(f"user {spec}")
-        user = make_user(spec, cfg.sources, cfg.pairs_per_user + cfg.holdout_pairs, 0,
+        # A balance study builds psoups users' training pairs itself (bapo balance): only held-out pairs here.
+        if cfg.balance and kind == "psoups":
+            wanted = cfg.holdout_pairs + 4
+        else:  # pairs_per_user 0: all of them
+            wanted = cfg.pairs_per_user + cfg.holdout_pairs if cfg.pairs_per_user else 0
+        user = make_user(spec, cfg.sources, wanted, 0,
                          reference() if kind == "psoups" else None, cfg.train.base.max_new_tokens,
                          cfg.candidate_samples)
         if len(user.pairs) < cfg.holdout_pairs + 4:
             raise ConfigError(f"users: {spec} has only {len(user.pairs)} pairs; lower holdout_pairs or pairs_per_user")
         train_pairs, held = split_holdout(user.pairs, cfg.holdout_pairs / len(user.pairs), 0)
+        if cfg.balance and kind == "psoups":
+            write_jsonl(out / "users" / f"{name}.prompts.jsonl", pool_prompts(cfg, held))
         needs_base = cfg.judge == "base" or (cfg.judge == "auto" and reward is None and user.general_agree is None)
         h = heterogeneity(user, cfg.judge, reference() if needs_base else None, reward)
         write_jsonl(out / "users" / f"{name}.train.jsonl", [p.to_record() for p in train_pairs])
@@ -91,6 +102,33 @@ def prepare_users(cfg: StudyConfig, out: Path, console: Console) -> dict[str, di
         console.print(f"{spec}: {len(train_pairs)} training / {len(held)} held-out pairs; heterogeneity "
                       f"{h.value:.2f} ± {h.stderr:.2f} ({h.judge})")
     return users
+
+
+def pool_prompts(cfg: StudyConfig, held: list) -> list[dict]:
+    """A simulated user's prompts to balance from: the prompt set without the held-out prompts (``pairs_per_user``
+    of them, a seeded sample; 0 = all)."""
+    held_out = {p.messages[-1]["content"] for p in held}
+    prompts = [m[-1]["content"] for m in load_prompts(cfg.sources.path("prompts"))]
+    pool = [{"prompt": p} for p in dict.fromkeys(prompts) if p not in held_out]
+    return sample(pool, cfg.pairs_per_user, random.Random("balance-pool"))
+
+
+def balanced_pairs(cfg: StudyConfig, cell: Cell, out: Path, console: Console) -> Path:
+    """The cell's training pairs, built by its balance strategy at the study's budget (cached: a finished
+    ``pairs.jsonl`` is reused); the strategy's randomness follows the cell's seed."""
+    target = out / "balance" / f"{cell.user}__{cell.balance}__s{cell.seed}"
+    if (target / "pairs.jsonl").exists():
+        return target / "pairs.jsonl"
+    psoups = cell.spec.startswith("psoups:")
+    t = cfg.train
+    bc = BalanceConfig(data=replace(t.data, path=str(out / "users" / f"{cell.user}.{'prompts' if psoups else 'train'}"
+                                                    f".jsonl"), eval_path="", user=""),
+                       out=str(target), budget=cfg.pair_budget, strategy=cell.balance,
+                       judge=cell.spec if psoups else "labels", responses=cfg.balance_responses,
+                       max_new_tokens=t.base.max_new_tokens, seed=cell.seed, model=t.model, cache_dir=t.cache_dir,
+                       device=t.device, dtype=t.dtype, lora=t.lora, beta=t.loss.beta)
+    balance(bc, console)
+    return target / "pairs.jsonl"
 
 
 def train_config(cfg: StudyConfig, cell: Cell, out: Path) -> TrainConfig:
@@ -132,8 +170,11 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
     users = prepare_users(cfg, out, console)
     for i, cell in enumerate(cells, 1):
         if not (out / "cells" / cell.name / "run.json").exists():
-            console.rule(f"cell {i}/{len(cells)}: {cell.spec}, {cell.method}, seed {cell.seed}")
-            train(train_config(cfg, cell, out))
+            console.rule(f"cell {i}/{len(cells)}: {cell.spec}, {cell.arm}, seed {cell.seed}")
+            tc = train_config(cfg, cell, out)
+            if cell.balance:
+                tc.data.path = str(balanced_pairs(cfg, cell, out, console))
+            train(tc)
 
     console.rule("evaluation: the base model and every adapter on the same items")
     evaluation = evaluate(eval_config(cfg, cells, suite, out), console)
@@ -159,9 +200,14 @@ def frontier(cfg: StudyConfig, cells: list[Cell], users: dict, suite: Path, out:
 
 
 def versus_baselines(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResult) -> list[Contrast]:
-    """Every method against the base model (seeds pooled), then against DPO (or the first method)."""
+    """Every arm against the base model (seeds pooled), then against DPO (or the first method); in a balance study,
+    every strategy against none and against uniform (those in the study) instead."""
     versus = contrasts(cells, evaluation.records, evaluation.item_scores, "base")
-    if len(cfg.methods) > 1:
+    if cfg.balance:
+        for b in ("none", "uniform"):
+            if b in cfg.balance and len(cfg.balance) > 1:
+                versus += contrasts(cells, evaluation.records, evaluation.item_scores, f"{cfg.methods[0]}+{b}")
+    elif len(cfg.methods) > 1:
         baseline = "dpo" if "dpo" in cfg.methods else cfg.methods[0]
         versus += contrasts(cells, evaluation.records, evaluation.item_scores, baseline)
     return versus

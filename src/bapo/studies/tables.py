@@ -40,6 +40,9 @@ class StudyRow:
     drift_delta: float | None = None
     drift_delta_stderr: float | None = None
     task_deltas: dict[str, dict[str, float | None]] = field(default_factory=dict)  # measure -> task -> delta
+    balance: str = ""  # the strategy that built the training pairs (bapo balance), if any
+    personal_profile_score: float | None = None  # simulated users: the profile's score of answers to held-out prompts
+    personal_profile_score_stderr: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Flat, in the column order of ``table.csv``: each measure's pooled delta, then its tasks' own."""
@@ -76,7 +79,10 @@ def study_rows(cells: list[Cell], users: dict[str, dict], records: list[Record],
         pers = {r.metric: r for r in mine if r.kind == "personal"}
         row = StudyRow(c.spec, c.method, c.seed, mine[0].adapter, h["value"], h["stderr"], h["judge"],
                        pers["reward_acc"].value, pers["reward_acc"].stderr, pers["ll_acc"].delta,
-                       pers["ll_acc"].delta_stderr)
+                       pers["ll_acc"].delta_stderr, balance=c.balance)
+        if "profile_score" in pers:
+            row.personal_profile_score = pers["profile_score"].value
+            row.personal_profile_score_stderr = pers["profile_score"].stderr
         for measure, (kind, metric) in RETENTION.items():
             recs = [r for r in mine if r.kind == kind and r.metric == metric]
             if measure == "drift":  # already a change against the base model's own answers
@@ -99,11 +105,14 @@ def plus_minus(v, se, digits=3, signed=True) -> str:
 
 def markdown(rows: list[StudyRow]) -> str:
     """The study table: a row per (user, method, seed); ± is one standard error, Δ is against the base model."""
-    lines = ["| user | heterogeneity | method | seed | personal reward acc | knowledge Δ acc_norm | "
-             "alignment Δ acc_norm | drift Δ log p/token |", "|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r.heterogeneity, r.user, r.method, r.seed)):
-        lines.append(f"| {r.user} | {plus_minus(r.heterogeneity, r.heterogeneity_stderr, 2, False)} | {r.method} | "
-                     f"{r.seed} | {plus_minus(r.personal_reward_acc, r.personal_reward_acc_stderr, 3, False)} | "
+    profile = any(r.personal_profile_score is not None for r in rows)
+    lines = ["| user | heterogeneity | method | seed | personal reward acc | " + ("profile score | " if profile else "")
+             + "knowledge Δ acc_norm | alignment Δ acc_norm | drift Δ log p/token |", "|---" * (8 + profile) + "|"]
+    for r in sorted(rows, key=lambda r: (r.heterogeneity, r.user, r.method, r.balance, r.seed)):
+        score = plus_minus(r.personal_profile_score, r.personal_profile_score_stderr, 3, False) + " | " if profile else ""
+        lines.append(f"| {r.user} | {plus_minus(r.heterogeneity, r.heterogeneity_stderr, 2, False)} | "
+                     f"{r.method}{'+' + r.balance if r.balance else ''} | "
+                     f"{r.seed} | {plus_minus(r.personal_reward_acc, r.personal_reward_acc_stderr, 3, False)} | {score}"
                      f"{plus_minus(r.knowledge_delta, r.knowledge_delta_stderr)} | "
                      f"{plus_minus(r.alignment_delta, r.alignment_delta_stderr)} | "
                      f"{plus_minus(r.drift_delta, r.drift_delta_stderr)} |")
