@@ -43,14 +43,17 @@ def main(root: str) -> None:
     print("|---|" + "---|" * (len(MEASURES) + 1))
     for r in rows:
         print(f"| {r['setting']} | " + " | ".join(cell(r[m]) for m in MEASURES) + f" | {'yes' if forgets(r) else 'no'} |")
-    chosen = next((r["setting"] for r in rows if forgets(r)), None)
-    print(f"\nΔ: DPO minus the base model, paired on items, 95% interval. Chosen by the rule: {chosen or 'none'}"
-          + ("" if chosen else f" (strongest tried: {rows[-1]['setting'] if rows else '-'})"))
+    lora = [r for r in rows if not r["setting"].startswith("full-")]
+    chosen = next((r["setting"] for r in lora if forgets(r)), None)
+    print(f"\nΔ: DPO minus the base model, paired on items, 95% interval. Chosen by the rule (LoRA settings, weakest "
+          f"first): {chosen or 'none'}" + ("" if chosen else f" (strongest tried: {lora[-1]['setting'] if lora else '-'})"))
 
 
-def _strength(d: Path) -> tuple[float, float]:
-    epochs, lr = d.name.removeprefix("e").split("-lr") if "-lr" in d.name else ("0", "0")
-    return float(epochs), float(lr)
+def _strength(d: Path) -> tuple[bool, float, float]:
+    """LoRA settings first, each kind by epochs then learning rate: e2-lr0.0005, ..., full-e2-lr0.00005."""
+    name = d.name.removeprefix("full-")
+    epochs, lr = name.removeprefix("e").split("-lr") if "-lr" in name else ("0", "0")
+    return d.name.startswith("full-"), float(epochs), float(lr)
 
 
 if __name__ == "__main__":
