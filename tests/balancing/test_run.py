@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from transformers import set_seed
 
+import bapo.runtime.reference as reference
+
 from bapo.balancing.config import BalanceConfig
 from bapo.balancing.features import pair_gradients
 from bapo.balancing.run import balance
@@ -98,3 +100,28 @@ def test_bad_options_are_one_line_errors(tmp_path, tiny_model, args, message):
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_candidate_generation_resumes_after_a_kill(tmp_path, tiny_model, monkeypatch):
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Tell me about {w}."} for w in
+                                                    ["cats", "dogs", "rain", "sun", "tea", "code"]])
+    kw = dict(judge="psoups:concise", responses=3, max_new_tokens=8, budget=6, strategy="none", batch_size=2)
+    real, calls = reference.generate_batch, []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4 and kill:
+            raise KeyboardInterrupt  # the process dies during its 4th batch
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reference, "generate_batch", counting)
+    kill = True
+    with pytest.raises(KeyboardInterrupt):
+        balance(config(tmp_path, tiny_model, data, name="a", **kw))
+    assert not (tmp_path / "a" / "pairs.jsonl").exists()
+    kill, calls[:] = False, []
+    resumed = balance(config(tmp_path, tiny_model, data, name="a", **kw))
+    assert len(calls) == 9 - 3  # 18 greedy answers in batches of 2; the 3 batches done before the kill are reused
+    monkeypatch.setenv("BAPO_CACHE_DIR", str(tmp_path / "fresh"))
+    fresh = balance(config(tmp_path, tiny_model, data, name="b", **kw))
+    assert (resumed.out / "pairs.jsonl").read_text() == (fresh.out / "pairs.jsonl").read_text()

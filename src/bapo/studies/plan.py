@@ -105,8 +105,21 @@ def estimate_seconds(cfg: StudyConfig, eval_seconds_per_model: float) -> float:
     simulated = sum(u.startswith("psoups") for u in cfg.users)
     gen = (len(gen_users) * cfg.pairs_per_user + (3 + cfg.candidate_samples) * cfg.pairs_per_user * simulated
            + cfg.drift_prompts) * SECONDS_PER_GENERATED_ANSWER
+    gen += balance_seconds(cfg, simulated)
     evals = (len(cells) + 1) * eval_seconds_per_model + len(cells) * cfg.holdout_pairs * SECONDS_PER_HOLDOUT_PAIR
     return (train + gen + evals) * model_scale(cfg.train.model)
+
+
+def balance_seconds(cfg: StudyConfig, simulated: int) -> float:
+    """Candidate answers for simulated users' balanced pairs (none: B prompts; uniform and bpo: about sqrt(B)),
+    plus bpo's per-pair gradients (about one forward-backward of a pair each), per seed."""
+    if not cfg.balance:
+        return 0.0
+    k, b = cfg.balance_responses, cfg.pair_budget
+    prompts = {"none": b, "uniform": math.isqrt(b), "bpo": math.isqrt(b)}
+    per_seed = sum(prompts[s] * k * SECONDS_PER_GENERATED_ANSWER for s in cfg.balance)
+    grads = math.isqrt(b) * k * (k - 1) / 2 * SECONDS_PER_PAIR_EPOCH["other"] if "bpo" in cfg.balance else 0.0
+    return simulated * cfg.seeds * (per_seed + grads)
 
 
 def model_scale(model: str) -> float:
