@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import inspect
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,12 +113,16 @@ def _train(cfg: TrainConfig) -> None:
     cfg.validate()
     if cfg.per_user:
         done = train_per_user(cfg)
+        if os.environ.get("RANK", "0") != "0":
+            return
         out.print(f"[green]{len(done.users)} adapters written to[/] {done.out}/<user> ({done.seconds:.0f} s); "
                   f"summary: {done.out / 'users.csv'}")
         for user, why in done.skipped.items():
             out.print(f"[yellow]skipped {user}:[/] {why}", highlight=False)
         return
     result = train(cfg)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun / accelerate launch, the main process reports
+        return
     out.print(f"[green]adapter written to[/] {result.out}  ({result.train_examples} pairs, {result.steps} steps, "
               f"{result.seconds:.0f} s; held out: {result.holdout_examples} pairs)")
 

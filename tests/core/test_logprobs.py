@@ -81,3 +81,34 @@ def test_fast_path_gradients_match_plain_path(tiny_model):
         sequence_logps(model, batch, fast=fast)[0].sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_a_data_parallel_wrapper_gives_the_same_logps_and_gradients(tiny_model, tmp_path):
+    """Under torchrun the Trainer hands the loss a DistributedDataParallel wrapper: its forward must run (it syncs
+    gradients), and the numbers must be the plain model's."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from bapo.core.logprobs import pack_groups, packed_logps
+    from bapo.runtime.config import LoraSettings
+    from bapo.runtime.models import add_lora
+
+    model = add_lora(load_model(tiny_model), LoraSettings(r=4))
+    tok = load_tokenizer(tiny_model)
+    r = renderer(tok, DataConfig())
+    groups = [[r.encode([{"role": "user", "content": q}], a, "x", "c", []) for a in ("Yes", "No, never")]
+              for q in ("Hi", "Why is the sky blue?")]
+    batch = pack_groups(groups, tok.pad_token_id)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(model)
+        out = []
+        for m in (model, wrapped):
+            model.zero_grad()
+            sums, lens = packed_logps(m, batch)
+            sums.sum().backward()
+            out.append((sums.detach(), lens, torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])))
+    finally:
+        dist.destroy_process_group()
+    assert torch.allclose(out[0][0], out[1][0], atol=1e-5) and torch.equal(out[0][1], out[1][1])
+    assert torch.allclose(out[0][2], out[1][2], atol=1e-6) and out[0][2].abs().sum() > 0

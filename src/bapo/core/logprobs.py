@@ -49,16 +49,14 @@ def sequence_logps(model, batch: dict[str, Tensor], fast: bool = True) -> tuple[
     ids, attn, target = batch["input_ids"], batch["attention_mask"], batch["target_mask"]
     labels = ids[:, 1:]
     tmask = target[:, :-1]
-    parts = _split_head(model) if fast else None
-    if parts is None:
+    if not fast:
         logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()
         token_logps = torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
         token_logps = token_logps * tmask
         return token_logps.sum(-1), tmask.sum(-1)
-    body, head = parts
-    hidden = body(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[:, :-1]
     rows, cols = tmask.nonzero(as_tuple=True)
-    logits = head(hidden[rows, cols]).float()  # (N, V) only where a response token is predicted
+    # (N, V) only where a response token is predicted
+    logits = _logits_at(model, dict(input_ids=ids, attention_mask=attn, use_cache=False), rows, cols)
     picked = logits.gather(-1, labels[rows, cols].unsqueeze(-1)).squeeze(-1)
     token_logps = picked - torch.logsumexp(logits, dim=-1)
     sums = torch.zeros(ids.shape[0], dtype=token_logps.dtype, device=ids.device).index_add(0, rows, token_logps)
@@ -153,16 +151,45 @@ def pack_groups(groups: Sequence[Sequence[Encoded]], pad_id: int,
 def packed_logits(model, batch: dict[str, Tensor], select: Tensor | None = None) -> Tensor:
     """Float logits at every position of a :func:`pack_groups` batch that predicts a response token, ``(N, V)``;
     with ``select`` (a boolean mask over those N positions) at the selected ones only."""
-    kw = dict(input_ids=batch["input_ids"], attention_mask=additive_mask(batch["attention_mask"], model_dtype(model)),
+    kw = dict(input_ids=batch["input_ids"], attention_mask=additive_mask(batch["attention_mask"],
+                                                                       model_dtype(unwrapped(model))),
               position_ids=batch["position_ids"], use_cache=False)
     rows, cols = batch["rows"], batch["cols"]
     if select is not None:
         rows, cols = rows[select], cols[select]
-    parts = _split_head(model)
+    return _logits_at(model, kw, rows, cols)
+
+
+def unwrapped(model):
+    """The model inside a data-parallel wrapper (DistributedDataParallel, DeepSpeed's engine, FSDP's first form: each
+    holds it as ``.module``), or ``model`` itself."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, torch.nn.Module) and not hasattr(model, "get_base_model") else model
+
+
+def _sharded(model) -> bool:
+    """Whether parameters live sharded across processes (FSDP, DeepSpeed ZeRO-3): then the output head can only run
+    inside the model's own forward, which gathers them, so the logits are taken whole."""
+    stage = getattr(model, "zero_optimization_stage", None)
+    return (type(model).__name__ == "FullyShardedDataParallel" or any(type(m).__name__.startswith("FSDP")
+            for m in (model, unwrapped(model))) or (callable(stage) and stage() == 3))
+
+
+def _logits_at(model, kw: dict, rows: Tensor, cols: Tensor) -> Tensor:
+    """Float logits at positions (rows, cols) only: the transformer body runs on every position, the output head on
+    these. A data-parallel wrapper's own forward must run (it is what synchronises gradients across processes), so
+    there the body's last hidden state is taken from the wrapped call (``hidden_states[-1]`` is the final-normed
+    state in transformers) with the head's logits computed at one position only."""
+    inner = unwrapped(model)
+    parts = None if _sharded(model) else _split_head(inner)
     if parts is None:
         return model(**kw).logits[rows, cols].float()
     body, head = parts
-    return head(body(**kw).last_hidden_state[rows, cols]).float()
+    if inner is not model:
+        hidden = model(**kw, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+    else:
+        hidden = body(**kw).last_hidden_state
+    return head(hidden[rows, cols]).float()
 
 
 def per_sequence(token_values: Tensor, batch: dict[str, Tensor], select: Tensor | None = None) -> Tensor:

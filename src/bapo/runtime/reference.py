@@ -8,7 +8,8 @@ second model in memory. Everything is keyed by model fingerprint + token ids (+ 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -16,6 +17,7 @@ import torch
 from bapo import progress
 from bapo.core.logprobs import score
 from bapo.core.tokens import Encoded, Renderer
+from bapo.runtime import distributed
 from bapo.runtime.config import BaseResponseConfig
 from bapo.runtime.generate import generate_batch, stop_ids
 from bapo.runtime.models import cache_root, load_model, load_tokenizer, model_fingerprint, resolve_model
@@ -31,6 +33,7 @@ class Reference:
     renderer: Renderer
     store: Store
     fingerprint: str  # of the weights on disk: what an adapter was trained from
+    computed: Counter = field(default_factory=Counter)  # what this process computed itself (not read from the cache)
 
     @property
     def pad_id(self) -> int:
@@ -51,35 +54,60 @@ class Reference:
         """
         prompt_ids = [tuple(self.renderer.prompt_ids(m)[-self.renderer.max_prompt_length:]) for m in prompts]
         keys = [make_key("gen", self.cache_id, cfg.key(), ids) for ids in prompt_ids]
-        found = self.store.get_generations(keys)
+        found = self._consistent(self.store.get_generations, keys)
         todo = sorted({k: ids for k, ids in zip(keys, prompt_ids) if k not in found}.items(), key=lambda kv: len(kv[1]))
-        if todo:
+        # With several processes, each generates every world_size-th batch (batches, not prompts: the same batches
+        # as one process would make, so the same texts) and all of them get the merged result.
+        batches = distributed.shard([todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)])
+        mine: dict[str, list[str]] = {}
+        if batches:
             stop = stop_ids(self.model, self.tokenizer)
-            with progress.bar("base responses", len(todo), show) as advance, torch.no_grad():
-                for start in range(0, len(todo), cfg.batch_size):
-                    chunk = todo[start : start + cfg.batch_size]
+            with progress.bar("base responses", sum(map(len, batches)), show) as advance, torch.no_grad():
+                for chunk in batches:
                     texts = generate_batch(self.model, self.tokenizer, [ids for _, ids in chunk], cfg, stop, chunk[0][0])
                     new = {k: texts[i * cfg.num_responses : (i + 1) * cfg.num_responses] for i, (k, _) in enumerate(chunk)}
                     self.store.put_generations(new)
-                    found.update(new)
+                    mine.update(new)
                     advance(len(chunk))
+        self.computed["generations"] += len(mine)
+        found.update(self._merged(mine, self.store.put_generations))
         return [found[k] for k in keys]
+
+    def _consistent(self, get, keys: list[str]) -> dict:
+        """What the cache holds, read by every process before any of them writes (so all split the same work)."""
+        distributed.barrier()
+        found = get(keys)
+        distributed.barrier()
+        return found
+
+    @staticmethod
+    def _merged(mine: dict, put) -> dict:
+        """Every process's new results (each has cached its own); with one process, ``mine``."""
+        if distributed.world_size() == 1:
+            return mine
+        merged = {k: v for part in distributed.gather(mine) for k, v in part.items()}
+        put({k: v for k, v in merged.items() if k not in mine})
+        return merged
 
     def logps(self, seqs: Sequence[Encoded], batch_size: int = 16, show: bool = True,
               description: str = "reference log-probs") -> list[tuple[float, int]]:
         """Reference ``(log p, n tokens)`` of each sequence's response, reusing cached values."""
         keys = [make_key("logp", self.cache_id, s.prompt, s.response) for s in seqs]
-        found = self.store.get_logps(keys)
+        found = self._consistent(self.store.get_logps, keys)
         todo = list({k: s for k, s in zip(keys, seqs) if k not in found}.items())
-        if todo:
-            with progress.bar(description, len(todo), show) as advance:
-                step = batch_size * 8  # commit every few batches: resumable without a transaction per row
-                for start in range(0, len(todo), step):
-                    chunk = todo[start : start + step]
+        step = batch_size * 8  # commit every few batches: resumable without a transaction per row
+        # Each process scores every world_size-th chunk: the chunks one process would score, so the same numbers.
+        chunks = distributed.shard([todo[i : i + step] for i in range(0, len(todo), step)])
+        mine: dict[str, tuple[float, int]] = {}
+        if chunks:
+            with progress.bar(description, sum(map(len, chunks)), show) as advance:
+                for chunk in chunks:
                     vals = score(self.model, [s for _, s in chunk], self.pad_id, batch_size, progress=advance)
                     new = dict(zip([k for k, _ in chunk], vals))
                     self.store.put_logps(new)
-                    found.update(new)
+                    mine.update(new)
+        self.computed["logps"] += len(mine)
+        found.update(self._merged(mine, self.store.put_logps))
         return [found[k] for k in keys]
 
 

@@ -20,6 +20,7 @@ from bapo.data.config import renderer
 from bapo.data.pairs import PreferencePair, load_pairs_by_user, split_holdout
 from bapo.errors import DataError, Problem
 from bapo.io import atomic_write_text, csv_text
+from bapo.runtime import distributed
 from bapo.runtime.models import load_tokenizer, resolve_model
 from bapo.runtime.reference import build_examples, load_reference
 from bapo.training.config import TrainConfig
@@ -100,11 +101,13 @@ def train_per_user(cfg: TrainConfig) -> PerUserResult:
             n = len(splits[u][0])
             fit(user_config(cfg, u), ref, splits[u][0], splits[u][1], examples[start:start + n], time.time())
             start += n
+    distributed.barrier()  # every run.json written (by the main process) before anyone reads them
     runs = [user_run(out / u, u) for u in splits]
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "users.csv", csv_text(runs))
-    if skipped:
-        atomic_write_text(out / "skipped.txt", "".join(f"{u}: {why}\n" for u, why in skipped.items()))
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "users.csv", csv_text(runs))
+        if skipped:
+            atomic_write_text(out / "skipped.txt", "".join(f"{u}: {why}\n" for u, why in skipped.items()))
     return PerUserResult(runs, skipped, out, time.time() - t0)
 
 

@@ -24,6 +24,7 @@ from bapo.data.pairs import PreferencePair, load_pairs, split_holdout
 from bapo.errors import ConfigError
 from bapo.io import atomic_write_text, write_json, write_jsonl
 from bapo.options import dump_yaml
+from bapo.runtime import distributed
 from bapo.runtime.models import add_lora, load_tokenizer, resolve_device, resolve_dtype, resolve_model
 from bapo.runtime.reference import Example, Reference, build_examples, load_reference
 from bapo.training.config import TrainConfig
@@ -115,7 +116,8 @@ def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[PreferencePair], hel
     ``bapo train --per-user`` starts from it)."""
     out = Path(cfg.out)
     with_base = cfg.loss.uses_anchor
-    write_run_files(cfg, train_pairs, held_pairs, examples)
+    if distributed.is_main():
+        write_run_files(cfg, train_pairs, held_pairs, examples)
 
     # 3. LoRA on the same weights (or every weight): the reference is never needed again.
     set_seed(cfg.seed)
@@ -132,17 +134,21 @@ def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[PreferencePair], hel
     trainer.train(resume_from_checkpoint=last)
 
     # 4. A standard PEFT adapter directory (or Hugging Face model directory), plus what it took to make it.
-    trainer.save_model(str(out))
-    if cfg.finetune == "full":
+    trainer.save_model(str(out))  # by the main process only
+    if cfg.finetune == "full" and distributed.is_main():
         ref.tokenizer.save_pretrained(str(out))  # so from_pretrained(out) opens a whole model
-    else:
+    elif cfg.finetune == "lora":
         ref.model = model.unload().eval()  # the LoRA layers out, the base weights as they were
     result = TrainResult(out, len(examples), len(held_pairs), trainer.state.global_step, time.time() - t0)
+    computed = distributed.gather(dict(ref.computed))  # what each process generated and scored itself
+    if not distributed.is_main():
+        return result
     write_json(out / "run.json", {
         "model": cfg.model, "model_path": str(getattr(ref.model.config, "_name_or_path", "")),
         "model_fingerprint": ref.fingerprint, "method": cfg.loss.method, "finetune": cfg.finetune,
         "peak_rss_mb": peak_rss_mb(), "train_pairs": result.train_examples,
         "holdout_pairs": result.holdout_examples, "steps": result.steps, "seconds": round(result.seconds, 1),
+        "processes": distributed.world_size(), "reference_work_by_rank": computed,
     })
     return result
 

@@ -1,0 +1,55 @@
+"""Several processes (``torchrun``, ``accelerate launch``): which one this is, and sharing work between them.
+
+The reference's work (base responses, reference log-probs) is split by rank: each process computes a slice, and every
+process gets the merged result, gathered through ``torch.distributed`` (so it works across machines too), and writes
+it to its cache. The process group is the one accelerate (and so the transformers Trainer) uses: created here on
+first need by accelerate's ``PartialState``, reused by the Trainer.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence, TypeVar
+
+import torch
+from accelerate import PartialState
+
+T = TypeVar("T")
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    """Whether this process writes the shared outputs (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This process's slice: every ``world_size``-th item from its rank on."""
+    return list(items[rank()::world_size()])
+
+
+def barrier() -> None:
+    """Wait until every process gets here (nothing to wait for with one process)."""
+    if world_size() > 1:
+        _state().wait_for_everyone()
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every process's ``obj``, in rank order (``[obj]`` with one process)."""
+    if world_size() == 1:
+        return [obj]
+    _state()
+    out: list[Any] = [None] * world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _state() -> PartialState:
+    return PartialState()

@@ -1,0 +1,54 @@
+"""Two processes (torchrun, gloo on CPU) train the adapter one process trains with the same global batch, and split
+the reference's work between them: each generates and scores a share, both get all of it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.helpers import make_pairs, write_jsonl
+
+COMMON = ["--method", "bapo", "--max-steps", "4", "--max-length", "96", "--max-prompt-length", "48",
+          "--base-max-new-tokens", "8", "--base-batch-size", "4", "--device", "cpu", "--lr", "1e-3", "--seed", "3"]
+
+
+def train(tmp_path, model, out, batch_size, launcher=()) -> subprocess.CompletedProcess:
+    cmd = [*launcher, "-m", "bapo.cli", "train", "--model", model, "--data", str(tmp_path / "pairs.jsonl"),
+           "--out", str(tmp_path / out), "--batch-size", str(batch_size), *COMMON]
+    proc = subprocess.run(cmd if launcher else [sys.executable, *cmd], capture_output=True, text=True, timeout=600,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                               "BAPO_CACHE_DIR": str(tmp_path / f"cache_{out}")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_train_the_single_process_adapter_and_share_the_reference_work(tmp_path, tiny_model, launcher):
+    write_jsonl(tmp_path / "pairs.jsonl", make_pairs(20, 1))
+    train(tmp_path, tiny_model, "one", 4)
+    runner = {"torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+              "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                             "--main_process_port", "0"]}[launcher]
+    proc = train(tmp_path, tiny_model, "two", 2, runner)  # 2 processes x 2 pairs = the same global batch of 4
+    assert proc.stdout.count("adapter written") == 1  # the main process reports
+    one, two = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("one", "two"))
+    assert (one["processes"], two["processes"]) == (1, 2) and one["steps"] == two["steps"] == 4
+    # each process generated and scored a share of the reference's work, together all of it
+    shares = two["reference_work_by_rank"]
+    assert all(s.get("generations", 0) > 0 and s.get("logps", 0) > 0 for s in shares)
+    for kind in ("generations", "logps"):
+        assert sum(s[kind] for s in shares) == one["reference_work_by_rank"][0][kind]
+    r1, r2 = ([json.loads(x) for x in (tmp_path / d / "base_responses.jsonl").read_text().splitlines()]
+              for d in ("one", "two"))
+    assert [r["base_responses"] for r in r1] == [r["base_responses"] for r in r2]  # the same texts
+    assert [x for r in r1 for x in r["ref_logps"]] == pytest.approx([x for r in r2 for x in r["ref_logps"]], rel=1e-5)
+    a, b = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("one", "two"))
+    # Gradients agree to float rounding (gloo's all-reduce sums in another order); AdamW's first steps can turn a
+    # rounding difference in a near-zero gradient into a step of up to lr, hence the bound: lr x steps.
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3 * 4
+    assert max(a[k].abs().max().item() for k in a) > 1e-2  # the adapters did move
+    m1, m2 = ((tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("one", "two"))
+    assert json.loads(m1[0])["grad_norm"] == pytest.approx(json.loads(m2[0])["grad_norm"], rel=1e-5)
