@@ -31,9 +31,15 @@ def make_user(spec: str, sources: Sources, n_pairs: int, seed: int = 0, referenc
     path = sources.path("prompts")
     prompts = load_prompts(path)
     rng.shuffle(prompts)
-    # a third more prompts than pairs: some candidate sets tie and give no pair
-    prompts = prompts[: int(n_pairs * 4 / 3) + 1] if n_pairs else prompts
-    pairs = simulated_pairs(SIMULATED[args[0]], prompts, reference, name, candidate_tokens, candidate_samples, seed)
+    pairs: list[PreferencePair] = []
+    start = 0
+    while start < len(prompts) and (not n_pairs or len(pairs) < n_pairs):
+        # a third more prompts than pairs still wanted: some candidate sets tie and give no pair (a profile whose
+        # score is often 0, such as friendliness, ties often: then more prompts are taken, until enough)
+        take = int((n_pairs - len(pairs)) * 4 / 3) + 1 if n_pairs else len(prompts)
+        pairs += simulated_pairs(SIMULATED[args[0]], prompts[start:start + take], reference, name, candidate_tokens,
+                                 candidate_samples, seed)
+        start += take
     return User(name, spec, sample(pairs, n_pairs, rng), None, path)
 
 
