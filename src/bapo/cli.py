@@ -22,7 +22,7 @@ from rich.console import Console
 from bapo.balancing.config import BalanceConfig
 from bapo.core.fields import option, section
 from bapo.data.config import DataConfig
-from bapo.errors import BapoError, ConfigError
+from bapo.errors import BapoError, ConfigError, environment_problem
 from bapo.evaluation.config import EvalConfig
 from bapo.options import CliField, cli_fields, cli_value, load_config, parse_sets
 from bapo.runtime.config import cache_dir_option, model_option
@@ -288,6 +288,12 @@ def main() -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         err.print("interrupted")
         sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - only errors of the environment are turned into one line
+        problem = environment_problem(e)
+        if problem is None:
+            raise
+        err.print(f"[red]error:[/] {problem}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
 
 

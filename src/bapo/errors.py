@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 
@@ -43,3 +44,27 @@ class ModelError(BapoError):
 
 class ConfigError(BapoError):
     """A configuration file or option is invalid."""
+
+
+# Failures of the machine rather than of the input: a full disk, a file size limit, a folder that cannot be written.
+DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EFBIG: "file size limit reached",
+               errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+               errno.ENOTDIR: "a part of the path is a file, not a folder", errno.EACCES: "permission denied",
+               errno.EPERM: "not permitted", errno.EISDIR: "is a folder"}
+# Native writers (torch.save, safetensors, SQLite) report the same failures as text.
+DISK_MESSAGES = ("disk i/o error", "database or disk is full", "file too large", "no space left", "file write failed",
+                 "failed writing", "unable to open database file", "attempt to write a readonly database",
+                 "basic_ios::clear", "unexpected pos")  # the last two: torch.save's zip writer after a failed write
+
+
+def environment_problem(e: BaseException) -> str | None:
+    """One line for an error that comes from where bapo writes (not from a bug), or None."""
+    if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+        where = e.filename or "an output file"
+        return f"{where}: cannot write: {DISK_ERRNOS[e.errno]} ({e.strerror})"
+    text = str(e).lower()
+    if any(m in text for m in DISK_MESSAGES):
+        kind = "the cache (SQLite)" if type(e).__module__ == "sqlite3" else "an output file"
+        return (f"{kind}: cannot write: {str(e).splitlines()[0][:200]} (is the disk full, a file size limit set, or "
+                f"the folder not writable? set --cache-dir or --out elsewhere)")
+    return None

@@ -8,6 +8,7 @@ with the transformers Trainer (so ``accelerate launch`` and its DeepSpeed/FSDP c
 from __future__ import annotations
 
 import importlib.util
+import json
 import resource
 import time
 from dataclasses import dataclass
@@ -16,7 +17,6 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from bapo.core.tokens import encode_pairs
 from bapo.data.config import renderer
@@ -124,7 +124,7 @@ def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[PreferencePair], hel
     model = add_lora(ref.model, cfg.lora) if cfg.finetune == "lora" else ref.model.requires_grad_(True)
     model.train()
     ckpt_dir = out / "checkpoints"
-    last = get_last_checkpoint(str(ckpt_dir)) if cfg.resume and ckpt_dir.exists() else None
+    last = last_complete_checkpoint(ckpt_dir) if cfg.resume else None
     resume_step = int(Path(last).name.split("-")[-1]) if last else 0
     trainer = PreferenceTrainer(model=model, args=training_arguments(cfg, ckpt_dir), train_dataset=examples,
                                 data_collator=PairCollator(ref.pad_id, with_base, cfg.pack_prompts),
@@ -151,6 +151,19 @@ def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[PreferencePair], hel
         "processes": distributed.world_size(), "reference_work_by_rank": computed,
     })
     return result
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing (its ``trainer_state.json``, written last, parses): a kill
+    or a full disk during a save leaves a partial folder, which resuming passes over."""
+    done = []
+    for d in ckpt_dir.glob("checkpoint-*") if ckpt_dir.exists() else []:
+        try:
+            json.loads((d / "trainer_state.json").read_text())
+            done.append((int(d.name.split("-")[-1]), str(d)))
+        except (OSError, ValueError):
+            continue
+    return max(done)[1] if done else None
 
 
 def write_run_files(cfg: TrainConfig, train_pairs: list[PreferencePair], held_pairs: list[PreferencePair],
