@@ -49,3 +49,27 @@ def csv_text(rows: Sequence[Any]) -> str:
     w.writeheader()
     w.writerows(dicts)
     return buf.getvalue()
+
+
+def atomic_save_figure(fig: Any, path: str | Path, **kwargs: Any) -> None:
+    """``fig.savefig`` into a temporary file beside ``path``, renamed into place (the format from ``path``'s suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def move_files_into(src: str | Path, dst: str | Path) -> None:
+    """Rename every file of folder ``src`` into ``dst`` (each rename atomic: a reader sees the old file or the new
+    one), then remove ``src``. For outputs a library writes in place (the Trainer's ``save_model``): written to a
+    temporary folder beside ``dst`` first, then moved."""
+    src, dst = Path(src), Path(dst)
+    for f in sorted(src.iterdir()):
+        os.replace(f, dst / f.name)
+    src.rmdir()

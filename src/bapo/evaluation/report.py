@@ -22,7 +22,7 @@ from bapo.errors import DataError, Problem  # noqa: E402
 from bapo.evaluation.metrics import Z95  # noqa: E402
 from bapo.evaluation.records import Record  # noqa: E402
 from bapo.evaluation.tasks import role_metric  # noqa: E402
-from bapo.io import atomic_write_text  # noqa: E402
+from bapo.io import atomic_save_figure, atomic_write_text  # noqa: E402
 
 PERSONAL_METRIC = "ll_acc"  # reference-free, so the base model has a real value too
 KNOWLEDGE = role_metric("knowledge")
@@ -65,7 +65,7 @@ def task_bars(records: list[Record], task: str, out: Path) -> Path:
     fig.suptitle(task, fontsize=11)
     fig.tight_layout()
     path = out / f"task_{_slug(task)}.png"
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -121,7 +121,7 @@ def tradeoff(records: list[Record], out: Path) -> Path | None:
     fig.suptitle("personalization gained vs. knowledge and alignment kept (95% error bars)", fontsize=11)
     fig.tight_layout()
     path = out / "tradeoff.png"
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from bapo.evaluation.metrics import Z95  # noqa: E402
 from bapo.studies.tables import StudyRow  # noqa: E402
+from bapo.io import atomic_save_figure
 
 
 def aggregate(rows: list[StudyRow], metric: str) -> dict[str, list[tuple[float, float, float]]]:
@@ -59,7 +60,7 @@ def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[St
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        atomic_save_figure(fig, out / name, dpi=110)
         plt.close(fig)
         paths.append(out / name)
 
@@ -79,7 +80,7 @@ def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[St
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "tradeoff.png", dpi=110)
+    atomic_save_figure(fig, out / "tradeoff.png", dpi=110)
     plt.close(fig)
     paths.append(out / "tradeoff.png")
     return paths

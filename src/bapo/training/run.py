@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from bapo.core.tokens import encode_pairs
 from bapo.data.config import renderer
 from bapo.data.pairs import PreferencePair, load_pairs, split_holdout
 from bapo.errors import ConfigError
-from bapo.io import atomic_write_text, write_json, write_jsonl
+from bapo.io import atomic_write_text, move_files_into, write_json, write_jsonl
 from bapo.options import dump_yaml
 from bapo.runtime import distributed
 from bapo.runtime.models import add_lora, load_tokenizer, resolve_device, resolve_dtype, resolve_model
@@ -134,10 +135,16 @@ def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[PreferencePair], hel
     trainer.train(resume_from_checkpoint=last)
 
     # 4. A standard PEFT adapter directory (or Hugging Face model directory), plus what it took to make it.
-    trainer.save_model(str(out))  # by the main process only
-    if cfg.finetune == "full" and distributed.is_main():
-        ref.tokenizer.save_pretrained(str(out))  # so from_pretrained(out) opens a whole model
-    elif cfg.finetune == "lora":
+    # The Trainer writes files in place: into a fresh folder beside OUT, then each renamed into OUT (a kill leaves
+    # every file of OUT whole; run.json, written last, marks the run finished).
+    staging = out / ".saving"
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))  # by the main process only
+    if distributed.is_main():
+        if cfg.finetune == "full":
+            ref.tokenizer.save_pretrained(str(staging))  # so from_pretrained(out) opens a whole model
+        move_files_into(staging, out)
+    if cfg.finetune == "lora":
         ref.model = model.unload().eval()  # the LoRA layers out, the base weights as they were
     result = TrainResult(out, len(examples), len(held_pairs), trainer.state.global_step, time.time() - t0)
     computed = distributed.gather(dict(ref.computed))  # what each process generated and scored itself
