@@ -24,13 +24,16 @@ from tests.helpers import make_pairs, write_jsonl
 SMALL = ["--max-length", "96", "--max-prompt-length", "48", "--device", "cpu"]
 
 
-def whole(folder: Path) -> None:
-    """Every output under ``folder`` is complete: no temporary file, every JSON, JSONL, YAML and safetensors file
-    parses (JSONL to its last newline). Checkpoints are skipped (see the module docstring)."""
+def whole(folder: Path, finished: bool = True) -> None:
+    """Every output under ``folder`` is complete: every JSON, JSONL, YAML and safetensors file parses (JSONL to its
+    last newline); once ``finished``, no temporary file is left (a kill may leave one, hidden, beside its target: the
+    next write of that target removes it). Checkpoints are skipped (see the module docstring)."""
     for f in folder.rglob("*"):
         if not f.is_file() or "checkpoints" in f.parts:
             continue
-        assert not f.name.endswith(".tmp") and ".saving" not in f.parts, f"left behind: {f}"
+        if f.name.endswith(".tmp") or ".saving" in f.parts:
+            assert not finished, f"left behind: {f}"
+            continue
         if f.suffix == ".json":
             json.loads(f.read_text())
         elif f.suffix == ".jsonl":
@@ -62,7 +65,7 @@ def kill_and_rerun(cmd: list[str], out: Path, env: dict, seconds: float, seed: i
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         if out.exists():
-            whole(out)
+            whole(out, finished=False)
     run(cmd, env)
     whole(out)
 
@@ -128,3 +131,29 @@ def test_per_user_training_killed_and_rerun_gives_every_users_adapter(tmp_path, 
     for u in ("ann", "bob", "cat"):
         a, b = (load_file(str(tmp_path / d / u / "adapter_model.safetensors")) for d in ("whole", "killed"))
         assert all(a[k].allclose(b[k], atol=1e-5) for k in a), u
+
+
+@pytest.mark.slow
+def test_study_killed_and_rerun_gives_the_uninterrupted_table(tmp_path, tiny_model, env):
+    from bapo.options import dump_yaml
+    from tests.studies.test_run import mini_data
+    from bapo.data.users import Sources
+    from bapo.studies.config import StudyConfig, study_training
+
+    train = study_training()
+    train.model, train.epochs, train.batch_size, train.lr, train.save_steps = tiny_model, 1, 2, 5e-3, 2
+    train.base.max_new_tokens, train.data.max_length, train.data.max_prompt_length = 6, 128, 64
+    cfg = StudyConfig(users=["flip:0", "flip:1"], methods=["dpo", "bapo"], pairs_per_user=8, holdout_pairs=4,
+                      eval_items=0, alignment_items=0, drift_prompts=3,
+                      sources=Sources(data_dir=str(mini_data(tmp_path / "data"))), train=train)
+    tables = []
+    for name, kills in (("whole", 0), ("killed", 3)):
+        cfg.out = str(tmp_path / name)
+        (tmp_path / f"{name}.yaml").write_text(dump_yaml(cfg))
+        cmd = bapo("study", "--config", str(tmp_path / f"{name}.yaml"))
+        if kills:
+            kill_and_rerun(cmd, tmp_path / name, cache(env, tmp_path / "c2"), seconds, seed=5, kills=kills)
+        else:
+            seconds = run(cmd, cache(env, tmp_path / "c1"))
+        tables.append((tmp_path / name / "table.csv").read_text().replace(str(tmp_path / name), "X"))
+    assert tables[0] == tables[1]
