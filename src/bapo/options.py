@@ -102,17 +102,30 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_yaml(path: str | Path, cls: type) -> Any:
-    """A config of class ``cls``: its defaults, with what the YAML file sets laid over them."""
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; a missing file, text that is not UTF-8 or not YAML is one :class:`ConfigError` line."""
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found") from None
+        raise ConfigError(f"{p}: file not found") from None
+    except (IsADirectoryError, NotADirectoryError):
+        raise ConfigError(f"{p}: not a file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: YAML nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f"{mark.line + 1}" if mark else "?"
-        raise ConfigError(f"{p}:{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{p}:{line}: invalid YAML: {problem}") from None
+
+
+def load_yaml(path: str | Path, cls: type) -> Any:
+    """A config of class ``cls``: its defaults, with what the YAML file sets laid over them."""
+    p = Path(path)
+    raw = read_yaml(p) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping of options, got {type(raw).__name__}")
     try:

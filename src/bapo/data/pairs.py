@@ -81,11 +81,17 @@ def _iter_raw(path: str, split: str) -> Iterator[tuple[int | str, Any]]:
                     yield i, json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e:
                     yield i, Problem(path, i, "json", f"malformed JSON ({e.msg} at column {e.colno})")
+                except RecursionError:
+                    yield i, Problem(path, i, "json", "nested too deeply")
     elif kind == "json":
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise DataError(Problem(path, e.lineno, "json", f"malformed JSON ({e.msg} at column {e.colno})")) from None
+        except UnicodeDecodeError as e:
+            raise DataError(Problem(path, 0, "file", f"not UTF-8 text (byte {e.start})")) from None
+        except RecursionError:
+            raise DataError(Problem(path, 0, "json", "nested too deeply")) from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
@@ -95,8 +101,13 @@ def _iter_raw(path: str, split: str) -> Iterator[tuple[int | str, Any]]:
     elif kind == "csv":
         with p.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
-            for rec in reader:
-                yield reader.line_num, {k: v for k, v in rec.items() if k is not None}
+            try:
+                for rec in reader:
+                    yield reader.line_num, {k: v for k, v in rec.items() if k is not None}
+            except UnicodeDecodeError as e:
+                raise DataError(Problem(path, reader.line_num + 1, "file", f"not UTF-8 text (byte {e.start})")) from None
+            except csv.Error as e:
+                raise DataError(Problem(path, reader.line_num, "csv", str(e))) from None
     else:
         import pyarrow.parquet as pq
 

@@ -61,29 +61,39 @@ def _open_text(path: str) -> str:
     p = Path(path)
     if not p.exists():
         raise DataError(Problem(path, 0, "file", "not found"))
-    if p.suffix == ".gz":
-        with gzip.open(p, "rt", encoding="utf-8") as f:
-            return f.read()
-    return p.read_text(encoding="utf-8")
+    try:
+        if p.suffix == ".gz":
+            with gzip.open(p, "rt", encoding="utf-8") as f:
+                return f.read()
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(Problem(path, 0, "file", f"not UTF-8 text (byte {e.start})")) from None
+    except (gzip.BadGzipFile, EOFError) as e:
+        raise DataError(Problem(path, 0, "file", f"unreadable gzip ({e})")) from None
 
 
 def _records(path: str) -> list[tuple[int | str, Any]]:
     text = _open_text(path)
     name = path.removesuffix(".gz")
     if name.endswith(".json"):
-        data = json.loads(text)
+        data = _json(path, 0, text)
         return [(f"record {i}", r) for i, r in enumerate(data if isinstance(data, list) else [data], 1)]
     if name.endswith(".csv"):
-        return [(i, row) for i, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1) if row]
-    out = []
+        try:
+            return [(i, row) for i, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1) if row]
+        except csv.Error as e:
+            raise DataError(Problem(path, "", "csv", str(e))) from None
     # JSONL lines end at "\n" only: str.splitlines would also cut at U+2028 and friends, which JSON strings may hold
-    for i, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            try:
-                out.append((i, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(Problem(path, i, "json", f"malformed JSON ({e.msg})")) from None
-    return out
+    return [(i, _json(path, i, line)) for i, line in enumerate(text.split("\n"), 1) if line.strip()]
+
+
+def _json(path: str, line: int, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(Problem(path, line or e.lineno, "json", f"malformed JSON ({e.msg})")) from None
+    except RecursionError:
+        raise DataError(Problem(path, line, "json", "nested too deeply")) from None
 
 
 def _subset(items: list, limit: int, seed: int) -> list:
@@ -97,31 +107,39 @@ LETTERS = "ABCDEFGHIJ"
 
 
 def _mc_record(rec: Any, where: tuple[str, int | str]) -> McItem:
+    item = _mc_fields(rec, where)
+    if not isinstance(item.context, str) or len(item.choices) < 2 or not all(isinstance(c, str) for c in item.choices):
+        raise DataError(Problem(*where, "choices", "expected a question and at least two choices, all text"))
+    return item
+
+
+def _mc_fields(rec: Any, where: tuple[str, int | str]) -> McItem:
     if isinstance(rec, list):  # MMLU CSV: question, A, B, C, D, answer letter
-        if len(rec) < 4 or rec[-1].strip() not in LETTERS[: len(rec) - 2]:
+        if len(rec) < 4 or not isinstance(rec[-1], str) or rec[-1].strip() not in LETTERS[: len(rec) - 2]:
             raise DataError(Problem(*where, "answer", "expected question, choices..., answer letter"))
         return McItem(f"Question: {rec[0]}\nAnswer:", rec[1:-1], LETTERS.index(rec[-1].strip()))
     if not isinstance(rec, dict):
         raise DataError(Problem(*where, "record", "expected an object"))
     if "query" in rec:  # llm-foundry
-        choices, gold = rec.get("choices"), rec.get("gold")
+        choices, gold, q = rec.get("choices"), rec.get("gold"), rec["query"]
         if not isinstance(choices, list) or not isinstance(gold, int) or not 0 <= gold < len(choices):
             raise DataError(Problem(*where, "gold", "expected choices (a list) and gold (an index into it)"))
-        q = rec["query"]
+        if not isinstance(q, str):
+            raise DataError(Problem(*where, "query", "expected text"))
         return McItem(q + "\nAnswer:" if q.startswith("Question:") else q, choices, gold)
     q = rec.get("question", rec.get("question_stem"))
     ch = rec.get("choices")
     if isinstance(q, dict):  # original ARC / OpenBookQA JSONL: {"question": {"stem", "choices": [...]}}
         ch, q = q.get("choices"), q.get("stem")
-    if isinstance(ch, dict):  # hub layout: {"text": [...], "label": [...]}
-        texts, labels = ch.get("text", []), ch.get("label", [])
-    elif isinstance(ch, list):
+    if isinstance(ch, dict) and isinstance(ch.get("text", []), list) and isinstance(ch.get("label", []), list):
+        texts, labels = ch.get("text", []), ch.get("label", [])  # hub layout: {"text": [...], "label": [...]}
+    elif isinstance(ch, list) and all(isinstance(c, dict) for c in ch):
         texts, labels = [c.get("text") for c in ch], [c.get("label") for c in ch]
     else:
         raise DataError(Problem(*where, "choices", "missing"))
     key = str(rec.get("answerKey", "")).strip()
     if not isinstance(q, str) or key not in labels:
-        raise DataError(Problem(*where, "answerKey", f"'{key}' is not one of the choice labels {labels}"))
+        raise DataError(Problem(*where, "answerKey", f"'{key}' is not one of the choice labels {labels}"[:300]))
     return McItem(f"Question: {q}\nAnswer:", texts, labels.index(key))
 
 
@@ -148,13 +166,16 @@ def load_general_pairs(path: str, limit: int = 0, seed: int = 0) -> list[PairIte
     items = []
     for line, rec in _records(path):
         where = (path, line)
-        if isinstance(rec, dict) and "text" in rec and "score" in rec:  # DSP
-            texts, scores = rec["text"], rec["score"]
+        texts, scores = (rec.get("text"), rec.get("score")) if isinstance(rec, dict) else (None, None)
+        if isinstance(texts, list) and isinstance(scores, list) and len(texts) == len(scores) >= 2 and \
+                all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores):  # DSP
             best, worst = texts[scores.index(max(scores))], texts[scores.index(min(scores))]
         elif isinstance(rec, dict) and "chosen" in rec and "rejected" in rec:
             best, worst = rec["chosen"], rec["rejected"]
         else:
             raise DataError(Problem(*where, "record", "expected chosen/rejected transcripts or text/score"))
+        if not isinstance(best, str) or not isinstance(worst, str):
+            raise DataError(Problem(*where, "chosen", "expected transcripts as strings"))
         try:
             msgs, c = hh_messages(best)
             msgs_r, r = hh_messages(worst)

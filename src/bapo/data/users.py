@@ -139,11 +139,19 @@ def make_pair(messages: Any, chosen: str, rejected: str, user: str, where: str) 
     return PreferencePair(prompt=prompt_messages(messages), chosen=chosen, rejected=rejected, user_id=user, source=where)
 
 
-def _read_json(path: str) -> Any:
+def _read_json(path: str, what: type = list) -> Any:
+    """A JSON file holding a ``what`` (a list of records, by default)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(Problem(path, e.lineno, "file", f"not valid JSON: {e.msg}")) from None
+    except UnicodeDecodeError as e:
+        raise DataError(Problem(path, 0, "file", f"not UTF-8 text (byte {e.start})")) from None
+    except RecursionError:
+        raise DataError(Problem(path, 0, "file", "JSON nested too deeply")) from None
+    if not isinstance(data, what):
+        raise DataError(Problem(path, 1, "file", f"expected a JSON {what.__name__}, got {type(data).__name__}"))
+    return data
 
 
 def _dsp_pairs(domain: str, sources: Sources, user: str):
@@ -180,7 +188,7 @@ def _vpl_pairs(objective: str, sources: Sources, user: str):
     path = sources.path("vpl")
     opener = gzip.open if path.endswith(".gz") else open
     pairs, agree = [], []
-    with opener(path, "rt", encoding="utf-8") as f:
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -188,6 +196,10 @@ def _vpl_pairs(objective: str, sources: Sources, user: str):
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(Problem(path, line_no, "line", f"not valid JSON: {e.msg}")) from None
+            except RecursionError:
+                raise DataError(Problem(path, line_no, "line", "JSON nested too deeply")) from None
+            if not isinstance(rec, dict):
+                raise DataError(Problem(path, line_no, "line", "expected a JSON object"))
             if rec.get("objective") != objective:
                 continue
             try:

@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from bapo.core.tokens import encode_pairs
 from bapo.data.pairs import PreferencePair
 from bapo.data.profiles import PROFILES, profile_key
 from bapo.data.readers import load_general_pairs, load_mc, load_prompts, load_qa
 from bapo.errors import ConfigError
 from bapo.evaluation import metrics
+from bapo.options import read_yaml
 from bapo.runtime.config import BaseResponseConfig
 from bapo.runtime.reference import Reference, build_examples, encode_base
 
@@ -192,7 +191,7 @@ def load_suite(name_or_path: str) -> Suite:
     p = Path(name_or_path)
     if not p.exists():
         raise ConfigError(f"--suite {name_or_path}: not 'default' and no such file")
-    raw = yaml.safe_load(p.read_text()) or {}
+    raw = read_yaml(p) or {}
     tasks = raw.get("tasks") if isinstance(raw, dict) else None
     if not isinstance(tasks, list) or not tasks:
         raise ConfigError(f"{p}: expected 'tasks:' with a list of {{name, kind, path}}")
