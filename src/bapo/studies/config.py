@@ -56,6 +56,8 @@ class StudyConfig:
     balance_responses: int = option(6, "With balance, simulated users: candidate responses per prompt (K).")
     judge: str = option("auto", "Heterogeneity judge: auto, reward, labels or base (see bapo.studies.users).")
     reward_model: str = option("", "Reward model for the heterogeneity judge (optional).")
+    judge_pairs: int = option(512, "Pairs the heterogeneity judge reads per user (a seeded sample; 0 = all): a user "
+                                   "with thousands of long pairs is judged in minutes, within its standard error.")
     sources: Sources = section(Sources, cli=("data_dir",), panel="Data")
     # Every cell trains with this config; the study sets its out, data.path, data.eval_path, loss.method and seed.
     # Its model, cache, device, dtype and length limits are the whole study's, evaluation included.

@@ -93,7 +93,10 @@ def prepare_users(cfg: StudyConfig, out: Path, console: Console) -> dict[str, di
         if cfg.balance and kind == "psoups":
             write_jsonl(out / "users" / f"{name}.prompts.jsonl", pool_prompts(cfg, held))
         needs_base = cfg.judge == "base" or (cfg.judge == "auto" and reward is None and user.general_agree is None)
-        h = heterogeneity(user, cfg.judge, reference() if needs_base else None, reward)
+        judged = replace(user, pairs=sample(user.pairs, cfg.judge_pairs, random.Random("judge")),
+                         general_agree=None if user.general_agree is None else
+                         sample(user.general_agree, cfg.judge_pairs, random.Random("judge")))
+        h = heterogeneity(judged, cfg.judge, reference() if needs_base else None, reward)
         write_jsonl(out / "users" / f"{name}.train.jsonl", [p.to_record() for p in train_pairs])
         write_jsonl(out / "users" / f"{name}.holdout.jsonl", [p.to_record() for p in held])
         users[name] = {"spec": spec, "source": user.source, "train_pairs": len(train_pairs),
