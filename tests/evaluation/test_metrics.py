@@ -34,12 +34,27 @@ def test_mc_accuracy_exact_on_a_constructed_case(tiny_model):
     items = [
         McItem("Question: q1\nAnswer:", ["zzz", "aaa", "bbb"], 1),  # 'aaa' is likeliest: right
         McItem("Question: q2\nAnswer:", ["aaa", "zz"], 1),  # 'aaa' is likeliest: wrong
-        # total log-likelihood prefers the short 'a'; per byte the long 'aaaaaaaa' wins (gold 1)
+        # total log-likelihood prefers the short 'a'; per character the long 'aaaaaaaa' wins (gold 1)
         McItem("Question: q3\nAnswer:", ["a", "aaaaaaaa", "zz"], 1),
     ]
     got = mc_scores(model, tok, items)
     assert got["acc"] == [1.0, 0.0, 0.0]
     assert got["acc_norm"] == [1.0, 0.0, 1.0]
+
+
+def test_acc_norm_divides_by_the_choice_characters_as_lm_eval_does(tiny_model):
+    """lm-evaluation-harness: ``argmax(lls / len(choice))``, the choice without its leading space. Here the space is
+    cheap and 'a' dear, so per character of the choice 'aa' wins, while per byte of ' ' + choice 'a' would."""
+    tok = load_tokenizer(tiny_model)
+    vocab = tok.get_vocab()
+    table = torch.full((len(vocab),), -8.0)
+    table[vocab["a"]], table[vocab[" "]] = -1.0, 2.0
+    model = Unigram(torch.log_softmax(table, 0))
+    lp = torch.log_softmax(table, 0)
+    space, a = -lp[vocab[" "]].item(), -lp[vocab["a"]].item()
+    assert (space + 2 * a) / 2 < space + a and (space + 2 * a) / 3 > (space + a) / 2  # the two rules disagree
+    got = mc_scores(model, tok, [McItem("Question: q\nAnswer:", ["a", "aa"], 1)])
+    assert got == {"acc": [0.0], "acc_norm": [1.0]}
 
 
 def test_mc_acc_agrees_with_a_direct_per_choice_computation(tiny_model):

@@ -55,9 +55,10 @@ def paired_delta(xs: Sequence[float], base: Sequence[float]) -> tuple[float, flo
 
 
 def mc_scores(model, tokenizer, items: Sequence[McItem], batch_size: int = 32, progress=None) -> dict[str, list[float]]:
-    """Zero-shot multiple choice, as lm-evaluation-harness: ``acc`` picks the choice of highest log-likelihood given
-    the question, ``acc_norm`` the highest log-likelihood per byte of the choice. Every choice of every question
-    goes into length-sorted batches together, so a batch mixes questions."""
+    """Zero-shot multiple choice, as lm-evaluation-harness: the continuation scored is ``" " + choice``; ``acc``
+    picks the choice of highest log-likelihood given the question, ``acc_norm`` the highest log-likelihood per
+    character of the choice itself (the harness's ``len(choice)``, without the delimiter; ties go to the first).
+    Every choice of every question goes into length-sorted batches together, so a batch mixes questions."""
     seqs, owner = [], []
     for i, it in enumerate(items):
         ctx = tuple(tokenizer(it.context)["input_ids"])
@@ -69,7 +70,7 @@ def mc_scores(model, tokenizer, items: Sequence[McItem], batch_size: int = 32, p
     k = 0
     for it in items:
         lp = [vals[k + j][0] for j in range(len(it.choices))]
-        norm = [lp[j] / max(len((" " + c).encode()), 1) for j, c in enumerate(it.choices)]
+        norm = [lp[j] / max(len(c), 1) for j, c in enumerate(it.choices)]
         k += len(it.choices)
         acc.append(float(max(range(len(lp)), key=lp.__getitem__) == it.gold))
         acc_norm.append(float(max(range(len(norm)), key=norm.__getitem__) == it.gold))

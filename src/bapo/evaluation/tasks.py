@@ -47,8 +47,11 @@ class TaskSpec:
     max_new_tokens: int = 64  # drift / reward: length of generated answers
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps([self.kind, self.path, self.limit, self.seed, self.max_new_tokens]).encode()
-                              ).hexdigest()[:16]
+        """Cache key of its scores: what the task reads, and its kind's scoring version (cached scores of an older
+        definition are never mixed with new ones)."""
+        version = KINDS[self.kind].version if self.kind in KINDS else 1
+        fields = [self.kind, self.path, self.limit, self.seed, self.max_new_tokens] + ([version] if version > 1 else [])
+        return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -87,6 +90,7 @@ class TaskKind:
     sequences: Callable[[list], int]  # what its progress bar counts
     chars: Callable[[list], int] = lambda items: 0  # characters read per model (prices the study's dry run)
     prepare: Callable[[Task, Reference], Any] | None = None
+    version: int = 1  # raised when its scores change meaning: part of every cache key of the kind
 
 
 def _prepare_drift(task: Task, ref: Reference) -> tuple[list, list[float]]:
@@ -124,7 +128,8 @@ KINDS: dict[str, TaskKind] = {k.name: k for k in [
     TaskKind("mc", "knowledge", "acc_norm", _load_spec(load_mc),
              lambda model, t, s, adv: metrics.mc_scores(model, s.ref.tokenizer, t.items, s.batch_size * 2, adv),
              sequences=lambda items: sum(len(i.choices) for i in items),
-             chars=lambda items: sum(len(i.context) + sum(map(len, i.choices)) for i in items)),
+             chars=lambda items: sum(len(i.context) + sum(map(len, i.choices)) for i in items),
+             version=2),  # 2: acc_norm per character of the choice, as lm-evaluation-harness (was per byte of " "+choice)
     TaskKind("general_pairs", "alignment", "acc_norm", _load_spec(load_general_pairs),
              lambda model, t, s, adv: metrics.general_pair_scores(model, s.ref.renderer, t.items, s.batch_size, adv),
              sequences=lambda items: 2 * len(items),
