@@ -35,7 +35,7 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich",
 )
 err = Console(stderr=True)
-out = Console()
+out = Console(quiet=os.environ.get("RANK", "0") != "0")  # under torchrun / accelerate launch, the main process reports
 
 
 @dataclass
@@ -113,16 +113,12 @@ def _train(cfg: TrainConfig) -> None:
     cfg.validate()
     if cfg.per_user:
         done = train_per_user(cfg)
-        if os.environ.get("RANK", "0") != "0":
-            return
         out.print(f"[green]{len(done.users)} adapters written to[/] {done.out}/<user> ({done.seconds:.0f} s); "
                   f"summary: {done.out / 'users.csv'}")
         for user, why in done.skipped.items():
             out.print(f"[yellow]skipped {user}:[/] {why}", highlight=False)
         return
     result = train(cfg)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun / accelerate launch, the main process reports
-        return
     out.print(f"[green]adapter written to[/] {result.out}  ({result.train_examples} pairs, {result.steps} steps, "
               f"{result.seconds:.0f} s; held out: {result.holdout_examples} pairs)")
 

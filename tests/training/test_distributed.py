@@ -52,3 +52,29 @@ def test_two_processes_train_the_single_process_adapter_and_share_the_reference_
     assert max(a[k].abs().max().item() for k in a) > 1e-2  # the adapters did move
     m1, m2 = ((tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("one", "two"))
     assert json.loads(m1[0])["grad_norm"] == pytest.approx(json.loads(m2[0])["grad_norm"], rel=1e-5)
+
+
+def test_two_processes_split_an_evaluation_and_report_the_single_process_scores(tmp_path, tiny_model):
+    write_jsonl(tmp_path / "pairs.jsonl", make_pairs(20, 1))
+    for name in ("a", "b", "c"):
+        train(tmp_path, tiny_model, name, 4)
+    mc = write_jsonl(tmp_path / "mc.jsonl", [{"query": f"Question: What is {i} plus 1?\nAnswer:",
+                                              "choices": [str(i + 1), str(i + 2), "x"], "gold": 0} for i in range(12)])
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say {w}."} for w in "abcdef"])
+    (tmp_path / "suite.yaml").write_text(f"tasks:\n  - {{name: sums, kind: mc, path: {mc}}}\n"
+                                         f"  - {{name: drift, kind: drift, path: {prompts}, max_new_tokens: 6}}\n")
+    ev = ["-m", "bapo.cli", "eval", "--model", tiny_model, "--suite", str(tmp_path / "suite.yaml"), "--device", "cpu",
+          "--max-length", "96", "--max-prompt-length", "48", "--adapters", *(str(tmp_path / n) for n in "abc")]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    results = []
+    for out, launcher in (("e1", [sys.executable]),
+                          ("e2", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])):
+        proc = subprocess.run([*launcher, *ev, "--out", str(tmp_path / out)], capture_output=True, text=True,
+                              timeout=600, env={**env, "BAPO_CACHE_DIR": str(tmp_path / f"cache_{out}")})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append(json.loads((tmp_path / out / "results.json").read_text()))
+    one, two = results
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert two["models_scored_by_rank"] == [2, 2]  # base, a, b, c: two models each
+    assert [(r["model"], r["task"], r["metric"], r["value"], r["delta"]) for r in one["records"]] == \
+        [(r["model"], r["task"], r["metric"], r["value"], r["delta"]) for r in two["records"]]

@@ -27,6 +27,7 @@ from bapo.evaluation.metrics import TIE_NATS, Stat, paired_delta
 from bapo.evaluation.records import Record, markdown_table
 from bapo.evaluation.tasks import Scorer, Task, TaskSpec, load_suite, load_task, personal_task
 from bapo.io import as_dicts, atomic_write_text, csv_text, write_json
+from bapo.runtime import distributed
 from bapo.runtime.adapters import AdapterInfo, applied, check_same_model, read_adapter
 from bapo.runtime.models import load_reward_model
 from bapo.runtime.reference import Reference, open_reference
@@ -122,6 +123,25 @@ def score_candidate(model, cand: Candidate, tasks: list[Task], scorer: Scorer, c
     return out
 
 
+def score_all(cfg: EvalConfig, cands: list[Candidate], tasks: list[Task], personal: dict[str, Task], scorer: Scorer,
+              console: Console) -> tuple[Scores, list[int]]:
+    """Every (candidate, task) score. With several processes each scores every N-th candidate's tasks (the unit an
+    adapter is applied for) and all receive the merged scores; returns them and the units each process scored."""
+    ref = scorer.ref
+    units = [(i, c) for i, c in enumerate(cands)]
+    computed: dict[str, dict] = {}
+    for _, cand in distributed.shard(units):
+        mine = [personal[n] for n in personal if cand.adapter is None or n in cand.personal]
+        with applied(ref.model, cand.adapter.path if cand.adapter else None, cand.scale, cfg.merge_adapters) as model:
+            computed[cand.label] = score_candidate(model, cand, tasks + mine, scorer, cfg)
+            if cfg.lm_eval_tasks:
+                computed[cand.label].update(lm_eval_scores(model, ref.tokenizer, cfg.lm_eval_tasks, cfg.batch_size,
+                                                           cand.label, console))
+    parts = distributed.gather(computed)
+    merged = {label: s for part in parts for label, s in part.items()}
+    return {c.label: merged[c.label] for c in cands}, [len(p) for p in parts]
+
+
 def evaluate(cfg: EvalConfig, console: Console | None = None) -> EvalResult:
     """Evaluate the base model and every adapter (at every scale); write results and return them."""
     console = console or Console()
@@ -138,18 +158,12 @@ def evaluate(cfg: EvalConfig, console: Console | None = None) -> EvalResult:
             t.prepared = t.kind.prepare(t, ref)
     scorer = Scorer(ref, cfg.batch_size, load_reward_model(cfg.reward_model, cfg.device) if cfg.reward_model else None)
 
-    scores: Scores = {}
-    for cand in cands:
-        mine = [personal[n] for n in personal if cand.adapter is None or n in cand.personal]
-        with applied(ref.model, cand.adapter.path if cand.adapter else None, cand.scale, cfg.merge_adapters) as model:
-            scores[cand.label] = score_candidate(model, cand, tasks + mine, scorer, cfg)
-            if cfg.lm_eval_tasks:
-                scores[cand.label].update(lm_eval_scores(model, ref.tokenizer, cfg.lm_eval_tasks, cfg.batch_size,
-                                                         cand.label, console))
+    scores, by_rank = score_all(cfg, cands, tasks, personal, scorer, console)
     kinds = {t.spec.name: t.spec.kind for t in [*tasks, *personal.values()]}
     records = make_records(cands, scores, kinds)
     result = EvalResult(records, scores, Path(cfg.out), round(time.time() - t0, 1))
-    write_results(cfg, ref, result, console)
+    if distributed.is_main():
+        write_results(cfg, ref, result, console, by_rank)
     return result
 
 
@@ -169,12 +183,14 @@ def make_records(cands: list[Candidate], scores: Scores, kinds: dict[str, str]) 
     return records
 
 
-def write_results(cfg: EvalConfig, ref: Reference, result: EvalResult, console: Console) -> None:
+def write_results(cfg: EvalConfig, ref: Reference, result: EvalResult, console: Console,
+                  by_rank: list[int] | None = None) -> None:
     """results.json (with what ran, where and how long), item_scores.json, results.csv and results.md."""
     out = result.out
     meta = {"model": cfg.model, "model_fingerprint": ref.fingerprint, "suite": cfg.suite,
             "adapters": cfg.adapters, "adapter_scales": cfg.adapter_scales, "machine": machine(),
-            "seconds": result.seconds, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "seconds": result.seconds, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "processes": distributed.world_size(), "models_scored_by_rank": by_rank or [len(result.item_scores)]}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", {**meta, "records": as_dicts(result.records)})
     write_json(out / "item_scores.json", result.item_scores)  # for paired statistics elsewhere (the study)

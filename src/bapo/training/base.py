@@ -12,6 +12,7 @@ from bapo.data.pairs import load_pairs
 from bapo.io import write_jsonl
 from bapo.runtime.models import load_tokenizer, resolve_model
 from bapo.runtime.reference import build_examples, load_reference
+from bapo.runtime import distributed
 from bapo.training.config import BaseRunConfig
 
 
@@ -33,6 +34,8 @@ def base_responses(cfg: BaseRunConfig) -> BaseResult:
     encoded = encode_pairs(pairs, render)  # every problem reported before the model is loaded
     ref = load_reference(path, render, cfg.cache_dir, cfg.device, cfg.dtype)
     examples = build_examples(ref, pairs, encoded, cfg.generation, with_base=True)
+    if not distributed.is_main():  # under torchrun each process made a share; the main one writes the whole
+        return BaseResult(Path(cfg.out), len(pairs), len({p.prompt_key for p in pairs}))
     write_jsonl(cfg.out, [
         {**p.to_record(), "base_responses": e.base_texts, "ref_logps": {
             "chosen": e.ref_chosen, "rejected": e.ref_rejected, "base": e.ref_base}}
