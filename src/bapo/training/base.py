@@ -10,9 +10,9 @@ from bapo.core.tokens import encode_pairs
 from bapo.data.config import renderer
 from bapo.data.pairs import load_pairs
 from bapo.io import write_jsonl
+from bapo.runtime import distributed
 from bapo.runtime.models import load_tokenizer, resolve_model
 from bapo.runtime.reference import build_examples, load_reference
-from bapo.runtime import distributed
 from bapo.training.config import BaseRunConfig
 
 
