@@ -2,6 +2,7 @@
 
     python benchmarks/bench_eval.py [--model smollm2-135m-instruct] [--items 100] [--repeats 3]
     python benchmarks/bench_eval.py --adapter DIR   # an adapter scored merged into the weights vs. unmerged
+    python benchmarks/bench_eval.py --against lm-eval --items 200 --repeats 3   # vs lm-evaluation-harness
 
 Both score the same questions of the shipped knowledge set (or --data, llm-foundry JSONL) with the same model; the
 plain loop runs one forward pass per choice with full logits, as a straightforward implementation would. The two
@@ -42,7 +43,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--adapter", default="", help="compare `bapo eval`'s merged and unmerged scoring of this adapter")
+    ap.add_argument("--against", choices=["plain", "lm-eval"], default="plain",
+                    help="the peer: a plain loop (default) or lm-evaluation-harness on ARC-Easy and PIQA")
     args = ap.parse_args()
+    if args.against == "lm-eval":
+        return against_lm_eval(args)
 
     from bapo.evaluation.metrics import mc_scores
     from bapo.runtime.models import load_model, load_tokenizer, resolve_model
@@ -101,6 +106,91 @@ def merged_vs_unmerged(model, tok, items, args) -> None:
         ratios.append(rate[True] / rate[False])
         print(f"{r + 1:>6} {rate[False]:>17.2f} {rate[True]:>15.2f} {ratios[-1]:>8.2f}x")
     print_speedups(ratios)
+
+
+def against_lm_eval(args) -> None:
+    """ARC-Easy and PIQA from ../shared/data through bapo and through lm-evaluation-harness, each side in a fresh
+    process per repeat (alternating); per-item agreement on acc and acc_norm is checked before any timing counts."""
+    import tempfile
+    from pathlib import Path
+
+    from lm_eval_peer import run_side, write_task  # benchmarks/lm_eval_peer.py, beside this script
+
+    from bapo.data.readers import load_mc
+    from bapo.runtime.models import load_tokenizer, resolve_model
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "knowledge"
+    if not shared.exists():
+        sys.exit(f"{shared} is absent: this comparison reads ARC-Easy and PIQA from ../shared/data")
+    print_header()
+    path = resolve_model(args.model)
+    tok = load_tokenizer(path)
+    peak = matmul_peak()
+    print(f"model: {args.model}; {args.items} questions per task; batch size {args.batch_size}; measured fp32 matmul "
+          f"peak {peak / 1e9:.1f} GFLOP/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in ("arc_easy", "piqa"):
+            items = load_mc(str(shared / f"{task}.jsonl"), limit=args.items, seed=0)
+            name = f"bapo_{task}"
+            write_task(Path(tmp), name, items)
+            flops = scoring_flops(path, tok, items)
+            runs = {side: [] for side in ("lm-eval", "bapo")}
+            for r in range(args.repeats):
+                for side in runs:
+                    runs[side].append(run_side(side, path, Path(tmp), name, args.batch_size, Path(tmp) / f"{side}.json"))
+                if r == 0:
+                    check_agreement(task, runs["bapo"][0][2], runs["lm-eval"][0][2])
+            report(task, len(items), runs, flops, peak)
+
+
+def check_agreement(task: str, mine: dict, theirs: dict) -> None:
+    for metric in ("acc", "acc_norm"):
+        differ = sum(a != b for a, b in zip(mine[metric], theirs[metric]))
+        if differ or len(mine[metric]) != len(theirs[metric]):
+            sys.exit(f"MISMATCH on {task}: bapo and lm-eval disagree on {metric} for {differ} items")
+    print(f"{task}: check: acc {sum(mine['acc']) / len(mine['acc']):.3f}, acc_norm "
+          f"{sum(mine['acc_norm']) / len(mine['acc_norm']):.3f}, identical per item in both")
+
+
+def report(task: str, n: int, runs: dict, flops: float, peak: float) -> None:
+    ratios = []
+    for r, (theirs, mine) in enumerate(zip(runs["lm-eval"], runs["bapo"]), 1):
+        rate = {k: n / v[2]["seconds"] for k, v in (("lm-eval", theirs), ("bapo", mine))}
+        ratios.append(rate["bapo"] / rate["lm-eval"])
+        print(f"{task} repeat {r}: lm-eval {rate['lm-eval']:6.2f} items/s (wall {theirs[0]:5.1f} s, peak "
+              f"{theirs[1]:.0f} MB) | bapo {rate['bapo']:6.2f} items/s (wall {mine[0]:5.1f} s, peak {mine[1]:.0f} MB, "
+              f"{flops / mine[2]['seconds'] / peak:.0%} of the matmul peak) | {ratios[-1]:.2f}x")
+    print(f"{task}: ", end="")
+    print_speedups(ratios)
+
+
+def scoring_flops(path: str, tok, items) -> float:
+    """Forward FLOPs of bapo's scoring: 2 x (non-embedding parameters) per token it processes (each question's
+    context once, every choice after it) plus the output head at the choices' tokens only."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        n = sum(p.numel() for name, p in AutoModelForCausalLM.from_config(cfg).named_parameters()
+                if "embed" not in name and "lm_head" not in name)
+    head = cfg.hidden_size * cfg.vocab_size
+    total = 0.0
+    for it in items:
+        ctx = len(tok(it.context)["input_ids"])
+        ch = sum(len(tok(" " + c, add_special_tokens=False)["input_ids"]) for c in it.choices)
+        total += 2 * n * (ctx + ch) + 2 * head * ch
+    return total
+
+
+def matmul_peak() -> float:
+    """FLOP/s of a large fp32 matmul on this machine with the threads torch uses here (best of 5)."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - t))
+    return best
 
 
 if __name__ == "__main__":
