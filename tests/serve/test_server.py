@@ -197,19 +197,19 @@ def test_faults_leave_the_server_answering_correctly(server, tiny_model):
     shutil.rmtree(root / "adapters" / "doomed")
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="doomed", messages=Q, max_tokens=4)
-    # a burst of 60 over 4 models, with room for 2 adapters at a time
+    # a burst of 200 over 4 models, with room for 2 adapters at a time
     users = USERS + [base]
     aclient = openai.AsyncOpenAI(base_url=str(client.base_url), api_key="sekret", max_retries=0)
 
     async def burst():
         async with aclient:
             rs = await asyncio.gather(*(aclient.chat.completions.create(
-                model=users[i % 4], messages=Q, temperature=0, max_tokens=6) for i in range(60)))
+                model=users[i % 4], messages=Q, temperature=0, max_tokens=6) for i in range(200)))
         return [r.choices[0].message.content for r in rs]
 
     answers = asyncio.run(asyncio.wait_for(burst(), timeout=180))
     want = {u: offline(tiny_model, None if u == base else root / "adapters" / u, Q, 6) for u in users}
-    assert answers == [want[users[i % 4]] for i in range(60)]
+    assert answers == [want[users[i % 4]] for i in range(200)]
     assert "doomed" not in {m.id for m in client.models.list().data}
 
 
