@@ -10,8 +10,12 @@ import csv
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -59,6 +63,12 @@ def write_records(path: Path, rows: list, fmt: str, garbage: list[bytes]) -> Pat
         path.write_bytes(b"\n".join(lines) + b"\n")
     elif fmt == "json":
         path.write_bytes(json.dumps(rows).encode() + (garbage[0] if garbage else b""))
+    elif fmt == "parquet":
+        try:
+            pq.write_table(pa.Table.from_pylist([r if isinstance(r, dict) and r else {"value": json.dumps(r)}
+                                                 for r in rows]), path)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            path.write_bytes(b"PAR1" + b"".join(garbage) + b"not a parquet file")  # what pyarrow cannot hold: a damaged file
     else:
         buf = io.StringIO()
         keys = sorted({k for r in rows if isinstance(r, dict) for k in r}) or ["prompt"]
@@ -89,7 +99,7 @@ def render(tiny_model):
 
 
 @SETTINGS
-@given(rows=st.lists(records, max_size=6), fmt=st.sampled_from(["jsonl", "json", "csv"]), junk=garbage)
+@given(rows=st.lists(records, max_size=6), fmt=st.sampled_from(["jsonl", "json", "csv", "parquet"]), junk=garbage)
 def test_pair_loaders_accept_or_refuse_in_one_line(tmp_path_factory, render, rows, fmt, junk):
     path = write_records(tmp_path_factory.mktemp("pairs") / f"pairs.{fmt}", rows, fmt, junk)
     for load in (load_pairs, lambda p: [x for ps in load_pairs_by_user(p)[0].values() for x in ps]):
@@ -154,3 +164,29 @@ def test_configs_and_suites_accept_or_refuse_in_one_line(tmp_path_factory, doc, 
         load_suite(str(path))
     except BapoError as e:
         refused_well(e, path)
+
+
+valid = st.fixed_dictionaries({"prompt": st.text(min_size=1, max_size=40), "chosen": st.text(min_size=1, max_size=40),
+                               "rejected": st.text(min_size=1, max_size=40)})
+
+
+@settings(max_examples=int(os.environ.get("BAPO_HYPOTHESIS_CLI_EXAMPLES", "3")), deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(rows=st.lists(st.one_of(valid, records), min_size=1, max_size=12),
+       fmt=st.sampled_from(["jsonl", "json", "csv", "parquet"]), junk=garbage)
+def test_bapo_train_on_generated_data_trains_or_stops_in_one_line_writing_nothing(tmp_path_factory, tiny_model, rows,
+                                                                                 fmt, junk):
+    folder = tmp_path_factory.mktemp("cli")
+    path = write_records(folder / f"pairs.{fmt}", rows, fmt, junk)
+    out = folder / "out"
+    proc = subprocess.run([sys.executable, "-m", "bapo.cli", "train", "--model", tiny_model, "--data", str(path),
+                           "--out", str(out), "--max-steps", "1", "--method", "dpo", "--max-length", "64",
+                           "--max-prompt-length", "32", "--device", "cpu"], capture_output=True, text=True,
+                          timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                                            "BAPO_CACHE_DIR": str(folder / "cache")})
+    assert proc.returncode in (0, 2) and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    if proc.returncode == 2:
+        assert all(line.startswith("error:") for line in proc.stderr.strip().splitlines()), proc.stderr
+        assert not out.exists()  # nothing written
+    else:
+        assert (out / "adapter_model.safetensors").exists()

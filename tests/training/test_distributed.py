@@ -78,3 +78,23 @@ def test_two_processes_split_an_evaluation_and_report_the_single_process_scores(
     assert two["models_scored_by_rank"] == [2, 2]  # base, a, b, c: two models each
     assert [(r["model"], r["task"], r["metric"], r["value"], r["delta"]) for r in one["records"]] == \
         [(r["model"], r["task"], r["metric"], r["value"], r["delta"]) for r in two["records"]]
+
+
+def test_two_processes_train_every_users_adapter_as_one_process_does(tmp_path, tiny_model):
+    """bapo train --per-user under torchrun: each user's adapter as the single-process job's."""
+    rows = [r for u in ("ann", "bob") for r in make_pairs(10, 1, user=u)]
+    write_jsonl(tmp_path / "users.jsonl", rows)
+    common = ["-m", "bapo.cli", "train", "--per-user", "--model", tiny_model, "--data", str(tmp_path / "users.jsonl"),
+              *COMMON[:-4], "--lr", "1e-3"]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    for out, batch, launcher in (("one", "4", [sys.executable]),
+                                 ("two", "2", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                               "--nproc_per_node", "2"])):
+        proc = subprocess.run([*launcher, *common, "--batch-size", batch, "--out", str(tmp_path / out)],
+                              capture_output=True, text=True, timeout=600,
+                              env={**env, "BAPO_CACHE_DIR": str(tmp_path / f"cache_{out}")})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "two" / "users.csv").read_text().count("\n") == 3
+    for user in ("ann", "bob"):
+        a, b = (load_file(str(tmp_path / d / user / "adapter_model.safetensors")) for d in ("one", "two"))
+        assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3 * 4, user
