@@ -223,3 +223,24 @@ def test_a_broken_adapter_is_a_clear_error_and_others_go_on(server, tiny_model):
     assert e.value.body["code"] == "adapter_load_failed" and "broken" in e.value.body["message"]
     ok = client.chat.completions.create(model="carol", messages=Q, temperature=0, max_tokens=6)
     assert ok.choices[0].message.content == offline(tiny_model, root / "adapters" / "carol", Q, 6)
+
+
+def test_incremental_decoding_equals_decoding_the_whole_answer():
+    """The streamer decodes a few tokens at a time; with a byte-level tokenizer that splits characters across tokens
+    (emoji, accents), the text built so must equal decoding all ids at once, and never show half a character."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from bapo.serve.engine import Request, StreamRow
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer, tk.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tk.train_from_iterator(["plain words and more words"] * 20, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk)
+    text = "Café 😊 naïve — words and 日本語 more words!"
+    ids = tok(text)["input_ids"]
+    row = StreamRow(Request(messages=[], adapter=None, max_tokens=100), 0)
+    seen = [row.extend(tok, i) for i in ids]
+    assert row.text == tok.decode(ids) == text
+    assert all(not t.endswith("\ufffd") and text.startswith(t) for t in seen)

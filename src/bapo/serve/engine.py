@@ -58,19 +58,32 @@ class Reply:
     error: Exception | None = None
 
 
-class _Row:
+class StreamRow:
     """What one request of a batch has produced so far, and what of it has been sent."""
 
     def __init__(self, req: Request, prompt_tokens: int):
         self.req, self.ids, self.sent, self.done = req, [], 0, False
         self.reply = Reply(prompt_tokens=prompt_tokens)
         self.holdback = max((len(s) for s in req.stop), default=1) - 1  # a stop string may still be forming
+        self.text, self.prefix_at, self.read_at = "", 0, 0  # text decoded so far, and the token window behind it
+
+    def extend(self, tokenizer, token: int) -> str:
+        """Append ``token`` and return the text so far, decoding only the last few tokens (as vLLM's incremental
+        detokenizer does): decoding the whole row at every token would cost O(n^2) over a long answer. A token that
+        ends inside a multi-byte character waits for the next one."""
+        self.ids.append(token)
+        before = tokenizer.decode(self.ids[self.prefix_at:self.read_at], skip_special_tokens=True)
+        after = tokenizer.decode(self.ids[self.prefix_at:], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.text += after[len(before):]
+            self.prefix_at, self.read_at = self.read_at, len(self.ids)
+        return self.text
 
 
 class _Streamer(BaseStreamer):
     """Receives each step's new token of every row from ``generate`` and hands text on, row by row."""
 
-    def __init__(self, rows: list[_Row], tokenizer, eos: set[int]):
+    def __init__(self, rows: list[StreamRow], tokenizer, eos: set[int]):
         self.rows, self.tok, self.eos, self.first = rows, tokenizer, eos, True
 
     def put(self, value: torch.Tensor) -> None:
@@ -86,15 +99,14 @@ class _Streamer(BaseStreamer):
             if not row.done:
                 self._finish(row, "length")
 
-    def _step(self, row: _Row, token: int) -> None:
+    def _step(self, row: StreamRow, token: int) -> None:
         if row.req.cancelled.is_set():
             row.done = True
             return
         if token in self.eos:
             self._finish(row, "stop")
             return
-        row.ids.append(token)
-        text = self.tok.decode(row.ids, skip_special_tokens=True)
+        text = row.extend(self.tok, token)
         cut = min((text.find(s) for s in row.req.stop if s in text), default=-1)
         if cut >= 0:
             self._finish(row, "stop", text[:cut])
@@ -103,13 +115,13 @@ class _Streamer(BaseStreamer):
         else:
             self._send(row, text, len(text) - row.holdback)
 
-    def _send(self, row: _Row, text: str, upto: int) -> None:
+    def _send(self, row: StreamRow, text: str, upto: int) -> None:
         start = row.sent if row.sent else len(text) - len(text.lstrip())  # no leading whitespace, like generate's
         if upto > start and not text[start:upto].endswith("\ufffd"):  # never half a multi-byte character
             row.req.emit(("delta", text[start:upto]))
             row.sent = upto
 
-    def _finish(self, row: _Row, reason: str, text: str | None = None) -> None:
+    def _finish(self, row: StreamRow, reason: str, text: str | None = None) -> None:
         text = self.tok.decode(row.ids, skip_special_tokens=True) if text is None else text
         text = text.rstrip() if reason == "stop" else text
         self._send(row, text, len(text))
@@ -121,7 +133,7 @@ class _Streamer(BaseStreamer):
 
 
 class _RowsDone(StoppingCriteria):
-    def __init__(self, rows: list[_Row]):
+    def __init__(self, rows: list[StreamRow]):
         self.rows = rows
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
@@ -208,7 +220,7 @@ class Engine:
         ids, attn = left_pad(prompts, pad)
         model = self.pool.current
         eos = stop_ids(model, self.tok)
-        rows = [_Row(r, len(p)) for r, p in zip(reqs, prompts)]
+        rows = [StreamRow(r, len(p)) for r, p in zip(reqs, prompts)]
         first = reqs[0]
         kwargs: dict[str, Any] = dict(max_new_tokens=max(r.max_tokens for r in reqs), eos_token_id=eos,
                                       pad_token_id=pad, streamer=_Streamer(rows, self.tok, set(eos)),
