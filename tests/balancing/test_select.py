@@ -14,8 +14,11 @@ from bapo.errors import ConfigError
 
 def test_square_root_split_respects_the_budget_and_the_candidates():
     assert square_root_split(64, 0, 0, 15) == (8, 8)
-    assert square_root_split(64, 0, 0, 6) == (10, 6)    # a prompt's candidates give at most 6 pairs
-    assert square_root_split(10, 0, 0, 15) == (3, 3)    # 9 <= 10
+    assert square_root_split(32, 0, 0, 15) == (8, 4)
+    assert square_root_split(64, 0, 0, 6) == (16, 4)    # a prompt's candidates give at most 6 pairs; 4 divides 64
+    assert square_root_split(10, 0, 0, 15) == (5, 2)    # P x D = B exactly
+    assert square_root_split(7, 0, 0, 15) == (7, 1)
+    assert square_root_split(64, 0, 6, 15) == (10, 6)   # a depth asked for: P = B // D
     assert square_root_split(64, 4, 4, 15) == (4, 4)
     with pytest.raises(ConfigError, match="exceeds the budget"):
         square_root_split(10, 4, 4, 15)

@@ -23,8 +23,8 @@ class BalanceConfig:
     strategy: str = option("bpo", "none (B prompts, one pair each, as the data has them), uniform (P prompts x D "
                                   "pairs, at random) or bpo (representative prompts, pairs by gradient clusters).")
     breadth: int = option(0, "P: prompts kept by uniform and bpo (0 = B // D).")
-    depth: int = option(0, "D: pairs per prompt for uniform (0 = floor(sqrt(B)), at most what a prompt's "
-                           "candidates give); bpo's average depth is B / P.")
+    depth: int = option(0, "D: pairs per prompt for uniform (0 = the largest divisor of B up to sqrt(B) and what a "
+                           "prompt's candidates give, so P x D = B); bpo's average depth is B / P.")
     judge: str = option("labels", "Who says which response is better: labels (the data's own pairs only), "
                                   "psoups:PROFILE (a simulated user's rule; also steers candidates) or reward "
                                   "(--reward-model).")

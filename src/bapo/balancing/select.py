@@ -34,9 +34,10 @@ class Pick:
 
 
 def square_root_split(budget: int, breadth: int, depth: int, max_depth: int) -> tuple[int, int]:
-    """(P, D) with P x D <= B: D = ``depth`` or floor(sqrt(B)) capped at ``max_depth`` (what one prompt's candidates
-    can give); P = ``breadth`` or B // D."""
-    d = depth or max(1, min(math.isqrt(budget), max_depth))
+    """(P, D) with P x D <= B: D = ``depth``, or by default the largest divisor of B not above sqrt(B) nor
+    ``max_depth`` (what one prompt's candidates can give), so that P x D = B exactly; P = ``breadth`` or B // D."""
+    cap = max(1, min(math.isqrt(budget), max_depth))
+    d = depth or max(k for k in range(1, cap + 1) if budget % k == 0)
     p = breadth or budget // d
     if p * d > budget:
         raise ConfigError(f"breadth x depth: {p} x {d} = {p * d} pairs exceeds the budget of {budget}")
