@@ -61,7 +61,8 @@ def environment_problem(e: BaseException) -> str | None:
     """One line for an error that comes from where bapo writes (not from a bug), or None."""
     if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
         where = e.filename or "an output file"
-        return f"{where}: cannot write: {DISK_ERRNOS[e.errno]} ({e.strerror})"
+        full = e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
+        return f"{where}: {'cannot write: ' if full else ''}{DISK_ERRNOS[e.errno]} ({e.strerror})"
     text = str(e).lower()
     if any(m in text for m in DISK_MESSAGES):
         kind = "the cache (SQLite)" if type(e).__module__ == "sqlite3" else "an output file"
