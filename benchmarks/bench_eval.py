@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from common import print_header, print_speedups  # benchmarks/common.py, beside this script
+from common import matmul_peak_gflops, print_header, print_speedups  # benchmarks/common.py, beside this script
 
 
 def plain_loop(model, tok, items) -> list[float]:
@@ -125,7 +125,7 @@ def against_lm_eval(args) -> None:
     print_header()
     path = resolve_model(args.model)
     tok = load_tokenizer(path)
-    peak = matmul_peak()
+    peak = matmul_peak_gflops(2048, rounds=5, per_round=1, warmup=0) * 1e9  # FLOP/s
     print(f"model: {args.model}; {args.items} questions per task; batch size {args.batch_size}; measured fp32 matmul "
           f"peak {peak / 1e9:.1f} GFLOP/s")
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,17 +180,6 @@ def scoring_flops(path: str, tok, items) -> float:
         ch = sum(len(tok(" " + c, add_special_tokens=False)["input_ids"]) for c in it.choices)
         total += 2 * n * (ctx + ch) + 2 * head * ch
     return total
-
-
-def matmul_peak() -> float:
-    """FLOP/s of a large fp32 matmul on this machine with the threads torch uses here (best of 5)."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    best = 0.0
-    for _ in range(5):
-        t = time.perf_counter()
-        a @ b
-        best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - t))
-    return best
 
 
 if __name__ == "__main__":

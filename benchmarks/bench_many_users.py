@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import print_header, print_speedups  # benchmarks/common.py, beside this script
+from common import print_header, print_speedups, run_measured  # benchmarks/common.py, beside this script
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DOMAINS = ("academy", "business", "entertainment", "literature")
@@ -41,17 +38,6 @@ def write_users(folder: Path, users: int, pairs: int) -> int:
                 mine.append({"prompt": r["query"], "chosen": c, "rejected": rej})
         (folder / f"user{u:02d}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in mine))
     return users * pairs
-
-
-def run(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak resident MiB) of one command, its own rusage (os.wait4), not the whole benchmark's."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TQDM_DISABLE": "1"})
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status:
-        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr.read()[-3000:]}")
-    return time.perf_counter() - t0, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -77,12 +63,12 @@ def main() -> None:
         for rep in range(a.repeats):
             walls, peaks = [], []
             for f in sorted(data.iterdir()):
-                w, p = run(bapo + ["--data", str(f), "--out", f"{tmp}/sep{rep}/{f.stem}",
+                w, p = run_measured(bapo + ["--data", str(f), "--out", f"{tmp}/sep{rep}/{f.stem}",
                                    "--cache-dir", f"{tmp}/cache_sep{rep}", *common])
                 walls.append(w)
                 peaks.append(p)
             sep_wall, sep_peak = sum(walls), max(peaks)
-            one_wall, one_peak = run(bapo + ["--per-user", "--data", str(data), "--out", f"{tmp}/one{rep}",
+            one_wall, one_peak = run_measured(bapo + ["--per-user", "--data", str(data), "--out", f"{tmp}/one{rep}",
                                              "--cache-dir", f"{tmp}/cache_one{rep}", *common])
             trained = sum(1 for _ in Path(f"{tmp}/one{rep}").glob("*/run.json"))
             print(f"repeat {rep + 1} separate: {sep_wall:7.1f} s, {n / sep_wall:.2f} pairs/s, peak {sep_peak:.0f} MB "

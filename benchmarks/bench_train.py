@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import matmul_peak_gflops  # benchmarks/common.py, beside this script
+
 WORDS = ("the a of to and in is it you that he was for on are with as his they be at one have this from or had by "
          "word but what some we can out other were all there when up use your how said an each she which do their "
          "time if will way about many then them write would like so these her long make thing see him two has look "
@@ -184,22 +186,6 @@ def run_worker(kind: str, a, case: str = "dpo") -> dict:
     if p.returncode != 0:
         sys.exit(f"{kind} worker failed:\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def matmul_peak_gflops() -> float:
-    import torch
-
-    x = torch.randn(1024, 1024)
-    y = torch.randn(1024, 1024)
-    for _ in range(3):
-        x @ y
-    best = 0.0
-    for _ in range(10):
-        t = time.perf_counter()
-        for _ in range(10):
-            x @ y
-        best = max(best, 10 * 2 * 1024**3 / (time.perf_counter() - t) / 1e9)
-    return best
 
 
 def main() -> None:

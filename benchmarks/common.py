@@ -20,3 +20,42 @@ def print_header() -> None:
 def print_speedups(ratios: list[float]) -> None:
     r = sorted(ratios)
     print(f"speed-up min/median/max: {r[0]:.2f}x / {statistics.median(r):.2f}x / {r[-1]:.2f}x")
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """(wall seconds, peak resident MiB) of one command in its own process, from its own rusage (os.wait4), not the
+    whole benchmark's. Its stderr goes to a file (a pipe nobody reads would stall a chatty process); on failure the
+    benchmark stops with its tail."""
+    import subprocess
+    import tempfile
+    import time
+
+    with tempfile.TemporaryFile(mode="w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True,
+                                env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        if status:
+            err.seek(0)
+            sys.exit(f"failed: {shlex.join(cmd)}\n{err.read()[-3000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def matmul_peak_gflops(n: int = 1024, rounds: int = 10, per_round: int = 10, warmup: int = 3) -> float:
+    """GFLOP/s of the best round of ``per_round`` n x n fp32 matmuls, with the threads torch uses here: the peak that
+    model FLOP utilisation is measured against."""
+    import time
+
+    import torch
+
+    x, y = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(warmup):
+        x @ y
+    best = 0.0
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(per_round):
+            x @ y
+        best = max(best, per_round * 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best

@@ -8,13 +8,13 @@ choices, the gold index; " " before each choice), through its ``hf`` model with 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+
+from common import run_measured  # benchmarks/common.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 
@@ -33,14 +33,9 @@ def write_task(folder: Path, name: str, items) -> None:
 
 def run_side(side: str, model: str, task_dir: Path, task: str, batch: int, out: Path) -> tuple[float, float, dict]:
     """(wall seconds, peak MiB, the worker's JSON) of one side in a fresh process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(HERE / "lm_eval_peer.py"), "worker", side, model, str(task_dir), task,
-                             str(batch), str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TQDM_DISABLE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status:
-        sys.exit(f"{side} failed:\n{proc.stderr.read()[-3000:]}")
-    return time.perf_counter() - t0, usage.ru_maxrss / 1024, json.loads(out.read_text())
+    wall, peak = run_measured([sys.executable, str(HERE / "lm_eval_peer.py"), "worker", side, model, str(task_dir),
+                               task, str(batch), str(out)], {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    return wall, peak, json.loads(out.read_text())
 
 
 def worker(side: str, model_path: str, task_dir: str, task: str, batch: int, out: str) -> None:

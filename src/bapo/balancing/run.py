@@ -29,7 +29,7 @@ from bapo.errors import ConfigError
 from bapo.io import write_json, write_jsonl
 from bapo.runtime.config import BaseResponseConfig
 from bapo.runtime.models import add_lora, load_reward_model, load_tokenizer, resolve_model
-from bapo.runtime.reference import encode_base, load_reference
+from bapo.runtime.reference import LazyReference, encode_base, load_reference
 
 
 @dataclass
@@ -137,13 +137,7 @@ def balance(cfg: BalanceConfig, console: Console | None = None) -> BalanceResult
         raise ConfigError(f"data.path: {cfg.data.path} holds no prompts")
     model_path = resolve_model(cfg.model, cfg.cache_dir)
     render = renderer(load_tokenizer(model_path), cfg.data)
-    ref_box: list = []
-
-    def reference():
-        if not ref_box:
-            ref_box.append(load_reference(model_path, render, cfg.cache_dir, cfg.device, cfg.dtype))
-        return ref_box[0]
-
+    reference = LazyReference(lambda: load_reference(model_path, render, cfg.cache_dir, cfg.device, cfg.dtype))
     pools = Pools(cfg, prompts, fixed, reference, judge, profile)
 
     # 2. Candidates for the prompts a strategy examines, then the choice.

@@ -76,7 +76,7 @@ def _records(path: str) -> list[tuple[int | str, Any]]:
     text = _open_text(path)
     name = path.removesuffix(".gz")
     if name.endswith(".json"):
-        data = _json(path, 0, text)
+        data = _json(path, 0, text)  # the text is read once for all formats
         return [(f"record {i}", r) for i, r in enumerate(data if isinstance(data, list) else [data], 1)]
     if name.endswith(".csv"):
         try:
@@ -85,6 +85,12 @@ def _records(path: str) -> list[tuple[int | str, Any]]:
             raise DataError(Problem(path, "", "csv", str(e))) from None
     # JSONL lines end at "\n" only: str.splitlines would also cut at U+2028 and friends, which JSON strings may hold
     return [(i, _json(path, i, line)) for i, line in enumerate(text.split("\n"), 1) if line.strip()]
+
+
+def read_json(path: str) -> Any:
+    """A whole JSON file (``.gz`` too); a missing, non-UTF-8, malformed or too deeply nested file is one
+    :class:`DataError` naming it."""
+    return _json(path, 0, _open_text(path))
 
 
 def _json(path: str, line: int, text: str) -> Any:

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 from bapo.core.fields import option
 from bapo.data.pairs import PreferencePair, prompt_messages
 from bapo.data.profiles import SIMULATED
-from bapo.data.readers import hh_messages, load_general_pairs
+from bapo.data.readers import hh_messages, load_general_pairs, read_json
 from bapo.errors import ConfigError, DataError, Problem
 
 DSP_DOMAINS = ("academy", "business", "entertainment", "literature")
@@ -141,14 +141,7 @@ def make_pair(messages: Any, chosen: str, rejected: str, user: str, where: str) 
 
 def _read_json(path: str, what: type = list) -> Any:
     """A JSON file holding a ``what`` (a list of records, by default)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(Problem(path, e.lineno, "file", f"not valid JSON: {e.msg}")) from None
-    except UnicodeDecodeError as e:
-        raise DataError(Problem(path, 0, "file", f"not UTF-8 text (byte {e.start})")) from None
-    except RecursionError:
-        raise DataError(Problem(path, 0, "file", "JSON nested too deeply")) from None
+    data = read_json(path)
     if not isinstance(data, what):
         raise DataError(Problem(path, 1, "file", f"expected a JSON {what.__name__}, got {type(data).__name__}"))
     return data

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -151,6 +151,18 @@ def encode_base(renderer: Renderer, messages, text: str) -> Encoded:
     enc = renderer.encode(messages, text, "base response", "base", [], truncate=True)
     assert enc is not None
     return enc
+
+
+class LazyReference:
+    """A reference loaded on its first call only: loading costs seconds and memory, and some runs never need it."""
+
+    def __init__(self, load: Callable[[], Reference]):
+        self._load, self._ref = load, None
+
+    def __call__(self) -> Reference:
+        if self._ref is None:
+            self._ref = self._load()
+        return self._ref
 
 
 def open_reference(model: str, max_length: int, max_prompt_length: int, cache_dir: str = "", device: str = "auto",

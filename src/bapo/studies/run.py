@@ -28,7 +28,7 @@ from bapo.evaluation.config import EvalConfig
 from bapo.evaluation.runner import EvalResult, evaluate
 from bapo.io import as_dicts, atomic_write_text, csv_text, write_json, write_jsonl
 from bapo.runtime.models import load_reward_model
-from bapo.runtime.reference import Reference, open_reference
+from bapo.runtime.reference import LazyReference, open_reference
 from bapo.studies.config import StudyConfig
 from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
 from bapo.studies.figures import study_figures
@@ -52,23 +52,11 @@ class StudyResult:
     frontier: dict[float, list[StudyRow]] = field(default_factory=dict)  # DPO adapters' rows at each LoRA scale
 
 
-class _LazyReference:
-    """The base model, loaded once and only if a simulated user or the base-model judge needs it."""
-
-    def __init__(self, cfg: StudyConfig):
-        self.cfg, self.ref = cfg, None
-
-    def __call__(self) -> Reference:
-        if self.ref is None:
-            t = self.cfg.train
-            self.ref = open_reference(t.model, t.data.max_length, t.data.max_prompt_length, t.cache_dir, t.device,
-                                      t.dtype)
-        return self.ref
-
-
 def prepare_users(cfg: StudyConfig, out: Path, console: Console) -> dict[str, dict]:
     """Every user's training and held-out pairs, and their measured heterogeneity (cached in ``OUT/users``)."""
-    reference = _LazyReference(cfg)
+    t = cfg.train  # the base model, loaded only if a simulated user or the base-model judge needs it
+    reference = LazyReference(lambda: open_reference(t.model, t.data.max_length, t.data.max_prompt_length,
+                                                     t.cache_dir, t.device, t.dtype))
     reward = load_reward_model(cfg.reward_model, cfg.train.device) if cfg.reward_model else None
     users: dict[str, dict] = {}
     for spec in cfg.users:
