@@ -125,7 +125,7 @@ def against_lm_eval(args) -> None:
     print_header()
     path = resolve_model(args.model)
     tok = load_tokenizer(path)
-    peak = matmul_peak_gflops(2048, rounds=5, per_round=1, warmup=0) * 1e9  # FLOP/s
+    peak = matmul_peak_gflops() * 1e9  # FLOP/s
     print(f"model: {args.model}; {args.items} questions per task; batch size {args.batch_size}; measured fp32 matmul "
           f"peak {peak / 1e9:.1f} GFLOP/s")
     with tempfile.TemporaryDirectory() as tmp:

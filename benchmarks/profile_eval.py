@@ -68,7 +68,7 @@ def item_tokens(task, tok, renderer) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--study", default="studies/decisive.yaml")
+    ap.add_argument("--study", default=str(Path(__file__).resolve().parent.parent / "studies" / "decisive.yaml"))
     ap.add_argument("--items", type=int, default=200, help="items per task (a seeded subset)")
     ap.add_argument("--adapter", default="")
     ap.add_argument("--batch-size", type=int, default=0, help="scoring batch (default: the study's)")
@@ -87,7 +87,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="profile_eval."))
     full = load_suite(str(study_suite(cfg, tmp / "suite.yaml"))).tasks
     batch = args.batch_size or cfg.eval.batch_size
-    peak = matmul_peak_gflops(2048, rounds=5, per_round=1, warmup=1)
+    peak = matmul_peak_gflops()
     ref = open_reference(t.model, t.data.max_length, t.data.max_prompt_length, str(tmp / "cache"), t.device, t.dtype)
     base = ref.model.get_base_model() if hasattr(ref.model, "get_base_model") else ref.model
     body, head = base.get_decoder(), base.get_output_embeddings()

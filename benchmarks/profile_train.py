@@ -77,7 +77,7 @@ def main() -> None:
                       lora=LoraSettings(r=16, alpha=32, dropout=0.0), epochs=a.epochs, batch_size=a.batch_size,
                       lr=1e-4, warmup_ratio=0.0, seed=a.seed, save_steps=10**9, logging_steps=10)
     cfg.loss.method = a.method
-    peak = matmul_peak_gflops(2048, rounds=5, per_round=1, warmup=1)
+    peak = matmul_peak_gflops()
     resolve_model(cfg.model, cfg.cache_dir)  # the one-time GGUF conversion is not part of a job
 
     phases: dict[str, float] = collections.defaultdict(float)

@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -334,3 +335,44 @@ def test_balance_study_builds_each_strategys_pairs_at_the_budget(study_cfg, tmp_
     assert rows["dsp:academy", "none"].personal_profile_score is None
     table = (out / "table.md").read_text()
     assert "dpo+bpo − dpo+none" in table and "dpo+bpo − dpo+uniform" in table and "profile score" in table
+
+
+def test_workers_give_the_numbers_of_one_process(study_cfg, tmp_path, monkeypatch):
+    """Cells trained and models scored in 2 processes (1 thread each) against everything in this process: the same
+    adapters, byte for byte, and the same per-item scores; each worker's output in OUT/logs."""
+    study_cfg.frontier_scales = [0.5]
+    study_cfg.users = ["flip:1"]
+    one = run_study(study_cfg)
+    monkeypatch.setenv("BAPO_CACHE_DIR", str(tmp_path / "cache-workers"))  # nothing computed by the first run
+    two = run_study(replace(study_cfg, out=str(tmp_path / "study-workers"), workers=2))
+    for a, b in zip(one.rows, two.rows):
+        assert (Path(a.adapter) / "adapter_model.safetensors").read_bytes() == \
+            (Path(b.adapter) / "adapter_model.safetensors").read_bytes()
+    for folder in ("eval", "eval_frontier"):
+        mine = json.loads((Path(study_cfg.out) / folder / "item_scores.json").read_text())
+        theirs = json.loads((tmp_path / "study-workers" / folder / "item_scores.json").read_text())
+        assert mine == theirs and len(mine) == (3 if folder == "eval" else 2)  # base, dpo, bapo | base, dpo@0.5
+    assert [r.to_dict() | {"adapter": ""} for r in one.rows] == [r.to_dict() | {"adapter": ""} for r in two.rows]
+    logs = list((tmp_path / "study-workers" / "logs").glob("worker-*.log"))
+    assert 2 <= len(logs) <= 6  # a pool of 2 for training, for the evaluation and for the frontier
+
+
+def test_workers_raise_a_jobs_error(tmp_path):
+    from bapo.errors import ConfigError
+    from bapo.runtime.workers import run_jobs
+
+    with pytest.raises(ConfigError, match="bad job 2"):
+        run_jobs(_fails_on_two, [(1,), (2,), (3,)], 2, tmp_path / "logs", "jobs", show=False)
+    assert run_jobs(_square, [(1,), (2,), (3,)], 2, tmp_path / "logs", "jobs", show=False) == [1, 4, 9]
+
+
+def _fails_on_two(i: int) -> int:
+    from bapo.errors import ConfigError
+
+    if i == 2:
+        raise ConfigError(f"bad job {i}")
+    return i
+
+
+def _square(i: int) -> int:
+    return i * i

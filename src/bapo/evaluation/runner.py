@@ -142,10 +142,9 @@ def score_all(cfg: EvalConfig, cands: list[Candidate], tasks: list[Task], person
     return {c.label: merged[c.label] for c in cands}, [len(p) for p in parts]
 
 
-def evaluate(cfg: EvalConfig, console: Console | None = None) -> EvalResult:
-    """Evaluate the base model and every adapter (at every scale); write results and return them."""
-    console = console or Console()
-    t0 = time.time()
+def prepare(cfg: EvalConfig, console: Console) -> tuple[list[Task], list[Candidate], dict[str, Task], Scorer]:
+    """Everything scoring needs: the suite's tasks, the candidates and their personal tasks, what the reference
+    prepares for them (cached), and the scorer."""
     cfg.validate()
     tasks = suite_tasks(cfg, console)
     cands, personal = candidates(cfg)
@@ -157,6 +156,32 @@ def evaluate(cfg: EvalConfig, console: Console | None = None) -> EvalResult:
         if t.kind.prepare is not None:
             t.prepared = t.kind.prepare(t, ref)
     scorer = Scorer(ref, cfg.batch_size, load_reward_model(cfg.reward_model, cfg.device) if cfg.reward_model else None)
+    return tasks, cands, personal, scorer
+
+
+def score_into_cache(cfg: EvalConfig, labels: list[str]) -> None:
+    """Score the candidates named ``labels`` (``base``, an adapter's directory name, ``NAME@SCALE``) into the cache:
+    one worker's share when a study evaluates its models in several processes (:mod:`bapo.runtime.workers`)."""
+    console = Console(quiet=True)
+    tasks, cands, personal, scorer = prepare(cfg, console)
+    for cand in (c for c in cands if c.label in labels):
+        mine = [personal[n] for n in personal if cand.adapter is None or n in cand.personal]
+        with applied(scorer.ref.model, cand.adapter.path if cand.adapter else None, cand.scale,
+                     cfg.merge_adapters) as model:
+            score_candidate(model, cand, tasks + mine, scorer, cfg)
+
+
+def candidate_labels(cfg: EvalConfig) -> list[str]:
+    """The label of every model ``bapo eval`` scores with this config (the base model first)."""
+    return [c.label for c in candidates(cfg)[0]]
+
+
+def evaluate(cfg: EvalConfig, console: Console | None = None) -> EvalResult:
+    """Evaluate the base model and every adapter (at every scale); write results and return them."""
+    console = console or Console()
+    t0 = time.time()
+    tasks, cands, personal, scorer = prepare(cfg, console)
+    ref = scorer.ref
 
     scores, by_rank = score_all(cfg, cands, tasks, personal, scorer, console)
     kinds = {t.spec.name: t.spec.kind for t in [*tasks, *personal.values()]}

@@ -58,6 +58,9 @@ class StudyConfig:
     reward_model: str = option("", "Reward model for the heterogeneity judge (optional).")
     judge_pairs: int = option(512, "Pairs the heterogeneity judge reads per user (a seeded sample; 0 = all): a user "
                                    "with thousands of long pairs is judged in minutes, within its standard error.")
+    workers: int = option(1, "Processes that train cells and score models side by side, each with an equal share "
+                             "of the CPU threads (on a CPU, 2 processes x 1 thread get more done than 1 x 2; the "
+                             "numbers are the same). 1 = everything in this process.")
     sources: Sources = section(Sources, cli=("data_dir",), panel="Data")
     # Every cell trains with this config; the study sets its out, data.path, data.eval_path, loss.method and seed.
     # Its model, cache, device, dtype and length limits are the whole study's, evaluation included.
@@ -83,6 +86,8 @@ class StudyConfig:
                 raise ConfigError(f"balance: unknown strategy '{b}'; choose from {', '.join(STRATEGIES)}")
         if self.balance and (self.pair_budget < 1 or self.balance_responses < 2):
             raise ConfigError("pair_budget: at least 1 pair; balance_responses: at least 2")
+        if self.workers < 1:
+            raise ConfigError("workers: at least 1")
         if self.candidate_samples < 0:
             raise ConfigError("candidate_samples: 0 or more")
         if self.holdout_pairs < 2 or self.pairs_per_user < 0:

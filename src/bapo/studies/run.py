@@ -25,10 +25,11 @@ from bapo.data.readers import load_prompts
 from bapo.data.users import parse_spec, sample, user_name
 from bapo.errors import ConfigError
 from bapo.evaluation.config import EvalConfig
-from bapo.evaluation.runner import EvalResult, evaluate
+from bapo.evaluation.runner import EvalResult, candidate_labels, evaluate, score_into_cache
 from bapo.io import as_dicts, atomic_write_text, csv_text, write_json, write_jsonl
 from bapo.runtime.models import load_reward_model
 from bapo.runtime.reference import LazyReference, open_reference
+from bapo.runtime.workers import run_jobs
 from bapo.studies.config import StudyConfig
 from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
 from bapo.studies.figures import study_figures
@@ -122,6 +123,25 @@ def balanced_pairs(cfg: StudyConfig, cell: Cell, out: Path, console: Console) ->
     return target / "pairs.jsonl"
 
 
+def train_cell(cfg: StudyConfig, cell: Cell, out: Path, console: Console | None = None) -> None:
+    """Train one cell's adapter (its balanced pairs first, in a balance study); resumes from its checkpoint."""
+    console = console or Console(quiet=True)
+    tc = train_config(cfg, cell, out)
+    if cell.balance:
+        tc.data.path = str(balanced_pairs(cfg, cell, out, console))
+    train(tc)
+
+
+def evaluate_models(cfg: StudyConfig, ev: EvalConfig, console: Console) -> EvalResult:
+    """``bapo eval`` of the study's models; with several workers, the models are first scored into the cache side by
+    side (one job per model), then read back in this process."""
+    if cfg.workers > 1:
+        labels = candidate_labels(ev)
+        run_jobs(score_into_cache, [(ev, [label]) for label in labels], cfg.workers, Path(cfg.out) / "logs",
+                 "models scored")
+    return evaluate(ev, console)
+
+
 def train_config(cfg: StudyConfig, cell: Cell, out: Path) -> TrainConfig:
     """The study's training config with this cell's output, data, method and seed."""
     tc = copy.deepcopy(cfg.train)
@@ -159,16 +179,16 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
         return StudyResult(cells, est, [], [], out)
 
     users = prepare_users(cfg, out, console)
-    for i, cell in enumerate(cells, 1):
-        if not (out / "cells" / cell.name / "run.json").exists():
-            console.rule(f"cell {i}/{len(cells)}: {cell.spec}, {cell.arm}, seed {cell.seed}")
-            tc = train_config(cfg, cell, out)
-            if cell.balance:
-                tc.data.path = str(balanced_pairs(cfg, cell, out, console))
-            train(tc)
+    todo = [c for c in cells if not (out / "cells" / c.name / "run.json").exists()]
+    if cfg.workers > 1 and len(todo) > 1:
+        console.rule(f"training {len(todo)} of {len(cells)} cells in {cfg.workers} processes")
+        run_jobs(train_cell, [(cfg, c, out) for c in todo], cfg.workers, out / "logs", "cells trained")
+    for cell in todo if cfg.workers == 1 or len(todo) == 1 else []:
+        console.rule(f"cell {cells.index(cell) + 1}/{len(cells)}: {cell.spec}, {cell.arm}, seed {cell.seed}")
+        train_cell(cfg, cell, out, console)
 
     console.rule("evaluation: the base model and every adapter on the same items")
-    evaluation = evaluate(eval_config(cfg, cells, suite, out), console)
+    evaluation = evaluate_models(cfg, eval_config(cfg, cells, suite, out), console)
     result = StudyResult(cells, est, study_rows(cells, users, evaluation.records),
                          versus_baselines(cfg, cells, evaluation), out)
     result.frontier = frontier(cfg, cells, users, suite, out, console)
@@ -186,7 +206,7 @@ def frontier(cfg: StudyConfig, cells: list[Cell], users: dict, suite: Path, out:
         return {}
     console.rule(f"the DPO adapters' frontier: scales {', '.join(f'{s:g}' for s in scales)}")
     ev = replace(eval_config(cfg, dpo, suite, out), adapter_scales=scales, out=str(out / "eval_frontier"))
-    records = evaluate(ev, console).records
+    records = evaluate_models(cfg, ev, console).records
     return {s: study_rows(dpo, users, records, s) for s in scales}
 
 

@@ -1,0 +1,58 @@
+"""Independent jobs (a study's cells, its models' evaluations) in several local processes that split the CPU threads.
+
+Why not threads or one process with more threads: on a CPU, two processes with one thread each get more matmul work
+done than one process with two (the matmuls of a 135M model are too small to keep two threads busy), and with torch's
+CPU kernels the numbers do not depend on the thread count (checked per item by ``benchmarks/profile_eval.py`` and,
+for training, by tests/studies/test_workers.py). Jobs share only the on-disk cache (SQLite, safe across processes).
+
+Every worker starts fresh (``spawn``: a forked torch process can deadlock), writes its output to ``LOGS/worker-PID.log``
+(progress bars of two processes would garble one terminal), and a job's exception is raised again in the caller.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from bapo import progress
+
+
+def _start(threads: int, logs: str) -> None:
+    """A worker's set-up: its share of the threads, no bars, its output to its own log file."""
+    os.environ["TQDM_DISABLE"] = "1"
+    log = open(Path(logs) / f"worker-{os.getpid()}.log", "a", buffering=1)  # noqa: SIM115 (open for its lifetime)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    sys.stdout = sys.stderr = log
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int, logs: Path, label: str,
+             show: bool = True) -> list[Any]:
+    """``fn(*job)`` for every job, in ``workers`` processes with an equal share of this process's threads; results in
+    the order of ``jobs``. A failing job stops the rest (none is started after it) and its exception is raised."""
+    import torch
+
+    logs.mkdir(parents=True, exist_ok=True)
+    threads = max(1, torch.get_num_threads() // workers)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start, initargs=(threads, str(logs))) as pool:
+        futures = [pool.submit(fn, *job) for job in jobs]
+        with progress.bar(f"{label} ({workers} processes x {threads} thread{'s' * (threads > 1)}, logs in {logs})",
+                          len(futures), show) as advance:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                advance(len(done))
+                for f in done:
+                    if f.exception() is not None:
+                        for p in pending:
+                            p.cancel()
+                        raise f.exception()
+    return [f.result() for f in futures]
