@@ -25,7 +25,7 @@ from bapo.data.readers import load_prompts
 from bapo.data.users import parse_spec, sample, user_name
 from bapo.errors import ConfigError
 from bapo.evaluation.config import EvalConfig
-from bapo.evaluation.runner import EvalResult, candidate_labels, evaluate, score_into_cache
+from bapo.evaluation.runner import EvalResult, candidate_labels, evaluate, prepare, score_into_cache
 from bapo.io import as_dicts, atomic_write_text, csv_text, write_json, write_jsonl
 from bapo.runtime.models import load_reward_model
 from bapo.runtime.reference import LazyReference, open_reference
@@ -37,7 +37,7 @@ from bapo.studies.plan import Cell, estimate_seconds, eval_size, plan, print_pla
 from bapo.studies.tables import StudyRow, markdown, study_rows
 from bapo.studies.users import heterogeneity, make_user
 from bapo.training.config import TrainConfig
-from bapo.training.run import train
+from bapo.training.run import prepare_examples, train
 
 
 @dataclass
@@ -125,11 +125,15 @@ def balanced_pairs(cfg: StudyConfig, cell: Cell, out: Path, console: Console) ->
 
 def train_cell(cfg: StudyConfig, cell: Cell, out: Path, console: Console | None = None) -> None:
     """Train one cell's adapter (its balanced pairs first, in a balance study); resumes from its checkpoint."""
-    console = console or Console(quiet=True)
+    train(cell_config(cfg, cell, out, console or Console(quiet=True)))
+
+
+def cell_config(cfg: StudyConfig, cell: Cell, out: Path, console: Console) -> TrainConfig:
+    """The cell's training config, with its balanced pairs built first in a balance study."""
     tc = train_config(cfg, cell, out)
     if cell.balance:
         tc.data.path = str(balanced_pairs(cfg, cell, out, console))
-    train(tc)
+    return tc
 
 
 def evaluate_models(cfg: StudyConfig, ev: EvalConfig, console: Console) -> EvalResult:
@@ -137,6 +141,7 @@ def evaluate_models(cfg: StudyConfig, ev: EvalConfig, console: Console) -> EvalR
     side (one job per model), then read back in this process."""
     if cfg.workers > 1:
         labels = candidate_labels(ev)
+        prepare(ev, Console(quiet=True))  # what the reference prepares (drift answers, held-out log-probs), once
         run_jobs(score_into_cache, [(ev, [label]) for label in labels], cfg.workers, Path(cfg.out) / "logs",
                  "models scored")
     return evaluate(ev, console)
@@ -181,7 +186,11 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
     users = prepare_users(cfg, out, console)
     todo = [c for c in cells if not (out / "cells" / c.name / "run.json").exists()]
     if cfg.workers > 1 and len(todo) > 1:
-        console.rule(f"training {len(todo)} of {len(cells)} cells in {cfg.workers} processes")
+        # The reference's work first, cell by cell as one process would do it (what it computes for one cell is
+        # cached for the next, and a log-prob's last bits depend on its batch), then the training side by side.
+        console.rule(f"reference work for {len(todo)} cells, then their training in {cfg.workers} processes")
+        for cell in todo:
+            prepare_examples(cell_config(cfg, cell, out, console))
         run_jobs(train_cell, [(cfg, c, out) for c in todo], cfg.workers, out / "logs", "cells trained")
     for cell in todo if cfg.workers == 1 or len(todo) == 1 else []:
         console.rule(f"cell {cells.index(cell) + 1}/{len(cells)}: {cell.spec}, {cell.arm}, seed {cell.seed}")

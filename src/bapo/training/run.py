@@ -93,6 +93,14 @@ def load_splits(cfg: TrainConfig) -> tuple[list[PreferencePair], list[Preference
 def train(cfg: TrainConfig) -> TrainResult:
     """Train one LoRA adapter (or, with ``finetune: full``, every weight); the Python twin of ``bapo train``."""
     t0 = time.time()
+    ref, train_pairs, held_pairs, examples = prepare_examples(cfg)
+    return fit(cfg, ref, train_pairs, held_pairs, examples, t0)
+
+
+def prepare_examples(cfg: TrainConfig) -> tuple[Reference, list[PreferencePair], list[PreferencePair], list[Example]]:
+    """Steps 1 and 2 of a run: the data, and the reference's base responses and log-probs (cached). A study with
+    several workers runs this for every cell in order in one process first, so that the cache fills as it would
+    with one process (a sequence's log-prob depends, in its last bits, on what it was batched with)."""
     cfg.validate()
     _check_out(cfg)
 
@@ -107,7 +115,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, "float32" if cfg.finetune == "full" else cfg.dtype)
     examples = build_examples(ref, train_pairs, train_enc, cfg.base, cfg.loss.uses_anchor,
                               batch_size=cfg.batch_size * 2)
-    return fit(cfg, ref, train_pairs, held_pairs, examples, t0)
+    return ref, train_pairs, held_pairs, examples
 
 
 def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[PreferencePair], held_pairs: list[PreferencePair],
