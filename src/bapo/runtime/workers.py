@@ -1,9 +1,10 @@
-"""Independent jobs (a study's cells, its models' evaluations) in several local processes that split the CPU threads.
+"""Independent jobs (a study's models to score) in several local processes that split the CPU threads.
 
-Why not threads or one process with more threads: on a CPU, two processes with one thread each get more matmul work
-done than one process with two (the matmuls of a 135M model are too small to keep two threads busy), and with torch's
-CPU kernels the numbers do not depend on the thread count (checked per item by ``benchmarks/profile_eval.py`` and,
-for training, by tests/studies/test_workers.py). Jobs share only the on-disk cache (SQLite, safe across processes).
+Why not one process with more threads: on a CPU, two processes with one thread each get more matmul work done than
+one process with two (the matmuls of a 135M model are thin), and torch's CPU forward passes give the same numbers at
+any thread count (per item: ``benchmarks/profile_eval.py``; a whole study's scores: tests/studies/test_run.py).
+Training does not (a backward pass's sums may split differently across threads), so it is not run here. Jobs share
+only the on-disk cache (SQLite, safe across processes).
 
 Every worker starts fresh (``spawn``: a forked torch process can deadlock), writes its output to ``LOGS/worker-PID.log``
 (progress bars of two processes would garble one terminal), and a job's exception is raised again in the caller.

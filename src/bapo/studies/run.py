@@ -37,7 +37,7 @@ from bapo.studies.plan import Cell, estimate_seconds, eval_size, plan, print_pla
 from bapo.studies.tables import StudyRow, markdown, study_rows
 from bapo.studies.users import heterogeneity, make_user
 from bapo.training.config import TrainConfig
-from bapo.training.run import prepare_examples, train
+from bapo.training.run import train
 
 
 @dataclass
@@ -123,17 +123,12 @@ def balanced_pairs(cfg: StudyConfig, cell: Cell, out: Path, console: Console) ->
     return target / "pairs.jsonl"
 
 
-def train_cell(cfg: StudyConfig, cell: Cell, out: Path, console: Console | None = None) -> None:
+def train_cell(cfg: StudyConfig, cell: Cell, out: Path, console: Console) -> None:
     """Train one cell's adapter (its balanced pairs first, in a balance study); resumes from its checkpoint."""
-    train(cell_config(cfg, cell, out, console or Console(quiet=True)))
-
-
-def cell_config(cfg: StudyConfig, cell: Cell, out: Path, console: Console) -> TrainConfig:
-    """The cell's training config, with its balanced pairs built first in a balance study."""
     tc = train_config(cfg, cell, out)
     if cell.balance:
         tc.data.path = str(balanced_pairs(cfg, cell, out, console))
-    return tc
+    train(tc)
 
 
 def evaluate_models(cfg: StudyConfig, ev: EvalConfig, console: Console) -> EvalResult:
@@ -184,17 +179,12 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
         return StudyResult(cells, est, [], [], out)
 
     users = prepare_users(cfg, out, console)
-    todo = [c for c in cells if not (out / "cells" / c.name / "run.json").exists()]
-    if cfg.workers > 1 and len(todo) > 1:
-        # The reference's work first, cell by cell as one process would do it (what it computes for one cell is
-        # cached for the next, and a log-prob's last bits depend on its batch), then the training side by side.
-        console.rule(f"reference work for {len(todo)} cells, then their training in {cfg.workers} processes")
-        for cell in todo:
-            prepare_examples(cell_config(cfg, cell, out, console))
-        run_jobs(train_cell, [(cfg, c, out) for c in todo], cfg.workers, out / "logs", "cells trained")
-    for cell in todo if cfg.workers == 1 or len(todo) == 1 else []:
-        console.rule(f"cell {cells.index(cell) + 1}/{len(cells)}: {cell.spec}, {cell.arm}, seed {cell.seed}")
-        train_cell(cfg, cell, out, console)
+    # Cells train one after another in this process even with several workers: training is not bit-identical across
+    # thread counts (a bapo cell's gradient norm differed in its 7th digit from the second step), scoring is.
+    for i, cell in enumerate(cells, 1):
+        if not (out / "cells" / cell.name / "run.json").exists():
+            console.rule(f"cell {i}/{len(cells)}: {cell.spec}, {cell.arm}, seed {cell.seed}")
+            train_cell(cfg, cell, out, console)
 
     console.rule("evaluation: the base model and every adapter on the same items")
     evaluation = evaluate_models(cfg, eval_config(cfg, cells, suite, out), console)

@@ -98,9 +98,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def prepare_examples(cfg: TrainConfig) -> tuple[Reference, list[PreferencePair], list[PreferencePair], list[Example]]:
-    """Steps 1 and 2 of a run: the data, and the reference's base responses and log-probs (cached). A study with
-    several workers runs this for every cell in order in one process first, so that the cache fills as it would
-    with one process (a sequence's log-prob depends, in its last bits, on what it was batched with)."""
+    """Steps 1 and 2 of a run: the data, and the reference's base responses and log-probs (cached)."""
     cfg.validate()
     _check_out(cfg)
 
