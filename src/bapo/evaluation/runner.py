@@ -11,7 +11,7 @@ import hashlib
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,20 +123,26 @@ def score_candidate(model, cand: Candidate, tasks: list[Task], scorer: Scorer, c
     return out
 
 
+def score_one(cfg: EvalConfig, cand: Candidate, tasks: list[Task], personal: dict[str, Task], scorer: Scorer,
+              console: Console) -> dict:
+    """One candidate's scores on the suite and on its own personal tasks, with its adapter applied."""
+    mine = [personal[n] for n in personal if cand.adapter is None or n in cand.personal]
+    with applied(scorer.ref.model, cand.adapter.path if cand.adapter else None, cand.scale,
+                 cfg.merge_adapters) as model:
+        scores = score_candidate(model, cand, tasks + mine, scorer, cfg)
+        if cfg.lm_eval_tasks:
+            scores.update(lm_eval_scores(model, scorer.ref.tokenizer, cfg.lm_eval_tasks, cfg.batch_size, cand.label,
+                                         console))
+    return scores
+
+
 def score_all(cfg: EvalConfig, cands: list[Candidate], tasks: list[Task], personal: dict[str, Task], scorer: Scorer,
               console: Console) -> tuple[Scores, list[int]]:
     """Every (candidate, task) score. With several processes each scores every N-th candidate's tasks (the unit an
     adapter is applied for) and all receive the merged scores; returns them and the units each process scored."""
-    ref = scorer.ref
-    units = [(i, c) for i, c in enumerate(cands)]
     computed: dict[str, dict] = {}
-    for _, cand in distributed.shard(units):
-        mine = [personal[n] for n in personal if cand.adapter is None or n in cand.personal]
-        with applied(ref.model, cand.adapter.path if cand.adapter else None, cand.scale, cfg.merge_adapters) as model:
-            computed[cand.label] = score_candidate(model, cand, tasks + mine, scorer, cfg)
-            if cfg.lm_eval_tasks:
-                computed[cand.label].update(lm_eval_scores(model, ref.tokenizer, cfg.lm_eval_tasks, cfg.batch_size,
-                                                           cand.label, console))
+    for cand in distributed.shard(cands):
+        computed[cand.label] = score_one(cfg, cand, tasks, personal, scorer, console)
     parts = distributed.gather(computed)
     merged = {label: s for part in parts for label, s in part.items()}
     return {c.label: merged[c.label] for c in cands}, [len(p) for p in parts]
@@ -165,10 +171,7 @@ def score_into_cache(cfg: EvalConfig, labels: list[str]) -> None:
     console = Console(quiet=True)
     tasks, cands, personal, scorer = prepare(cfg, console)
     for cand in (c for c in cands if c.label in labels):
-        mine = [personal[n] for n in personal if cand.adapter is None or n in cand.personal]
-        with applied(scorer.ref.model, cand.adapter.path if cand.adapter else None, cand.scale,
-                     cfg.merge_adapters) as model:
-            score_candidate(model, cand, tasks + mine, scorer, cfg)
+        score_one(replace(cfg, lm_eval_tasks=[]), cand, tasks, personal, scorer, console)  # the harness: not cached
 
 
 def candidate_labels(cfg: EvalConfig) -> list[str]:

@@ -93,12 +93,6 @@ def load_splits(cfg: TrainConfig) -> tuple[list[PreferencePair], list[Preference
 def train(cfg: TrainConfig) -> TrainResult:
     """Train one LoRA adapter (or, with ``finetune: full``, every weight); the Python twin of ``bapo train``."""
     t0 = time.time()
-    ref, train_pairs, held_pairs, examples = prepare_examples(cfg)
-    return fit(cfg, ref, train_pairs, held_pairs, examples, t0)
-
-
-def prepare_examples(cfg: TrainConfig) -> tuple[Reference, list[PreferencePair], list[PreferencePair], list[Example]]:
-    """Steps 1 and 2 of a run: the data, and the reference's base responses and log-probs (cached)."""
     cfg.validate()
     _check_out(cfg)
 
@@ -113,7 +107,7 @@ def prepare_examples(cfg: TrainConfig) -> tuple[Reference, list[PreferencePair],
     ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, "float32" if cfg.finetune == "full" else cfg.dtype)
     examples = build_examples(ref, train_pairs, train_enc, cfg.base, cfg.loss.uses_anchor,
                               batch_size=cfg.batch_size * 2)
-    return ref, train_pairs, held_pairs, examples
+    return fit(cfg, ref, train_pairs, held_pairs, examples, t0)
 
 
 def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[PreferencePair], held_pairs: list[PreferencePair],
