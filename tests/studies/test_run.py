@@ -146,14 +146,15 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
         for k in ("personal_reward_acc", "knowledge_delta", "alignment_delta", "drift_delta", "arc_easy_delta"):
             assert isinstance(r[k], float), k
     table = (out / "table.md").read_text()
-    # 4 cells; 6 measures x (2 users x 2 methods against the base model + 2 users x bapo against dpo) contrasts
-    assert table.count("\n| flip:") == 4 + 6 * (4 + 2) and "general labels in the data" in table
+    # 4 cells; 6 measures x (2 users x 2 methods against the base model + 2 users x bapo against dpo, dpo@0 and
+    # dpo@0.5) contrasts
+    assert table.count("\n| flip:") == 4 + 6 * (4 + 2 + 2 + 2) and "general labels in the data" in table
     assert (out / "table.csv").read_text().splitlines()[0].startswith("user,method,seed,adapter,heterogeneity")
     assert {Path(f).name for f in summary["figures"]} == {"retention.png", "personalization.png", "tradeoff.png"}
     versus = summary["contrasts"]
     assert {(c["user"], c["method"], c["baseline"], c["measure"], c["metric"]) for c in versus} == {
-        (u, m, b, measure, metric) for u in ("flip:0", "flip:1") for m, b in (("dpo", "base"), ("bapo", "base"),
-                                                                             ("bapo", "dpo"))
+        (u, m, b, measure, metric) for u in ("flip:0", "flip:1")
+        for m, b in (("dpo", "base"), ("bapo", "base"), ("bapo", "dpo"), ("bapo", "dpo@0"), ("bapo", "dpo@0.5"))
         for measure, metric in (("personalization", "reward_acc"), ("knowledge", "acc_norm"), ("knowledge", "acc"),
                                 ("alignment", "acc_norm"), ("alignment", "acc"), ("drift", "logp_change_per_token"))}
     assert "bapo − dpo" in table and "dpo − base" in table and (out / "contrasts.csv").exists()
@@ -161,6 +162,14 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
              if c["user"] == "flip:1" and c["measure"] == "drift"}
     assert drift["bapo", "dpo"] == pytest.approx(rows[3]["drift_delta"] - rows[2]["drift_delta"], abs=1e-6)
     assert drift["bapo", "base"] == pytest.approx(rows[3]["drift_delta"], abs=1e-6)
+    # against DPO at scale 0 (the base model itself) every contrast is the contrast against the base model
+    for c in versus:
+        if c["baseline"] == "dpo@0":
+            twin = next(b for b in versus if b["baseline"] == "base" and
+                        (b["user"], b["method"], b["measure"], b["metric"]) ==
+                        (c["user"], c["method"], c["measure"], c["metric"]))
+            assert (c["delta"], c["n"]) == pytest.approx((twin["delta"], twin["n"]), abs=1e-9)
+    assert drift["bapo", "dpo@0.5"] == pytest.approx(rows[3]["drift_delta"] - half[1]["drift_delta"], abs=1e-6)
     know = next(c for c in versus if (c["user"], c["method"], c["baseline"], c["measure"], c["metric"])
                 == ("flip:0", "dpo", "base", "knowledge", "acc_norm"))
     assert know["delta"] == pytest.approx(rows[0]["knowledge_delta"], abs=1e-6)

@@ -190,23 +190,47 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
     evaluation = evaluate_models(cfg, eval_config(cfg, cells, suite, out), console)
     result = StudyResult(cells, est, study_rows(cells, users, evaluation.records),
                          versus_baselines(cfg, cells, evaluation), out)
-    result.frontier = frontier(cfg, cells, users, suite, out, console)
+    scaled = frontier(cfg, cells, suite, out, console)
+    if scaled is not None:
+        dpo = [c for c in cells if c.method == "dpo"]
+        result.frontier = {s: study_rows(dpo, users, scaled.records, s) for s in frontier_scales(cfg)}
+        result.contrasts += versus_scaled_dpo(cfg, cells, evaluation, scaled)
     result.seconds = round(time.time() - t0, 1)
     write_outputs(cfg, result, users, n_eval, console)
     return result
 
 
-def frontier(cfg: StudyConfig, cells: list[Cell], users: dict, suite: Path, out: Path,
-             console: Console) -> dict[float, list[StudyRow]]:
-    """Every DPO adapter evaluated again at ``frontier_scales`` (in ``OUT/eval_frontier``): rows per scale."""
+def frontier_scales(cfg: StudyConfig) -> list[float]:
+    return [s for s in cfg.frontier_scales if s != 1.0]
+
+
+def frontier(cfg: StudyConfig, cells: list[Cell], suite: Path, out: Path, console: Console) -> EvalResult | None:
+    """Every DPO adapter evaluated again at ``frontier_scales`` (in ``OUT/eval_frontier``); None without any."""
     dpo = [c for c in cells if c.method == "dpo"]
-    scales = [s for s in cfg.frontier_scales if s != 1.0]
+    scales = frontier_scales(cfg)
     if not dpo or not scales:
-        return {}
+        return None
     console.rule(f"the DPO adapters' frontier: scales {', '.join(f'{s:g}' for s in scales)}")
     ev = replace(eval_config(cfg, dpo, suite, out), adapter_scales=scales, out=str(out / "eval_frontier"))
-    records = evaluate_models(cfg, ev, console).records
-    return {s: study_rows(dpo, users, records, s) for s in scales}
+    return evaluate_models(cfg, ev, console)
+
+
+def versus_scaled_dpo(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResult,
+                      scaled: EvalResult) -> list[Contrast]:
+    """Every other method against each DPO adapter at a frontier scale (arm ``dpo@s``, seed matched): weakening DPO
+    by its scale is the cheapest way to forget less, so a method should beat DPO at the scale where its
+    personalization is the same, not only full DPO. The personalization row of the same contrast says how equal
+    that is."""
+    out = []
+    for s in frontier_scales(cfg):
+        arm = f"dpo@{s:g}"
+        dpo = [replace(c, method=arm) for c in cells if c.method == "dpo"]
+        scores = {**evaluation.item_scores,
+                  **{d.name: scaled.item_scores[f"{c.name}@{s:g}"] for c, d in
+                     zip((c for c in cells if c.method == "dpo"), dpo)}}
+        others = [c for c in cells if c.method != "dpo"]
+        out += contrasts(others + dpo, evaluation.records, scores, arm)
+    return out
 
 
 def versus_baselines(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResult) -> list[Contrast]:
