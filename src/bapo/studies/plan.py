@@ -106,8 +106,15 @@ def estimate_seconds(cfg: StudyConfig, eval_seconds_per_model: float) -> float:
     gen = (len(gen_users) * cfg.pairs_per_user + (3 + cfg.candidate_samples) * cfg.pairs_per_user * simulated
            + cfg.drift_prompts) * SECONDS_PER_GENERATED_ANSWER
     gen += balance_seconds(cfg, simulated)
-    evals = (len(cells) + 1) * eval_seconds_per_model + len(cells) * cfg.holdout_pairs * SECONDS_PER_HOLDOUT_PAIR
+    scaled = frontier_models(cfg, cells)
+    evals = ((len(cells) + 1 + scaled) * eval_seconds_per_model
+             + (len(cells) + scaled) * cfg.holdout_pairs * SECONDS_PER_HOLDOUT_PAIR)
     return (train + gen + evals) * model_scale(cfg.train.model)
+
+
+def frontier_models(cfg: StudyConfig, cells: list[Cell]) -> int:
+    """How many scaled DPO adapters the frontier evaluates (each DPO cell at each scale below 1)."""
+    return sum(c.method == "dpo" for c in cells) * len([s for s in cfg.frontier_scales if s != 1.0])
 
 
 def balance_seconds(cfg: StudyConfig, simulated: int) -> float:
@@ -162,6 +169,7 @@ def print_plan(cfg: StudyConfig, cells: list[Cell], n_eval: int, est: float, con
     console.print(f"sizes: {pairs}{' balanced' if cfg.balance else ''} training + {cfg.holdout_pairs} held-out pairs per user; {tc.epochs:g} "
                   f"epochs, batch {tc.batch_size} = {steps:g} steps per adapter; evaluation: "
                   f"{cfg.eval_items or 'all'} items per knowledge task, {cfg.alignment_items or 'all'} alignment pairs, "
-                  f"{cfg.drift_prompts} drift prompts = {n_eval} scored sequences per model ({len(cells) + 1} models); "
+                  f"{cfg.drift_prompts} drift prompts = {n_eval} scored sequences per model ({len(cells) + 1} models"
+                  f"{f' + {frontier_models(cfg, cells)} scaled DPO adapters' if frontier_models(cfg, cells) else ''}); "
                   f"max length {tc.data.max_length} tokens")
     console.print(f"estimated run time from nothing: ~{est / 60:.0f} min (2-core CPU timings; cached cells are free)")
