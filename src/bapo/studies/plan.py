@@ -87,7 +87,8 @@ def generative_tasks(cfg: StudyConfig, d: Path) -> list[dict]:
 # differ fivefold in length: the decisive study (2026-11-23) scored ARC-Easy's 527k characters in 201 s, PIQA's
 # 462k in 236 s and 500 HH pairs' 391k in 174 s (2.0-2.6k characters/s), 40 drift prompts in 9 s and 64 held-out
 # pairs in 23-27 s per model.
-SECONDS_PER_PAIR_EPOCH = {"bapo": 1.9, "other": 1.5}  # replay as bapo; kl adds a forward pass (not yet measured)
+SECONDS_PER_PAIR_EPOCH = {"bapo": 1.9, "other": 1.5}  # replay as bapo (1.65 measured); kl x 1.3 for its extra
+# forward pass (2.4 s measured: studies/compare.yaml, 2026-11-24, 2 threads, 9.5 s per step of 4 pairs)
 SECONDS_PER_SCORED_CHAR = 4.5e-4
 SECONDS_PER_DRIFT_PROMPT = 0.25
 SECONDS_PER_HOLDOUT_PAIR = 0.4
