@@ -242,6 +242,43 @@ def test_aggregate_combines_seeds():
     assert err == pytest.approx(((2.0 + 0.01) / 2) ** 0.5)
 
 
+def test_study_rows_show_the_generative_measures_each_refusal_task_alone(tmp_path):
+    from bapo.evaluation.records import Record
+    from bapo.studies.figures import study_figures
+    from bapo.studies.tables import markdown, study_rows
+
+    cell = Cell("u", "flip:1", "dpo", 0)
+
+    def rec(task, kind, metric, n, value, delta, se):
+        return Record(cell.name, "a", 1.0, "dpo", task, kind, metric, n, value, 0.01, delta, se, delta - 2 * se,
+                      delta + 2 * se)
+
+    records = [rec("personal:u", "personal", "reward_acc", 64, 0.7, 0.2, 0.05),
+               rec("personal:u", "personal", "ll_acc", 64, 0.6, 0.1, 0.05),
+               rec("arc_easy", "mc", "acc_norm", 100, 0.5, 0.01, 0.01), rec("piqa", "mc", "acc_norm", 300, 0.6, 0.03, 0.01),
+               rec("triviaqa", "qa", "acc", 1000, 0.04, -0.06, 0.008), rec("triviaqa", "qa", "unjudged", 1000, 0, 0, 0),
+               rec("refusal_harmful", "refusal", "refusal", 200, 0.3, -0.10, 0.03),
+               rec("refusal_harmless", "refusal", "refusal", 200, 0.05, +0.02, 0.01)]
+    users = {"u": {"heterogeneity": {"value": 1.0, "stderr": 0.0, "judge": "labels"}}}
+    row, = study_rows([cell], users, records)
+    assert row.knowledge_delta == pytest.approx((100 * 0.01 + 300 * 0.03) / 400)  # item-weighted pool
+    assert (row.generative_knowledge_delta, row.generative_knowledge_delta_stderr) == (-0.06, 0.008)
+    # the two refusal tasks share a kind and a metric and are never pooled
+    assert (row.refusal_harmful_delta, row.refusal_harmless_delta) == (-0.10, 0.02)
+    assert row.alignment_delta is None and row.drift_delta is None
+    d = row.to_dict()
+    assert d["triviaqa_delta"] == -0.06 and d["refusal_harmful_delta"] == -0.10
+    md = markdown([row])
+    assert "TriviaQA Δ acc" in md and "refusal of harmful Δ" in md and "-0.060 ± 0.008" in md
+    header, rule, line = md.splitlines()[:3]
+    assert header.count("|") == rule.count("|") == line.count("|")
+    without = markdown([replace(row, generative_knowledge_delta=None, refusal_harmful_delta=None,
+                                refusal_harmless_delta=None)])
+    assert "TriviaQA" not in without and "refusal" not in without  # only the measures a study ran
+    figures = study_figures([row], tmp_path)
+    assert all(f.stat().st_size > 0 for f in figures)
+
+
 class CannedReference:
     """Greedy: long answers when told to be thorough, short when told to be brief, medium otherwise. Sampled: one
     answer of a single word, then answers of 60 words (so samples can be the extremes)."""

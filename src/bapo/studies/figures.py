@@ -43,13 +43,16 @@ def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[St
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     panels = [("knowledge_delta", "global knowledge: Δ acc_norm vs base"),
+              ("generative_knowledge_delta", "TriviaQA answered: Δ acc vs base"),
               ("alignment_delta", "general alignment: Δ acc_norm vs base"),
+              ("refusal_harmful_delta", "harmful requests refused: Δ vs base"),
+              ("refusal_harmless_delta", "harmless requests refused: Δ vs base"),
               ("drift_delta", "drift: Δ log p(base answer)/token")]
     panels = [p for p in panels if any(getattr(r, p[0]) is not None for r in rows)]
     for name, spec in (("retention.png", panels),
                        ("personalization.png", [("personal_reward_acc", "personalization: held-out reward accuracy")])):
-        fig, axes = plt.subplots(1, len(spec), figsize=(4.6 * len(spec), 3.8), squeeze=False)
-        for ax, (metric, title) in zip(axes[0], spec):
+        fig, axes = grid(len(spec))
+        for ax, (metric, title) in zip(axes, spec):
             for i, (method, pts) in enumerate(aggregate(rows, metric).items()):
                 if pts:
                     xs, ys, es = zip(*pts)
@@ -64,9 +67,9 @@ def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[St
         plt.close(fig)
         paths.append(out / name)
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    fig, axes = grid(len(panels))
     methods = list(dict.fromkeys(r.method for r in rows))
-    for ax, (metric, title) in zip(axes[0], panels):
+    for ax, (metric, title) in zip(axes, panels):
         for i, method in enumerate(methods):
             rs = [r for r in rows if r.method == method and getattr(r, metric) is not None]
             ax.scatter([r.personal_reward_acc for r in rs], [getattr(r, metric) for r in rs], color=f"C{i}", label=method)
@@ -84,6 +87,16 @@ def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[St
     plt.close(fig)
     paths.append(out / "tradeoff.png")
     return paths
+
+
+def grid(n: int, per_row: int = 3):
+    """A figure of ``n`` panels, at most ``per_row`` to a row; the axes in reading order, unused ones hidden."""
+    rows, cols = math.ceil(n / per_row), min(n, per_row)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
 
 
 def draw_frontier(ax, rows: list[StudyRow], frontier: dict[float, list[StudyRow]], metric: str) -> None:

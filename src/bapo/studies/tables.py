@@ -12,9 +12,17 @@ from bapo.evaluation.records import Record
 from bapo.evaluation.tasks import role_metric
 from bapo.studies.plan import Cell
 
-# The study's three retention measures and the (task kind, metric) each reads: the kinds' headline metrics.
-RETENTION = {"knowledge": role_metric("knowledge"), "alignment": role_metric("alignment"),
-             "drift": role_metric("drift")}
+# The study's retention measures and the (task kind, metric, only this task or None) each reads: the kinds' headline
+# metrics; the two refusal tasks (plan.generative_tasks) share a kind but measure opposite things, so each is its own.
+RETENTION = {"knowledge": (*role_metric("knowledge"), None),
+             "generative_knowledge": (*role_metric("generative knowledge"), None),
+             "alignment": (*role_metric("alignment"), None),
+             "refusal_harmful": ("refusal", "refusal", "refusal_harmful"),
+             "refusal_harmless": ("refusal", "refusal", "refusal_harmless"),
+             "drift": (*role_metric("drift"), None)}
+# The measures a study runs only when asked (qa_items, refusal_items): their table columns appear with them.
+OPTIONAL = {"generative_knowledge": "TriviaQA Δ acc", "refusal_harmful": "refusal of harmful Δ",
+            "refusal_harmless": "refusal of harmless Δ"}
 
 
 @dataclass
@@ -35,8 +43,14 @@ class StudyRow:
     personal_ll_acc_delta_stderr: float | None
     knowledge_delta: float | None = None
     knowledge_delta_stderr: float | None = None
+    generative_knowledge_delta: float | None = None
+    generative_knowledge_delta_stderr: float | None = None
     alignment_delta: float | None = None
     alignment_delta_stderr: float | None = None
+    refusal_harmful_delta: float | None = None
+    refusal_harmful_delta_stderr: float | None = None
+    refusal_harmless_delta: float | None = None
+    refusal_harmless_delta_stderr: float | None = None
     drift_delta: float | None = None
     drift_delta_stderr: float | None = None
     task_deltas: dict[str, dict[str, float | None]] = field(default_factory=dict)  # measure -> task -> delta
@@ -50,7 +64,7 @@ class StudyRow:
         for measure in RETENTION:
             d[f"{measure}_delta"] = getattr(self, f"{measure}_delta")
             d[f"{measure}_delta_stderr"] = getattr(self, f"{measure}_delta_stderr")
-            d.update({f"{task}_delta": v for task, v in self.task_deltas.get(measure, {}).items()})
+            d.update({f"{task}_delta": v for task, v in self.task_deltas.get(measure, {}).items() if task != measure})
         return d
 
 
@@ -83,8 +97,8 @@ def study_rows(cells: list[Cell], users: dict[str, dict], records: list[Record],
         if "profile_score" in pers:
             row.personal_profile_score = pers["profile_score"].value
             row.personal_profile_score_stderr = pers["profile_score"].stderr
-        for measure, (kind, metric) in RETENTION.items():
-            recs = [r for r in mine if r.kind == kind and r.metric == metric]
+        for measure, (kind, metric, only) in RETENTION.items():
+            recs = [r for r in mine if r.kind == kind and r.metric == metric and only in (None, r.task)]
             if measure == "drift":  # already a change against the base model's own answers
                 recs = [Record(**{**asdict(r), "delta": r.value, "delta_stderr": r.stderr}) for r in recs]
             delta, se = pooled(recs)
@@ -106,16 +120,18 @@ def plus_minus(v, se, digits=3, signed=True) -> str:
 def markdown(rows: list[StudyRow]) -> str:
     """The study table: a row per (user, method, seed); ± is one standard error, Δ is against the base model."""
     profile = any(r.personal_profile_score is not None for r in rows)
+    columns = {"knowledge": "knowledge Δ acc_norm", "generative_knowledge": "", "alignment": "alignment Δ acc_norm",
+               "refusal_harmful": "", "refusal_harmless": "", "drift": "drift Δ log p/token"}
+    shown = [m for m in columns if m not in OPTIONAL or any(getattr(r, f"{m}_delta") is not None for r in rows)]
     lines = ["| user | heterogeneity | method | seed | personal reward acc | " + ("profile score | " if profile else "")
-             + "knowledge Δ acc_norm | alignment Δ acc_norm | drift Δ log p/token |", "|---" * (8 + profile) + "|"]
+             + " | ".join(columns[m] or OPTIONAL[m] for m in shown) + " |", "|---" * (5 + profile + len(shown)) + "|"]
     for r in sorted(rows, key=lambda r: (r.heterogeneity, r.user, r.method, r.balance, r.seed)):
         score = plus_minus(r.personal_profile_score, r.personal_profile_score_stderr, 3, False) + " | " if profile else ""
         lines.append(f"| {r.user} | {plus_minus(r.heterogeneity, r.heterogeneity_stderr, 2, False)} | "
                      f"{r.method}{'+' + r.balance if r.balance else ''} | "
                      f"{r.seed} | {plus_minus(r.personal_reward_acc, r.personal_reward_acc_stderr, 3, False)} | {score}"
-                     f"{plus_minus(r.knowledge_delta, r.knowledge_delta_stderr)} | "
-                     f"{plus_minus(r.alignment_delta, r.alignment_delta_stderr)} | "
-                     f"{plus_minus(r.drift_delta, r.drift_delta_stderr)} |")
+                     + " | ".join(plus_minus(getattr(r, f"{m}_delta"), getattr(r, f"{m}_delta_stderr")) for m in shown)
+                     + " |")
     judges = sorted({r.judge for r in rows})
     lines.append(f"\nHeterogeneity judge: {'; '.join(judges)}. ± = one standard error (items; heterogeneity: pairs).")
     return "\n".join(lines) + "\n"
