@@ -150,6 +150,9 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
     # dpo@0.5) contrasts
     assert table.count("\n| flip:") == 4 + 6 * (4 + 2 + 2 + 2) and "general labels in the data" in table
     assert (out / "table.csv").read_text().splitlines()[0].startswith("user,method,seed,adapter,heterogeneity")
+    # what each arm cost: its cells' training seconds, read from their run.json
+    assert rows[0]["train_seconds"] == json.loads((out / "cells" / "flip-0__dpo__s0" / "run.json").read_text())["seconds"]
+    assert "What each arm cost" in table and "| bapo | 2 | " in table
     assert {Path(f).name for f in summary["figures"]} == {"retention.png", "personalization.png", "tradeoff.png"}
     versus = summary["contrasts"]
     assert {(c["user"], c["method"], c["baseline"], c["measure"], c["metric"]) for c in versus} == {
@@ -381,6 +384,9 @@ def test_balance_study_builds_each_strategys_pairs_at_the_budget(study_cfg, tmp_
     assert rows["dsp:academy", "none"].personal_profile_score is None
     table = (out / "table.md").read_text()
     assert "dpo+bpo − dpo+none" in table and "dpo+bpo − dpo+uniform" in table and "profile score" in table
+    report = json.loads((out / "balance" / "psoups-concise__bpo__s0" / "report.json").read_text())
+    assert rows["psoups:concise", "bpo"].balance_seconds == report["seconds"]  # what building the pairs cost
+    assert "building pairs, s" in table and "| dpo+bpo | 2 | " in table
 
 
 def test_workers_give_the_numbers_of_one_process(study_cfg, tmp_path, monkeypatch):

@@ -34,7 +34,7 @@ from bapo.studies.config import StudyConfig
 from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
 from bapo.studies.figures import study_figures
 from bapo.studies.plan import Cell, estimate_seconds, eval_size, plan, print_plan, study_suite
-from bapo.studies.tables import StudyRow, markdown, study_rows
+from bapo.studies.tables import StudyRow, cost_markdown, markdown, study_rows
 from bapo.studies.users import heterogeneity, make_user
 from bapo.training.config import TrainConfig
 from bapo.training.run import train
@@ -105,10 +105,15 @@ def pool_prompts(cfg: StudyConfig, held: list) -> list[dict]:
     return sample(pool, cfg.pairs_per_user, random.Random("balance-pool"))
 
 
+def balance_dir(out: Path, cell: Cell) -> Path:
+    """Where a balance study keeps a cell's built pairs and the report of how they were chosen."""
+    return out / "balance" / f"{cell.user}__{cell.balance}__s{cell.seed}"
+
+
 def balanced_pairs(cfg: StudyConfig, cell: Cell, out: Path, console: Console) -> Path:
     """The cell's training pairs, built by its balance strategy at the study's budget (cached: a finished
     ``pairs.jsonl`` is reused); the strategy's randomness follows the cell's seed."""
-    target = out / "balance" / f"{cell.user}__{cell.balance}__s{cell.seed}"
+    target = balance_dir(out, cell)
     if (target / "pairs.jsonl").exists():
         return target / "pairs.jsonl"
     psoups = cell.spec.startswith("psoups:")
@@ -188,7 +193,7 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
 
     console.rule("evaluation: the base model and every adapter on the same items")
     evaluation = evaluate_models(cfg, eval_config(cfg, cells, suite, out), console)
-    result = StudyResult(cells, est, study_rows(cells, users, evaluation.records),
+    result = StudyResult(cells, est, with_costs(study_rows(cells, users, evaluation.records), cells, out),
                          versus_baselines(cfg, cells, evaluation), out)
     scaled = frontier(cfg, cells, suite, out, console)
     if scaled is not None:
@@ -198,6 +203,17 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
     result.seconds = round(time.time() - t0, 1)
     write_outputs(cfg, result, users, n_eval, console)
     return result
+
+
+def with_costs(rows: list[StudyRow], cells: list[Cell], out: Path) -> list[StudyRow]:
+    """Each row with its cell's training seconds (run.json) and pair-building seconds (bapo balance's report)."""
+    for row, cell in zip(rows, cells):
+        run = out / "cells" / cell.name / "run.json"
+        row.train_seconds = json.loads(run.read_text()).get("seconds") if run.exists() else None
+        report = balance_dir(out, cell) / "report.json"
+        if cell.balance and report.exists():
+            row.balance_seconds = json.loads(report.read_text()).get("seconds")
+    return rows
 
 
 def frontier_scales(cfg: StudyConfig) -> list[float]:
@@ -262,6 +278,7 @@ def write_outputs(cfg: StudyConfig, result: StudyResult, users: dict, n_eval: in
     if result.contrasts:
         atomic_write_text(out / "contrasts.csv", csv_text(result.contrasts))
     md = markdown(result.rows) + (("\n" + contrasts_markdown(result.contrasts)) if result.contrasts else "")
+    md += "\nWhat each arm cost:\n\n" + cost_markdown(result.rows)
     atomic_write_text(out / "table.md", md)
     console.print(md)
     console.print(f"study: {out / 'study.json'}, {out / 'table.md'}, figures in {out / 'figures'} "

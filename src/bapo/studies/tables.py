@@ -57,6 +57,8 @@ class StudyRow:
     balance: str = ""  # the strategy that built the training pairs (bapo balance), if any
     personal_profile_score: float | None = None  # simulated users: the profile's score of answers to held-out prompts
     personal_profile_score_stderr: float | None = None
+    train_seconds: float | None = None  # the cell's training run (its last, if it was resumed: run.json)
+    balance_seconds: float | None = None  # building its training pairs (bapo balance's report), in a balance study
 
     def to_dict(self) -> dict[str, Any]:
         """Flat, in the column order of ``table.csv``: each measure's pooled delta, then its tasks' own."""
@@ -135,3 +137,23 @@ def markdown(rows: list[StudyRow]) -> str:
     judges = sorted({r.judge for r in rows})
     lines.append(f"\nHeterogeneity judge: {'; '.join(judges)}. ± = one standard error (items; heterogeneity: pairs).")
     return "\n".join(lines) + "\n"
+
+
+def cost_markdown(rows: list[StudyRow]) -> str:
+    """What each arm cost: mean seconds per cell to build its pairs (a balance study) and to train, over its cells."""
+    arms = list(dict.fromkeys(f"{r.method}{'+' + r.balance if r.balance else ''}" for r in rows))
+    balance = any(r.balance_seconds is not None for r in rows)
+    lines = ["| arm | cells | " + ("building pairs, s | " if balance else "") + "training, s |",
+             "|---|---|" + ("---|" if balance else "") + "---|"]
+    for arm in arms:
+        mine = [r for r in rows if f"{r.method}{'+' + r.balance if r.balance else ''}" == arm]
+        cols = [mean_spread([r.balance_seconds for r in mine])] if balance else []
+        lines.append(f"| {arm} | {len(mine)} | " + " | ".join(cols + [mean_spread([r.train_seconds for r in mine])])
+                     + " |")
+    lines.append("\nMean over the arm's cells (min-max); a cell resumed after an interruption counts its last run only.")
+    return "\n".join(lines) + "\n"
+
+
+def mean_spread(values: list[float | None]) -> str:
+    vals = [v for v in values if v is not None]
+    return f"{sum(vals) / len(vals):.0f} ({min(vals):.0f}-{max(vals):.0f})" if vals else ""
