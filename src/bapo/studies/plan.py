@@ -96,7 +96,8 @@ SECONDS_PER_GENERATED_ANSWER = 0.6
 
 
 def estimate_seconds(cfg: StudyConfig, eval_seconds_per_model: float) -> float:
-    """A rough wall-time estimate: training pairs x epochs, base responses, and every model's evaluation."""
+    """A rough wall-time estimate: training pairs x epochs, base responses, and every model's evaluation. ``workers``
+    is not counted: on the 2-core CPU these prices come from, 2 workers gave 0.95-1.16x (docs/PERFORMANCE.md)."""
     cells = plan(cfg)
     per_pair = {m: SECONDS_PER_PAIR_EPOCH["bapo" if m in ("bapo", "replay", "kl") else "other"] * (1.3 if m == "kl" else 1)
                 for m in cfg.methods}
