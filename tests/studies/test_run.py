@@ -123,6 +123,10 @@ def test_dry_run_prints_a_plan_and_trains_nothing(study_cfg, capsys):
     assert [c.name for c in res.cells] == ["flip-0__dpo__s0", "flip-0__bapo__s0", "flip-1__dpo__s0", "flip-1__bapo__s0"]
     assert res.estimated_seconds > 0
     assert not (Path(study_cfg.out) / "cells").exists()
+    study_cfg.frontier_scales = [0.5, 1.0]  # two DPO adapters again at half scale (1.0 is the adapter itself)
+    scaled = run_study(study_cfg, dry_run=True)
+    assert scaled.estimated_seconds > res.estimated_seconds
+    assert "2 scaled DPO adapters" in " ".join(capsys.readouterr().out.split())
 
 
 def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatch):
