@@ -237,15 +237,13 @@ def versus_scaled_dpo(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResul
     by its scale is the cheapest way to forget less, so a method should beat DPO at the scale where its
     personalization is the same, not only full DPO. The personalization row of the same contrast says how equal
     that is."""
+    dpo, others = [c for c in cells if c.method == "dpo"], [c for c in cells if c.method != "dpo"]
     out = []
     for s in frontier_scales(cfg):
-        arm = f"dpo@{s:g}"
-        dpo = [replace(c, method=arm) for c in cells if c.method == "dpo"]
+        weakened = {c.name: replace(c, method=f"dpo@{s:g}") for c in dpo}
         scores = {**evaluation.item_scores,
-                  **{d.name: scaled.item_scores[f"{c.name}@{s:g}"] for c, d in
-                     zip((c for c in cells if c.method == "dpo"), dpo)}}
-        others = [c for c in cells if c.method != "dpo"]
-        out += contrasts(others + dpo, evaluation.records, scores, arm)
+                  **{w.name: scaled.item_scores[f"{name}@{s:g}"] for name, w in weakened.items()}}
+        out += contrasts(others + list(weakened.values()), evaluation.records, scores, f"dpo@{s:g}")
     return out
 
 

@@ -20,9 +20,11 @@ RETENTION = {"knowledge": (*role_metric("knowledge"), None),
              "refusal_harmful": ("refusal", "refusal", "refusal_harmful"),
              "refusal_harmless": ("refusal", "refusal", "refusal_harmless"),
              "drift": (*role_metric("drift"), None)}
-# The measures a study runs only when asked (qa_items, refusal_items): their table columns appear with them.
-OPTIONAL = {"generative_knowledge": "TriviaQA Δ acc", "refusal_harmful": "refusal of harmful Δ",
-            "refusal_harmless": "refusal of harmless Δ"}
+# The table's column for each measure; those a study runs only when asked (qa_items, refusal_items) appear with them.
+COLUMNS = {"knowledge": "knowledge Δ acc_norm", "generative_knowledge": "TriviaQA Δ acc",
+           "alignment": "alignment Δ acc_norm", "refusal_harmful": "refusal of harmful Δ",
+           "refusal_harmless": "refusal of harmless Δ", "drift": "drift Δ log p/token"}
+OPTIONAL = {"generative_knowledge", "refusal_harmful", "refusal_harmless"}
 
 
 @dataclass
@@ -59,6 +61,11 @@ class StudyRow:
     personal_profile_score_stderr: float | None = None
     train_seconds: float | None = None  # the cell's training run (its last, if it was resumed: run.json)
     balance_seconds: float | None = None  # building its training pairs (bapo balance's report), in a balance study
+
+    @property
+    def arm(self) -> str:
+        """The method, and with a balance strategy ``method+strategy`` (as :attr:`Cell.arm`)."""
+        return f"{self.method}+{self.balance}" if self.balance else self.method
 
     def to_dict(self) -> dict[str, Any]:
         """Flat, in the column order of ``table.csv``: each measure's pooled delta, then its tasks' own."""
@@ -122,15 +129,13 @@ def plus_minus(v, se, digits=3, signed=True) -> str:
 def markdown(rows: list[StudyRow]) -> str:
     """The study table: a row per (user, method, seed); ± is one standard error, Δ is against the base model."""
     profile = any(r.personal_profile_score is not None for r in rows)
-    columns = {"knowledge": "knowledge Δ acc_norm", "generative_knowledge": "", "alignment": "alignment Δ acc_norm",
-               "refusal_harmful": "", "refusal_harmless": "", "drift": "drift Δ log p/token"}
-    shown = [m for m in columns if m not in OPTIONAL or any(getattr(r, f"{m}_delta") is not None for r in rows)]
+    shown = [m for m in COLUMNS if m not in OPTIONAL or any(getattr(r, f"{m}_delta") is not None for r in rows)]
     lines = ["| user | heterogeneity | method | seed | personal reward acc | " + ("profile score | " if profile else "")
-             + " | ".join(columns[m] or OPTIONAL[m] for m in shown) + " |", "|---" * (5 + profile + len(shown)) + "|"]
+             + " | ".join(COLUMNS[m] for m in shown) + " |", "|---" * (5 + profile + len(shown)) + "|"]
     for r in sorted(rows, key=lambda r: (r.heterogeneity, r.user, r.method, r.balance, r.seed)):
         score = plus_minus(r.personal_profile_score, r.personal_profile_score_stderr, 3, False) + " | " if profile else ""
         lines.append(f"| {r.user} | {plus_minus(r.heterogeneity, r.heterogeneity_stderr, 2, False)} | "
-                     f"{r.method}{'+' + r.balance if r.balance else ''} | "
+                     f"{r.arm} | "
                      f"{r.seed} | {plus_minus(r.personal_reward_acc, r.personal_reward_acc_stderr, 3, False)} | {score}"
                      + " | ".join(plus_minus(getattr(r, f"{m}_delta"), getattr(r, f"{m}_delta_stderr")) for m in shown)
                      + " |")
@@ -141,12 +146,12 @@ def markdown(rows: list[StudyRow]) -> str:
 
 def cost_markdown(rows: list[StudyRow]) -> str:
     """What each arm cost: mean seconds per cell to build its pairs (a balance study) and to train, over its cells."""
-    arms = list(dict.fromkeys(f"{r.method}{'+' + r.balance if r.balance else ''}" for r in rows))
+    arms = list(dict.fromkeys(r.arm for r in rows))
     balance = any(r.balance_seconds is not None for r in rows)
     lines = ["| arm | cells | " + ("building pairs, s | " if balance else "") + "training, s |",
              "|---|---|" + ("---|" if balance else "") + "---|"]
     for arm in arms:
-        mine = [r for r in rows if f"{r.method}{'+' + r.balance if r.balance else ''}" == arm]
+        mine = [r for r in rows if r.arm == arm]
         cols = [mean_spread([r.balance_seconds for r in mine])] if balance else []
         lines.append(f"| {arm} | {len(mine)} | " + " | ".join(cols + [mean_spread([r.train_seconds for r in mine])])
                      + " |")
