@@ -96,7 +96,8 @@ def _contrast(user: str, method: str, baseline: str, measure: str, metric: str, 
 def contrasts_markdown(rows: list[Contrast]) -> str:
     lines = []
     for baseline in dict.fromkeys(r.baseline for r in rows):
-        lines += [f"Against {'the base model' if baseline == 'base' else baseline}:", "",
+        what = baseline + (f" (the DPO adapters at LoRA scale {baseline.split('@')[1]})" if "@" in baseline else "")
+        lines += [f"Against {'the base model' if baseline == 'base' else what}:", "",
                   "| user | measure | method − baseline | 95% interval | per seed | clear |",
                   "|---|---|---|---|---|---|"]
         for r in (r for r in rows if r.baseline == baseline):
