@@ -1,8 +1,8 @@
 """Independent jobs (a study's models to score) in several local processes that split the CPU threads.
 
-Why not one process with more threads: on a CPU, two processes with one thread each get more matmul work done than
-one process with two (the matmuls of a 135M model are thin), and torch's CPU forward passes give the same numbers at
-any thread count (per item: ``benchmarks/profile_eval.py``; a whole study's scores: tests/studies/test_run.py).
+Why processes: a machine with more cores than one process uses well scores more models at once (on this project's
+2-core CPU, 2 x 1 thread gave only 0.95-1.16x of 1 x 2, docs/PERFORMANCE.md), and torch's CPU forward passes give the
+same numbers at any thread count (per item: ``benchmarks/profile_eval.py``; a whole study's scores: tests/studies/test_run.py).
 Training does not (a backward pass's sums may split differently across threads), so it is not run here. Jobs share
 only the on-disk cache (SQLite, safe across processes).
 

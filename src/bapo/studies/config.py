@@ -59,8 +59,8 @@ class StudyConfig:
     judge_pairs: int = option(512, "Pairs the heterogeneity judge reads per user (a seeded sample; 0 = all): a user "
                                    "with thousands of long pairs is judged in minutes, within its standard error.")
     workers: int = option(1, "Processes that score the study's models side by side, each with an equal share of "
-                             "the CPU threads (on a CPU, 2 processes x 1 thread get more done than 1 x 2; scores are "
-                             "bit-identical at any thread count). Cells still train one after another. 1 = all "
+                             "the CPU threads (for machines with more cores than one process uses well; 0.95-1.16x on a "
+                             "2-core CPU; scores are bit-identical at any thread count). Cells still train one after another. 1 = all "
                              "in this process.")
     sources: Sources = section(Sources, cli=("data_dir",), panel="Data")
     # Every cell trains with this config; the study sets its out, data.path, data.eval_path, loss.method and seed.
