@@ -114,9 +114,14 @@ def estimate_seconds(cfg: StudyConfig, eval_seconds_per_model: float) -> float:
     return (train + gen + evals) * model_scale(cfg.train.model)
 
 
+def frontier_scales(cfg: StudyConfig) -> list[float]:
+    """The scales the DPO adapters are evaluated at again (1.0 is the adapter itself, already evaluated)."""
+    return [s for s in cfg.frontier_scales if s != 1.0]
+
+
 def frontier_models(cfg: StudyConfig, cells: list[Cell]) -> int:
     """How many scaled DPO adapters the frontier evaluates (each DPO cell at each scale below 1)."""
-    return sum(c.method == "dpo" for c in cells) * len([s for s in cfg.frontier_scales if s != 1.0])
+    return sum(c.method == "dpo" for c in cells) * len(frontier_scales(cfg))
 
 
 def balance_seconds(cfg: StudyConfig, simulated: int) -> float:

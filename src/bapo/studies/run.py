@@ -33,7 +33,7 @@ from bapo.runtime.workers import run_jobs
 from bapo.studies.config import StudyConfig
 from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
 from bapo.studies.figures import study_figures
-from bapo.studies.plan import Cell, estimate_seconds, eval_size, plan, print_plan, study_suite
+from bapo.studies.plan import Cell, estimate_seconds, eval_size, frontier_scales, plan, print_plan, study_suite
 from bapo.studies.tables import StudyRow, cost_markdown, markdown, study_rows
 from bapo.studies.users import heterogeneity, make_user
 from bapo.training.config import TrainConfig
@@ -214,10 +214,6 @@ def with_costs(rows: list[StudyRow], cells: list[Cell], out: Path) -> list[Study
         if cell.balance and report.exists():
             row.balance_seconds = json.loads(report.read_text()).get("seconds")
     return rows
-
-
-def frontier_scales(cfg: StudyConfig) -> list[float]:
-    return [s for s in cfg.frontier_scales if s != 1.0]
 
 
 def frontier(cfg: StudyConfig, cells: list[Cell], suite: Path, out: Path, console: Console) -> EvalResult | None:
