@@ -152,7 +152,7 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
     table = (out / "table.md").read_text()
     # 4 cells; 6 measures x (2 users x 2 methods against the base model + 2 users x bapo against dpo, dpo@0 and
     # dpo@0.5) contrasts
-    assert table.count("\n| flip:") == 4 + 6 * (4 + 2 + 2 + 2) and "general labels in the data" in table
+    assert table.count("\n| flip:") == 4 + 7 * (4 + 2 + 2 + 2) and "general labels in the data" in table
     assert (out / "table.csv").read_text().splitlines()[0].startswith("user,method,seed,adapter,heterogeneity")
     # what each arm cost: its cells' training seconds, read from their run.json
     assert rows[0]["train_seconds"] == json.loads((out / "cells" / "flip-0__dpo__s0" / "run.json").read_text())["seconds"]
@@ -162,8 +162,8 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
     assert {(c["user"], c["method"], c["baseline"], c["measure"], c["metric"]) for c in versus} == {
         (u, m, b, measure, metric) for u in ("flip:0", "flip:1")
         for m, b in (("dpo", "base"), ("bapo", "base"), ("bapo", "dpo"), ("bapo", "dpo@0"), ("bapo", "dpo@0.5"))
-        for measure, metric in (("personalization", "reward_acc"), ("knowledge", "acc_norm"), ("knowledge", "acc"),
-                                ("alignment", "acc_norm"), ("alignment", "acc"), ("drift", "logp_change_per_token"))}
+        for measure, metric in (("personalization", "reward_acc"), ("personalization", "margin"),
+                                ("knowledge", "acc_norm"), ("knowledge", "acc"), ("alignment", "acc_norm"), ("alignment", "acc"), ("drift", "logp_change_per_token"))}
     assert "bapo − dpo" in table and "dpo − base" in table and (out / "contrasts.csv").exists()
     drift = {(c["method"], c["baseline"]): c["delta"] for c in versus
              if c["user"] == "flip:1" and c["measure"] == "drift"}
@@ -224,13 +224,17 @@ def test_contrasts_against_the_base_model_and_on_raw_accuracy():
     cells = [Cell("u", "flip:1", "dpo", s) for s in (0, 1)]
     records = [SimpleNamespace(task=t, kind=k) for t, k in (("arc", "mc"), ("personal:u", "personal"),
                                                             ("personal:v", "personal"))]
-    scores = {"base": {"arc": {"acc": [1, 1, 0], "acc_norm": [0, 1, 0]}, "personal:u": {"reward_acc": [0.5, 0.5]},
+    scores = {"base": {"arc": {"acc": [1, 1, 0], "acc_norm": [0, 1, 0]},
+                       "personal:u": {"reward_acc": [0.5, 0.5], "margin": [0.0, 0.0]},
                        "personal:v": {"reward_acc": [0.5, 0.5, 0.5]}},  # another user's pairs: not this user's
-              "u__dpo__s0": {"arc": {"acc": [0, 1, 0], "acc_norm": [0, 1, 0]}, "personal:u": {"reward_acc": [1, 1]}},
-              "u__dpo__s1": {"arc": {"acc": [0, 0, 0], "acc_norm": [1, 1, 0]}, "personal:u": {"reward_acc": [1, 0]}}}
+              "u__dpo__s0": {"arc": {"acc": [0, 1, 0], "acc_norm": [0, 1, 0]},
+                             "personal:u": {"reward_acc": [1, 1], "margin": [2.0, 1.0]}},
+              "u__dpo__s1": {"arc": {"acc": [0, 0, 0], "acc_norm": [1, 1, 0]},
+                             "personal:u": {"reward_acc": [1, 0], "margin": [0.5, -1.5]}}}
     found = contrasts(cells, records, scores, "base")
     rows = {(r["measure"], r["metric"]): r for r in as_dicts(found)}
-    assert set(rows) == {("personalization", "reward_acc"), ("knowledge", "acc_norm"), ("knowledge", "acc")}
+    assert set(rows) == {("personalization", "reward_acc"), ("personalization", "margin"), ("knowledge", "acc_norm"),
+                         ("knowledge", "acc")}
     raw = rows["knowledge", "acc"]  # seed 0 [-1, 0, 0], seed 1 [-1, -1, 0]; averaged [-1, -.5, 0]
     assert (raw["method"], raw["baseline"], raw["n"], raw["seeds"]) == ("dpo", "base", 3, 2)
     assert raw["delta"] == pytest.approx(-0.5) and raw["stderr"] == pytest.approx(0.5 / 3 ** 0.5)
@@ -238,6 +242,8 @@ def test_contrasts_against_the_base_model_and_on_raw_accuracy():
     assert rows["knowledge", "acc_norm"]["per_seed"] == pytest.approx([0.0, 1 / 3])
     p = rows["personalization", "reward_acc"]
     assert p["n"] == 2 and p["delta"] == pytest.approx(0.25) and p["per_seed"] == pytest.approx([0.5, 0.0])
+    m = rows["personalization", "margin"]  # the base model's margin is 0; averaged over seeds [1.25, -0.25]
+    assert m["delta"] == pytest.approx(0.5) and m["stderr"] == pytest.approx(0.75) and m["per_seed"] == [1.5, -0.5]
     md = contrasts_markdown(found)
     assert md.startswith("Against the base model:") and "dpo − base: -0.500 ± 0.289" in md
 

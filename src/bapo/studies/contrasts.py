@@ -16,6 +16,9 @@ from bapo.studies.tables import plus_minus
 # A fourth entry names the one task a measure reads, where tasks of one kind measure different things.
 MEASURES = [("personalization", *role_metric("personalization")),
             ("personalization", "personal", "profile_score"),  # simulated users: what the user would see
+            # the implicit-reward margin in nats: continuous, so it tells apart arms whose accuracy on a few dozen
+            # held-out pairs cannot (the comparison at equal personalization needs that)
+            ("personalization", "personal", "margin"),
             ("knowledge", *role_metric("knowledge")), ("knowledge", "mc", "acc"),
             ("generative knowledge", *role_metric("generative knowledge")),
             ("alignment", *role_metric("alignment")), ("alignment", "general_pairs", "acc"),
