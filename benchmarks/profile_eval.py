@@ -21,30 +21,7 @@ from pathlib import Path
 
 import torch
 
-from common import matmul_peak_gflops, print_header  # benchmarks/common.py, beside this script
-
-
-class Counter:
-    """Positions through the body and rows through the output head, counted by forward hooks."""
-
-    def __init__(self, body, head):
-        self.positions = self.head_rows = 0
-        body.register_forward_pre_hook(self._body, with_kwargs=True)
-        head.register_forward_pre_hook(self._head)
-
-    def _body(self, module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is None:  # called with embeddings
-            ids = kwargs["inputs_embeds"][..., 0]
-        self.positions += ids.numel()
-
-    def _head(self, module, args):
-        self.head_rows += args[0].numel() // args[0].shape[-1]
-
-    def take(self) -> tuple[int, int]:
-        out = (self.positions, self.head_rows)
-        self.positions = self.head_rows = 0
-        return out
+from common import Counter, matmul_peak_gflops, print_header  # benchmarks/common.py, beside this script
 
 
 def item_tokens(task, tok, renderer) -> int:

@@ -24,7 +24,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from bench_train import synthetic_pairs  # benchmarks/, beside this script
-from common import matmul_peak_gflops, print_header
+from common import Counter, matmul_peak_gflops, print_header
 
 CATEGORIES = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear"),
@@ -97,9 +97,7 @@ def main() -> None:
     body = ref.model.get_decoder()
     n_body = sum(m.weight.numel() for m in body.modules() if isinstance(m, torch.nn.Linear))
     n_head = ref.model.get_output_embeddings().weight.numel()
-    positions = [0]
-    body.register_forward_pre_hook(lambda m, args, kw: positions.__setitem__(
-        0, positions[0] + kw.get("input_ids", args[0] if args else None).numel()), with_kwargs=True)
+    counter = Counter(body, ref.model.get_output_embeddings())
 
     step_time = [0.0]
     original = PreferenceTrainer.training_step
@@ -117,10 +115,10 @@ def main() -> None:
         lambda o, args, kw: opt_time.__setitem__(0, opt_time[0] + time.perf_counter() - opt_start[0]))
     PreferenceTrainer.training_step = timed_step
     t = time.perf_counter()
-    train_positions0 = positions[0]
+    counter.take()  # what the reference's pass above ran is not training
     result = run_module.fit(cfg, ref, train_pairs, held, examples, time.time())
     fit_wall = time.perf_counter() - t
-    train_positions = positions[0] - train_positions0
+    train_positions, _ = counter.take()
     phases["training steps: forward + backward"] = step_time[0]
     phases["optimizer (AdamW)"] = opt_time[0]
     phases["Trainer loop, logging, saving"] = fit_wall - step_time[0] - opt_time[0]
