@@ -245,7 +245,15 @@ def test_contrasts_against_the_base_model_and_on_raw_accuracy():
     m = rows["personalization", "margin"]  # the base model's margin is 0; averaged over seeds [1.25, -0.25]
     assert m["delta"] == pytest.approx(0.5) and m["stderr"] == pytest.approx(0.75) and m["per_seed"] == [1.5, -0.5]
     md = contrasts_markdown(found)
-    assert md.startswith("Against the base model:") and "dpo − base: -0.500 ± 0.289" in md
+    assert "\nAgainst the base model:" in md and "dpo − base: -0.500 ± 0.289" in md
+    glance = md.split("Against the base model:")[0].splitlines()  # a row per arm, a column per headline measure
+    assert glance[0].startswith("flip:1, at a glance")
+    assert glance[2] == ("| method − baseline | personalization (reward_acc) | personalization (margin) | "
+                         "knowledge (acc_norm) |")  # raw accuracy only in the full list
+    p, m, k = (rows[c] for c in (("personalization", "reward_acc"), ("personalization", "margin"),
+                                 ("knowledge", "acc_norm")))
+    assert glance[4] == (f"| dpo − base | +0.250 [{p['lo']:+.3f}, {p['hi']:+.3f}] | +0.500 [{m['lo']:+.3f}, "
+                         f"{m['hi']:+.3f}] | +0.167 [{k['lo']:+.3f}, {k['hi']:+.3f}] |")
 
 
 def test_aggregate_combines_seeds():

@@ -96,8 +96,32 @@ def _contrast(user: str, method: str, baseline: str, measure: str, metric: str, 
                     bool((lo > 0 or hi < 0) and agree))
 
 
-def contrasts_markdown(rows: list[Contrast]) -> str:
+# Shown in the full list only: raw accuracy beside acc_norm is a check on length normalization, not a headline.
+BESIDE = {("knowledge", "acc"), ("alignment", "acc")}
+
+
+def glance_markdown(rows: list[Contrast]) -> str:
+    """The contrasts at a glance: per user, a row per (method, baseline) and a column per headline measure, each
+    cell the change with its 95% interval, starred where it is clear."""
     lines = []
+    for user in dict.fromkeys(r.user for r in rows):
+        mine = [r for r in rows if r.user == user and (r.measure, r.metric) not in BESIDE]
+        columns = list(dict.fromkeys((r.measure, r.metric) for r in mine))
+        cell = {(r.method, r.baseline, r.measure, r.metric): r for r in mine}
+        lines += [f"{user}, at a glance (method − baseline, 95% interval; * = clear):", "",
+                  "| method − baseline | " + " | ".join(f"{m} ({k})" for m, k in columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        for method, baseline in dict.fromkeys((r.method, r.baseline) for r in mine):
+            found = [cell.get((method, baseline, *c)) for c in columns]
+            lines.append(f"| {method} − {baseline} | " + " | ".join(
+                f"{r.delta:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]{'*' if r.clear else ''}" if r else "" for r in found)
+                + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def contrasts_markdown(rows: list[Contrast]) -> str:
+    lines = [glance_markdown(rows)]
     for baseline in dict.fromkeys(r.baseline for r in rows):
         what = baseline + (f" (the DPO adapters at LoRA scale {baseline.split('@')[1]})" if "@" in baseline else "")
         lines += [f"Against {'the base model' if baseline == 'base' else what}:", "",
