@@ -256,6 +256,24 @@ def test_contrasts_against_the_base_model_and_on_raw_accuracy():
                          f"{m['hi']:+.3f}] | +0.167 [{k['lo']:+.3f}, {k['hi']:+.3f}] |")
 
 
+def test_every_arm_is_also_compared_with_the_configs_baselines():
+    from bapo.errors import ConfigError
+    from bapo.studies.run import versus_baselines
+
+    cfg = StudyConfig(methods=["dpo", "bapo", "replay"], baselines=["replay"])
+    cfg.validate()
+    cells = [Cell("u", "flip:1", m, 0) for m in cfg.methods]
+    scores = {"base": {"arc": {"acc_norm": [0, 0]}}, "u__dpo__s0": {"arc": {"acc_norm": [1, 0]}},
+              "u__bapo__s0": {"arc": {"acc_norm": [1, 1]}}, "u__replay__s0": {"arc": {"acc_norm": [0, 1]}}}
+    ev = SimpleNamespace(records=[SimpleNamespace(task="arc", kind="mc")], item_scores=scores)
+    found = {(c.method, c.baseline): c.delta for c in versus_baselines(cfg, cells, ev)}
+    assert set(found) == {(m, "base") for m in cfg.methods} | {("bapo", "dpo"), ("replay", "dpo"),
+                                                                ("dpo", "replay"), ("bapo", "replay")}
+    assert found["bapo", "replay"] == pytest.approx(0.5) and found["dpo", "replay"] == pytest.approx(0.0)
+    with pytest.raises(ConfigError, match="baselines: 'kl' is not one of the study's methods"):
+        StudyConfig(methods=["dpo", "bapo"], baselines=["kl"]).validate()
+
+
 def test_aggregate_combines_seeds():
     rows = [SimpleNamespace(method="dpo", user="u", heterogeneity=0.5, m=v, m_stderr=0.1) for v in (1.0, 3.0)]
     (h, mean, err), = aggregate(rows, "m")["dpo"]

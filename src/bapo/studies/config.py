@@ -46,6 +46,8 @@ class StudyConfig:
                               "knowledge; 0 = not measured).")
     refusal_items: int = option(0, "Harmful (HH harmless first turns) and harmless (AlpacaEval) requests each, whose "
                                    "replies are judged for refusal (generative alignment; 0 = not measured).")
+    baselines: list[str] = option([], "Methods of the study every arm is also compared against, beside the base "
+                                      "model and DPO (e.g. replay: what BAPO's hinge buys over plain replay).")
     frontier_scales: list[float] = option([], "LoRA scales at which every DPO adapter is also evaluated: its "
                                               "weakening frontier, drawn in the trade-off figure (empty = none).")
     balance: list[str] = option([], "Strategies that build each user's training pairs at --pair-budget (bapo "
@@ -82,6 +84,9 @@ class StudyConfig:
             LossConfig(method=m).validate()
         if not self.methods or self.seeds < 1:
             raise ConfigError("methods and seeds: at least one method and one seed")
+        for b in self.baselines:
+            if b not in self.methods:
+                raise ConfigError(f"baselines: '{b}' is not one of the study's methods ({', '.join(self.methods)})")
         for b in self.balance:
             if b not in STRATEGIES:
                 raise ConfigError(f"balance: unknown strategy '{b}'; choose from {', '.join(STRATEGIES)}")

@@ -244,8 +244,8 @@ def versus_scaled_dpo(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResul
 
 
 def versus_baselines(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResult) -> list[Contrast]:
-    """Every arm against the base model (seeds pooled), then against DPO (or the first method); in a balance study,
-    every strategy against none and against uniform (those in the study) instead."""
+    """Every arm against the base model (seeds pooled), then against DPO (or the first method) and the config's
+    ``baselines``; in a balance study, every strategy against none and against uniform (those in the study) instead."""
     versus = contrasts(cells, evaluation.records, evaluation.item_scores, "base")
     if cfg.balance:
         for b in ("none", "uniform"):
@@ -253,7 +253,8 @@ def versus_baselines(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResult
                 versus += contrasts(cells, evaluation.records, evaluation.item_scores, f"{cfg.methods[0]}+{b}")
     elif len(cfg.methods) > 1:
         baseline = "dpo" if "dpo" in cfg.methods else cfg.methods[0]
-        versus += contrasts(cells, evaluation.records, evaluation.item_scores, baseline)
+        for b in dict.fromkeys([baseline, *cfg.baselines]):
+            versus += contrasts(cells, evaluation.records, evaluation.item_scores, b)
     return versus
 
 
