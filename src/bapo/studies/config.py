@@ -82,8 +82,10 @@ class StudyConfig:
             raise ConfigError("users: a user is named twice")
         for m in self.methods:
             LossConfig(method=m).validate()
-        if not self.methods or self.seeds < 1:
-            raise ConfigError("methods and seeds: at least one method and one seed")
+        if not self.methods:
+            raise ConfigError("methods: name at least one method")
+        if self.seeds < 1:
+            raise ConfigError("seeds: at least 1")
         for b in self.baselines:
             if b not in self.methods:
                 raise ConfigError(f"baselines: '{b}' is not one of the study's methods ({', '.join(self.methods)})")
