@@ -220,8 +220,9 @@ config_command("study", StudyConfig, _study, """One adapter per (user, method, s
     _param("flip_rate", Optional[str], typer.Option(help="Comma-separated fractions h: a user flip:h per value: general "
                                                          "pairs with a fraction h reversed by a rule (heterogeneity h). "
                                                          "Added to --users, or alone the study's users.")),
-    _param("dry_run", bool, typer.Option("--dry-run", help="Print the plan, sizes and an estimated run time; train "
-                                                          "nothing."), False)))
+    _param("dry_run", bool, typer.Option("--dry-run", help="Print the plan, sizes and an estimated run time (from "
+                                                          "nothing, and what the study's cache leaves); train nothing."),
+           False)))
 config_command("balance", BalanceConfig, _balance, """Spend a budget of B pairs between prompts (breadth) and pairs per prompt (depth).
 
     Strategies: none (B prompts, one pair each), uniform (P prompts x D pairs) and bpo (after BPO, Wang et al., NAACL 2025: representative prompts by embedding clusters, pairs by gradient clusters).

@@ -194,6 +194,17 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
     again = run_study(study_cfg)
     assert [r.personal_reward_acc for r in again.rows] == [r["personal_reward_acc"] for r in rows]
 
+    # the dry run prices what the cache leaves: nothing now; one adapter and its models once its run.json is gone
+    done = run_study(study_cfg, dry_run=True).estimate
+    assert (done.left, done.train_left, done.models_left) == (0.0, 0, 0) and done.from_nothing > 0
+    (out / "cells" / "flip-1__dpo__s0" / "run.json").unlink()
+    one = run_study(study_cfg, dry_run=True).estimate
+    assert (one.train_left, one.models_left) == (1, 3)  # the adapter, and it again at scales 0 and 0.5
+    assert 0 < one.left < done.from_nothing
+    study_cfg.drift_prompts = 2  # a task the cache has no scores for: every model is to be scored again
+    changed = run_study(study_cfg, dry_run=True).estimate
+    assert (changed.train_left, changed.models_left) == (1, 1 + 4 + 2 * 2)
+
 
 def test_contrasts_pair_items_and_match_seeds():
     cells = [Cell("u", "flip:1", m, s) for m in ("dpo", "bapo") for s in (0, 1)]

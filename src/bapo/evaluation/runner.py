@@ -29,9 +29,10 @@ from bapo.evaluation.tasks import Scorer, Task, TaskSpec, load_suite, load_task,
 from bapo.io import as_dicts, atomic_write_text, csv_text, write_json
 from bapo.runtime import distributed
 from bapo.runtime.adapters import AdapterInfo, applied, check_same_model, read_adapter
-from bapo.runtime.models import load_reward_model
-from bapo.runtime.reference import Reference, open_reference
-from bapo.runtime.store import make_key
+from bapo.runtime.models import (cache_root, load_reward_model, model_fingerprint, resolve_device, resolve_dtype,
+                                 resolve_model)
+from bapo.runtime.reference import Reference, open_reference, weights_cache_id
+from bapo.runtime.store import Store, make_key
 
 Scores = dict[str, dict[str, dict[str, list[float]]]]  # model label -> task -> metric -> per-item values
 
@@ -94,17 +95,45 @@ def candidates(cfg: EvalConfig) -> tuple[list[Candidate], dict[str, Task]]:
     return out, personal
 
 
-def suite_tasks(cfg: EvalConfig, console: Console) -> list[Task]:
-    """The suite's tasks, loaded and validated before any model work."""
+def suite_specs(cfg: EvalConfig) -> list[TaskSpec]:
+    """The suite's task specs, with the general reward task when a reward model is given."""
     specs = load_suite(cfg.suite).tasks
     if cfg.reward_model and not any(t.kind == "reward" for t in specs):
         specs.append(TaskSpec("general_reward", "reward", "package:general_prompts.jsonl"))
     if any(t.kind == "reward" for t in specs) and not cfg.reward_model:
         raise ConfigError("suite: a reward task needs --reward-model")
-    tasks = [load_task(t) for t in specs]
+    return specs
+
+
+def suite_tasks(cfg: EvalConfig, console: Console) -> list[Task]:
+    """The suite's tasks, loaded and validated before any model work."""
+    tasks = [load_task(t) for t in suite_specs(cfg)]
     for t in tasks:
         console.print(f"task [bold]{t.spec.name}[/] ({t.spec.kind}): {len(t.items)} items from {t.spec.path}")
     return tasks
+
+
+def eval_key(cache_id: str, cand: Candidate, task_name: str, task_key: str, cfg: EvalConfig) -> str:
+    """Where one candidate's scores on one task are cached: the reference's weights and dtype, the adapter's
+    weights, its scale, the task and what it reads, and the settings that change a score."""
+    return make_key("eval", cache_id, cand.digest, cand.scale, task_name, task_key, cfg.max_length,
+                    cfg.max_prompt_length, cfg.reward_model)
+
+
+def unscored(cfg: EvalConfig) -> list[str]:
+    """The labels of the candidates ``bapo eval`` with this config would still score: those with any task of the
+    suite, or of their own held-out pairs, not in the cache yet. Loads no model (what a dry run can afford)."""
+    tasks = [(t.name, t.key()) for t in suite_specs(cfg)]
+    cands, personal = candidates(cfg)
+    path = resolve_model(cfg.model, cfg.cache_dir)
+    cid = weights_cache_id(model_fingerprint(path), resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
+    store = Store(cache_root(cfg.cache_dir) / "reference.sqlite")
+    try:
+        return [c.label for c in cands
+                if any(store.get_eval(eval_key(cid, c, name, key, cfg)) is None
+                       for name, key in tasks + [(n, personal[n].key) for n in c.personal])]
+    finally:
+        store.close()
 
 
 def score_candidate(model, cand: Candidate, tasks: list[Task], scorer: Scorer, cfg: EvalConfig) -> dict:
@@ -112,8 +141,7 @@ def score_candidate(model, cand: Candidate, tasks: list[Task], scorer: Scorer, c
     ref = scorer.ref
     out = {}
     for task in tasks:
-        key = make_key("eval", ref.cache_id, cand.digest, cand.scale, task.spec.name, task.key, cfg.max_length,
-                       cfg.max_prompt_length, cfg.reward_model)
+        key = eval_key(ref.cache_id, cand, task.spec.name, task.key, cfg)
         cached = ref.store.get_eval(key)
         if cached is None:
             with progress.bar(f"{cand.label}: {task.spec.name}", task.kind.sequences(task.items)) as advance:

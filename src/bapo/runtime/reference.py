@@ -24,6 +24,12 @@ from bapo.runtime.models import cache_root, load_model, load_tokenizer, model_fi
 from bapo.runtime.store import Store, make_key
 
 
+def weights_cache_id(fingerprint: str, dtype: torch.dtype) -> str:
+    """What cache keys start with: the weights' fingerprint, plus the dtype when it is not float32 (bfloat16 numbers
+    and greedy answers differ from float32 ones, so they must never be mixed in one cache)."""
+    return fingerprint if dtype == torch.float32 else f"{fingerprint}-{str(dtype).removeprefix('torch.')}"
+
+
 @dataclass
 class Reference:
     """The reference model, its tokenizer and the cache that remembers what it computed."""
@@ -41,10 +47,7 @@ class Reference:
 
     @property
     def cache_id(self) -> str:
-        """What cache keys start with: the weights' fingerprint, plus the dtype when it is not float32 (bfloat16
-        numbers and greedy answers differ from float32 ones, so they must never be mixed in one cache)."""
-        dtype = getattr(self.model, "dtype", torch.float32)
-        return self.fingerprint if dtype == torch.float32 else f"{self.fingerprint}-{str(dtype).removeprefix('torch.')}"
+        return weights_cache_id(self.fingerprint, getattr(self.model, "dtype", torch.float32))
 
     def generate(self, prompts: Sequence[list[dict[str, str]]], cfg: BaseResponseConfig,
                  show: bool = True) -> list[list[str]]:

@@ -33,7 +33,9 @@ from bapo.runtime.workers import run_jobs
 from bapo.studies.config import StudyConfig
 from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
 from bapo.studies.figures import study_figures
-from bapo.studies.plan import Cell, estimate_seconds, eval_size, frontier_scales, plan, print_plan, study_suite
+from bapo.studies.estimate import Estimate, estimate, eval_size, print_estimate
+from bapo.studies.plan import (Cell, balance_dir, eval_config, frontier_config, frontier_scales, plan, print_plan,
+                               study_suite)
 from bapo.studies.tables import StudyRow, cost_markdown, markdown, study_rows
 from bapo.studies.users import heterogeneity, make_user
 from bapo.training.config import TrainConfig
@@ -45,12 +47,17 @@ class StudyResult:
     """What a study produced (also in ``OUT/study.json``); after ``dry_run``, only the plan and the estimate."""
 
     cells: list[Cell]
-    estimated_seconds: float
+    estimate: Estimate
     rows: list[StudyRow]
     contrasts: list[Contrast]
     out: Path
     seconds: float = 0.0
     frontier: dict[float, list[StudyRow]] = field(default_factory=dict)  # DPO adapters' rows at each LoRA scale
+
+    @property
+    def estimated_seconds(self) -> float:
+        """The estimated wall time of the whole study from nothing."""
+        return self.estimate.from_nothing
 
 
 def prepare_users(cfg: StudyConfig, out: Path, console: Console) -> dict[str, dict]:
@@ -105,11 +112,6 @@ def pool_prompts(cfg: StudyConfig, held: list) -> list[dict]:
     return sample(pool, cfg.pairs_per_user, random.Random("balance-pool"))
 
 
-def balance_dir(out: Path, cell: Cell) -> Path:
-    """Where a balance study keeps a cell's built pairs and the report of how they were chosen."""
-    return out / "balance" / f"{cell.user}__{cell.balance}__s{cell.seed}"
-
-
 def balanced_pairs(cfg: StudyConfig, cell: Cell, out: Path, console: Console) -> Path:
     """The cell's training pairs, built by its balance strategy at the study's budget (cached: a finished
     ``pairs.jsonl`` is reused); the strategy's randomness follows the cell's seed."""
@@ -160,14 +162,6 @@ def train_config(cfg: StudyConfig, cell: Cell, out: Path) -> TrainConfig:
     return tc
 
 
-def eval_config(cfg: StudyConfig, cells: list[Cell], suite: Path, out: Path) -> EvalConfig:
-    """The study's evaluation config: its own scoring settings, the study's model, lengths, cache and device."""
-    t = cfg.train
-    return replace(cfg.eval, model=t.model, adapters=[str(out / "cells" / c.name) for c in cells], suite=str(suite),
-                   out=str(out / "eval"), max_length=t.data.max_length, max_prompt_length=t.data.max_prompt_length,
-                   cache_dir=t.cache_dir, device=t.device, dtype=t.dtype)
-
-
 def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None = None) -> StudyResult:
     """Build users, train every cell, evaluate all, write the table and figures."""
     console = console or Console()
@@ -178,8 +172,9 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
     cells = plan(cfg)
     suite = study_suite(cfg, out / "suite.yaml")
     n_eval, eval_seconds = eval_size(suite)
-    est = estimate_seconds(cfg, eval_seconds)
-    print_plan(cfg, cells, n_eval, est, console)
+    est = estimate(cfg, cells, suite, out, eval_seconds)
+    print_plan(cfg, cells, n_eval, console)
+    print_estimate(cfg, cells, est, console)
     if dry_run:
         return StudyResult(cells, est, [], [], out)
 
@@ -218,12 +213,10 @@ def with_costs(rows: list[StudyRow], cells: list[Cell], out: Path) -> list[Study
 
 def frontier(cfg: StudyConfig, cells: list[Cell], suite: Path, out: Path, console: Console) -> EvalResult | None:
     """Every DPO adapter evaluated again at ``frontier_scales`` (in ``OUT/eval_frontier``); None without any."""
-    dpo = [c for c in cells if c.method == "dpo"]
-    scales = frontier_scales(cfg)
-    if not dpo or not scales:
+    ev = frontier_config(cfg, cells, suite, out)
+    if ev is None:
         return None
-    console.rule(f"the DPO adapters' frontier: scales {', '.join(f'{s:g}' for s in scales)}")
-    ev = replace(eval_config(cfg, dpo, suite, out), adapter_scales=scales, out=str(out / "eval_frontier"))
+    console.rule(f"the DPO adapters' frontier: scales {', '.join(f'{s:g}' for s in frontier_scales(cfg))}")
     return evaluate_models(cfg, ev, console)
 
 

@@ -1,0 +1,145 @@
+"""What a study costs on this project's 2-core CPU, for ``--dry-run``: from nothing, and what its caches still leave
+(a rerun trains only cells without ``run.json`` and scores only models whose scores are not cached)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from bapo.data.users import user_name
+from bapo.evaluation.runner import unscored
+from bapo.evaluation.tasks import KINDS, load_suite, spec_items
+from bapo.runtime.config import DEFAULT_MODEL
+from bapo.runtime.models import resolve_model
+from bapo.studies.config import StudyConfig
+from bapo.studies.plan import Cell, balance_dir, cell_dir, eval_config, frontier_config, frontier_models
+
+# Seconds on this project's 2-core CPU with SmolLM2-135M. Training and generation from the default study's own run
+# (2026-11-23: 8 adapters trained in 29 min). Scoring is priced per character read, because items differ fivefold
+# in length: the decisive study (2026-11-23) scored ARC-Easy's 527k characters in 201 s, PIQA's 462k in 236 s and
+# 500 HH pairs' 391k in 174 s (2.0-2.6k characters/s), 40 drift prompts in 9 s and 64 held-out pairs in 23-27 s per
+# model.
+SECONDS_PER_PAIR_EPOCH = {"bapo": 1.9, "other": 1.5}  # replay as bapo (1.65 measured); kl x 1.3 for its extra
+# forward pass (2.4 s measured: studies/compare.yaml, 2026-11-24, 2 threads, 9.5 s per step of 4 pairs)
+SECONDS_PER_SCORED_CHAR = 4.5e-4
+SECONDS_PER_DRIFT_PROMPT = 0.25
+SECONDS_PER_HOLDOUT_PAIR = 0.4
+SECONDS_PER_GENERATED_ANSWER = 0.6
+ANCHORED = ("bapo", "replay", "kl")  # the methods that train on base responses
+
+
+@dataclass
+class Work:
+    """What a run of the study has to do."""
+
+    train: list[Cell]  # cells to train
+    base_users: set[str] = field(default_factory=set)  # users whose base responses are to be generated
+    new_users: set[str] = field(default_factory=set)  # users whose pairs are to be built (simulated: answers too)
+    balance: set[tuple[str, str, int]] = field(default_factory=set)  # (simulated user, strategy, seed) to build
+    models: int = 0  # models to score on the suite: the base model, adapters, scaled DPO adapters
+    base_model: bool = True  # the base model among them (its drift answers are generated once)
+
+
+def work_from_nothing(cfg: StudyConfig, cells: list[Cell]) -> Work:
+    return Work(list(cells), {c.user for c in cells if c.method in ANCHORED}, {c.user for c in cells},
+                {(c.user, c.balance, c.seed) for c in cells if c.balance and c.spec.startswith("psoups:")},
+                len(cells) + 1 + frontier_models(cfg, cells))
+
+
+def work_left(cfg: StudyConfig, cells: list[Cell], suite: Path, out: Path) -> Work:
+    """What a rerun would still do. Scores are looked up in the cache by the keys ``bapo eval`` uses; a cell
+    interrupted mid-training is priced whole (its checkpoint is not read)."""
+    done = [c for c in cells if (cell_dir(out, c) / "run.json").exists()]
+    todo = [c for c in cells if c not in done]
+    anchored_done = {c.user for c in done if c.method in ANCHORED}
+    work = Work(todo, {c.user for c in todo if c.method in ANCHORED} - anchored_done,
+                {u for u in map(user_name, cfg.users) if not (out / "users" / f"{u}.json").exists()},
+                {(c.user, c.balance, c.seed) for c in todo if c.balance and c.spec.startswith("psoups:")
+                 and not (balance_dir(out, c) / "report.json").exists()})
+    left = unscored(eval_config(cfg, done, suite, out))
+    work.base_model = "base" in left
+    scaled = frontier_config(cfg, done, suite, out)
+    work.models = len(left) + len(todo) + frontier_models(cfg, todo)
+    work.models += len([label for label in unscored(scaled) if label != "base"]) if scaled else 0
+    return work
+
+
+def price(cfg: StudyConfig, work: Work, eval_seconds_per_model: float) -> float:
+    """A rough wall-time estimate of ``work``: training pairs x epochs, generation, every model's evaluation.
+    ``workers`` is not counted: on the 2-core CPU these prices come from, 2 workers gave 0.95-1.16x
+    (docs/PERFORMANCE.md)."""
+    pairs = cfg.pair_budget if cfg.balance else cfg.pairs_per_user
+    train = sum(pairs * cfg.train.epochs * SECONDS_PER_PAIR_EPOCH["bapo" if c.method in ANCHORED else "other"]
+                * (1.3 if c.method == "kl" else 1) for c in work.train)
+    simulated = sum(u.startswith("psoups") for u in cfg.users if user_name(u) in work.new_users)
+    answers = (len(work.base_users) * cfg.pairs_per_user + (3 + cfg.candidate_samples) * cfg.pairs_per_user * simulated
+               + cfg.drift_prompts * work.base_model)
+    holdouts = work.models - work.base_model  # every adapter also scores its user's held-out pairs
+    evals = work.models * eval_seconds_per_model + holdouts * cfg.holdout_pairs * SECONDS_PER_HOLDOUT_PAIR
+    return (train + answers * SECONDS_PER_GENERATED_ANSWER + balance_seconds(cfg, work) + evals) * model_scale(cfg.train.model)
+
+
+def balance_seconds(cfg: StudyConfig, work: Work) -> float:
+    """Candidate answers for simulated users' balanced pairs (none: B prompts; uniform and bpo: about sqrt(B)),
+    plus bpo's per-pair gradients (about one forward-backward of a pair each)."""
+    k, b = cfg.balance_responses, cfg.pair_budget
+    prompts = {"none": b, "uniform": math.isqrt(b), "bpo": math.isqrt(b)}
+    grads = math.isqrt(b) * k * (k - 1) / 2 * SECONDS_PER_PAIR_EPOCH["other"]
+    return sum(prompts[s] * k * SECONDS_PER_GENERATED_ANSWER + (grads if s == "bpo" else 0.0)
+               for _, s, _ in work.balance)
+
+
+def model_scale(model: str) -> float:
+    """Time scales with parameters; 1.0 for the embedded model, else read from the model's config if we can."""
+    if model == DEFAULT_MODEL:
+        return 1.0
+    from transformers import AutoConfig
+
+    try:
+        c = AutoConfig.from_pretrained(resolve_model(model))
+        params = 12 * c.num_hidden_layers * c.hidden_size ** 2 + c.vocab_size * c.hidden_size
+        return params / 135e6
+    except Exception:  # an estimate only: any model we cannot read is priced as unknown
+        return float("nan")
+
+
+def eval_size(suite_path: Path) -> tuple[int, float]:
+    """Scored sequences per model, and the seconds their scoring takes on the project's CPU."""
+    n, seconds = 0, 0.0
+    for t in load_suite(str(suite_path)).tasks:
+        items, kind = spec_items(t), KINDS[t.kind]
+        n += kind.sequences(items)
+        seconds += kind.chars(items) * SECONDS_PER_SCORED_CHAR
+        seconds += len(items) * SECONDS_PER_DRIFT_PROMPT if t.kind == "drift" else 0.0
+        if t.kind in ("qa", "refusal", "reward"):  # each model writes its own answers
+            seconds += len(items) * SECONDS_PER_GENERATED_ANSWER * t.max_new_tokens / 64
+    return n, seconds
+
+
+@dataclass
+class Estimate:
+    """The study's estimated wall time from nothing and, when it has a cache, what a rerun would still take."""
+
+    from_nothing: float
+    left: float | None = None
+    train_left: int = 0
+    models_left: int = 0
+
+
+def estimate(cfg: StudyConfig, cells: list[Cell], suite: Path, out: Path, eval_seconds_per_model: float) -> Estimate:
+    est = Estimate(price(cfg, work_from_nothing(cfg, cells), eval_seconds_per_model))
+    if (out / "cells").exists():
+        left = work_left(cfg, cells, suite, out)
+        est.left, est.train_left, est.models_left = price(cfg, left, eval_seconds_per_model), len(left.train), left.models
+    return est
+
+
+def print_estimate(cfg: StudyConfig, cells: list[Cell], est: Estimate, console: Console) -> None:
+    console.print(f"estimated run time from nothing: ~{est.from_nothing / 60:.0f} min (2-core CPU timings)")
+    if est.left is not None:
+        models = len(cells) + 1 + frontier_models(cfg, cells)
+        console.print(f"left after what the cache holds: ~{est.left / 60:.0f} min ({est.train_left} of {len(cells)} "
+                      f"adapters to train, {est.models_left} of {models} models to score)")
