@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Every study issues 13 and 15 still wait for, one after another on this 2-core machine (one at a time, both cores):
-# the comparison, the trend, the balance study, then the calibration's stronger settings. Each study resumes from its
-# own cache, and a finished one only reads its cache back and rewrites its tables, so after an interruption rerun:
+# the trend, the balance study, the calibration's stronger settings, then the comparison's BAPO lambda arms
+# (bapo:0.1, bapo:0.01; its first 12 adapters and DPO's frontier are scored). Each study resumes from its own cache,
+# and a finished one only reads its cache back and rewrites its tables, so after an interruption rerun:
 #   OMP_NUM_THREADS=2 nohup studies/queue.sh >> study_queue.log 2>&1 &
+# (`bapo study --config studies/NAME.yaml --dry-run` says what each has left.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BAPO=${BAPO:-.venv/bin/bapo}
-for study in compare trend balance; do
-  echo "== $(date '+%F %T') studies/$study.yaml"
-  "$BAPO" study --config "studies/$study.yaml"
-done
+run() {
+  echo "== $(date '+%F %T') studies/$1.yaml"
+  "$BAPO" study --config "studies/$1.yaml"
+}
+run trend
+run balance
 echo "== $(date '+%F %T') studies/calibrate.sh"
 BAPO="$BAPO" studies/calibrate.sh
+run compare
 echo "== $(date '+%F %T') done"

@@ -18,8 +18,8 @@ from bapo.evaluation.runner import evaluate
 from bapo.studies.config import StudyConfig, study_training
 from bapo.studies.contrasts import contrasts, contrasts_markdown
 from bapo.studies.figures import aggregate
-from bapo.studies.plan import Cell
-from bapo.studies.run import run_study
+from bapo.studies.plan import Cell, plan
+from bapo.studies.run import run_study, train_config
 from bapo.studies.users import heterogeneity
 from bapo.studies.users import make_user as build_user
 from tests.helpers import write_jsonl
@@ -127,6 +127,25 @@ def test_dry_run_prints_a_plan_and_trains_nothing(study_cfg, capsys):
     scaled = run_study(study_cfg, dry_run=True)
     assert scaled.estimated_seconds > res.estimated_seconds
     assert "2 scaled DPO adapters" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_base_response_method_may_carry_its_own_lambda(study_cfg):
+    from bapo.errors import ConfigError
+
+    study_cfg.users, study_cfg.methods = ["flip:1"], ["dpo", "bapo", "bapo:0.1", "replay:0"]
+    study_cfg.train.loss.anchor_lambda = 2.0
+    cells = plan(study_cfg)
+    assert [c.name for c in cells] == ["flip-1__dpo__s0", "flip-1__bapo__s0", "flip-1__bapo-l0.1__s0",
+                                       "flip-1__replay-l0__s0"]
+    assert [c.arm for c in cells] == ["dpo", "bapo", "bapo:0.1", "replay:0"] and cells[2].loss == "bapo"
+    losses = [train_config(study_cfg, c, Path(study_cfg.out)).loss for c in cells]
+    assert [(x.method, x.anchor_lambda) for x in losses] == [("dpo", 2.0), ("bapo", 2.0), ("bapo", 0.1), ("replay", 0.0)]
+    study_cfg.validate()
+    for methods, msg in [(["dpo:0.1"], "only a base-response method"), (["bapo:much"], "a number >= 0"),
+                         (["bapo:-1"], "a number >= 0"), (["bapo:0.1", "bapo:0.1"], "named twice"),
+                         (["nope:0.1"], "only a base-response method")]:
+        with pytest.raises(ConfigError, match=msg):
+            replace(study_cfg, methods=methods).validate()
 
 
 def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatch):

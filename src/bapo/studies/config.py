@@ -3,11 +3,12 @@ configs every cell shares (composed, not copied)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from bapo.balancing.config import STRATEGIES
 from bapo.core.fields import option, section
-from bapo.core.losses import LossConfig
+from bapo.core.losses import BASE_TERMS, LossConfig
 from bapo.data.config import DataConfig
 from bapo.data.users import Sources, parse_spec, user_name
 from bapo.errors import ConfigError
@@ -16,6 +17,23 @@ from bapo.runtime.config import BaseResponseConfig
 from bapo.training.config import TrainConfig
 
 DEFAULT_USERS = ["flip:0", "flip:0.5", "flip:1", "vpl:harmless"]
+
+
+def split_method(method: str) -> tuple[str, float | None]:
+    """A study's method entry as (loss, lambda): ``bapo`` -> (bapo, None: the study's lambda); ``bapo:0.1`` -> (bapo,
+    0.1), an arm whose base-response term has its own weight (one study can then draw a method's lambda frontier)."""
+    name, sep, weight = method.partition(":")
+    if not sep:
+        return name, None
+    if name not in BASE_TERMS:
+        raise ConfigError(f"methods: '{method}': only a base-response method ({', '.join(BASE_TERMS)}) takes :LAMBDA")
+    try:
+        value = float(weight)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"methods: '{method}': LAMBDA must be a number >= 0, as in {name}:0.1")
+    return name, value
 
 
 def study_training() -> TrainConfig:
@@ -33,7 +51,9 @@ class StudyConfig:
     users: list[str] = option(list(DEFAULT_USERS), "User specs (see bapo.data.users): dsp:DOMAIN, "
                                                    "alpacaeval:concise|verbose, vpl:helpful|harmless, "
                                                    "flip:H[:length|hash], psoups:PROFILE.")
-    methods: list[str] = option(["dpo", "bapo"], "Training losses to compare (bapo or any pairwise loss).")
+    methods: list[str] = option(["dpo", "bapo"], "Training losses to compare (bapo or any pairwise loss); a "
+                                                 "base-response method may carry its own lambda, METHOD:LAMBDA "
+                                                 "(bapo:0.1): one arm per lambda.")
     seeds: int = option(1, "Seeds per (user, method): LoRA initialisation and data order.")
     out: str = option("study", "Output directory.")
     pairs_per_user: int = option(64, "Training pairs per user (a seeded sample; 0 = all).")
@@ -81,9 +101,11 @@ class StudyConfig:
         if len({user_name(u) for u in self.users}) != len(self.users):
             raise ConfigError("users: a user is named twice")
         for m in self.methods:
-            LossConfig(method=m).validate()
+            LossConfig(method=split_method(m)[0]).validate()
         if not self.methods:
             raise ConfigError("methods: name at least one method")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError("methods: a method is named twice")
         if self.seeds < 1:
             raise ConfigError("seeds: at least 1")
         for b in self.baselines:

@@ -44,7 +44,7 @@ class Work:
 
 
 def work_from_nothing(cfg: StudyConfig, cells: list[Cell]) -> Work:
-    return Work(list(cells), {c.user for c in cells if c.method in ANCHORED}, {c.user for c in cells},
+    return Work(list(cells), {c.user for c in cells if c.loss in ANCHORED}, {c.user for c in cells},
                 {(c.user, c.balance, c.seed) for c in cells if c.balance and c.spec.startswith("psoups:")},
                 len(cells) + 1 + frontier_models(cfg, cells))
 
@@ -54,8 +54,8 @@ def work_left(cfg: StudyConfig, cells: list[Cell], suite: Path, out: Path) -> Wo
     interrupted mid-training is priced whole (its checkpoint is not read)."""
     done = [c for c in cells if (cell_dir(out, c) / "run.json").exists()]
     todo = [c for c in cells if c not in done]
-    anchored_done = {c.user for c in done if c.method in ANCHORED}
-    work = Work(todo, {c.user for c in todo if c.method in ANCHORED} - anchored_done,
+    anchored_done = {c.user for c in done if c.loss in ANCHORED}
+    work = Work(todo, {c.user for c in todo if c.loss in ANCHORED} - anchored_done,
                 {u for u in map(user_name, cfg.users) if not (out / "users" / f"{u}.json").exists()},
                 {(c.user, c.balance, c.seed) for c in todo if c.balance and c.spec.startswith("psoups:")
                  and not (balance_dir(out, c) / "report.json").exists()})
@@ -72,8 +72,8 @@ def price(cfg: StudyConfig, work: Work, eval_seconds_per_model: float) -> float:
     ``workers`` is not counted: on the 2-core CPU these prices come from, 2 workers gave 0.95-1.16x
     (docs/PERFORMANCE.md)."""
     pairs = cfg.pair_budget if cfg.balance else cfg.pairs_per_user
-    train = sum(pairs * cfg.train.epochs * SECONDS_PER_PAIR_EPOCH["bapo" if c.method in ANCHORED else "other"]
-                * (1.3 if c.method == "kl" else 1) for c in work.train)
+    train = sum(pairs * cfg.train.epochs * SECONDS_PER_PAIR_EPOCH["bapo" if c.loss in ANCHORED else "other"]
+                * (1.3 if c.loss == "kl" else 1) for c in work.train)
     simulated = sum(u.startswith("psoups") for u in cfg.users if user_name(u) in work.new_users)
     answers = (len(work.base_users) * cfg.pairs_per_user + (3 + cfg.candidate_samples) * cfg.pairs_per_user * simulated
                + cfg.drift_prompts * work.base_model)

@@ -15,7 +15,7 @@ from bapo.data.users import user_name
 from bapo.errors import ConfigError
 from bapo.evaluation.config import EvalConfig
 from bapo.io import atomic_write_text
-from bapo.studies.config import StudyConfig
+from bapo.studies.config import StudyConfig, split_method
 
 
 @dataclass
@@ -35,8 +35,13 @@ class Cell:
         return f"{self.method}+{self.balance}" if self.balance else self.method
 
     @property
+    def loss(self) -> str:
+        """The training loss (``bapo`` for the arm ``bapo:0.1``)."""
+        return split_method(self.method)[0]
+
+    @property
     def name(self) -> str:
-        return f"{self.user}__{self.arm}__s{self.seed}"
+        return f"{self.user}__{self.arm.replace(':', '-l')}__s{self.seed}"  # file-safe: bapo:0.1 -> bapo-l0.1
 
 
 def plan(cfg: StudyConfig) -> list[Cell]:

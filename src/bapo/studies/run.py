@@ -30,7 +30,7 @@ from bapo.io import as_dicts, atomic_write_text, csv_text, write_json, write_jso
 from bapo.runtime.models import load_reward_model
 from bapo.runtime.reference import LazyReference, open_reference
 from bapo.runtime.workers import run_jobs
-from bapo.studies.config import StudyConfig
+from bapo.studies.config import StudyConfig, split_method
 from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
 from bapo.studies.figures import study_figures
 from bapo.studies.estimate import Estimate, estimate, eval_size, print_estimate
@@ -155,7 +155,8 @@ def train_config(cfg: StudyConfig, cell: Cell, out: Path) -> TrainConfig:
     tc.out = str(out / "cells" / cell.name)
     tc.data.path = str(out / "users" / f"{cell.user}.train.jsonl")
     tc.data.eval_path = str(out / "users" / f"{cell.user}.holdout.jsonl")
-    tc.loss.method = cell.method
+    tc.loss.method, weight = split_method(cell.method)
+    tc.loss.anchor_lambda = tc.loss.anchor_lambda if weight is None else weight
     tc.seed = cell.seed
     tc.resume = (Path(tc.out) / "checkpoints").exists()
     tc.validate()
