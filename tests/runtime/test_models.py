@@ -70,3 +70,20 @@ def test_embedded_model_trains_a_few_steps(tmp_path):
     cfg.base.max_new_tokens = 16
     res = bapo.train(cfg)
     assert res.steps == 2 and (res.out / "adapter_model.safetensors").exists()
+
+
+def test_wrapping_with_lora_shows_no_library_deprecation_warning(tiny_model, tmp_path):
+    import warnings
+
+    from bapo.runtime.adapters import applied
+
+    model = load_model(tiny_model)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _ = model.is_gradient_checkpointing  # what PEFT reads: transformers warns on it (else this test proves nothing)
+        assert any("is_gradient_checkpointing" in str(w.message) for w in seen)
+        seen.clear()
+        add_lora(model, LoraSettings(r=2)).save_pretrained(tmp_path / "adapter")
+        with applied(load_model(tiny_model), tmp_path / "adapter", 1.0, False):
+            pass
+    assert not [str(w.message) for w in seen if "is_gradient_checkpointing" in str(w.message)]

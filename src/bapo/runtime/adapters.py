@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from bapo.errors import ConfigError
-from bapo.runtime.models import fingerprint
+from bapo.runtime.models import fingerprint, peft_wrapping
 
 # BAPO settings named in an adapter's label only when they differ from these defaults.
 _BAPO_DEFAULTS = (("anchor_lambda", 1.0), ("anchor", "hinge"), ("anchor_reduction", "sum"))
@@ -95,7 +95,8 @@ def applied(model, adapter: str | Path | None, scale: float = 1.0, merge: bool =
     from peft.helpers import rescale_adapter_scale
     from peft.tuners.lora import LoraLayer
 
-    peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    with peft_wrapping():
+        peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
     layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
     saved = [m.get_base_layer().weight.detach().clone() for m in layers] if merge else []
     try:

@@ -12,6 +12,8 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -206,6 +208,16 @@ def _load_message(name: str, e: Exception) -> str:
     return f"model '{name}': could not load: {first}"
 
 
+@contextmanager
+def peft_wrapping():
+    """Around PEFT wrapping a model: PEFT reads transformers' deprecated ``is_gradient_checkpointing`` there, and
+    transformers 5 warns on every read, a FutureWarning in every training log that no bapo user can act on. Only that
+    warning is silenced, only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def add_lora(model, lora: LoraSettings):
     """Wrap ``model`` with a fresh, trainable LoRA adapter (peft)."""
     from peft import LoraConfig, get_peft_model
@@ -215,4 +227,5 @@ def add_lora(model, lora: LoraSettings):
         targets = "all-linear"
     cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                      task_type="CAUSAL_LM", bias="none")
-    return get_peft_model(model, cfg)
+    with peft_wrapping():
+        return get_peft_model(model, cfg)

@@ -13,6 +13,7 @@ from pathlib import Path
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
+from bapo.runtime.models import peft_wrapping
 from bapo.serve.config import ADAPTER_NAME
 
 
@@ -86,7 +87,8 @@ class AdapterPool:
         self._make_room(keep | {key})
         try:
             if self.model is None:
-                self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=key).eval()
+                with peft_wrapping():
+                    self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=key).eval()
             else:
                 self.model.load_adapter(str(path), adapter_name=key)
         except Exception as e:  # peft and safetensors raise many types for a damaged adapter
