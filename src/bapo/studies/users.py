@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from bapo.balancing.candidates import candidate_texts
 from bapo.core.tokens import encode_pairs
 from bapo.data.pairs import PreferencePair
 from bapo.data.profiles import SIMULATED
@@ -50,16 +51,9 @@ def simulated_pairs(profile, prompts: list[list[dict[str, str]]], reference, use
     unsteered) and ``samples`` unsteered samples (temperature 0.7, top-p 0.95, seeded by ``seed`` and the prompt), all
     cached by the reference, so a user is rebuilt identically. Prompts whose candidates all score the same give no
     pair."""
-    greedy = BaseResponseConfig(max_new_tokens=max_new_tokens)
-    variants = [[{"role": "system", "content": profile.steer_towards}, *p] for p in prompts] + \
-               [[{"role": "system", "content": profile.steer_away}, *p] for p in prompts] + prompts
-    texts = [t[0] for t in reference.generate(variants, greedy)]
-    n = len(prompts)
-    cands = [[texts[i], texts[n + i], texts[2 * n + i]] for i in range(n)]
-    if samples:
-        sampled = BaseResponseConfig(max_new_tokens=max_new_tokens, do_sample=True, num_responses=samples, seed=seed)
-        for c, more in zip(cands, reference.generate(prompts, sampled)):
-            c.extend(more)
+    written = candidate_texts(reference, prompts, 3 + samples, profile,
+                              BaseResponseConfig(max_new_tokens=max_new_tokens, seed=seed))
+    cands = [[c[1], c[2], c[0], *c[3:]] for c in written]  # towards, away, unsteered, samples: the tie order below
     pairs = []
     for p, texts_i in zip(prompts, cands):
         scored = sorted(dict.fromkeys(t.strip() for t in texts_i if t.strip()), key=profile)
