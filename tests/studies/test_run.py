@@ -176,7 +176,9 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
     # what each arm cost: its cells' training seconds, read from their run.json
     assert rows[0]["train_seconds"] == json.loads((out / "cells" / "flip-0__dpo__s0" / "run.json").read_text())["seconds"]
     assert "What each arm cost" in table and "| bapo | 2 | " in table
-    assert {Path(f).name for f in summary["figures"]} == {"retention.png", "personalization.png", "tradeoff.png"}
+    assert {Path(f).name for f in summary["figures"]} == {"retention.png", "personalization.png", "tradeoff.png",
+                                                          "tradeoff_margin.png"}
+    assert all(isinstance(r["personal_margin"], float) for r in rows)
     versus = summary["contrasts"]
     assert {(c["user"], c["method"], c["baseline"], c["measure"], c["metric"]) for c in versus} == {
         (u, m, b, measure, metric) for u in ("flip:0", "flip:1")
@@ -346,6 +348,7 @@ def test_study_rows_show_the_generative_measures_each_refusal_task_alone(tmp_pat
     assert "TriviaQA" not in without and "refusal" not in without  # only the measures a study ran
     figures = study_figures([row], tmp_path)
     assert all(f.stat().st_size > 0 for f in figures)
+    assert "tradeoff_margin.png" not in {f.name for f in figures}  # records without the margin: that figure is not drawn
 
 
 class CannedReference:

@@ -37,9 +37,10 @@ def aggregate(rows: list[StudyRow], metric: str) -> dict[str, list[tuple[float, 
 
 
 def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[StudyRow]] | None = None) -> list[Path]:
-    """The study's three figures: retention and personalization against measured heterogeneity (a line per method,
-    95% error bars), and each adapter's personalization against its retention, with each DPO adapter's weakening
-    frontier (``frontier``: its rows at LoRA scales below 1) drawn as a line through its scales."""
+    """The study's figures: retention and personalization against measured heterogeneity (a line per method, 95%
+    error bars), and each adapter's personalization (held-out reward accuracy; and again the margin, continuous,
+    when the records have it) against its retention, with each DPO adapter's weakening frontier (``frontier``: its
+    rows at LoRA scales below 1) drawn as a line through its scales."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     panels = [("knowledge_delta", "global knowledge: Δ acc_norm vs base"),
@@ -67,26 +68,36 @@ def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[St
         plt.close(fig)
         paths.append(out / name)
 
-    fig, axes = grid(len(panels))
-    methods = list(dict.fromkeys(r.method for r in rows))
-    for ax, (metric, title) in zip(axes, panels):
-        for i, method in enumerate(methods):
-            rs = [r for r in rows if r.method == method and getattr(r, metric) is not None]
-            ax.scatter([r.personal_reward_acc for r in rs], [getattr(r, metric) for r in rs], color=f"C{i}", label=method)
-            for r in rs:
-                ax.annotate(f"h={r.heterogeneity:.2f}", (r.personal_reward_acc, getattr(r, metric)), fontsize=6,
-                            xytext=(3, 3), textcoords="offset points")
-        draw_frontier(ax, rows, frontier or {}, metric)
-        ax.axhline(0.0, color="#888888", lw=1, ls="--")
-        ax.set_xlabel("personalization: held-out reward accuracy")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_save_figure(fig, out / "tradeoff.png", dpi=110)
-    plt.close(fig)
-    paths.append(out / "tradeoff.png")
+    for name, x, base, label in (("tradeoff.png", "personal_reward_acc", 0.5, "held-out reward accuracy"),
+                                 ("tradeoff_margin.png", "personal_margin", 0.0, "held-out reward margin (nats)")):
+        if any(getattr(r, x) is None for r in rows):
+            continue
+        fig, axes = grid(len(panels))
+        for ax, (metric, title) in zip(axes, panels):
+            draw_tradeoff(ax, rows, frontier or {}, x, base, metric)
+            ax.set_xlabel(f"personalization: {label}")
+            ax.set_title(title, fontsize=10)
+        fig.tight_layout()
+        atomic_save_figure(fig, out / name, dpi=110)
+        plt.close(fig)
+        paths.append(out / name)
     return paths
+
+
+def draw_tradeoff(ax, rows: list[StudyRow], frontier: dict[float, list[StudyRow]], x: str, base: float,
+                  metric: str) -> None:
+    """One panel: every adapter's personalization (``x``; the base model's is ``base``) against its change on
+    ``metric``, a colour per method, with the DPO adapters' frontier."""
+    for i, method in enumerate(dict.fromkeys(r.method for r in rows)):
+        rs = [r for r in rows if r.method == method and getattr(r, metric) is not None]
+        ax.scatter([getattr(r, x) for r in rs], [getattr(r, metric) for r in rs], color=f"C{i}", label=method)
+        for r in rs:
+            ax.annotate(f"h={r.heterogeneity:.2f}", (getattr(r, x), getattr(r, metric)), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+    draw_frontier(ax, rows, frontier, x, base, metric)
+    ax.axhline(0.0, color="#888888", lw=1, ls="--")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def grid(n: int, per_row: int = 3):
@@ -99,12 +110,13 @@ def grid(n: int, per_row: int = 3):
     return fig, flat[:n]
 
 
-def draw_frontier(ax, rows: list[StudyRow], frontier: dict[float, list[StudyRow]], metric: str) -> None:
+def draw_frontier(ax, rows: list[StudyRow], frontier: dict[float, list[StudyRow]], x: str, base: float,
+                  metric: str) -> None:
     """One dashed line per DPO adapter from the base model (scale 0) through its scales to itself (scale 1): what
     simply weakening the adapter buys, beside what the other methods reach."""
     full = [r for r in rows if r.method == "dpo"]
     for k, r in enumerate(full):
-        pts = [(0.5, 0.0)] + [(f[k].personal_reward_acc, getattr(f[k], metric)) for s, f in sorted(frontier.items())
-                              if getattr(f[k], metric) is not None] + [(r.personal_reward_acc, getattr(r, metric))]
+        pts = [(base, 0.0)] + [(getattr(f[k], x), getattr(f[k], metric)) for s, f in sorted(frontier.items())
+                               if getattr(f[k], metric) is not None] + [(getattr(r, x), getattr(r, metric))]
         if len(pts) > 2 and pts[-1][1] is not None:
             ax.plot(*zip(*pts), ls="--", lw=1, color="#555555", marker=".", label="dpo, scaled" if k == 0 else None)

@@ -43,6 +43,8 @@ class StudyRow:
     personal_reward_acc_stderr: float
     personal_ll_acc_delta: float | None
     personal_ll_acc_delta_stderr: float | None
+    personal_margin: float | None = None  # held-out implicit-reward margin in nats (continuous personalization)
+    personal_margin_stderr: float | None = None
     knowledge_delta: float | None = None
     knowledge_delta_stderr: float | None = None
     generative_knowledge_delta: float | None = None
@@ -103,6 +105,8 @@ def study_rows(cells: list[Cell], users: dict[str, dict], records: list[Record],
         row = StudyRow(c.spec, c.method, c.seed, mine[0].adapter, h["value"], h["stderr"], h["judge"],
                        pers["reward_acc"].value, pers["reward_acc"].stderr, pers["ll_acc"].delta,
                        pers["ll_acc"].delta_stderr, balance=c.balance)
+        if "margin" in pers:
+            row.personal_margin, row.personal_margin_stderr = pers["margin"].value, pers["margin"].stderr
         if "profile_score" in pers:
             row.personal_profile_score = pers["profile_score"].value
             row.personal_profile_score_stderr = pers["profile_score"].stderr
