@@ -141,6 +141,19 @@ def test_a_base_response_method_may_carry_its_own_lambda(study_cfg):
     losses = [train_config(study_cfg, c, Path(study_cfg.out)).loss for c in cells]
     assert [(x.method, x.anchor_lambda) for x in losses] == [("dpo", 2.0), ("bapo", 2.0), ("bapo", 0.1), ("replay", 0.0)]
     study_cfg.validate()
+    assert study_cfg.lambdas() == {"bapo": 2.0, "bapo:0.1": 0.1, "replay:0": 0.0}
+    # the trade-off figure draws bapo through its lambdas, one dotted line per user and seed (replay has one arm)
+    import matplotlib.pyplot as plt
+    from bapo.studies.figures import draw_lambda_frontier
+
+    rows = [SimpleNamespace(user="u", seed=s, method=m, personal_margin=x, knowledge_delta=-x / 10)
+            for s in (0, 1) for m, x in (("dpo", 3.0), ("bapo", 0.2), ("bapo:0.1", 1.0), ("replay:0", 2.0))]
+    fig, ax = plt.subplots()
+    draw_lambda_frontier(ax, rows, study_cfg.lambdas(), "personal_margin", "knowledge_delta")
+    lines = ax.get_lines()
+    assert len(lines) == 2 and [tuple(line.get_xdata()) for line in lines] == [(1.0, 0.2)] * 2  # lambda 0.1, then 2
+    assert lines[0].get_label() == "bapo, by lambda"
+    plt.close(fig)
     for methods, msg in [(["dpo:0.1"], "only a base-response method"), (["bapo:much"], "a number >= 0"),
                          (["bapo:-1"], "a number >= 0"), (["bapo:0.1", "bapo:0.1"], "named twice"),
                          (["nope:0.1"], "only a base-response method")]:

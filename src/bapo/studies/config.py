@@ -93,6 +93,15 @@ class StudyConfig:
     # How every model is scored; the study sets its model, adapters, suite, out, lengths, cache, device and dtype.
     eval: EvalConfig = section(EvalConfig, cli=False)
 
+    def lambdas(self) -> dict[str, float]:
+        """Each base-response arm's lambda: its own (``bapo:0.1``), or the study's ``--lambda``."""
+        out = {}
+        for m in self.methods:
+            loss, weight = split_method(m)
+            if loss in BASE_TERMS:
+                out[m] = self.train.loss.anchor_lambda if weight is None else weight
+        return out
+
     def validate(self) -> None:
         if not self.users:
             raise ConfigError("users: name at least one user")

@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bapo.evaluation.metrics import Z95  # noqa: E402
+from bapo.studies.config import split_method  # noqa: E402
 from bapo.studies.tables import StudyRow  # noqa: E402
 from bapo.io import atomic_save_figure
 
@@ -36,11 +37,13 @@ def aggregate(rows: list[StudyRow], metric: str) -> dict[str, list[tuple[float, 
     return out
 
 
-def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[StudyRow]] | None = None) -> list[Path]:
+def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[StudyRow]] | None = None,
+                  lambdas: dict[str, float] | None = None) -> list[Path]:
     """The study's figures: retention and personalization against measured heterogeneity (a line per method, 95%
     error bars), and each adapter's personalization (held-out reward accuracy; and again the margin, continuous,
     when the records have it) against its retention, with each DPO adapter's weakening frontier (``frontier``: its
-    rows at LoRA scales below 1) drawn as a line through its scales."""
+    rows at LoRA scales below 1) drawn as a line through its scales, and a base-response method listed at several
+    lambdas (``lambdas``: arm -> its lambda) drawn as a line through them."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     panels = [("knowledge_delta", "global knowledge: Δ acc_norm vs base"),
@@ -74,7 +77,7 @@ def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[St
             continue
         fig, axes = grid(len(panels))
         for ax, (metric, title) in zip(axes, panels):
-            draw_tradeoff(ax, rows, frontier or {}, x, base, metric)
+            draw_tradeoff(ax, rows, frontier or {}, lambdas or {}, x, base, metric)
             ax.set_xlabel(f"personalization: {label}")
             ax.set_title(title, fontsize=10)
         fig.tight_layout()
@@ -84,10 +87,10 @@ def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[St
     return paths
 
 
-def draw_tradeoff(ax, rows: list[StudyRow], frontier: dict[float, list[StudyRow]], x: str, base: float,
-                  metric: str) -> None:
+def draw_tradeoff(ax, rows: list[StudyRow], frontier: dict[float, list[StudyRow]], lambdas: dict[str, float],
+                  x: str, base: float, metric: str) -> None:
     """One panel: every adapter's personalization (``x``; the base model's is ``base``) against its change on
-    ``metric``, a colour per method, with the DPO adapters' frontier."""
+    ``metric``, a colour per method, with the DPO adapters' frontier and the anchors' lambda frontiers."""
     for i, method in enumerate(dict.fromkeys(r.method for r in rows)):
         rs = [r for r in rows if r.method == method and getattr(r, metric) is not None]
         ax.scatter([getattr(r, x) for r in rs], [getattr(r, metric) for r in rs], color=f"C{i}", label=method)
@@ -95,6 +98,7 @@ def draw_tradeoff(ax, rows: list[StudyRow], frontier: dict[float, list[StudyRow]
             ax.annotate(f"h={r.heterogeneity:.2f}", (getattr(r, x), getattr(r, metric)), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
     draw_frontier(ax, rows, frontier, x, base, metric)
+    draw_lambda_frontier(ax, rows, lambdas, x, metric)
     ax.axhline(0.0, color="#888888", lw=1, ls="--")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -120,3 +124,22 @@ def draw_frontier(ax, rows: list[StudyRow], frontier: dict[float, list[StudyRow]
                                if getattr(f[k], metric) is not None] + [(getattr(r, x), getattr(r, metric))]
         if len(pts) > 2 and pts[-1][1] is not None:
             ax.plot(*zip(*pts), ls="--", lw=1, color="#555555", marker=".", label="dpo, scaled" if k == 0 else None)
+
+
+def draw_lambda_frontier(ax, rows: list[StudyRow], lambdas: dict[str, float], x: str, metric: str) -> None:
+    """For a base-response loss listed at several lambdas (``bapo``, ``bapo:0.1``, ...): one dotted line per user and
+    seed through its arms in order of lambda, the anchor's counterpart of DPO's scale frontier."""
+    losses: dict[str, list[str]] = {}
+    for arm in sorted(lambdas, key=lambdas.get):
+        losses.setdefault(split_method(arm)[0], []).append(arm)
+    for loss, arms in losses.items():
+        if len(arms) < 2:
+            continue
+        first = True
+        for user, seed in dict.fromkeys((r.user, r.seed) for r in rows if r.method in arms):
+            mine = {r.method: r for r in rows if (r.user, r.seed) == (user, seed)}
+            pts = [(getattr(mine[a], x), getattr(mine[a], metric)) for a in arms
+                   if a in mine and getattr(mine[a], metric) is not None]
+            if len(pts) > 1:
+                ax.plot(*zip(*pts), ls=":", lw=1, color="#999999", label=f"{loss}, by lambda" if first else None)
+                first = False

@@ -30,7 +30,7 @@ from bapo.io import as_dicts, atomic_write_text, csv_text, write_json, write_jso
 from bapo.runtime.models import load_reward_model
 from bapo.runtime.reference import LazyReference, open_reference
 from bapo.runtime.workers import run_jobs
-from bapo.studies.config import StudyConfig, split_method
+from bapo.studies.config import StudyConfig
 from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
 from bapo.studies.figures import study_figures
 from bapo.studies.estimate import Estimate, estimate, eval_size, print_estimate
@@ -155,8 +155,8 @@ def train_config(cfg: StudyConfig, cell: Cell, out: Path) -> TrainConfig:
     tc.out = str(out / "cells" / cell.name)
     tc.data.path = str(out / "users" / f"{cell.user}.train.jsonl")
     tc.data.eval_path = str(out / "users" / f"{cell.user}.holdout.jsonl")
-    tc.loss.method, weight = split_method(cell.method)
-    tc.loss.anchor_lambda = tc.loss.anchor_lambda if weight is None else weight
+    tc.loss.method = cell.loss
+    tc.loss.anchor_lambda = cfg.lambdas().get(cell.method, tc.loss.anchor_lambda)
     tc.seed = cell.seed
     tc.resume = (Path(tc.out) / "checkpoints").exists()
     tc.validate()
@@ -255,7 +255,7 @@ def versus_baselines(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResult
 def write_outputs(cfg: StudyConfig, result: StudyResult, users: dict, n_eval: int, console: Console) -> None:
     """study.json, table.md / table.csv, contrasts.csv and the figures."""
     out = result.out
-    figures = study_figures(result.rows, out / "figures", result.frontier)
+    figures = study_figures(result.rows, out / "figures", result.frontier, cfg.lambdas())
     rows = [r.to_dict() for r in result.rows]
     summary = {"config": asdict(cfg), "users": users, "rows": rows, "contrasts": as_dicts(result.contrasts),
                "frontier": {f"{s:g}": [r.to_dict() for r in rs] for s, rs in result.frontier.items()},
