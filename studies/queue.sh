@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every study issues 13 and 15 still wait for, one after another on this 2-core machine (one at a time, both cores):
-# the trend, the balance study, the calibration's stronger settings, then the comparison's BAPO lambda arms
+# the calibration's stronger settings (each its own study, done in 20-60 min), the trend, the balance study, then the
+# comparison's BAPO lambda arms
 # (bapo:0.1, bapo:0.01; its first 12 adapters and DPO's frontier are scored). Each study resumes from its own cache,
 # and a finished one only reads its cache back and rewrites its tables, so after an interruption rerun:
 #   OMP_NUM_THREADS=2 nohup studies/queue.sh >> study_queue.log 2>&1 &
@@ -12,9 +13,9 @@ run() {
   echo "== $(date '+%F %T') studies/$1.yaml"
   "$BAPO" study --config "studies/$1.yaml"
 }
-run trend
-run balance
 echo "== $(date '+%F %T') studies/calibrate.sh"
 BAPO="$BAPO" studies/calibrate.sh
+run trend
+run balance
 run compare
 echo "== $(date '+%F %T') done"
