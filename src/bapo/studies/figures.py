@@ -94,7 +94,7 @@ def draw_tradeoff(ax, rows: list[StudyRow], frontier: dict[float, list[StudyRow]
     for i, method in enumerate(dict.fromkeys(r.method for r in rows)):
         rs = [r for r in rows if r.method == method and getattr(r, metric) is not None]
         ax.scatter([getattr(r, x) for r in rs], [getattr(r, metric) for r in rs], color=f"C{i}", label=method)
-        for r in rs:
+        for r in rs if len({q.heterogeneity for q in rows}) > 1 else []:  # one user: nothing to tell apart
             ax.annotate(f"h={r.heterogeneity:.2f}", (getattr(r, x), getattr(r, metric)), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
     draw_frontier(ax, rows, frontier, x, base, metric)
