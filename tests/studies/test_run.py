@@ -240,6 +240,17 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
     assert (changed.train_left, changed.models_left) == (1, 1 + 4 + 2 * 2)
 
 
+def test_a_study_of_full_fine_tuning_evaluates_model_directories(study_cfg):
+    study_cfg.users, study_cfg.methods, study_cfg.train.finetune = ["flip:1"], ["dpo"], "full"
+    result = run_study(study_cfg)
+    cell = Path(study_cfg.out) / "cells" / "flip-1__dpo__s0"
+    assert (cell / "model.safetensors").exists() and not (cell / "adapter_config.json").exists()
+    row, = result.rows
+    assert row.knowledge_delta is not None and row.drift_delta != 0.0  # every weight moved: the model answers anew
+    again = run_study(study_cfg, dry_run=True).estimate
+    assert (again.train_left, again.models_left) == (0, 0)  # a model directory's scores are found in the cache too
+
+
 def test_contrasts_pair_items_and_match_seeds():
     cells = [Cell("u", "flip:1", m, s) for m in ("dpo", "bapo") for s in (0, 1)]
     records = [SimpleNamespace(task=t, kind=k) for t, k in (("arc", "mc"), ("piqa", "mc"), ("hh", "general_pairs"),
