@@ -10,7 +10,7 @@ import csv
 import sys
 from pathlib import Path
 
-MEASURES = [("personalization", "reward_acc"), ("knowledge", "acc_norm"), ("knowledge", "acc"),
+MEASURES = [("personalization", "reward_acc"), ("personalization", "margin"), ("knowledge", "acc_norm"), ("knowledge", "acc"),
             ("generative knowledge", "acc"), ("alignment", "acc_norm"), ("drift", "logp_change_per_token")]
 
 
