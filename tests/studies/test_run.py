@@ -182,9 +182,10 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
         for k in ("personal_reward_acc", "knowledge_delta", "alignment_delta", "drift_delta", "arc_easy_delta"):
             assert isinstance(r[k], float), k
     table = (out / "table.md").read_text()
-    # 4 cells; 6 measures x (2 users x 2 methods against the base model + 2 users x bapo against dpo, dpo@0 and
-    # dpo@0.5) contrasts
-    assert table.count("\n| flip:") == 4 + 7 * (4 + 2 + 2 + 2) and "general labels in the data" in table
+    # 4 cells and the 2 DPO cells at scales 0 and 0.5; 7 measures x (2 users x 2 methods against the base model + 2
+    # users x bapo against dpo, dpo@0 and dpo@0.5) contrasts
+    assert table.count("\n| flip:") == 4 + 4 + 7 * (4 + 2 + 2 + 2) and "general labels in the data" in table
+    assert "| flip:1 | 1.00 ± 0.00 | dpo@0.5 | 0 |" in table and "personal margin" in table
     assert (out / "table.csv").read_text().splitlines()[0].startswith("user,method,seed,adapter,heterogeneity")
     # what each arm cost: its cells' training seconds, read from their run.json
     assert rows[0]["train_seconds"] == json.loads((out / "cells" / "flip-0__dpo__s0" / "run.json").read_text())["seconds"]

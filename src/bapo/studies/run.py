@@ -266,7 +266,8 @@ def write_outputs(cfg: StudyConfig, result: StudyResult, users: dict, n_eval: in
     atomic_write_text(out / "table.csv", csv_text(rows))
     if result.contrasts:
         atomic_write_text(out / "contrasts.csv", csv_text(result.contrasts))
-    md = markdown(result.rows) + (("\n" + contrasts_markdown(result.contrasts)) if result.contrasts else "")
+    scaled = [replace(r, method=f"dpo@{s:g}") for s, rs in result.frontier.items() for r in rs]
+    md = markdown(result.rows + scaled) + (("\n" + contrasts_markdown(result.contrasts)) if result.contrasts else "")
     md += "\nWhat each arm cost:\n\n" + cost_markdown(result.rows)
     atomic_write_text(out / "table.md", md)
     console.print(md)

@@ -131,13 +131,17 @@ def plus_minus(v, se, digits=3, signed=True) -> str:
 
 
 def markdown(rows: list[StudyRow]) -> str:
-    """The study table: a row per (user, method, seed); ± is one standard error, Δ is against the base model."""
+    """The study table: a row per (user, method, seed) (and per scaled DPO adapter, ``dpo@s``, when given); ± is one
+    standard error, Δ is against the base model."""
     profile = any(r.personal_profile_score is not None for r in rows)
+    margin = any(r.personal_margin is not None for r in rows)
     shown = [m for m in COLUMNS if m not in OPTIONAL or any(getattr(r, f"{m}_delta") is not None for r in rows)]
-    lines = ["| user | heterogeneity | method | seed | personal reward acc | " + ("profile score | " if profile else "")
-             + " | ".join(COLUMNS[m] for m in shown) + " |", "|---" * (5 + profile + len(shown)) + "|"]
+    lines = ["| user | heterogeneity | method | seed | personal reward acc | " + ("personal margin | " if margin else "")
+             + ("profile score | " if profile else "") + " | ".join(COLUMNS[m] for m in shown) + " |",
+             "|---" * (5 + margin + profile + len(shown)) + "|"]
     for r in sorted(rows, key=lambda r: (r.heterogeneity, r.user, r.method, r.balance, r.seed)):
-        score = plus_minus(r.personal_profile_score, r.personal_profile_score_stderr, 3, False) + " | " if profile else ""
+        score = plus_minus(r.personal_margin, r.personal_margin_stderr, 2) + " | " if margin else ""
+        score += plus_minus(r.personal_profile_score, r.personal_profile_score_stderr, 3, False) + " | " if profile else ""
         lines.append(f"| {r.user} | {plus_minus(r.heterogeneity, r.heterogeneity_stderr, 2, False)} | "
                      f"{r.arm} | "
                      f"{r.seed} | {plus_minus(r.personal_reward_acc, r.personal_reward_acc_stderr, 3, False)} | {score}"
