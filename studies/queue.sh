@@ -5,7 +5,7 @@
 # (bapo:0.1, bapo:0.01; its first 12 adapters and DPO's frontier are scored). Each study resumes from its own cache,
 # and a finished one only reads its cache back and rewrites its tables, so after an interruption rerun:
 #   OMP_NUM_THREADS=2 nohup studies/queue.sh >> study_queue.log 2>&1 &
-# (`bapo study --config studies/NAME.yaml --dry-run` says what each has left.)
+# (studies/status.sh prints what each still has left, from its cache.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BAPO=${BAPO:-.venv/bin/bapo}
