@@ -91,10 +91,11 @@ def draw_tradeoff(ax, rows: list[StudyRow], frontier: dict[float, list[StudyRow]
                   x: str, base: float, metric: str) -> None:
     """One panel: every adapter's personalization (``x``; the base model's is ``base``) against its change on
     ``metric``, a colour per method, with the DPO adapters' frontier and the anchors' lambda frontiers."""
+    several = len({r.heterogeneity for r in rows}) > 1  # with one heterogeneity its labels tell nothing apart
     for i, method in enumerate(dict.fromkeys(r.method for r in rows)):
         rs = [r for r in rows if r.method == method and getattr(r, metric) is not None]
         ax.scatter([getattr(r, x) for r in rs], [getattr(r, metric) for r in rs], color=f"C{i}", label=method)
-        for r in rs if len({q.heterogeneity for q in rows}) > 1 else []:  # one user: nothing to tell apart
+        for r in rs if several else []:
             ax.annotate(f"h={r.heterogeneity:.2f}", (getattr(r, x), getattr(r, metric)), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
     draw_frontier(ax, rows, frontier, x, base, metric)

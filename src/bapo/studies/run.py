@@ -34,7 +34,7 @@ from bapo.studies.config import StudyConfig
 from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
 from bapo.studies.figures import study_figures
 from bapo.studies.estimate import Estimate, estimate, eval_size, print_estimate
-from bapo.studies.plan import (Cell, balance_dir, eval_config, frontier_config, frontier_scales, plan, print_plan,
+from bapo.studies.plan import (Cell, balance_dir, cell_dir, eval_config, frontier_config, frontier_scales, plan, print_plan,
                                study_suite)
 from bapo.studies.tables import StudyRow, cost_markdown, markdown, study_rows
 from bapo.studies.users import heterogeneity, make_user
@@ -152,7 +152,7 @@ def evaluate_models(cfg: StudyConfig, ev: EvalConfig, console: Console) -> EvalR
 def train_config(cfg: StudyConfig, cell: Cell, out: Path) -> TrainConfig:
     """The study's training config with this cell's output, data, method and seed."""
     tc = copy.deepcopy(cfg.train)
-    tc.out = str(out / "cells" / cell.name)
+    tc.out = str(cell_dir(out, cell))
     tc.data.path = str(out / "users" / f"{cell.user}.train.jsonl")
     tc.data.eval_path = str(out / "users" / f"{cell.user}.holdout.jsonl")
     tc.loss.method = cell.loss
@@ -183,7 +183,7 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
     # Cells train one after another in this process even with several workers: training is not bit-identical across
     # thread counts (a bapo cell's gradient norm differed in its 7th digit from the second step), scoring is.
     for i, cell in enumerate(cells, 1):
-        if not (out / "cells" / cell.name / "run.json").exists():
+        if not (cell_dir(out, cell) / "run.json").exists():
             console.rule(f"cell {i}/{len(cells)}: {cell.spec}, {cell.arm}, seed {cell.seed}")
             train_cell(cfg, cell, out, console)
 
@@ -204,7 +204,7 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
 def with_costs(rows: list[StudyRow], cells: list[Cell], out: Path) -> list[StudyRow]:
     """Each row with its cell's training seconds (run.json) and pair-building seconds (bapo balance's report)."""
     for row, cell in zip(rows, cells):
-        run = out / "cells" / cell.name / "run.json"
+        run = cell_dir(out, cell) / "run.json"
         row.train_seconds = json.loads(run.read_text()).get("seconds") if run.exists() else None
         report = balance_dir(out, cell) / "report.json"
         if cell.balance and report.exists():
