@@ -1,0 +1,77 @@
+"""The scripts under studies/ that tabulate finished studies: the calibration rule and the trend's join of studies."""
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+STUDIES = Path(__file__).resolve().parents[2] / "studies"
+FIELDS = ["user", "method", "baseline", "measure", "metric", "n", "seeds", "delta", "stderr", "lo", "hi", "per_seed",
+          "clear"]
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, STUDIES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def contrast(user, method, baseline, measure, metric, delta, lo, hi, clear=False):
+    return dict(user=user, method=method, baseline=baseline, measure=measure, metric=metric, n=100, seeds=1,
+                delta=delta, stderr=0.01, lo=lo, hi=hi, per_seed=f"[{delta}]", clear=clear)
+
+
+def write_study(path: Path, users: dict[str, float], rows: list[dict], seeds: int = 1) -> Path:
+    path.mkdir(parents=True)
+    meta = {"config": {"seeds": seeds}, "users": {
+        spec.replace(":", "-"): {"spec": spec, "heterogeneity": {"value": h, "stderr": 0.01, "n": 100, "judge": "labels"}}
+        for spec, h in users.items()}}
+    (path / "study.json").write_text(json.dumps(meta))
+    with (path / "contrasts.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_calibration_rule_needs_a_clear_loss_of_two_points_and_clear_personalization():
+    forgets = script("calibration_table").forgets
+    personal = {"delta": "0.2", "lo": "0.05", "hi": "0.3"}
+    lost = {"delta": "-0.03", "lo": "-0.05", "hi": "-0.01"}
+    base = {m: None for m in script("calibration_table").MEASURES}
+    assert forgets({**base, ("personalization", "reward_acc"): personal, ("generative knowledge", "acc"): lost})
+    small = {"delta": "-0.015", "lo": "-0.02", "hi": "-0.01"}  # clear, but under 2 points
+    assert not forgets({**base, ("personalization", "reward_acc"): personal, ("knowledge", "acc_norm"): small})
+    unclear = {"delta": "-0.03", "lo": "-0.06", "hi": "0.001"}
+    assert not forgets({**base, ("personalization", "reward_acc"): personal, ("knowledge", "acc"): unclear})
+    weak = {"delta": "0.1", "lo": "-0.01", "hi": "0.2"}  # personalization not clearly above 0.5
+    assert not forgets({**base, ("personalization", "reward_acc"): weak, ("generative knowledge", "acc"): lost})
+
+
+def test_trend_table_joins_studies_orders_users_by_heterogeneity_and_draws(tmp_path):
+    trend = write_study(tmp_path / "trend", {"flip:0.5": 0.5, "flip:0": 0.0}, [
+        contrast("flip:0", "dpo", "base", "generative knowledge", "acc", -0.01, -0.02, 0.0),
+        contrast("flip:0.5", "dpo", "base", "generative knowledge", "acc", -0.03, -0.05, -0.01, clear=True),
+        contrast("flip:0.5", "bapo", "dpo", "generative knowledge", "acc", 0.02, 0.01, 0.03, clear=True)])
+    compare = write_study(tmp_path / "compare", {"flip:1": 1.0}, [
+        contrast("flip:1", "dpo", "base", "generative knowledge", "acc", -0.05, -0.06, -0.04, clear=True),
+        contrast("flip:1", "kl", "base", "generative knowledge", "acc", 0.0, -0.01, 0.01)], seeds=3)
+    figure = tmp_path / "trend.png"
+    out = subprocess.run([sys.executable, str(STUDIES / "trend_table.py"), str(trend), str(compare),
+                          str(tmp_path / "not-yet"), "--figure", str(figure)], capture_output=True, text=True, check=True)
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| flip")]
+    assert [r.split(" | ")[0] for r in rows] == ["| flip:0 (0.00, 1)", "| flip:0.5 (0.50, 1)", "| flip:0.5 (0.50, 1)",
+                                                  "| flip:1 (1.00, 3)"]
+    assert "bapo − dpo" in rows[2] and "+0.020 [+0.010, +0.030]*" in rows[2]
+    assert "-0.050 [-0.060, -0.040]*" in rows[3] and "kl" not in out.stdout  # only DPO and BAPO
+    assert figure.stat().st_size > 0
+
+
+def test_trend_table_without_any_finished_study_says_so(tmp_path):
+    out = subprocess.run([sys.executable, str(STUDIES / "trend_table.py"), str(tmp_path)], capture_output=True,
+                         text=True)
+    assert out.returncode == 1 and "no finished study" in out.stderr
