@@ -189,11 +189,12 @@ def _demo(cfg: DemoConfig) -> None:
     run_demo(Path(cfg.out), model=cfg.model, steps=cfg.steps, cache_dir=cfg.cache_dir, console=out)
 
 
-config_command("train", TrainConfig, _train, """Train a personalized LoRA adapter with BAPO or any DPO-family loss.
+config_command("train", TrainConfig, _train, """Personalize the model with BAPO or any DPO-family loss: a LoRA adapter, or every weight.
 
     Example: [bold]bapo train --data alice.jsonl --out adapters/alice[/] (embedded model, method bapo).
-    Runs the base-response step first when its cached outputs are missing. Writes a PEFT adapter, config.yaml,
-    metrics.jsonl, the train/holdout split and checkpoints to --out.
+    Runs the base-response step first when its cached outputs are missing. Writes a PEFT adapter (with
+    [bold]--finetune full[/]: a Hugging Face model directory), config.yaml, metrics.jsonl, the train/holdout split and
+    checkpoints to --out.
     """)
 config_command("base", BaseRunConfig, _base, """The reference model answers every prompt and scores every response.
 
