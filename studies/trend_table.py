@@ -73,7 +73,8 @@ def figure(users: dict[str, dict], path: Path) -> None:
                 continue
             x = [h + (i - 0.5) * 0.02 for h, _, _ in pts]  # side by side where heterogeneities coincide
             y = [float(r["delta"]) for _, r, _ in pts]
-            err = [[yy - float(r["lo"]) for yy, (_, r, _) in zip(y, pts)], [float(r["hi"]) - yy for yy, (_, r, _) in zip(y, pts)]]
+            rows = [r for _, r, _ in pts]
+            err = [[yy - float(r["lo"]) for yy, r in zip(y, rows)], [float(r["hi"]) - yy for yy, r in zip(y, rows)]]
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
             if i == 0:
                 for xx, yy, (_, _, spec) in zip(x, y, pts):

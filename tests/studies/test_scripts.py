@@ -28,7 +28,8 @@ def contrast(user, method, baseline, measure, metric, delta, lo, hi, clear=False
 def write_study(path: Path, users: dict[str, float], rows: list[dict], seeds: int = 1) -> Path:
     path.mkdir(parents=True)
     meta = {"config": {"seeds": seeds}, "users": {
-        spec.replace(":", "-"): {"spec": spec, "heterogeneity": {"value": h, "stderr": 0.01, "n": 100, "judge": "labels"}}
+        spec.replace(":", "-"): {"spec": spec,
+                                 "heterogeneity": {"value": h, "stderr": 0.01, "n": 100, "judge": "labels"}}
         for spec, h in users.items()}}
     (path / "study.json").write_text(json.dumps(meta))
     with (path / "contrasts.csv").open("w", newline="") as f:
@@ -62,7 +63,8 @@ def test_trend_table_joins_studies_orders_users_by_heterogeneity_and_draws(tmp_p
         contrast("flip:1", "kl", "base", "generative knowledge", "acc", 0.0, -0.01, 0.01)], seeds=3)
     figure = tmp_path / "trend.png"
     out = subprocess.run([sys.executable, str(STUDIES / "trend_table.py"), str(trend), str(compare),
-                          str(tmp_path / "not-yet"), "--figure", str(figure)], capture_output=True, text=True, check=True)
+                          str(tmp_path / "not-yet"), "--figure", str(figure)],
+                         capture_output=True, text=True, check=True)
     rows = [line for line in out.stdout.splitlines() if line.startswith("| flip")]
     assert [r.split(" | ")[0] for r in rows] == ["| flip:0 (0.00, 1)", "| flip:0.5 (0.50, 1)", "| flip:0.5 (0.50, 1)",
                                                   "| flip:1 (1.00, 3)"]
