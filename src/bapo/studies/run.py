@@ -34,8 +34,8 @@ from bapo.studies.config import StudyConfig
 from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
 from bapo.studies.figures import study_figures
 from bapo.studies.estimate import Estimate, estimate, eval_size, print_estimate
-from bapo.studies.plan import (Cell, balance_dir, cell_dir, eval_config, frontier_config, frontier_scales, plan, print_plan,
-                               study_suite)
+from bapo.studies.plan import (Cell, balance_dir, cell_dir, eval_config, frontier_config, frontier_scales, plan,
+                               print_plan, study_suite)
 from bapo.studies.tables import StudyRow, cost_markdown, markdown, study_rows
 from bapo.studies.users import heterogeneity, make_user
 from bapo.training.config import TrainConfig
