@@ -273,6 +273,16 @@ def keep_freed_memory() -> None:
 
 
 def main() -> None:
+    try:
+        run_command()
+    finally:
+        if "torch.distributed" in sys.modules:  # only a command that loaded torch can have made a process group
+            from bapo.runtime import distributed
+
+            distributed.shutdown()
+
+
+def run_command() -> None:
     keep_freed_memory()
     try:
         code = app(standalone_mode=False)

@@ -51,5 +51,15 @@ def gather(obj: Any) -> list[Any]:
     return out
 
 
+def shutdown() -> None:
+    """Destroy the process group, if one was made, while the interpreter is still whole.
+
+    Left to interpreter exit, gloo's worker threads can outlive the objects they hold and the process aborts
+    ("terminate called without an active exception", SIGABRT: pytorch/pytorch#190489), failing a run that finished.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def _state() -> PartialState:
     return PartialState()
