@@ -71,14 +71,19 @@ def figure(users: dict[str, dict], path: Path) -> None:
             pts = [(h, r, spec) for h, r, spec in pts if r is not None]
             if not pts:
                 continue
-            x = [h + (i - 0.5) * 0.02 for h, _, _ in pts]  # side by side where heterogeneities coincide
-            y = [float(r["delta"]) for _, r, _ in pts]
-            rows = [r for _, r, _ in pts]
-            err = [[yy - float(r["lo"]) for yy, r in zip(y, rows)], [float(r["hi"]) - yy for yy, r in zip(y, rows)]]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
-            if i == 0:
-                for xx, yy, (_, _, spec) in zip(x, y, pts):
-                    ax.annotate(spec, (xx, yy), fontsize=7, textcoords="offset points", xytext=(4, 4))
+            # One line per family of users (flip:H at its heterogeneities); a lone user (a real one) is a point.
+            families = {spec.split(":")[0] for _, _, spec in pts}
+            for n, family in enumerate(sorted(families)):
+                fam = [(h, r, spec) for h, r, spec in pts if spec.split(":")[0] == family]
+                x = [h + (i - 0.5) * 0.02 for h, _, _ in fam]  # side by side where heterogeneities coincide
+                y = [float(r["delta"]) for _, r, _ in fam]
+                err = [[yy - float(r["lo"]) for yy, (_, r, _) in zip(y, fam)],
+                       [float(r["hi"]) - yy for yy, (_, r, _) in zip(y, fam)]]
+                ax.errorbar(x, y, yerr=err, marker="o" if len(fam) > 1 else "s", capsize=3, color=f"C{i}",
+                            linestyle="-" if len(fam) > 1 else "none", label=method if n == 0 else None)
+                if i == 0:
+                    for xx, yy, (_, _, spec) in zip(x, y, fam):
+                        ax.annotate(spec, (xx, yy), fontsize=7, textcoords="offset points", xytext=(4, 4))
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_title(f"{measure}\n({metric}), change vs base", fontsize=9)
         ax.set_xlabel("user's heterogeneity")
