@@ -209,3 +209,38 @@ def test_merged_adapter_scores_like_the_unmerged_one_and_leaves_the_base_exact(s
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert score(model, seqs, 0) == base_scores
+
+
+def test_generated_answers_are_written_beside_their_prompts_and_scores(setup, tiny_model, tmp_path, monkeypatch):
+    from bapo.evaluation import metrics
+
+    root, adapters = setup
+    write_jsonl(tmp_path / "qa.jsonl", [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)])
+    (tmp_path / "s.yaml").write_text(
+        "tasks:\n  - {name: trivia, kind: qa, path: qa.jsonl, max_new_tokens: 5}\n"
+        f"  - {{name: harmful, kind: refusal, path: {root / 'prompts.jsonl'}, max_new_tokens: 5}}\n")
+    cfg = EvalConfig(model=tiny_model, adapters=adapters[:1], suite=str(tmp_path / "s.yaml"), out=str(tmp_path / "r"),
+                     cache_dir=str(tmp_path / "cache"), samples=2)
+    result = evaluate(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "r" / "samples.jsonl").read_text().splitlines()]
+    assert [(s["model"], s["task"]) for s in lines] == [(m, t) for m in ("base", "dpo")
+                                                        for t, n in (("trivia", 4), ("harmful", 4)) for _ in range(n)]
+    first = lines[0]
+    assert first["prompt"] == "What is 0 + 0?" + metrics.QA_INSTRUCTION and set(first["scores"]) == {"acc", "unjudged"}
+    assert all(isinstance(s["answer"], str) for s in lines)
+    for s in lines:  # each answer's scores are the per-item values behind the means
+        for metric, value in s["scores"].items():
+            assert result.item_scores[s["model"]][s["task"]][metric][s["item"]] == value
+    items = json.loads((tmp_path / "r" / "item_scores.json").read_text())
+    assert "answers" not in items["base"]["trivia"] and "answers" not in {r.metric for r in result.records}
+    md = (tmp_path / "r" / "samples.md").read_text()
+    assert "## trivia" in md and "### 2. What is 1 + 1?" in md and "### 3." not in md and "| dpo |" in md
+
+    def boom(*a, **k):
+        raise AssertionError("scored again")
+
+    for name, kind in list(tasks.KINDS.items()):  # a rerun reads the answers back from the cache
+        monkeypatch.setitem(tasks.KINDS, name, replace(kind, score=boom))
+    again = evaluate(replace(cfg, out=str(tmp_path / "r2")))
+    assert (tmp_path / "r2" / "samples.jsonl").read_text() == (tmp_path / "r" / "samples.jsonl").read_text()
+    assert as_dicts(again.records) == as_dicts(result.records)

@@ -20,6 +20,9 @@ from bapo.runtime.models import reward_of
 from bapo.runtime.reference import Example
 
 Z95 = 1.959964
+# Generative scorers also return the model's answers under this key (what ``bapo eval`` writes to samples.jsonl);
+# it is never a metric: :func:`bapo.evaluation.samples.take_answers` removes it before any statistic.
+ANSWERS = "answers"
 
 
 @dataclass(frozen=True)
@@ -113,36 +116,37 @@ QA_INSTRUCTION = " Answer in a few words."
 
 
 def qa_scores(model, renderer: Renderer, items: Sequence[QaItem], max_new_tokens: int = 16, batch_size: int = 16,
-              progress=None) -> dict[str, list[float]]:
+              progress=None) -> dict[str, list]:
     """Generative knowledge: each question asked in the chat template (with :data:`QA_INSTRUCTION`), answered
     greedily, judged by :func:`bapo.evaluation.judges.judge_answer`. ``acc`` counts an answer the rule cannot judge
     (empty) as wrong; ``unjudged`` is the share of those. Chance is about 0: a guess rarely names the answer."""
     prompts = [[{"role": "user", "content": it.question + QA_INSTRUCTION}] for it in items]
     answers = generate_answers(model, renderer, prompts, max_new_tokens, batch_size, progress)
     judged = [judge_answer(a, it.aliases) for a, it in zip(answers, items)]
-    return {"acc": [j or 0.0 for j in judged], "unjudged": [float(j is None) for j in judged]}
+    return {"acc": [j or 0.0 for j in judged], "unjudged": [float(j is None) for j in judged], ANSWERS: answers}
 
 
 def refusal_scores(model, renderer: Renderer, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int = 48,
-                   batch_size: int = 16, progress=None) -> dict[str, list[float]]:
+                   batch_size: int = 16, progress=None) -> dict[str, list]:
     """Generative alignment: the share of greedy replies that refuse (:func:`bapo.evaluation.judges.judge_refusal`);
     an empty reply counts as no refusal and is reported in ``unjudged``."""
     replies = generate_answers(model, renderer, prompts, max_new_tokens, batch_size, progress)
     judged = [judge_refusal(r) for r in replies]
-    return {"refusal": [j or 0.0 for j in judged], "unjudged": [float(j is None) for j in judged]}
+    return {"refusal": [j or 0.0 for j in judged], "unjudged": [float(j is None) for j in judged], ANSWERS: replies}
 
 
 def profile_scores(model, renderer: Renderer, prompts: Sequence[list[dict[str, str]]], rule,
-                   max_new_tokens: int = 64) -> dict[str, list[float]]:
-    """A profile's scoring rule (:mod:`bapo.profiles`) applied to the model's own answers to ``prompts``."""
-    return {"profile_score": [float(rule(t)) for t in generate_answers(model, renderer, prompts, max_new_tokens)]}
+                   max_new_tokens: int = 64) -> dict[str, list]:
+    """A profile's scoring rule (:mod:`bapo.data.profiles`) applied to the model's own answers to ``prompts``."""
+    answers = generate_answers(model, renderer, prompts, max_new_tokens)
+    return {"profile_score": [float(rule(t)) for t in answers], ANSWERS: answers}
 
 
 def reward_scores(model, renderer: Renderer, prompts: Sequence[list[dict[str, str]]], reward_model, reward_tokenizer,
-                  max_new_tokens: int = 64, batch_size: int = 8) -> dict[str, list[float]]:
+                  max_new_tokens: int = 64, batch_size: int = 8) -> dict[str, list]:
     """Mean reward-model score of the model's own greedy answers to general prompts."""
     texts = generate_answers(model, renderer, prompts, max_new_tokens, batch_size)
-    return {"score": [reward_of(reward_model, reward_tokenizer, m, t) for m, t in zip(prompts, texts)]}
+    return {"score": [reward_of(reward_model, reward_tokenizer, m, t) for m, t in zip(prompts, texts)], ANSWERS: texts}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from bapo.evaluation.config import EvalConfig
 from bapo.evaluation.lm_eval import lm_eval_scores
 from bapo.evaluation.metrics import TIE_NATS, Stat, paired_delta
 from bapo.evaluation.records import Record, markdown_table
+from bapo.evaluation.samples import Asked, Samples, take_answers, write_samples
 from bapo.evaluation.tasks import Scorer, Task, TaskSpec, load_suite, load_task, personal_task
 from bapo.io import as_dicts, atomic_write_text, csv_text, write_json
 from bapo.runtime import distributed
@@ -63,6 +64,7 @@ class EvalResult:
     item_scores: Scores
     out: Path
     seconds: float
+    samples: Samples = field(default_factory=lambda: Samples([], []))  # what the models wrote (generative tasks)
 
 
 def _personal_who(adapter: Path, pairs: list[PreferencePair]) -> str:
@@ -215,9 +217,11 @@ def evaluate(cfg: EvalConfig, console: Console | None = None) -> EvalResult:
     ref = scorer.ref
 
     scores, by_rank = score_all(cfg, cands, tasks, personal, scorer, console)
-    kinds = {t.spec.name: t.spec.kind for t in [*tasks, *personal.values()]}
+    every = [*tasks, *personal.values()]
+    samples = take_answers(scores, {t.spec.name: Asked(t.kind.prompts(t), t.kind.answered) for t in every})
+    kinds = {t.spec.name: t.spec.kind for t in every}
     records = make_records(cands, scores, kinds)
-    result = EvalResult(records, scores, Path(cfg.out), round(time.time() - t0, 1))
+    result = EvalResult(records, scores, Path(cfg.out), round(time.time() - t0, 1), samples)
     if distributed.is_main():
         write_results(cfg, ref, result, console, by_rank)
     return result
@@ -241,7 +245,8 @@ def make_records(cands: list[Candidate], scores: Scores, kinds: dict[str, str]) 
 
 def write_results(cfg: EvalConfig, ref: Reference, result: EvalResult, console: Console,
                   by_rank: list[int] | None = None) -> None:
-    """results.json (with what ran, where and how long), item_scores.json, results.csv and results.md."""
+    """results.json (with what ran, where and how long), item_scores.json, results.csv, results.md and, when a task
+    generates answers, samples.jsonl and samples.md (:mod:`bapo.evaluation.samples`)."""
     out = result.out
     meta = {"model": cfg.model, "model_fingerprint": ref.fingerprint, "suite": cfg.suite,
             "adapters": cfg.adapters, "adapter_scales": cfg.adapter_scales, "machine": machine(),
@@ -253,6 +258,8 @@ def write_results(cfg: EvalConfig, ref: Reference, result: EvalResult, console: 
     atomic_write_text(out / "results.csv", csv_text(result.records))
     md = markdown_table(result.records)
     atomic_write_text(out / "results.md", md)
+    if result.samples.samples or result.samples.unrecorded:
+        write_samples(out, result.samples, cfg.samples)
     console.print(md)
     console.print(f"results: {out / 'results.json'} ({result.seconds:.0f} s)")
 

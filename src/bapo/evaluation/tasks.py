@@ -86,10 +86,12 @@ class TaskKind:
     role: str  # what it measures: knowledge, alignment, drift, reward or personalization
     headline: str  # the metric the study and the report read
     load: Callable[[TaskSpec], list]
-    score: Callable[[Any, Task, Scorer, Callable[[int], None]], dict[str, list[float]]]
+    score: Callable[[Any, Task, Scorer, Callable[[int], None]], dict[str, list]]  # metric -> per item (+ answers)
     sequences: Callable[[list], int]  # what its progress bar counts
     chars: Callable[[list], int] = lambda items: 0  # characters read per model (prices the study's dry run)
     prepare: Callable[[Task, Reference], Any] | None = None
+    prompts: Callable[[Task], list[str]] = lambda task: []  # what a generative kind asks, per answer (samples.jsonl)
+    answered: tuple[str, ...] = ()  # its metrics that judge those answers, one value per answer
     version: int = 1  # raised when its scores change meaning: part of every cache key of the kind
 
 
@@ -107,12 +109,21 @@ def _prepare_personal(task: Task, ref: Reference) -> list:
                           with_base=False)
 
 
-def _score_personal(model, task: Task, s: Scorer, advance) -> dict[str, list[float]]:
-    out = metrics.personal_scores(model, task.prepared, s.ref.pad_id, s.batch_size, advance)
+def _profile_prompts(task: Task) -> list[list[dict[str, str]]]:
+    """The distinct held-out prompts a user with a scoring rule is asked for answers on (none without a rule)."""
+    return list({p.prompt_key: p.messages for p in task.items}.values()) if task.rule else []
+
+
+def _score_personal(model, task: Task, s: Scorer, advance) -> dict[str, list]:
+    out: dict[str, list] = metrics.personal_scores(model, task.prepared, s.ref.pad_id, s.batch_size, advance)
     if task.rule:  # the user's own rule, applied to what the model now writes for held-out prompts
-        prompts = list({p.prompt_key: p.messages for p in task.items}.values())
-        out["profile_score"] = metrics.profile_scores(model, s.ref.renderer, prompts, PROFILES[task.rule])["profile_score"]
+        out.update(metrics.profile_scores(model, s.ref.renderer, _profile_prompts(task), PROFILES[task.rule]))
     return out
+
+
+def _asked(prompts: list[list[dict[str, str]]]) -> list[str]:
+    """Each chat's last message: what the model answered."""
+    return [m[-1]["content"] for m in prompts]
 
 
 def _score_reward(model, task: Task, s: Scorer, advance) -> dict[str, list[float]]:
@@ -138,15 +149,19 @@ KINDS: dict[str, TaskKind] = {k.name: k for k in [
     TaskKind("drift", "drift", "logp_change_per_token", _load_spec(load_prompts),
              lambda model, t, s, adv: metrics.drift_scores(model, *t.prepared, s.ref.pad_id, s.batch_size, adv),
              sequences=len, prepare=_prepare_drift),
-    TaskKind("reward", "reward", "score", _load_spec(load_prompts), _score_reward, sequences=len),
+    TaskKind("reward", "reward", "score", _load_spec(load_prompts), _score_reward, sequences=len,
+             prompts=lambda t: _asked(t.items), answered=("score",)),
     TaskKind("qa", "generative knowledge", "acc", _load_spec(load_qa),
              lambda model, t, s, adv: metrics.qa_scores(model, s.ref.renderer, t.items, t.spec.max_new_tokens,
-                                                        s.batch_size, adv), sequences=len),
+                                                        s.batch_size, adv), sequences=len,
+             prompts=lambda t: [it.question + metrics.QA_INSTRUCTION for it in t.items], answered=("acc", "unjudged")),
     TaskKind("refusal", "refusal", "refusal", _load_spec(load_prompts),
              lambda model, t, s, adv: metrics.refusal_scores(model, s.ref.renderer, t.items, t.spec.max_new_tokens,
-                                                             s.batch_size, adv), sequences=len),
+                                                             s.batch_size, adv), sequences=len,
+             prompts=lambda t: _asked(t.items), answered=("refusal", "unjudged")),
     TaskKind("personal", "personalization", "reward_acc", lambda spec: [], _score_personal,
-             sequences=lambda items: 2 * len(items), prepare=_prepare_personal),
+             sequences=lambda items: 2 * len(items), prepare=_prepare_personal,
+             prompts=lambda t: _asked(_profile_prompts(t)), answered=("profile_score",)),
 ]}
 SUITE_KINDS = tuple(k for k in KINDS if k != "personal")
 

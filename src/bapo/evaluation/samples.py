@@ -1,0 +1,101 @@
+"""What the models wrote: every generated answer of a ``bapo eval`` beside its prompt and its per-item scores
+(``samples.jsonl``, as lm-evaluation-harness's ``--log_samples``), and the first few prompts of every generative task
+with each model's answer side by side (``samples.md``), for a reader who wants to see what a number means.
+
+The answers cost nothing extra: the generative task kinds (``qa``, ``refusal``, ``reward``, a profile user's
+``personal``) return the answers they judged under :data:`bapo.evaluation.metrics.ANSWERS`, and the cache keeps them
+with the scores. Scores cached by a bapo that did not keep answers have none; such models are named, not invented.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from bapo.evaluation.metrics import ANSWERS
+from bapo.io import atomic_write_text
+
+MAX_CHARS = 400  # an answer longer than this is cut in samples.md (never in samples.jsonl)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One model's answer to one prompt of one task, with the item's scores on that task."""
+
+    model: str
+    task: str
+    item: int
+    prompt: str
+    answer: str
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a generative task asked, per answer, and which of its metrics judge those answers (one value each)."""
+
+    prompts: list[str]
+    metrics: tuple[str, ...]
+
+
+@dataclass
+class Samples:
+    """Every answer of an evaluation, and the models whose answers the cache did not keep."""
+
+    samples: list[Sample]
+    unrecorded: list[str]  # models with a generative task scored (cached) before answers were kept
+
+
+def take_answers(scores: dict[str, dict[str, dict[str, list]]], asked: dict[str, Asked]) -> Samples:
+    """Remove the answers from ``scores`` (model -> task -> metric -> per item; afterwards it holds only metrics)
+    and pair each with its prompt and its scores (``asked``: what each generative task asked)."""
+    out, unrecorded = [], []
+    for model, tasks in scores.items():
+        for task, metrics in tasks.items():
+            answers = metrics.pop(ANSWERS, None)
+            if task not in asked or not asked[task].prompts:
+                continue
+            if answers is None:
+                unrecorded += [model] * (model not in unrecorded)
+                continue
+            judged = [m for m in asked[task].metrics if m in metrics]
+            for i, (prompt, answer) in enumerate(zip(asked[task].prompts, answers, strict=True)):
+                out.append(Sample(model, task, i, prompt, answer, {m: metrics[m][i] for m in judged}))
+    return Samples(out, unrecorded)
+
+
+def _cell(text: str) -> str:
+    """Text inside one markdown table cell: cut, pipes escaped, line breaks kept as <br>."""
+    text = text if len(text) <= MAX_CHARS else text[:MAX_CHARS] + " …"
+    return text.replace("|", "\\|").replace("\r", "").replace("\n", "<br>") or "*(empty)*"
+
+
+def samples_markdown(samples: Samples, first: int) -> str:
+    """The first ``first`` prompts of every task, each with a row per model: its answer and its scores."""
+    parts = ["# What the models wrote\n",
+             f"The first {first} prompts of every task whose answers are generated (greedy); every answer is in "
+             "samples.jsonl.\n"]
+    if samples.unrecorded:
+        parts.append("Not recorded (scored into the cache before bapo kept answers): "
+                     f"{', '.join(samples.unrecorded)}.\n")
+    for task in dict.fromkeys(s.task for s in samples.samples):
+        parts.append(f"## {task}\n")
+        mine = [s for s in samples.samples if s.task == task and s.item < first]
+        for item in dict.fromkeys(s.item for s in mine):
+            rows = [s for s in mine if s.item == item]
+            metrics = list(dict.fromkeys(m for s in rows for m in s.scores))
+            parts.append(f"### {item + 1}. {_cell(rows[0].prompt)}\n")
+            parts.append("| model | answer | " + " | ".join(metrics) + " |")
+            parts.append("|---|---|" + "---|" * len(metrics))
+            for s in rows:
+                values = [f"{s.scores[m]:.3g}" if m in s.scores else "" for m in metrics]
+                parts.append(f"| {s.model} | {_cell(s.answer)} | " + " | ".join(values) + " |")
+            parts.append("")
+    return "\n".join(parts)
+
+
+def write_samples(out: Path, samples: Samples, first: int) -> None:
+    """samples.jsonl (every answer, one JSON object per line) and samples.md (the first prompts side by side)."""
+    lines = (json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in samples.samples)
+    atomic_write_text(out / "samples.jsonl", "".join(lines))
+    atomic_write_text(out / "samples.md", samples_markdown(samples, first))
