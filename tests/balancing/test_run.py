@@ -12,7 +12,8 @@ from transformers import set_seed
 import bapo.runtime.reference as reference
 
 from bapo.balancing.config import BalanceConfig
-from bapo.balancing.features import pair_gradients
+from bapo.balancing import features
+from bapo.balancing.features import mean_hidden_states, pair_gradients, prompt_embeddings
 from bapo.balancing.run import balance
 from bapo.balancing.select import choose_by_gradient
 from bapo.core.losses import LossConfig
@@ -85,6 +86,23 @@ def test_pair_gradients_are_seeded_and_separate_opposite_pairs(tiny_model):
     for row, cluster, _ in choose_by_gradient(runs[0], 12, 2, seed=0):
         clusters.setdefault(cluster, set()).add(row // 6)
     assert sorted(map(sorted, clusters.values())) == [[0], [1]]
+
+
+def test_prompt_embeddings_are_cached_and_match_one_prompt_at_a_time(tmp_path, tiny_model, monkeypatch):
+    ref = open_reference(tiny_model, 96, 48, cache_dir=str(tmp_path / "cache"), device="cpu")
+    msgs = [[{"role": "user", "content": "word " * n}] for n in (9, 1, 5, 1, 30, 2)]  # lengths out of order, a repeat
+    seen = []
+    first = prompt_embeddings(ref, msgs, batch_size=2, progress=seen.append)
+    assert first.shape[0] == 6 and sum(seen) == 6
+    np.testing.assert_array_equal(first[1], first[3])
+    alone = [mean_hidden_states(ref.model, [ref.renderer.prompt_ids(m)[-48:]], ref.pad_id)[0] for m in msgs]
+    np.testing.assert_allclose(first, np.stack(alone), rtol=1e-4, atol=1e-5)  # padding changes nothing
+
+    def boom(*a, **k):
+        raise AssertionError("embedded again")
+
+    monkeypatch.setattr(features, "mean_hidden_states", boom)
+    np.testing.assert_array_equal(prompt_embeddings(ref, msgs[::-1]), first[::-1])  # exact, from the cache
 
 
 @pytest.mark.parametrize("args, message", [

@@ -16,20 +16,20 @@ import torch
 
 from bapo.core.logprobs import pad_batch, sequence_logps
 from bapo.core.losses import LossConfig, PairLogps, preference_loss
-from bapo.core.tokens import Encoded, Renderer
+from bapo.core.tokens import Encoded
+from bapo.runtime.reference import Reference
+from bapo.runtime.store import make_key
 
 
 @torch.no_grad()
-def prompt_embeddings(model, renderer: Renderer, prompts: Sequence[list[dict[str, str]]], batch_size: int = 16,
-                      progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Mean last hidden state over each prompt's tokens (in the chat template, cut to ``max_prompt_length``)."""
-    ids = [renderer.prompt_ids(m)[-renderer.max_prompt_length:] for m in prompts]
+def mean_hidden_states(model, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 16) -> np.ndarray:
+    """Mean last hidden state over each token sequence's tokens, right-padded in batches of ``batch_size``."""
     body = model.get_decoder() if hasattr(model, "get_decoder") else None
     out = []
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
         width = max(len(x) for x in chunk)
-        input_ids = torch.full((len(chunk), width), renderer.tok.pad_token_id or 0, dtype=torch.long)
+        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(input_ids)
         for i, x in enumerate(chunk):
             input_ids[i, :len(x)] = torch.tensor(x)
@@ -41,9 +41,30 @@ def prompt_embeddings(model, renderer: Renderer, prompts: Sequence[list[dict[str
             hidden = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
         m = mask.unsqueeze(-1).to(hidden.dtype)
         out.append(((hidden * m).sum(1) / m.sum(1)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def prompt_embeddings(ref: Reference, prompts: Sequence[list[dict[str, str]]], batch_size: int = 16,
+                      progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """The reference's :func:`mean_hidden_states` of each prompt (in the chat template, cut to
+    ``max_prompt_length``), cached in its store by weights and prompt tokens: a prompt is embedded once for every
+    user, seed and budget that sees it. Uncached prompts go in length-sorted batches (little padding)."""
+    ids = [tuple(ref.renderer.prompt_ids(m)[-ref.renderer.max_prompt_length:]) for m in prompts]
+    keys = [make_key("embed", ref.cache_id, x) for x in ids]
+    found = ref.store.get_vectors(keys)
+    todo = sorted({k: x for k, x in zip(keys, ids) if k not in found}.items(), key=lambda kv: len(kv[1]))
+    if progress is not None:
+        progress(len(keys) - len(todo))
+    step = batch_size * 4  # commit every few batches: a killed run keeps what it embedded
+    for start in range(0, len(todo), step):
+        chunk = todo[start:start + step]
+        new = dict(zip([k for k, _ in chunk], mean_hidden_states(ref.model, [x for _, x in chunk], ref.pad_id or 0,
+                                                                 batch_size)))
+        ref.store.put_vectors(new)
+        found.update(new)
         if progress is not None:
             progress(len(chunk))
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    return np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
 
 
 class CountSketch:

@@ -85,7 +85,7 @@ def choose_bpo(cfg: BalanceConfig, pools: Pools, ref, breadth: int, depth: int,
                console: Console) -> tuple[list[Pick], dict[int, int]]:
     """Breadth by prompt-embedding clusters, then depth by pair-gradient clusters (see :mod:`bapo.balancing.select`)."""
     with progress.bar("embedding prompts", len(pools.prompts)) as advance:
-        emb = prompt_embeddings(ref.model, ref.renderer, pools.prompts, cfg.batch_size, advance)
+        emb = prompt_embeddings(ref, pools.prompts, cfg.batch_size, advance)
     clusters = representatives(emb, breadth, cfg.seed)
     kept: dict[int, int] = {}  # prompt -> its breadth cluster
     for rank in range(max(map(len, clusters))):

@@ -1,4 +1,4 @@
-"""A keyed on-disk cache of base responses, reference log-probs and per-item evaluation scores.
+"""A keyed on-disk cache of base responses, reference log-probs, per-item evaluation scores and prompt vectors.
 
 SQLite rather than a directory of files: every batch is one transaction, so a killed job leaves only whole entries
 and a rerun resumes at the first missing key; several processes (one per GPU under accelerate) can share it.
@@ -11,6 +11,8 @@ import json
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable
+
+import numpy as np
 
 
 def make_key(*parts: Any) -> str:
@@ -26,6 +28,7 @@ class Store:
         self.db.execute("CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, responses TEXT NOT NULL)")
         self.db.execute("CREATE TABLE IF NOT EXISTS logps (key TEXT PRIMARY KEY, logp REAL NOT NULL, n INTEGER NOT NULL)")
         self.db.execute("CREATE TABLE IF NOT EXISTS evals (key TEXT PRIMARY KEY, scores TEXT NOT NULL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
         self.db.commit()
 
     def _get(self, table: str, cols: str, keys: Iterable[str]) -> dict[str, tuple]:
@@ -61,6 +64,15 @@ class Store:
     def put_eval(self, key: str, scores: dict[str, list[float]]) -> None:
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO evals VALUES (?, ?)", (key, json.dumps(scores)))
+
+    def get_vectors(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        return {k: np.frombuffer(v[0], dtype=np.float32) for k, v in self._get("vectors", "vector", keys).items()}
+
+    def put_vectors(self, items: dict[str, np.ndarray]) -> None:
+        """Float32 vectors, stored as their raw bytes (exact: a vector read back equals the one put)."""
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+                                [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()])
 
     def close(self) -> None:
         self.db.close()
