@@ -247,11 +247,12 @@ config_command("demo", DemoConfig, _demo, """DPO and two BAPO adapters for a use
 def report(
     results: Annotated[Path, typer.Argument(help="A results directory written by bapo eval (or its results.json).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write the PNG plots and report.html.")] = Path("report"),
+    samples: Annotated[int, typer.Option(help="Prompts per generative task shown with every model's answer.", min=0)] = 5,
 ) -> None:
     """Plots and one self-contained HTML page from bapo eval's results."""
     from bapo.evaluation.report import write_report
 
-    page = write_report(results, out_dir)
+    page = write_report(results, out_dir, samples)
     out.print(f"[green]report written to[/] {page}")
 
 

@@ -244,3 +244,7 @@ def test_generated_answers_are_written_beside_their_prompts_and_scores(setup, ti
     again = evaluate(replace(cfg, out=str(tmp_path / "r2")))
     assert (tmp_path / "r2" / "samples.jsonl").read_text() == (tmp_path / "r" / "samples.jsonl").read_text()
     assert as_dicts(again.records) == as_dicts(result.records)
+
+    page = write_report(tmp_path / "r", tmp_path / "rep", samples=1).read_text()  # the report shows them too
+    assert "What the models wrote" in page and "trivia 1. What is 0 + 0?" in page and "trivia 2." not in page
+    assert page.count("class=answer") == 4  # base and dpo, one prompt of each of the two tasks

@@ -1,7 +1,10 @@
 """What the models wrote: answers taken out of the scores, paired with prompts, written side by side."""
 
+import pytest
+
+from bapo.errors import DataError
 from bapo.evaluation.metrics import ANSWERS
-from bapo.evaluation.samples import Asked, Samples, Sample, samples_markdown, take_answers
+from bapo.evaluation.samples import Asked, Sample, Samples, read_samples, samples_markdown, take_answers, write_samples
 
 
 def test_answers_leave_the_scores_and_carry_only_the_metrics_that_judge_them():
@@ -28,3 +31,12 @@ def test_markdown_keeps_each_answer_in_its_cell():
     assert "| dpo | *(empty)* | 0 |" in md and "Not recorded (scored into the cache before bapo kept answers): old." in md
     row = next(x for x in md.splitlines() if x.startswith("| dpo | word"))
     assert row.count("|") == 4 and "…" in row and len(row) < 450
+
+
+def test_samples_read_back_as_written_and_a_bad_line_is_named(tmp_path):
+    samples = [Sample("base", "q", 0, "hi?", "héllo\nthere", {"acc": 1.0}), Sample("dpo", "q", 0, "hi?", "", {})]
+    write_samples(tmp_path, Samples(samples, []), first=1)
+    assert read_samples(tmp_path / "samples.jsonl") == samples
+    (tmp_path / "samples.jsonl").write_text((tmp_path / "samples.jsonl").read_text() + '{"model": "x"}\n')
+    with pytest.raises(DataError, match="samples.jsonl:3: sample: not a bapo eval sample"):
+        read_samples(tmp_path / "samples.jsonl")

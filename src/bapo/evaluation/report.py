@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from bapo.errors import DataError, Problem  # noqa: E402
 from bapo.evaluation.metrics import Z95  # noqa: E402
 from bapo.evaluation.records import Record  # noqa: E402
+from bapo.evaluation.samples import MAX_CHARS, read_samples, side_by_side  # noqa: E402
 from bapo.evaluation.tasks import role_metric  # noqa: E402
 from bapo.io import atomic_save_figure, atomic_write_text  # noqa: E402
 
@@ -157,6 +158,28 @@ def _html_table(records: list[Record], task: str) -> str:
             + "".join(body) + "</table>")
 
 
+def _samples_html(results: Path, first: int) -> list[str]:
+    """What the models wrote (``samples.jsonl``, when the evaluation generated answers): the first prompts of each
+    generative task, every model's answer beside it."""
+    path = results / "samples.jsonl" if results.is_dir() else results.parent / "samples.jsonl"
+    if not path.exists():
+        return []
+    parts = ["<h2>What the models wrote</h2>",
+             f"<p>The first {first} prompts of every task whose answers are generated (greedy); all of them are in "
+             f"{html.escape(str(path))}.</p>"]
+    for shown in side_by_side(read_samples(path), first):
+        head = "".join(f"<th>{html.escape(m)}</th>" for m in shown.metrics)
+        rows = []
+        for s in shown.rows:
+            answer = s.answer if len(s.answer) <= MAX_CHARS else s.answer[:MAX_CHARS] + " …"
+            values = "".join(f"<td>{s.scores[m]:.3g}</td>" if m in s.scores else "<td></td>" for m in shown.metrics)
+            rows.append(f"<tr><th>{html.escape(s.model)}</th><td class=answer>{html.escape(answer) or '<i>(empty)</i>'}"
+                        f"</td>{values}</tr>")
+        parts.append(f"<h3>{html.escape(shown.task)} {shown.item + 1}. {html.escape(shown.prompt)}</h3>"
+                     f"<table><tr><th>model</th><th>answer</th>{head}</tr>{''.join(rows)}</table>")
+    return parts
+
+
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f"<img alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'>"
@@ -165,11 +188,13 @@ def _img(path: Path) -> str:
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f4f4f4}.se{color:#777;font-size:90%}.pos{color:#1a7f37}.neg{color:#c62828}.flat{color:#777}
-img{max-width:100%;border:1px solid #eee;margin:0.5em 0}small{color:#777;font-weight:normal}"""
+img{max-width:100%;border:1px solid #eee;margin:0.5em 0}small{color:#777;font-weight:normal}
+td.answer{text-align:left;white-space:pre-wrap;max-width:60em}"""
 
 
-def write_report(results: Path, out: Path) -> Path:
-    """Write ``tradeoff.png``, one ``task_*.png`` per task and a self-contained ``report.html``; return the page."""
+def write_report(results: Path, out: Path, samples: int = 5) -> Path:
+    """Write ``tradeoff.png``, one ``task_*.png`` per task and a self-contained ``report.html`` (with the first
+    ``samples`` prompts of each generative task and what every model wrote); return the page."""
     data, records = load_results(Path(results))
     if not records:
         raise DataError(Problem(str(results), 1, "records", "empty: nothing to report"))
@@ -190,6 +215,7 @@ def write_report(results: Path, out: Path) -> Path:
     parts += [_html_table(records, t) for t in tasks]
     parts.append("<h2>Per task</h2>")
     parts += [_img(b) for b in bars]
+    parts += _samples_html(Path(results), samples)
     parts.append("</body></html>")
     page = out / "report.html"
     atomic_write_text(page, "\n".join(parts))

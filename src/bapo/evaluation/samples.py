@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
+
+from bapo.errors import DataError, Problem
 from bapo.evaluation.metrics import ANSWERS
 from bapo.io import atomic_write_text
 
@@ -70,6 +73,28 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\r", "").replace("\n", "<br>") or "*(empty)*"
 
 
+@dataclass(frozen=True)
+class Shown:
+    """One prompt of one task as a reader sees it: every model's answer to it, and the metrics that judged them."""
+
+    task: str
+    item: int
+    prompt: str
+    metrics: list[str]
+    rows: list[Sample]
+
+
+def side_by_side(samples: Sequence[Sample], first: int) -> list[Shown]:
+    """The first ``first`` prompts of every task, in order, each with every model's answer."""
+    out = []
+    for task in dict.fromkeys(s.task for s in samples):
+        mine = [s for s in samples if s.task == task and s.item < first]
+        for item in dict.fromkeys(s.item for s in mine):
+            rows = [s for s in mine if s.item == item]
+            out.append(Shown(task, item, rows[0].prompt, list(dict.fromkeys(m for s in rows for m in s.scores)), rows))
+    return out
+
+
 def samples_markdown(samples: Samples, first: int) -> str:
     """The first ``first`` prompts of every task, each with a row per model: its answer and its scores."""
     parts = ["# What the models wrote\n",
@@ -78,20 +103,30 @@ def samples_markdown(samples: Samples, first: int) -> str:
     if samples.unrecorded:
         parts.append("Not recorded (scored into the cache before bapo kept answers): "
                      f"{', '.join(samples.unrecorded)}.\n")
-    for task in dict.fromkeys(s.task for s in samples.samples):
-        parts.append(f"## {task}\n")
-        mine = [s for s in samples.samples if s.task == task and s.item < first]
-        for item in dict.fromkeys(s.item for s in mine):
-            rows = [s for s in mine if s.item == item]
-            metrics = list(dict.fromkeys(m for s in rows for m in s.scores))
-            parts.append(f"### {item + 1}. {_cell(rows[0].prompt)}\n")
-            parts.append("| model | answer | " + " | ".join(metrics) + " |")
-            parts.append("|---|---|" + "---|" * len(metrics))
-            for s in rows:
-                values = [f"{s.scores[m]:.3g}" if m in s.scores else "" for m in metrics]
-                parts.append(f"| {s.model} | {_cell(s.answer)} | " + " | ".join(values) + " |")
-            parts.append("")
+    task = None
+    for shown in side_by_side(samples.samples, first):
+        if shown.task != task:
+            task = shown.task
+            parts.append(f"## {task}\n")
+        parts.append(f"### {shown.item + 1}. {_cell(shown.prompt)}\n")
+        parts.append("| model | answer | " + " | ".join(shown.metrics) + " |")
+        parts.append("|---|---|" + "---|" * len(shown.metrics))
+        for s in shown.rows:
+            values = [f"{s.scores[m]:.3g}" if m in s.scores else "" for m in shown.metrics]
+            parts.append(f"| {s.model} | {_cell(s.answer)} | " + " | ".join(values) + " |")
+        parts.append("")
     return "\n".join(parts)
+
+
+def read_samples(path: Path) -> list[Sample]:
+    """``samples.jsonl`` as written by :func:`write_samples`; a malformed line is a one-line error naming it."""
+    out = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            out.append(Sample(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise DataError(Problem(str(path), i, "sample", f"not a bapo eval sample ({e})")) from None
+    return out
 
 
 def write_samples(out: Path, samples: Samples, first: int) -> None:
