@@ -332,7 +332,7 @@ def test_every_arm_is_also_compared_with_the_configs_baselines():
 
 
 def test_aggregate_combines_seeds():
-    rows = [SimpleNamespace(method="dpo", user="u", heterogeneity=0.5, m=v, m_stderr=0.1) for v in (1.0, 3.0)]
+    rows = [SimpleNamespace(arm="dpo", user="u", heterogeneity=0.5, m=v, m_stderr=0.1) for v in (1.0, 3.0)]
     (h, mean, err), = aggregate(rows, "m")["dpo"]
     assert (h, mean) == (0.5, 2.0)
     assert err == pytest.approx(((2.0 + 0.01) / 2) ** 0.5)
@@ -481,6 +481,8 @@ def test_balance_study_builds_each_strategys_pairs_at_the_budget(study_cfg, tmp_
     report = json.loads((out / "balance" / "psoups-concise__bpo__s0" / "report.json").read_text())
     assert rows["psoups:concise", "bpo"].balance_seconds == report["seconds"]  # what building the pairs cost
     assert "building pairs, s" in table and "| dpo+bpo | 2 | " in table
+    assert set(aggregate(result.rows, "personal_reward_acc")) == {"dpo+none", "dpo+uniform", "dpo+bpo"}  # not pooled
+    assert (out / "figures" / "balance.png").stat().st_size > 0
 
 
 def test_workers_give_the_numbers_of_one_process(study_cfg, tmp_path, monkeypatch):

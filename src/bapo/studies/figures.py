@@ -1,5 +1,6 @@
-"""The study's figures: retention and personalization against measured heterogeneity (a line per method, 95% error
-bars), and each adapter's personalization against its retention."""
+"""The study's figures: retention and personalization against measured heterogeneity (a line per arm, 95% error
+bars), each adapter's personalization against its retention, and in a balance study each strategy side by side per
+user. An arm is a method, or ``method+strategy`` in a balance study (:attr:`StudyRow.arm`)."""
 
 from __future__ import annotations
 
@@ -17,23 +18,27 @@ from bapo.studies.tables import StudyRow  # noqa: E402
 from bapo.io import atomic_save_figure
 
 
+def over_seeds(rs: list[StudyRow], metric: str) -> tuple[float, float]:
+    """Mean of ``metric`` over one arm's seeds at one user, and its error: with several seeds it combines the spread
+    between seeds and the evaluation's own error; with one, it is the evaluation's."""
+    k = len(rs)
+    vals = [getattr(r, metric) for r in rs]
+    mean = sum(vals) / k
+    within = sum((getattr(r, f"{metric}_stderr") or 0.0) ** 2 for r in rs) / k
+    between = sum((v - mean) ** 2 for v in vals) / (k - 1) if k > 1 else 0.0
+    return mean, math.sqrt((between + within) / k)
+
+
 def aggregate(rows: list[StudyRow], metric: str) -> dict[str, list[tuple[float, float, float]]]:
-    """Per method: (heterogeneity, mean over seeds, error) per user, sorted by heterogeneity. With several seeds the
-    error combines the spread between seeds and the evaluation's own error; with one, it is the evaluation's."""
+    """Per arm: (heterogeneity, mean over seeds, error) per user, sorted by heterogeneity (see :func:`over_seeds`)."""
     out: dict[str, list[tuple[float, float, float]]] = {}
-    for method in dict.fromkeys(r.method for r in rows):
+    for arm in dict.fromkeys(r.arm for r in rows):
         pts = []
         for user in dict.fromkeys(r.user for r in rows):
-            rs = [r for r in rows if r.method == method and r.user == user and getattr(r, metric) is not None]
-            if not rs:
-                continue
-            k = len(rs)
-            vals = [getattr(r, metric) for r in rs]
-            mean = sum(vals) / k
-            within = sum((getattr(r, f"{metric}_stderr") or 0.0) ** 2 for r in rs) / k
-            between = sum((v - mean) ** 2 for v in vals) / (k - 1) if k > 1 else 0.0
-            pts.append((rs[0].heterogeneity, mean, math.sqrt((between + within) / k)))
-        out[method] = sorted(pts)
+            rs = [r for r in rows if r.arm == arm and r.user == user and getattr(r, metric) is not None]
+            if rs:
+                pts.append((rs[0].heterogeneity, *over_seeds(rs, metric)))
+        out[arm] = sorted(pts)
     return out
 
 
@@ -57,10 +62,10 @@ def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[St
                        ("personalization.png", [("personal_reward_acc", "personalization: held-out reward accuracy")])):
         fig, axes = grid(len(spec))
         for ax, (metric, title) in zip(axes, spec):
-            for i, (method, pts) in enumerate(aggregate(rows, metric).items()):
+            for i, (arm, pts) in enumerate(aggregate(rows, metric).items()):
                 if pts:
                     xs, ys, es = zip(*pts)
-                    ax.errorbar(xs, ys, yerr=[Z95 * e for e in es], marker="o", capsize=4, label=method, color=f"C{i}")
+                    ax.errorbar(xs, ys, yerr=[Z95 * e for e in es], marker="o", capsize=4, label=arm, color=f"C{i}")
             ax.axhline(0.5 if metric == "personal_reward_acc" else 0.0, color="#888888", lw=1, ls="--")
             ax.set_xlabel("heterogeneity (fraction of pairs against general preference)")
             ax.set_title(title, fontsize=10)
@@ -84,17 +89,54 @@ def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[St
         atomic_save_figure(fig, out / name, dpi=110)
         plt.close(fig)
         paths.append(out / name)
+    if any(r.balance for r in rows):
+        paths.append(balance_figure(rows, panels, out / "balance.png"))
     return paths
+
+
+def balance_figure(rows: list[StudyRow], panels: list[tuple[str, str]], path: Path) -> Path:
+    """A balance study at a glance: per user, a bar per arm (mean over seeds, 95% error bar), in a panel per
+    personalization measure (the profile's score, for simulated users, first) and per retention measure."""
+    personal = [("personal_profile_score", "profile score of answers to held-out prompts"),
+                ("personal_reward_acc", "held-out reward accuracy"),
+                ("personal_margin", "held-out reward margin (nats)")]
+    spec = [p for p in personal + panels if any(getattr(r, p[0]) is not None for r in rows)]
+    users = list(dict.fromkeys(r.user for r in rows))
+    arms = list(dict.fromkeys(r.arm for r in rows))
+    width = 0.8 / len(arms)
+    fig, axes = grid(len(spec))
+    for ax, (metric, title) in zip(axes, spec):
+        for i, arm in enumerate(arms):
+            xs, ys, es = [], [], []
+            for u, user in enumerate(users):
+                rs = [r for r in rows if r.arm == arm and r.user == user and getattr(r, metric) is not None]
+                if rs:
+                    mean, err = over_seeds(rs, metric)
+                    xs.append(u + (i - (len(arms) - 1) / 2) * width)
+                    ys.append(mean)
+                    es.append(Z95 * err)
+            ax.bar(xs, ys, width, yerr=es, capsize=3, color=f"C{i}", label=arm)
+        if metric == "personal_reward_acc":
+            ax.axhline(0.5, color="#888888", lw=1, ls="--")
+        ax.axhline(0.0, color="#888888", lw=1)
+        ax.set_xticks(range(len(users)), users, rotation=20, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def draw_tradeoff(ax, rows: list[StudyRow], frontier: dict[float, list[StudyRow]], lambdas: dict[str, float],
                   x: str, base: float, metric: str) -> None:
     """One panel: every adapter's personalization (``x``; the base model's is ``base``) against its change on
-    ``metric``, a colour per method, with the DPO adapters' frontier and the anchors' lambda frontiers."""
+    ``metric``, a colour per arm, with the DPO adapters' frontier and the anchors' lambda frontiers."""
     several = len({r.heterogeneity for r in rows}) > 1  # with one heterogeneity its labels tell nothing apart
-    for i, method in enumerate(dict.fromkeys(r.method for r in rows)):
-        rs = [r for r in rows if r.method == method and getattr(r, metric) is not None]
-        ax.scatter([getattr(r, x) for r in rs], [getattr(r, metric) for r in rs], color=f"C{i}", label=method)
+    for i, arm in enumerate(dict.fromkeys(r.arm for r in rows)):
+        rs = [r for r in rows if r.arm == arm and getattr(r, metric) is not None]
+        ax.scatter([getattr(r, x) for r in rs], [getattr(r, metric) for r in rs], color=f"C{i}", label=arm)
         for r in rs if several else []:
             ax.annotate(f"h={r.heterogeneity:.2f}", (getattr(r, x), getattr(r, metric)), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
