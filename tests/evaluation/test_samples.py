@@ -1,5 +1,7 @@
 """What the models wrote: answers taken out of the scores, paired with prompts, written side by side."""
 
+import json
+
 import pytest
 
 from bapo.errors import DataError
@@ -39,4 +41,11 @@ def test_samples_read_back_as_written_and_a_bad_line_is_named(tmp_path):
     assert read_samples(tmp_path / "samples.jsonl") == samples
     (tmp_path / "samples.jsonl").write_text((tmp_path / "samples.jsonl").read_text() + '{"model": "x"}\n')
     with pytest.raises(DataError, match="samples.jsonl:3: sample: not a bapo eval sample"):
+        read_samples(tmp_path / "samples.jsonl")
+    bad = dict(model="m", task="q", item=0, prompt="p", answer="a", scores="high")
+    (tmp_path / "samples.jsonl").write_text(json.dumps(bad) + "\n")
+    with pytest.raises(DataError, match="samples.jsonl:1: scores: wrong type"):
+        read_samples(tmp_path / "samples.jsonl")
+    (tmp_path / "samples.jsonl").write_bytes(b'{"model": "\xff"}\n')
+    with pytest.raises(DataError, match="samples.jsonl:1: sample: not a bapo eval sample"):
         read_samples(tmp_path / "samples.jsonl")

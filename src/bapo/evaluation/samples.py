@@ -121,11 +121,18 @@ def samples_markdown(samples: Samples, first: int) -> str:
 def read_samples(path: Path) -> list[Sample]:
     """``samples.jsonl`` as written by :func:`write_samples`; a malformed line is a one-line error naming it."""
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, raw in enumerate(path.read_bytes().splitlines(), 1):
         try:
-            out.append(Sample(**json.loads(line)))
-        except (json.JSONDecodeError, TypeError) as e:
+            sample = Sample(**json.loads(raw.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
             raise DataError(Problem(str(path), i, "sample", f"not a bapo eval sample ({e})")) from None
+        types = {"model": str, "task": str, "item": int, "prompt": str, "answer": str, "scores": dict}
+        wrong = [name for name, kind in types.items() if not isinstance(getattr(sample, name), kind)]
+        if not wrong and not all(isinstance(v, (int, float)) for v in sample.scores.values()):
+            wrong = ["scores"]
+        if wrong:
+            raise DataError(Problem(str(path), i, wrong[0], "wrong type (not written by bapo eval?)"))
+        out.append(sample)
     return out
 
 
