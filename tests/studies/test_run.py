@@ -481,6 +481,17 @@ def test_balance_study_builds_each_strategys_pairs_at_the_budget(study_cfg, tmp_
     report = json.loads((out / "balance" / "psoups-concise__bpo__s0" / "report.json").read_text())
     assert rows["psoups:concise", "bpo"].balance_seconds == report["seconds"]  # what building the pairs cost
     assert "building pairs, s" in table and "| dpo+bpo | 2 | " in table
+    # What building the pairs needs from nothing: labels write no answers; bpo embeds the whole pool and takes the
+    # gradient of at least every pair it keeps.
+    assert rows["dsp:academy", "none"].balance_work.answers == 0
+    none = json.loads((out / "balance" / "psoups-concise__none__s0" / "report.json").read_text())
+    assert rows["psoups:concise", "none"].balance_work.answers == 4 * none["prompts_examined"] >= 4 * 4
+    bpo = rows["psoups:concise", "bpo"].balance_work
+    assert bpo.embedded == len(pool) and bpo.gradients >= report["kept_pairs"] and bpo.answers > 0
+    uniform = rows["psoups:concise", "uniform"].balance_work
+    assert uniform.embedded == 0 == uniform.gradients
+    assert "answers written" in table and "pair gradients" in table
+    assert "balance_gradients" in (out / "table.csv").read_text().splitlines()[0]
     assert set(aggregate(result.rows, "personal_reward_acc")) == {"dpo+none", "dpo+uniform", "dpo+bpo"}  # not pooled
     assert (out / "figures" / "balance.png").stat().st_size > 0
 

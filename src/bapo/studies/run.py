@@ -36,7 +36,7 @@ from bapo.studies.figures import study_figures
 from bapo.studies.estimate import Estimate, estimate, eval_size, print_estimate
 from bapo.studies.plan import (Cell, balance_dir, cell_dir, eval_config, frontier_config, frontier_scales, plan,
                                print_plan, study_suite)
-from bapo.studies.tables import StudyRow, cost_markdown, markdown, study_rows
+from bapo.studies.tables import BalanceWork, StudyRow, cost_markdown, markdown, study_rows
 from bapo.studies.users import heterogeneity, make_user
 from bapo.training.config import TrainConfig
 from bapo.training.run import train
@@ -208,7 +208,8 @@ def with_costs(rows: list[StudyRow], cells: list[Cell], out: Path) -> list[Study
         row.train_seconds = json.loads(run.read_text()).get("seconds") if run.exists() else None
         report = balance_dir(out, cell) / "report.json"
         if cell.balance and report.exists():
-            row.balance_seconds = json.loads(report.read_text()).get("seconds")
+            built = json.loads(report.read_text())
+            row.balance_seconds, row.balance_work = built.get("seconds"), BalanceWork.of(built)
     return rows
 
 

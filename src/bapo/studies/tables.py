@@ -4,7 +4,7 @@ paired on items and seed matched; with their markdown forms."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from bapo.errors import ConfigError
@@ -25,6 +25,24 @@ COLUMNS = {"knowledge": "knowledge Δ acc_norm", "generative_knowledge": "Trivia
            "alignment": "alignment Δ acc_norm", "refusal_harmful": "refusal of harmful Δ",
            "refusal_harmless": "refusal of harmless Δ", "drift": "drift Δ log p/token"}
 OPTIONAL = {"generative_knowledge", "refusal_harmful", "refusal_harmless"}
+
+
+@dataclass(frozen=True)
+class BalanceWork:
+    """What building a cell's pairs needs from nothing, counted from bapo balance's report: its seconds depend on
+    what other cells had already put in the cache (the arm that first meets a prompt pays for its answers), these
+    counts do not."""
+
+    answers: int  # candidate answers the model writes (K per examined prompt; 0 with the data's own labels)
+    embedded: int  # prompts embedded (bpo's breadth step: every prompt of the pool)
+    gradients: int  # per-pair loss gradients (bpo's depth step: every candidate pair of its representative prompts)
+
+    @classmethod
+    def of(cls, report: dict[str, Any]) -> BalanceWork:
+        bpo = report["strategy"] == "bpo"
+        answers = 0 if report["judge"] == "labels" else report["prompts_examined"] * report["config"]["responses"]
+        gradients = sum(p["pairs_available"] for p in report["prompts"] if "breadth_cluster" in p) if bpo else 0
+        return cls(answers, report["prompts_available"] if bpo else 0, gradients)
 
 
 @dataclass
@@ -63,6 +81,7 @@ class StudyRow:
     personal_profile_score_stderr: float | None = None
     train_seconds: float | None = None  # the cell's training run (its last, if it was resumed: run.json)
     balance_seconds: float | None = None  # building its training pairs (bapo balance's report), in a balance study
+    balance_work: BalanceWork | None = None  # what building them needed from nothing, whatever the cache held
 
     @property
     def arm(self) -> str:
@@ -71,7 +90,12 @@ class StudyRow:
 
     def to_dict(self) -> dict[str, Any]:
         """Flat, in the column order of ``table.csv``: each measure's pooled delta, then its tasks' own."""
-        d = {k: v for k, v in asdict(self).items() if k != "task_deltas" and not k.startswith(tuple(RETENTION))}
+        d = {k: v for k, v in asdict(self).items() if k not in ("task_deltas", "balance_work")
+             and not k.startswith(tuple(RETENTION))}
+        if self.balance:
+            empty = dict.fromkeys(f.name for f in fields(BalanceWork))
+            work = asdict(self.balance_work) if self.balance_work else empty
+            d.update({f"balance_{k}": v for k, v in work.items()})
         for measure in RETENTION:
             d[f"{measure}_delta"] = getattr(self, f"{measure}_delta")
             d[f"{measure}_delta_stderr"] = getattr(self, f"{measure}_delta_stderr")
@@ -153,17 +177,25 @@ def markdown(rows: list[StudyRow]) -> str:
 
 
 def cost_markdown(rows: list[StudyRow]) -> str:
-    """What each arm cost: mean seconds per cell to build its pairs (a balance study) and to train, over its cells."""
+    """What each arm cost: mean seconds per cell to build its pairs (a balance study) and to train, over its cells;
+    in a balance study also the work building the pairs needs from nothing (:class:`BalanceWork`)."""
     arms = list(dict.fromkeys(r.arm for r in rows))
     balance = any(r.balance_seconds is not None for r in rows)
-    lines = ["| arm | cells | " + ("building pairs, s | " if balance else "") + "training, s |",
-             "|---|---|" + ("---|" if balance else "") + "---|"]
+    head = ["building pairs, s", "answers written", "prompts embedded", "pair gradients"] if balance else []
+    lines = ["| arm | cells | " + "".join(f"{h} | " for h in head) + "training, s |",
+             "|---|---|" + "---|" * len(head) + "---|"]
     for arm in arms:
         mine = [r for r in rows if r.arm == arm]
-        cols = [mean_spread([r.balance_seconds for r in mine])] if balance else []
+        work = [r.balance_work for r in mine]
+        counts = [mean_spread([getattr(w, f.name) if w else None for w in work]) for f in fields(BalanceWork)]
+        cols = [mean_spread([r.balance_seconds for r in mine]), *counts] if balance else []
         lines.append(f"| {arm} | {len(mine)} | " + " | ".join(cols + [mean_spread([r.train_seconds for r in mine])])
                      + " |")
-    lines.append("\nMean over the arm's cells (min-max); a cell resumed after an interruption counts its last run only.")
+    note = "\nMean over the arm's cells (min-max); a cell resumed after an interruption counts its last run only."
+    if balance:
+        note += (" Seconds to build pairs depend on the cache (candidate answers and prompt embeddings are shared by "
+                 "the cells that need them; the first to ask pays); the counts are what a cell needs from nothing.")
+    lines.append(note)
     return "\n".join(lines) + "\n"
 
 
