@@ -277,6 +277,28 @@ def test_contrasts_pair_items_and_match_seeds():
     assert p["delta"] == pytest.approx(-0.25) and p["per_seed"] == pytest.approx([0.0, -0.5]) and not p["clear"]
 
 
+def test_contrasts_pool_personalization_over_users_seed_by_seed():
+    cells = [Cell(u, f"psoups:{u}", m, s) for u in ("u", "v") for m in ("dpo", "bapo") for s in (0, 1)]
+    records = [SimpleNamespace(task=t, kind=k) for t, k in (("arc", "mc"), ("personal:u", "personal"),
+                                                            ("personal:v", "personal"))]
+    arc = {"arc": {"acc_norm": [1, 0]}}
+    scores = {"u__dpo__s0": {**arc, "personal:u": {"profile_score": [0.0, 0.0]}},
+              "u__bapo__s0": {**arc, "personal:u": {"profile_score": [1.0, 0.0]}},
+              "u__dpo__s1": {**arc, "personal:u": {"profile_score": [0.0, 1.0]}},
+              "u__bapo__s1": {**arc, "personal:u": {"profile_score": [1.0, 1.0]}},
+              "v__dpo__s0": {**arc, "personal:v": {"profile_score": [0.5]}},
+              "v__bapo__s0": {**arc, "personal:v": {"profile_score": [0.0]}},
+              "v__dpo__s1": {**arc, "personal:v": {"profile_score": [0.0]}},
+              "v__bapo__s1": {**arc, "personal:v": {"profile_score": [1.0]}}}
+    found = {(r["user"], r["measure"], r["metric"]): r for r in as_dicts(contrasts(cells, records, scores, "dpo"))}
+    pooled = found["pooled (2 users)", "personalization", "profile_score"]
+    # per item, seed matched: seed 0 [1, 0 | -0.5], seed 1 [1, 0 | 1]; averaged over seeds [1, 0, 0.25]
+    assert pooled["n"] == 3 and pooled["seeds"] == 2 and pooled["delta"] == pytest.approx(1.25 / 3)
+    assert pooled["per_seed"] == pytest.approx([0.5 / 3, 2 / 3])
+    assert found["psoups:u", "personalization", "profile_score"]["n"] == 2
+    assert ("pooled (2 users)", "knowledge", "acc_norm") not in found  # the users' adapters meet the same items
+
+
 def test_contrasts_against_the_base_model_and_on_raw_accuracy():
     cells = [Cell("u", "flip:1", "dpo", s) for s in (0, 1)]
     records = [SimpleNamespace(task=t, kind=k) for t, k in (("arc", "mc"), ("personal:u", "personal"),

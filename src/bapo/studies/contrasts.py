@@ -48,15 +48,17 @@ class Contrast:
 
 
 def contrasts(cells: list[Cell], records: list[Record], item_scores: dict, baseline: str) -> list[Contrast]:
-    """Each arm (a method, or ``method+strategy`` in a balance study) against ``baseline`` for the same user, directly: per item, the method's score minus the
-    baseline's, seed matched with seed (the same LoRA initialisation and data order), averaged over seeds.
+    """Each arm (a method, or ``method+strategy`` in a balance study) against ``baseline`` for the same user,
+    directly: per item, the method's score minus the baseline's, seed matched with seed (the same LoRA
+    initialisation and data order), averaged over seeds.
     ``baseline`` is another method, or ``"base"``: the base model, the same for every seed.
 
     ``delta`` is the mean of those per-item differences and ``stderr`` its standard error over items (the
     comparison is paired on items, so the items' own difficulty cancels); ``per_seed`` gives the difference seed by
     seed, so a reader sees whether the seeds agree. ``clear`` marks a difference whose 95% interval excludes 0 *and*
     whose sign every seed shares: with 3 seeds the spread between seeds cannot be estimated well, so this asks both.
-    Knowledge pools the ``mc`` tasks item by item, as the study table does.
+    Knowledge pools the ``mc`` tasks item by item, as the study table does. With several users, :func:`pooled`
+    adds the same contrast over all of them.
     """
     kinds = {r.task: r.kind for r in records}
     names = {(c.user, c.arm, c.seed): c.name for c in cells}
@@ -67,6 +69,7 @@ def contrasts(cells: list[Cell], records: list[Record], item_scores: dict, basel
                 and task in item_scores[other] and only in (None, task) for x in ms[metric]]
 
     out = []
+    found: dict[tuple, list[tuple[list[int], list[list[float]], list[list[float]]]]] = {}  # for the pooled rows
     for user in dict.fromkeys(c.user for c in cells):
         spec = next(c.spec for c in cells if c.user == user)
         for method in dict.fromkeys(c.arm for c in cells if c.user == user and c.arm != baseline):
@@ -83,6 +86,25 @@ def contrasts(cells: list[Cell], records: list[Record], item_scores: dict, basel
                     raise ConfigError(f"study: {method} and {baseline} were scored on different {measure} items")
                 if mine[0]:
                     out.append(_contrast(spec, method, baseline, measure, metric, mine, theirs))
+                    if measure == "personalization":  # each user's own held-out items: independent across users
+                        found.setdefault((method, measure, metric), []).append((seeds, mine, theirs))
+    return out + pooled(found, baseline)
+
+
+def pooled(found: dict[tuple, list[tuple[list[int], list[list[float]], list[list[float]]]]],
+           baseline: str) -> list[Contrast]:
+    """Each arm against ``baseline`` on personalization over every user that has the metric with the same seeds,
+    items pooled (each user's held-out items, seed matched, side by side): the study's overall answer, beside each
+    user's own. Retention measures are not pooled: every user's adapters meet the same items, so pooled rows would
+    not be independent."""
+    out = []
+    for (method, measure, metric), per_user in found.items():
+        seeds = per_user[0][0]
+        if len(per_user) < 2 or any(s != seeds for s, _, _ in per_user):
+            continue
+        mine = [[x for _, m, _ in per_user for x in m[i]] for i in range(len(seeds))]
+        theirs = [[x for _, _, t in per_user for x in t[i]] for i in range(len(seeds))]
+        out.append(_contrast(f"pooled ({len(per_user)} users)", method, baseline, measure, metric, mine, theirs))
     return out
 
 
