@@ -194,11 +194,14 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
                                                           "tradeoff_margin.png"}
     assert all(isinstance(r["personal_margin"], float) for r in rows)
     versus = summary["contrasts"]
+    arms = (("dpo", "base"), ("bapo", "base"), ("bapo", "dpo"), ("bapo", "dpo@0"), ("bapo", "dpo@0.5"))
+    personal = (("personalization", "reward_acc"), ("personalization", "margin"))
+    retention = (("knowledge", "acc_norm"), ("knowledge", "acc"), ("alignment", "acc_norm"), ("alignment", "acc"),
+                 ("drift", "logp_change_per_token"))
     assert {(c["user"], c["method"], c["baseline"], c["measure"], c["metric"]) for c in versus} == {
-        (u, m, b, measure, metric) for u in ("flip:0", "flip:1")
-        for m, b in (("dpo", "base"), ("bapo", "base"), ("bapo", "dpo"), ("bapo", "dpo@0"), ("bapo", "dpo@0.5"))
-        for measure, metric in (("personalization", "reward_acc"), ("personalization", "margin"),
-                                ("knowledge", "acc_norm"), ("knowledge", "acc"), ("alignment", "acc_norm"), ("alignment", "acc"), ("drift", "logp_change_per_token"))}
+        (u, m, b, measure, metric) for u in ("flip:0", "flip:1") for m, b in arms
+        for measure, metric in personal + retention} | {  # personalization, each user's items pooled
+        ("pooled (2 users)", m, b, measure, metric) for m, b in arms for measure, metric in personal}
     assert "bapo − dpo" in table and "dpo − base" in table and (out / "contrasts.csv").exists()
     drift = {(c["method"], c["baseline"]): c["delta"] for c in versus
              if c["user"] == "flip:1" and c["measure"] == "drift"}
