@@ -54,6 +54,17 @@ def test_labels_strategies_keep_at_most_the_budget(tmp_path, tiny_model, strateg
         assert sum(p["depth"] for p in report["prompts"]) == 9
 
 
+def test_bpo_grows_breadth_until_its_prompts_hold_the_budget(tmp_path, tiny_model):
+    """Two pairs per prompt, two breadth clusters: their two representatives hold 4 pairs, so more prompts nearest
+    the same centres join until 9 pairs can be chosen (as DSP's users, whose queries hold up to 4 pairs, need)."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", depth_pairs(10, 2))
+    result = balance(config(tmp_path, tiny_model, data, budget=9, strategy="bpo", breadth=2, depth=3))
+    rows = (result.out / "pairs.jsonl").read_text().splitlines()
+    report = json.loads((result.out / "report.json").read_text())
+    assert len(rows) == 9 and result.prompts >= 5
+    assert {p["breadth_cluster"] for p in report["prompts"] if "breadth_cluster" in p} == {0, 1}
+
+
 def test_generated_candidates_with_a_profile_judge_are_deterministic(tmp_path, tiny_model):
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Tell me about {w}."} for w in
                                                     ["cats", "dogs", "rain", "sun", "tea", "code"]])

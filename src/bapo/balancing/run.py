@@ -81,13 +81,12 @@ def examine(pools: Pools, order: list[int], need: int, ok: Callable[[Pool], bool
         start += len(chunk)
 
 
-def choose_bpo(cfg: BalanceConfig, pools: Pools, ref, breadth: int, depth: int,
-               console: Console) -> tuple[list[Pick], dict[int, int]]:
-    """Breadth by prompt-embedding clusters, then depth by pair-gradient clusters (see :mod:`bapo.balancing.select`)."""
-    with progress.bar("embedding prompts", len(pools.prompts)) as advance:
-        emb = prompt_embeddings(ref, pools.prompts, cfg.batch_size, advance)
-    clusters = representatives(emb, breadth, cfg.seed)
-    kept: dict[int, int] = {}  # prompt -> its breadth cluster
+def representative_prompts(pools: Pools, clusters: list[list[int]], budget: int) -> dict[int, int]:
+    """Prompt -> its breadth cluster: the member nearest each centre that yields a pair (the next nearest where its
+    candidates all tie). [GUESS] Where those prompts hold fewer than ``budget`` candidate pairs (labelled data with
+    few pairs per prompt), breadth grows: the next member nearest each centre, cluster by cluster, until they hold
+    ``budget`` (or the prompts run out), so that depth can still choose B pairs."""
+    kept: dict[int, int] = {}
     for rank in range(max(map(len, clusters))):
         lacking = [c for c in range(len(clusters)) if c not in kept.values() and rank < len(clusters[c])]
         for c, pool in zip(lacking, pools.get([clusters[c][rank] for c in lacking])):
@@ -95,6 +94,24 @@ def choose_bpo(cfg: BalanceConfig, pools: Pools, ref, breadth: int, depth: int,
                 kept[clusters[c][rank]] = c
         if len(kept) == len(clusters):
             break
+    held = sum(len(pools.built[i].pairs) for i in kept)
+    for rank in range(1, max(map(len, clusters))):
+        more = [(c, m[rank]) for c, m in enumerate(clusters) if rank < len(m) and m[rank] not in kept]
+        for (c, i), pool in zip(more, pools.get([i for _, i in more]) if held < budget else []):
+            if held < budget and pool.pairs:
+                kept[i], held = c, held + len(pool.pairs)
+        if held >= budget:
+            break
+    return kept
+
+
+def choose_bpo(cfg: BalanceConfig, pools: Pools, ref, breadth: int, depth: int,
+               console: Console) -> tuple[list[Pick], dict[int, int]]:
+    """Breadth by prompt-embedding clusters, then depth by pair-gradient clusters (see :mod:`bapo.balancing.select`)."""
+    with progress.bar("embedding prompts", len(pools.prompts)) as advance:
+        emb = prompt_embeddings(ref, pools.prompts, cfg.batch_size, advance)
+    clusters = representatives(emb, breadth, cfg.seed)
+    kept = representative_prompts(pools, clusters, cfg.budget)
     rows = [(i, j) for i in kept for j in range(len(pools.built[i].pairs))]
     enc = []
     for i, j in rows:
