@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every study docs/RESULTS.md still waits for, one after another on this 2-core machine (one at a time, both cores):
-# the calibration's settings (done: read back), the balance study (issue 15), the comparison's BAPO lambda arms and
+# the calibration's settings and the balance study (done 2026-12-03: read back), the comparison's BAPO lambda arms and
 # kl:0.1 (its first 12 adapters and DPO's frontier are scored), then the trend's seeds 1 and 2 (its seed 0 is done).
 # Each study resumes from its own cache,
 # and a finished one only reads its cache back and rewrites its tables, so after an interruption rerun:
