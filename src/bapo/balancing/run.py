@@ -96,12 +96,12 @@ def representative_prompts(pools: Pools, clusters: list[list[int]], budget: int)
             break
     held = sum(len(pools.built[i].pairs) for i in kept)
     for rank in range(1, max(map(len, clusters))):
-        more = [(c, m[rank]) for c, m in enumerate(clusters) if rank < len(m) and m[rank] not in kept]
-        for (c, i), pool in zip(more, pools.get([i for _, i in more]) if held < budget else []):
-            if held < budget and pool.pairs:
-                kept[i], held = c, held + len(pool.pairs)
         if held >= budget:
             break
+        more = [(c, m[rank]) for c, m in enumerate(clusters) if rank < len(m) and m[rank] not in kept]
+        for (c, i), pool in zip(more, pools.get([i for _, i in more])):
+            if held < budget and pool.pairs:
+                kept[i], held = c, held + len(pool.pairs)
     return kept
 
 
