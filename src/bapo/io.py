@@ -9,17 +9,33 @@ import glob
 import io
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 
 def _temporary(path: Path) -> tuple[int, str]:
-    """A new temporary file beside ``path``, after removing those a killed writer of ``path`` left behind."""
+    """A new temporary file beside ``path``, named after its writer (host and process id), after removing those a
+    killed writer of ``path`` on this host left behind. Only dead writers' files go: another process writing the same
+    path at this moment (two ranks, two workers) keeps its file, so both renames succeed and the last one wins."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    host = socket.gethostname()
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}-*.tmp"):
+        pid = stale.name[len(f".{path.name}.{host}-"):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{host}-{os.getpid()}.", suffix=".tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

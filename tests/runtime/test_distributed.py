@@ -11,3 +11,27 @@ def test_shutdown_destroys_the_process_group_and_is_a_no_op_without_one(tmp_path
     assert dist.is_initialized()
     distributed.shutdown()
     assert not dist.is_initialized()
+
+
+AGREE = """
+import json, os, sys
+from bapo.runtime import distributed
+seen = distributed.agreed(["rank", int(os.environ["RANK"])])  # each process would answer differently
+print(json.dumps({"rank": distributed.rank(), "seen": seen}), flush=True)
+distributed.shutdown()
+"""
+
+
+def test_every_process_takes_the_main_processes_answer(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    assert distributed.agreed({"one": 1}) == {"one": 1}  # one process: its own answer
+    (tmp_path / "agree.py").write_text(AGREE)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(tmp_path / "agree.py")], capture_output=True, text=True, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert sorted(x["rank"] for x in lines) == [0, 1] and all(x["seen"] == ["rank", 0] for x in lines)

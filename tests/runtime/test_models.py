@@ -87,3 +87,18 @@ def test_wrapping_with_lora_shows_no_library_deprecation_warning(tiny_model, tmp
         with applied(load_model(tiny_model), tmp_path / "adapter", 1.0, False):
             pass
     assert not [str(w.message) for w in seen if "is_gradient_checkpointing" in str(w.message)]
+
+
+@pytest.mark.slow
+def test_processes_starting_on_an_empty_cache_convert_the_embedded_model_once(tmp_path):
+    import subprocess
+    import sys
+
+    code = "from bapo.runtime.models import resolve_model; print(resolve_model('smollm2-135m-instruct'))"
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "BAPO_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for _ in range(3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e[-1500:] for _, e in outs]
+    assert sum(o.count("converting the embedded") for o, _ in outs) == 1  # one converted, the others waited
+    assert len({o.splitlines()[-1] for o, _ in outs}) == 1

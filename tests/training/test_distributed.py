@@ -4,6 +4,7 @@ the reference's work between them: each generates and scores a share, both get a
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -64,20 +65,29 @@ def test_two_processes_split_an_evaluation_and_report_the_single_process_scores(
     (tmp_path / "suite.yaml").write_text(f"tasks:\n  - {{name: sums, kind: mc, path: {mc}}}\n"
                                          f"  - {{name: drift, kind: drift, path: {prompts}, max_new_tokens: 6}}\n")
     ev = ["-m", "bapo.cli", "eval", "--model", tiny_model, "--suite", str(tmp_path / "suite.yaml"), "--device", "cpu",
-          "--max-length", "96", "--max-prompt-length", "48", "--adapters", *(str(tmp_path / n) for n in "abc")]
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    results = []
+          "--max-length", "96", "--max-prompt-length", "48", "--adapters", *(str(tmp_path / n) for n in "abc"),
+          "--lm-eval-tasks", "fake_task"]
+    # lm-evaluation-harness's stand-in (tests/fakes/lm_eval): returns results only where LOCAL_RANK is 0, as 0.4.13 does
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[1] / "fakes")}
+    results, harness = [], []
     for out, launcher in (("e1", [sys.executable]),
                           ("e2", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])):
+        log = tmp_path / f"lm_eval_{out}.jsonl"
         proc = subprocess.run([*launcher, *ev, "--out", str(tmp_path / out)], capture_output=True, text=True,
-                              timeout=600, env={**env, "BAPO_CACHE_DIR": str(tmp_path / f"cache_{out}")})
+                              timeout=600, env={**env, "BAPO_CACHE_DIR": str(tmp_path / f"cache_{out}"),
+                                                "FAKE_LM_EVAL_LOG": str(log)})
         assert proc.returncode == 0, proc.stderr[-3000:]
         results.append(json.loads((tmp_path / out / "results.json").read_text()))
+        harness.append([json.loads(x) for x in log.read_text().splitlines()])
     one, two = results
     assert (one["processes"], two["processes"]) == (1, 2)
     assert two["models_scored_by_rank"] == [2, 2]  # base, a, b, c: two models each
     assert [(r["model"], r["task"], r["metric"], r["value"], r["delta"]) for r in one["records"]] == \
         [(r["model"], r["task"], r["metric"], r["value"], r["delta"]) for r in two["records"]]
+    # the harness ran once per model (not once per process), two models in each process, and every model's result
+    # reached the table, those of the process of rank 1 included
+    assert len(harness[0]) == len(harness[1]) == 4 and sorted(h["rank"] for h in harness[1]) == ["0", "0", "1", "1"]
+    assert sorted(r["model"] for r in two["records"] if r["task"] == "lm_eval:fake_task") == ["a", "b", "base", "c"]
 
 
 def test_two_processes_train_every_users_adapter_as_one_process_does(tmp_path, tiny_model):

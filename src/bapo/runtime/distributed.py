@@ -51,6 +51,18 @@ def gather(obj: Any) -> list[Any]:
     return out
 
 
+def agreed(value: T) -> T:
+    """Rank 0's ``value``, in every process. For decisions read from shared files (which users, cells, pairs a rerun
+    still has to make): processes reading at slightly different moments could answer differently, do different
+    work, and then wait forever on each other's collectives."""
+    if world_size() == 1:
+        return value
+    _state()
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def shutdown() -> None:
     """Destroy the process group, if one was made, while the interpreter is still whole.
 

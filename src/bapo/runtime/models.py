@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from bapo.runtime.config import DEFAULT_MODEL, LoraSettings
 from bapo.errors import ModelError
@@ -77,8 +78,19 @@ def fingerprint(model_dir: str | Path) -> str:
 def _convert_embedded(name: str, cache_dir: str) -> Path:
     gguf = _embedded_gguf(name)
     target = cache_root(cache_dir) / "models" / f"{name}-{_file_digest(gguf)[:12]}"
-    if (target / "config.json").exists():
+    if (target / "config.json").exists():  # renamed into place whole: if it is there, it is complete
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Several processes starting on an empty cache (torchrun ranks, a study's workers) would each convert, and all but
+    # the first would fail to rename their copy onto the now non-empty target: one converts, the rest wait and load.
+    with FileLock(f"{target}.lock"):
+        if not (target / "config.json").exists():
+            _convert(gguf, target)
+    return target
+
+
+def _convert(gguf: Path, target: Path) -> None:
+    """The GGUF's weights, de-quantized, as a safetensors model directory at ``target`` (written beside it, renamed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"converting the embedded {gguf.name} to safetensors in {target} (once, about 20 s)", flush=True)
@@ -89,7 +101,6 @@ def _convert_embedded(name: str, cache_dir: str) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         model.save_pretrained(tmp)
@@ -98,7 +109,6 @@ def _convert_embedded(name: str, cache_dir: str) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
 
 
 def resolve_model(name: str, cache_dir: str = "") -> str:

@@ -1,7 +1,8 @@
 """A keyed on-disk cache of base responses, reference log-probs, per-item evaluation scores and prompt vectors.
 
 SQLite rather than a directory of files: every batch is one transaction, so a killed job leaves only whole entries
-and a rerun resumes at the first missing key; several processes (one per GPU under accelerate) can share it.
+(a reader sees an entry whole or not at all) and a rerun resumes at the first missing key; any number of processes
+(one per GPU under torchrun or accelerate, a study's scoring workers) can open and share it at once.
 """
 
 from __future__ import annotations
@@ -13,23 +14,35 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+from filelock import FileLock
 
 
 def make_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
 
 
+TABLES = ("generations (key TEXT PRIMARY KEY, responses TEXT NOT NULL)",
+          "logps (key TEXT PRIMARY KEY, logp REAL NOT NULL, n INTEGER NOT NULL)",
+          "evals (key TEXT PRIMARY KEY, scores TEXT NOT NULL)",
+          "vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+
+
 class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=120)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, responses TEXT NOT NULL)")
-        self.db.execute("CREATE TABLE IF NOT EXISTS logps (key TEXT PRIMARY KEY, logp REAL NOT NULL, n INTEGER NOT NULL)")
-        self.db.execute("CREATE TABLE IF NOT EXISTS evals (key TEXT PRIMARY KEY, scores TEXT NOT NULL)")
-        self.db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
-        self.db.commit()
+        # Opening is serialized by a lock file beside the database. Switching a new file to WAL needs an exclusive
+        # lock, and SQLite answers "database is locked" at once there, without waiting out its busy timeout, when
+        # another process holds the file (8 ranks opening a new cache together failed 1 time in 10). A lock file
+        # rather than "rank 0 first, then a barrier": it covers every way processes meet here (torchrun ranks,
+        # a study's workers, two unrelated jobs sharing ~/.cache/bapo) and needs no process group. After opening,
+        # WAL lets readers run beside the one writer, and writers wait their turn on the busy timeout.
+        with FileLock(f"{self.path}.lock"):
+            self.db = sqlite3.connect(self.path, timeout=120)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            with self.db:
+                for table in TABLES:
+                    self.db.execute(f"CREATE TABLE IF NOT EXISTS {table}")
 
     def _get(self, table: str, cols: str, keys: Iterable[str]) -> dict[str, tuple]:
         keys = list(dict.fromkeys(keys))

@@ -27,6 +27,7 @@ from bapo.errors import ConfigError
 from bapo.evaluation.config import EvalConfig
 from bapo.evaluation.runner import EvalResult, candidate_labels, evaluate, prepare, score_into_cache
 from bapo.io import as_dicts, atomic_write_text, csv_text, write_json, write_jsonl
+from bapo.runtime import distributed
 from bapo.runtime.models import load_reward_model
 from bapo.runtime.reference import LazyReference, open_reference
 from bapo.runtime.workers import run_jobs
@@ -67,10 +68,11 @@ def prepare_users(cfg: StudyConfig, out: Path, console: Console) -> dict[str, di
                                                      t.cache_dir, t.device, t.dtype))
     reward = load_reward_model(cfg.reward_model, cfg.train.device) if cfg.reward_model else None
     users: dict[str, dict] = {}
+    built = distributed.agreed([s for s in cfg.users if (out / "users" / f"{user_name(s)}.json").exists()])
     for spec in cfg.users:
         name = user_name(spec)
         meta_path = out / "users" / f"{name}.json"
-        if meta_path.exists():
+        if spec in built:
             users[name] = json.loads(meta_path.read_text())
             continue
         kind, _ = parse_spec(spec)
@@ -86,20 +88,22 @@ def prepare_users(cfg: StudyConfig, out: Path, console: Console) -> dict[str, di
         if len(user.pairs) < cfg.holdout_pairs + 4:
             raise ConfigError(f"users: {spec} has only {len(user.pairs)} pairs; lower holdout_pairs or pairs_per_user")
         train_pairs, held = split_holdout(user.pairs, cfg.holdout_pairs / len(user.pairs), 0)
-        if cfg.balance and kind == "psoups":
+        if cfg.balance and kind == "psoups" and distributed.is_main():
             write_jsonl(out / "users" / f"{name}.prompts.jsonl", pool_prompts(cfg, held))
         needs_base = cfg.judge == "base" or (cfg.judge == "auto" and reward is None and user.general_agree is None)
         judged = replace(user, pairs=sample(user.pairs, cfg.judge_pairs, random.Random("judge")),
                          general_agree=None if user.general_agree is None else
                          sample(user.general_agree, cfg.judge_pairs, random.Random("judge")))
         h = heterogeneity(judged, cfg.judge, reference() if needs_base else None, reward)
-        write_jsonl(out / "users" / f"{name}.train.jsonl", [p.to_record() for p in train_pairs])
-        write_jsonl(out / "users" / f"{name}.holdout.jsonl", [p.to_record() for p in held])
         users[name] = {"spec": spec, "source": user.source, "train_pairs": len(train_pairs),
                        "holdout_pairs": len(held), "heterogeneity": asdict(h)}
-        write_json(meta_path, users[name])
+        if distributed.is_main():  # every process built the same user (their reference work split between them)
+            write_jsonl(out / "users" / f"{name}.train.jsonl", [p.to_record() for p in train_pairs])
+            write_jsonl(out / "users" / f"{name}.holdout.jsonl", [p.to_record() for p in held])
+            write_json(meta_path, users[name])
         console.print(f"{spec}: {len(train_pairs)} training / {len(held)} held-out pairs; heterogeneity "
                       f"{h.value:.2f} ± {h.stderr:.2f} ({h.judge})")
+    distributed.barrier()  # the users' files written before any process reads them
     return users
 
 
@@ -116,7 +120,7 @@ def balanced_pairs(cfg: StudyConfig, cell: Cell, out: Path, console: Console) ->
     """The cell's training pairs, built by its balance strategy at the study's budget (cached: a finished
     ``pairs.jsonl`` is reused); the strategy's randomness follows the cell's seed."""
     target = balance_dir(out, cell)
-    if (target / "pairs.jsonl").exists():
+    if distributed.agreed((target / "pairs.jsonl").exists()):
         return target / "pairs.jsonl"
     psoups = cell.spec.startswith("psoups:")
     t = cfg.train
@@ -141,7 +145,7 @@ def train_cell(cfg: StudyConfig, cell: Cell, out: Path, console: Console) -> Non
 def evaluate_models(cfg: StudyConfig, ev: EvalConfig, console: Console) -> EvalResult:
     """``bapo eval`` of the study's models; with several workers, the models are first scored into the cache side by
     side (one job per model), then read back in this process."""
-    if cfg.workers > 1:
+    if cfg.workers > 1 and distributed.world_size() == 1:  # under torchrun the processes split the models already
         labels = candidate_labels(ev)
         prepare(ev, Console(quiet=True))  # what the reference prepares (drift answers, held-out log-probs), once
         run_jobs(score_into_cache, [(ev, [label]) for label in labels], cfg.workers, Path(cfg.out) / "logs",
@@ -182,8 +186,9 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
     users = prepare_users(cfg, out, console)
     # Cells train one after another in this process even with several workers: training is not bit-identical across
     # thread counts (a bapo cell's gradient norm differed in its 7th digit from the second step), scoring is.
+    todo = distributed.agreed([c.name for c in cells if not (cell_dir(out, c) / "run.json").exists()])
     for i, cell in enumerate(cells, 1):
-        if not (cell_dir(out, cell) / "run.json").exists():
+        if cell.name in todo:
             console.rule(f"cell {i}/{len(cells)}: {cell.spec}, {cell.arm}, seed {cell.seed}")
             train_cell(cfg, cell, out, console)
 
@@ -197,7 +202,8 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
         result.frontier = {s: study_rows(dpo, users, scaled.records, s) for s in frontier_scales(cfg)}
         result.contrasts += versus_scaled_dpo(cfg, cells, evaluation, scaled)
     result.seconds = round(time.time() - t0, 1)
-    write_outputs(cfg, result, users, n_eval, console)
+    if distributed.is_main():
+        write_outputs(cfg, result, users, n_eval, console)
     return result
 
 

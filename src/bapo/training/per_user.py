@@ -90,7 +90,7 @@ def train_per_user(cfg: TrainConfig) -> PerUserResult:
             problems += e.problems
     if problems:
         raise DataError(problems)
-    todo = [u for u in splits if not (out / u / "run.json").exists()]
+    todo = distributed.agreed([u for u in splits if not (out / u / "run.json").exists()])
     if todo:
         ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, cfg.dtype)
         every = [p for u in todo for p in splits[u][0]]  # all users' pairs: full batches for the reference

@@ -138,7 +138,9 @@ def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[PreferencePair], hel
     # The Trainer writes files in place: into a fresh folder beside OUT, then each renamed into OUT (a kill leaves
     # every file of OUT whole; run.json, written last, marks the run finished).
     staging = out / ".saving"
-    shutil.rmtree(staging, ignore_errors=True)
+    if distributed.is_main():
+        shutil.rmtree(staging, ignore_errors=True)
+    distributed.barrier()  # a slower process must not clear the folder the main one is already saving into
     trainer.save_model(str(staging))  # by the main process only
     if distributed.is_main():
         if cfg.finetune == "full":
