@@ -14,15 +14,19 @@ def test_shutdown_destroys_the_process_group_and_is_a_no_op_without_one(tmp_path
 
 
 AGREE = """
-import json, os, sys
+import json, os, sys, time
 from bapo.runtime import distributed
 seen = distributed.agreed(["rank", int(os.environ["RANK"])])  # each process would answer differently
-print(json.dumps({"rank": distributed.rank(), "seen": seen}), flush=True)
+if distributed.rank() == 1:
+    time.sleep(2)
+t0 = time.time()
+distributed.barrier()
+print(json.dumps({"rank": distributed.rank(), "seen": seen, "waited": time.time() - t0}), flush=True)
 distributed.shutdown()
 """
 
 
-def test_every_process_takes_the_main_processes_answer(tmp_path):
+def test_every_process_takes_the_main_processes_answer_and_waits_at_a_barrier(tmp_path):
     import json
     import subprocess
     import sys
@@ -35,3 +39,5 @@ def test_every_process_takes_the_main_processes_answer(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     assert sorted(x["rank"] for x in lines) == [0, 1] and all(x["seen"] == ["rank", 0] for x in lines)
+    # rank 0 waited for rank 1's late arrival (accelerate's own wait returned at once on CPUs: its state said one process)
+    assert next(x["waited"] for x in lines if x["rank"] == 0) > 1.5

@@ -36,9 +36,15 @@ def shard(items: Sequence[T]) -> list[T]:
 
 
 def barrier() -> None:
-    """Wait until every process gets here (nothing to wait for with one process)."""
+    """Wait until every process gets here (nothing to wait for with one process).
+
+    torch's own barrier, not accelerate's ``wait_for_everyone``: on CPUs under torchrun accelerate's state reports
+    one process (``DistributedType.NO``) and its wait returns at once, though it made the process group; two
+    processes then read the shared cache at different moments (one after the other had written) and split the
+    reference's work differently."""
     if world_size() > 1:
-        _state().wait_for_everyone()
+        _state()
+        torch.distributed.barrier()
 
 
 def gather(obj: Any) -> list[Any]:
