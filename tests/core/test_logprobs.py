@@ -12,7 +12,7 @@ from bapo.core.tokens import Encoded, encode_pairs
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model):
-    return load_model(tiny_model), load_tokenizer(tiny_model)
+    return load_model(tiny_model, "cpu", "float32"), load_tokenizer(tiny_model)
 
 
 def test_response_is_the_templated_assistant_turn(tiny):
@@ -70,7 +70,7 @@ def test_fast_path_gradients_match_plain_path(tiny_model):
     from bapo.runtime.config import LoraSettings
     from bapo.runtime.models import add_lora
 
-    model = add_lora(load_model(tiny_model), LoraSettings(r=4))
+    model = add_lora(load_model(tiny_model, "cpu", "float32"), LoraSettings(r=4))
     tok = load_tokenizer(tiny_model)
     r = renderer(tok, DataConfig())
     seqs = [r.encode([{"role": "user", "content": "Hi"}], a, "x", "c", []) for a in ("Yes", "No, never")]
@@ -93,7 +93,7 @@ def test_a_data_parallel_wrapper_gives_the_same_logps_and_gradients(tiny_model, 
     from bapo.runtime.config import LoraSettings
     from bapo.runtime.models import add_lora
 
-    model = add_lora(load_model(tiny_model), LoraSettings(r=4))
+    model = add_lora(load_model(tiny_model, "cpu", "float32"), LoraSettings(r=4))
     tok = load_tokenizer(tiny_model)
     r = renderer(tok, DataConfig())
     groups = [[r.encode([{"role": "user", "content": q}], a, "x", "c", []) for a in ("Yes", "No, never")]

@@ -186,22 +186,27 @@ def test_bullet_rule():
 
 
 def test_merged_adapter_scores_like_the_unmerged_one_and_leaves_the_base_exact(setup, tiny_model):
+    from bapo.runtime.models import load_model
+
+    _, adapters = setup
+    for dtype in ("float32", "bfloat16"):  # bfloat16 keeps the adapter's branch unmerged: the same numbers again
+        _merged_like_unmerged(load_model(tiny_model, "cpu", dtype), adapters[0])
+
+
+def _merged_like_unmerged(model, adapter) -> None:
     import torch
 
     from bapo.core.logprobs import score
     from bapo.core.tokens import Encoded
     from bapo.runtime.adapters import applied
-    from bapo.runtime.models import load_model
 
-    _, adapters = setup
-    model = load_model(tiny_model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     seqs = [Encoded((7, 8, 9), (10, 11, 12, 13)), Encoded((7, 8), (20, 21))]
     base_scores = score(model, seqs, 0)
     for scale in (1.0, 0.5):
-        with applied(model, adapters[0], scale, merge=False) as m:
+        with applied(model, adapter, scale, merge=False) as m:
             plain = score(m, seqs, 0)
-        with applied(model, adapters[0], scale, merge=True) as m:
+        with applied(model, adapter, scale, merge=True) as m:
             merged = score(m, seqs, 0)
         assert [n for _, n in merged] == [n for _, n in plain]
         assert [v for v, _ in merged] == pytest.approx([v for v, _ in plain], abs=1e-5)

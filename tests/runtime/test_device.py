@@ -12,19 +12,45 @@ from bapo.core.logprobs import additive_mask, pack_groups, packed_logps, score
 from bapo.core.tokens import Encoded
 from bapo.data.config import DataConfig
 from bapo.errors import ConfigError, ModelError
-from bapo.runtime.models import load_model, resolve_device, resolve_dtype
+from bapo.runtime.models import describe_dtype, dtype_name, load_model, resolve_device, resolve_dtype
 from bapo.training.config import TrainConfig
 from tests.helpers import make_pairs, write_jsonl
 
 
-def test_auto_is_cuda_with_bfloat16_where_available_else_cpu_with_float32():
+def test_auto_is_cuda_where_available_else_cpu_and_named_dtypes_are_honoured():
     dev = resolve_device("auto")
     assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="no CUDA device"):
             resolve_device("cuda:0")
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, torch.bfloat16), (False, True, torch.bfloat16),
+                                                        (False, False, torch.float32)])
+def test_auto_dtype_on_a_cpu_is_bfloat16_only_where_it_has_bfloat16_units(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert resolve_dtype("auto", torch.device("cpu")) == expected
+    assert describe_dtype("auto", torch.device("cpu")).startswith(f"{dtype_name(expected)} (auto: this CPU ")
+    assert describe_dtype("float32", torch.device("cpu")) == "float32"  # asked for: no reason given
+
+
+def test_auto_dtype_on_cuda_follows_the_devices_bfloat16_support(monkeypatch):
+    for supported, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda s=supported: s)
+        assert resolve_dtype("auto", torch.device("cuda")) == expected
+
+
+def test_this_machines_answer_matches_its_cpu_flags():
+    """The probe torch reads agrees with what the kernel reports (Linux only)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo on this platform")
+    flags = set(next(x for x in cpuinfo.read_text().splitlines() if x.startswith("flags")).split())
+    native = bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert (resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16) == native
 
 
 def test_bad_device_or_dtype_is_a_config_error(tmp_path):

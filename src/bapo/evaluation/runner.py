@@ -30,8 +30,8 @@ from bapo.evaluation.tasks import Scorer, Task, TaskSpec, load_suite, load_task,
 from bapo.io import as_dicts, atomic_write_text, csv_text, write_json
 from bapo.runtime import distributed
 from bapo.runtime.adapters import AdapterInfo, applied, check_same_model, read_adapter
-from bapo.runtime.models import (cache_root, load_reward_model, model_fingerprint, resolve_device, resolve_dtype,
-                                 resolve_model)
+from bapo.runtime.models import (cache_root, dtype_name, load_reward_model, model_fingerprint, resolve_device,
+                                 resolve_dtype, resolve_model)
 from bapo.runtime.reference import Reference, open_reference, weights_cache_id
 from bapo.runtime.store import Store, make_key
 
@@ -251,7 +251,8 @@ def write_results(cfg: EvalConfig, ref: Reference, result: EvalResult, console: 
     meta = {"model": cfg.model, "model_fingerprint": ref.fingerprint, "suite": cfg.suite,
             "adapters": cfg.adapters, "adapter_scales": cfg.adapter_scales, "machine": machine(),
             "seconds": result.seconds, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "processes": distributed.world_size(), "models_scored_by_rank": by_rank or [len(result.item_scores)]}
+            "processes": distributed.world_size(), "models_scored_by_rank": by_rank or [len(result.item_scores)],
+            "dtype": dtype_name(ref.model.dtype), "dtype_asked": cfg.dtype}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", {**meta, "records": as_dicts(result.records)})
     write_json(out / "item_scores.json", result.item_scores)  # for paired statistics elsewhere (the study)

@@ -98,6 +98,9 @@ def applied(model, adapter: str | Path | None, scale: float = 1.0, merge: bool =
     with peft_wrapping():
         peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
     layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
+    # In a 16-bit dtype the merged weight W + s*BA is rounded to 8 significant bits, which drops much of an update
+    # that is small against W (a lightly trained adapter's): the adapter's float32 branch is kept there instead.
+    merge = merge and all(m.get_base_layer().weight.dtype == torch.float32 for m in layers)
     saved = [m.get_base_layer().weight.detach().clone() for m in layers] if merge else []
     try:
         with rescale_adapter_scale(peft_model, scale):

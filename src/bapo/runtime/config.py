@@ -13,7 +13,8 @@ from bapo.errors import ConfigError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N."
-DTYPE_HELP = "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16."
+DTYPE_HELP = ("auto (bfloat16 where the device computes in it natively: CUDA with bf16, a CPU with AVX512-BF16 or AMX; "
+              "float32 elsewhere), float32, bfloat16 or float16.")
 
 
 def model_option(help: str = "Model: smollm2-135m-instruct (embedded), a local HF directory, or a hub id.") -> Any:

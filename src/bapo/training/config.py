@@ -41,6 +41,10 @@ class TrainConfig:
     logging_steps: int = option(1, "Log metrics every N optimizer steps.")
     resume: bool = option(False, "Continue from the newest checkpoint in OUT/checkpoints.")
     pack_prompts: bool = option(True, "Encode each prompt once for its chosen, rejected and base responses (4D mask).")
+    reference_logps: str = option("auto", "Where training reads the reference's log-probs: cached (computed once before "
+                                          "training) or in-batch (the model with its LoRA adapter disabled, on the "
+                                          "policy's own batch: one more forward pass per step, equal to the policy at "
+                                          "step 0 in any dtype); auto: in-batch in bfloat16 or float16, else cached.")
     per_user: bool = option(False, "One adapter per user in one process: per user_id of --data, or per file of a "
                                    "--data folder; OUT/<user_id>/ each and OUT/users.csv. Reruns resume.")
     skip_bad_users: bool = option(False, "With per_user: train the users whose data is valid and list the others "
@@ -70,6 +74,11 @@ class TrainConfig:
         if self.per_user and (self.finetune != "lora" or self.data.eval_path or self.data.user):
             raise ConfigError("per_user: trains one LoRA adapter per user, each held-out split its own (finetune "
                               "lora; no eval_path, no user)")
+        if self.reference_logps not in ("auto", "cached", "in-batch"):
+            raise ConfigError(f"reference_logps: '{self.reference_logps}' is not one of auto, cached, in-batch")
+        if self.reference_logps == "in-batch" and self.finetune != "lora":
+            raise ConfigError("reference_logps: in-batch needs finetune lora (the reference is the model with the "
+                              "adapter disabled)")
         if self.finetune not in ("lora", "full"):
             raise ConfigError(f"finetune: '{self.finetune}' is not one of lora, full")
         if self.loss.needs_token_kl and not self.pack_prompts:

@@ -26,7 +26,7 @@ from bapo.errors import ConfigError
 from bapo.io import atomic_write_text, move_files_into, write_json, write_jsonl
 from bapo.options import dump_yaml
 from bapo.runtime import distributed
-from bapo.runtime.models import add_lora, load_tokenizer, resolve_device, resolve_dtype, resolve_model
+from bapo.runtime.models import add_lora, dtype_name, load_tokenizer, resolve_device, resolve_dtype, resolve_model
 from bapo.runtime.reference import Example, Reference, build_examples, load_reference
 from bapo.training.config import TrainConfig
 from bapo.training.trainer import BarWithMetrics, MetricsFile, PairCollator, PreferenceTrainer
@@ -78,8 +78,23 @@ def _mixed_precision(cfg: TrainConfig) -> dict[str, bool]:
     model in that dtype (peft keeps the adapter in float32), so it needs no autocast."""
     if cfg.finetune != "full":
         return {}
-    dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    dtype = compute_dtype(cfg)
     return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
+
+
+def reference_in_batch(cfg: TrainConfig) -> bool:
+    """Whether training takes the reference's log-probs from its own batch (``reference_logps``; see
+    :func:`bapo.training.trainer.batch_pair_logps`): ``auto`` does where the model computes in a 16-bit dtype with
+    LoRA, since cached float numbers from other batch shapes differ from the policy's by rounding there; in float32
+    they agree to ~1e-6 nats and the cache saves a forward pass per step."""
+    if cfg.reference_logps != "auto":
+        return cfg.reference_logps == "in-batch"
+    return cfg.finetune == "lora" and compute_dtype(cfg) != torch.float32
+
+
+def compute_dtype(cfg: TrainConfig) -> torch.dtype:
+    """The dtype training computes in (full fine-tuning: float32 weights autocast to it)."""
+    return resolve_dtype(cfg.dtype, resolve_device(cfg.device))
 
 
 def load_splits(cfg: TrainConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
@@ -129,7 +144,7 @@ def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[PreferencePair], hel
     resume_step = int(Path(last).name.split("-")[-1]) if last else 0
     trainer = PreferenceTrainer(model=model, args=training_arguments(cfg, ckpt_dir), train_dataset=examples,
                                 data_collator=PairCollator(ref.pad_id, with_base, cfg.pack_prompts),
-                                loss_config=cfg.loss, callbacks=[MetricsFile(out / "metrics.jsonl", resume_step)])
+                                loss_config=cfg.loss, ref_in_batch=reference_in_batch(cfg), callbacks=[MetricsFile(out / "metrics.jsonl", resume_step)])
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(BarWithMetrics())
     trainer.train(resume_from_checkpoint=last)
@@ -158,6 +173,8 @@ def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[PreferencePair], hel
         "peak_rss_mb": peak_rss_mb(), "train_pairs": result.train_examples,
         "holdout_pairs": result.holdout_examples, "steps": result.steps, "seconds": round(result.seconds, 1),
         "processes": distributed.world_size(), "reference_work_by_rank": computed,
+        "dtype": dtype_name(compute_dtype(cfg)), "dtype_asked": cfg.dtype,
+        "reference_logps": "in-batch" if reference_in_batch(cfg) else "cached",
     })
     return result
 

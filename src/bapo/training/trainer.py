@@ -48,32 +48,53 @@ class PairCollator:
         return batch
 
 
-def batch_pair_logps(model, batch: dict[str, torch.Tensor], with_token_kl: bool = False) -> PairLogps:
+def batch_pair_logps(model, batch: dict[str, torch.Tensor], with_token_kl: bool = False,
+                     ref_in_batch: bool = False) -> PairLogps:
     """Run the policy over a collated batch and split its per-sequence log-probs into a :class:`PairLogps`.
 
+    ``ref_in_batch`` takes the reference's log-probs of chosen, rejected and base responses from the same batch: the
+    model with its LoRA adapter disabled, run once more without gradients. In bfloat16 the cached reference log-probs
+    (computed before training, in other batch shapes) differ from the policy's by rounding: at step 0, where the
+    policy is the reference, BAPO's hinge already fired on SmolLM2-135M (0.18 nats on average) and pushed on noise.
+    The same batch through the same kernels gives the same numbers: the anchor is exactly zero at step 0.
+
     ``with_token_kl`` (method ``kl``; packed batches only) also fills ``base_kl``: the KL of the reference's
-    next-token distributions from the policy's, summed over each base response. The reference is the same model
-    with its LoRA adapter disabled, run once more without gradients and with the output head only at base-response
-    positions: one extra forward pass per step, no second model in memory.
+    next-token distributions from the policy's, summed over each base response, from that same adapter-disabled pass
+    (with the output head at base-response positions only, unless ``ref_in_batch`` needs every position). Either
+    way: one extra forward pass per step, no second model in memory.
     """
     b = batch["ref_chosen"].shape[0]
-    base_kl = None
-    if with_token_kl:
-        logits = packed_logits(model, batch)
-        sums, lens = logps_of(logits, batch)
-        at_base = batch["seq"] >= 2 * b
-        with torch.no_grad(), getattr(model, "module", model).disable_adapter():
-            ref_logits = packed_logits(model, batch, select=at_base)
-        kl = token_kl(torch.log_softmax(ref_logits, -1), torch.log_softmax(logits[at_base], -1))
-        base_kl = per_sequence(kl, batch, select=at_base)
+    packed = "seq" in batch
+    base_kl = ref_sums = None
+    if with_token_kl or ref_in_batch:
+        if packed:
+            logits = packed_logits(model, batch)
+            sums, lens = logps_of(logits, batch)
+            at_base = batch["seq"] >= 2 * b
+            with torch.no_grad(), getattr(model, "module", model).disable_adapter():
+                ref_logits = packed_logits(model, batch, select=None if ref_in_batch else at_base)
+            if ref_in_batch:
+                ref_sums = logps_of(ref_logits, batch)[0]
+                ref_logits = ref_logits[at_base]
+            if with_token_kl:
+                kl = token_kl(torch.log_softmax(ref_logits, -1), torch.log_softmax(logits[at_base], -1))
+                base_kl = per_sequence(kl, batch, select=at_base)
+        else:
+            sums, lens = sequence_logps(model, batch)
+            with torch.no_grad(), getattr(model, "module", model).disable_adapter():
+                ref_sums = sequence_logps(model, batch)[0]
     else:
-        sums, lens = packed_logps(model, batch) if "seq" in batch else sequence_logps(model, batch)
+        sums, lens = packed_logps(model, batch) if packed else sequence_logps(model, batch)
     lens = lens.to(sums.dtype)
-    p = PairLogps(sums[:b], sums[b : 2 * b], batch["ref_chosen"], batch["ref_rejected"], lens[:b], lens[b : 2 * b])
+    ref_chosen, ref_rejected = ((batch["ref_chosen"], batch["ref_rejected"]) if ref_sums is None else
+                                (ref_sums[:b], ref_sums[b : 2 * b]))
+    p = PairLogps(sums[:b], sums[b : 2 * b], ref_chosen, ref_rejected, lens[:b], lens[b : 2 * b])
     if "ref_base" in batch:
         k = batch["ref_base"].shape[1]
         # base sequences come response-major (all first base responses, then all second...): (K, B) -> (B, K)
         p.base, p.ref_base = sums[2 * b :].view(k, b).T, batch["ref_base"]
+        if ref_sums is not None:
+            p.ref_base = ref_sums[2 * b :].view(k, b).T
         p.base_len = lens[2 * b :].view(k, b).T
         if base_kl is not None:
             p.base_kl = base_kl[2 * b :].view(k, b).T
@@ -83,14 +104,15 @@ def batch_pair_logps(model, batch: dict[str, torch.Tensor], with_token_kl: bool 
 class PreferenceTrainer(Trainer):
     """The transformers Trainer with bapo's loss; metrics are averaged over the steps between two logs."""
 
-    def __init__(self, *args, loss_config: LossConfig, **kwargs):
+    def __init__(self, *args, loss_config: LossConfig, ref_in_batch: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_config = loss_config
+        self.ref_in_batch = ref_in_batch
         self.model_accepts_loss_kwargs = False  # the Trainer then scales our loss for gradient accumulation
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logps = batch_pair_logps(model, inputs, self.loss_config.needs_token_kl)
+        logps = batch_pair_logps(model, inputs, self.loss_config.needs_token_kl, self.ref_in_batch)
         loss, metrics = preference_loss(logps, self.loss_config)
         for k, v in metrics.items():
             self._metrics[k].append(self.accelerator.gather_for_metrics(v.reshape(1)).mean().item())
