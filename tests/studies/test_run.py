@@ -597,3 +597,17 @@ def test_a_study_under_torchrun_gives_the_table_of_one_process(study_cfg, tmp_pa
         [(c["method"], c["baseline"], c["measure"], c["metric"]) for c in two["contrasts"]]
     assert sorted(p.name for p in (tmp_path / "two" / "users").iterdir()) == \
         sorted(p.name for p in (tmp_path / "one" / "users").iterdir())
+
+
+def test_some_arms_may_have_more_seeds_than_the_rest(study_cfg):
+    from bapo.errors import ConfigError
+
+    study_cfg.users, study_cfg.methods, study_cfg.seeds = ["flip:0.5"], ["dpo", "bapo", "bapo:0.1"], 2
+    study_cfg.more_seeds = ["dpo=4", "bapo=3"]
+    study_cfg.validate()
+    assert [(c.method, c.seed) for c in plan(study_cfg)] == [("dpo", 0), ("dpo", 1), ("dpo", 2), ("dpo", 3),
+                                                              ("bapo", 0), ("bapo", 1), ("bapo", 2),
+                                                              ("bapo:0.1", 0), ("bapo:0.1", 1)]
+    for bad in (["kl=5"], ["dpo=x"], ["dpo=1"], ["dpo"]):
+        with pytest.raises(ConfigError, match="more_seeds: "):
+            replace(study_cfg, more_seeds=bad).validate()

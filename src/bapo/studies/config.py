@@ -55,6 +55,9 @@ class StudyConfig:
                                                  "base-response method may carry its own lambda, METHOD:LAMBDA "
                                                  "(bapo:0.1): one arm per lambda.")
     seeds: int = option(1, "Seeds per (user, method): LoRA initialisation and data order.")
+    more_seeds: list[str] = option([], "Arms with more seeds than --seeds, as ARM=N (dpo=5, bapo=5): the arms a "
+                                       "decisive contrast rests on; seeds 0 to N-1, the first --seeds shared with the "
+                                       "rest of the study.")
     out: str = option("study", "Output directory.")
     pairs_per_user: int = option(64, "Training pairs per user (a seeded sample; 0 = all).")
     holdout_pairs: int = option(32, "Held-out pairs per user, on prompts never trained on (personalization).")
@@ -102,6 +105,10 @@ class StudyConfig:
                 out[m] = self.train.loss.anchor_lambda if weight is None else weight
         return out
 
+    def seeds_of(self, method: str) -> int:
+        """How many seeds arm ``method`` has (``more_seeds``, else ``seeds``)."""
+        return max([self.seeds] + [int(n) for arm, n in (x.rsplit("=", 1) for x in self.more_seeds) if arm == method])
+
     def validate(self) -> None:
         if not self.users:
             raise ConfigError("users: name at least one user")
@@ -117,6 +124,11 @@ class StudyConfig:
             raise ConfigError("methods: a method is named twice")
         if self.seeds < 1:
             raise ConfigError("seeds: at least 1")
+        for x in self.more_seeds:
+            arm, _, n = x.rpartition("=")
+            if arm not in self.methods or not n.isdigit() or int(n) < self.seeds:
+                raise ConfigError(f"more_seeds: '{x}': use ARM=N with ARM one of the study's methods "
+                                  f"({', '.join(self.methods)}) and N at least seeds ({self.seeds})")
         for b in self.baselines:
             if b not in self.methods:
                 raise ConfigError(f"baselines: '{b}' is not one of the study's methods ({', '.join(self.methods)})")

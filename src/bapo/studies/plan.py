@@ -46,7 +46,7 @@ class Cell:
 
 def plan(cfg: StudyConfig) -> list[Cell]:
     return [Cell(user_name(u), u, m, s, b) for u in cfg.users for m in cfg.methods for b in cfg.balance or [""]
-            for s in range(cfg.seeds)]
+            for s in range(cfg.seeds_of(m))]
 
 
 def study_suite(cfg: StudyConfig, path: Path) -> Path:
@@ -127,7 +127,8 @@ def print_plan(cfg: StudyConfig, cells: list[Cell], n_eval: int, console: Consol
     for col in ("user", "methods", *(["balance"] if cfg.balance else []), "seeds"):
         t.add_column(col)
     for u in cfg.users:
-        t.add_row(u, ", ".join(cfg.methods), *([", ".join(cfg.balance)] if cfg.balance else []), str(cfg.seeds))
+        seeds = ", ".join(f"{m} {cfg.seeds_of(m)}" for m in cfg.methods) if cfg.more_seeds else str(cfg.seeds)
+        t.add_row(u, ", ".join(cfg.methods), *([", ".join(cfg.balance)] if cfg.balance else []), seeds)
     console.print(t)
     tc = cfg.train
     pairs = cfg.pair_budget if cfg.balance else cfg.pairs_per_user
