@@ -16,6 +16,18 @@ from bapo.training.trainer import PairCollator, batch_pair_logps
 from bapo.core.losses import preference_loss
 
 
+def moved_lora(tiny_model: str, seed: int):
+    """The tiny model (float32) with a LoRA adapter moved off zero: the policy differs from the reference, so every
+    term of a loss is live."""
+    torch.manual_seed(seed)
+    model = add_lora(load_model(tiny_model, "cpu", "float32"), LoraSettings(r=4))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    return model
+
+
 def plain_logp(model, seq) -> float:
     ids = torch.tensor([seq.ids])
     logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
@@ -38,12 +50,7 @@ def plain_loss(model, examples, beta, lam):
 def test_batched_step_equals_the_straightforward_loss(tiny_model, method, pack, k):
     tok = load_tokenizer(tiny_model)
     r = renderer(tok, DataConfig())
-    torch.manual_seed(0)
-    model = add_lora(load_model(tiny_model, "cpu", "float32"), LoraSettings(r=4))
-    with torch.no_grad():  # move off the reference so every term is live
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
+    model = moved_lora(tiny_model, seed=0)
 
     def enc(q, a):
         return r.encode([{"role": "user", "content": q}], a, "x", "c", [])
@@ -77,12 +84,7 @@ def plain_kl(model, seq) -> float:
 def test_token_kl_of_base_responses_equals_the_straightforward_one(tiny_model, k):
     tok = load_tokenizer(tiny_model)
     r = renderer(tok, DataConfig())
-    torch.manual_seed(1)
-    model = add_lora(load_model(tiny_model, "cpu", "float32"), LoraSettings(r=4))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
+    model = moved_lora(tiny_model, seed=1)
 
     def enc(q, a):
         return r.encode([{"role": "user", "content": q}], a, "x", "c", [])
@@ -111,12 +113,7 @@ def _examples(r, k: int, n: int = 4) -> list[Example]:
 @pytest.mark.parametrize("pack,method", [(True, "bapo"), (False, "bapo"), (True, "kl")])
 def test_reference_in_batch_is_the_model_without_its_adapter_on_the_same_batch(tiny_model, pack, method):
     tok = load_tokenizer(tiny_model)
-    torch.manual_seed(2)
-    model = add_lora(load_model(tiny_model, "cpu", "float32"), LoraSettings(r=4))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
+    model = moved_lora(tiny_model, seed=2)
     examples = _examples(renderer(tok, DataConfig()), 2)
     batch = PairCollator(tok.pad_token_id, with_base=True, pack=pack)(examples)
     cached = batch_pair_logps(model, batch, with_token_kl=method == "kl")
