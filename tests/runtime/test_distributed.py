@@ -21,7 +21,9 @@ if distributed.rank() == 1:
     time.sleep(2)
 t0 = time.time()
 distributed.barrier()
-print(json.dumps({"rank": distributed.rank(), "seen": seen, "waited": time.time() - t0}), flush=True)
+# a file per process: two processes printing to one stdout can interleave their lines
+with open(f"{sys.argv[1]}/rank{distributed.rank()}.json", "w") as f:
+    json.dump({"rank": distributed.rank(), "seen": seen, "waited": time.time() - t0}, f)
 distributed.shutdown()
 """
 
@@ -34,10 +36,10 @@ def test_every_process_takes_the_main_processes_answer_and_waits_at_a_barrier(tm
     assert distributed.agreed({"one": 1}) == {"one": 1}  # one process: its own answer
     (tmp_path / "agree.py").write_text(AGREE)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(tmp_path / "agree.py")], capture_output=True, text=True, timeout=300,
+                           str(tmp_path / "agree.py"), str(tmp_path)], capture_output=True, text=True, timeout=300,
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    lines = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert sorted(x["rank"] for x in lines) == [0, 1] and all(x["seen"] == ["rank", 0] for x in lines)
     # rank 0 waited for rank 1's late arrival (accelerate's own wait returned at once on CPUs: its state said one process)
     assert next(x["waited"] for x in lines if x["rank"] == 0) > 1.5
