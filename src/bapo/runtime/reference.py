@@ -20,14 +20,14 @@ from bapo.core.tokens import Encoded, Renderer
 from bapo.runtime import distributed
 from bapo.runtime.config import BaseResponseConfig
 from bapo.runtime.generate import generate_batch, stop_ids
-from bapo.runtime.models import cache_root, load_model, load_tokenizer, model_fingerprint, resolve_model
+from bapo.runtime.models import cache_root, dtype_name, load_model, load_tokenizer, model_fingerprint, resolve_model
 from bapo.runtime.store import Store, make_key
 
 
 def weights_cache_id(fingerprint: str, dtype: torch.dtype) -> str:
     """What cache keys start with: the weights' fingerprint, plus the dtype when it is not float32 (bfloat16 numbers
     and greedy answers differ from float32 ones, so they must never be mixed in one cache)."""
-    return fingerprint if dtype == torch.float32 else f"{fingerprint}-{str(dtype).removeprefix('torch.')}"
+    return fingerprint if dtype == torch.float32 else f"{fingerprint}-{dtype_name(dtype)}"
 
 
 @dataclass
