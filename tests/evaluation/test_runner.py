@@ -216,6 +216,26 @@ def _merged_like_unmerged(model, adapter) -> None:
     assert score(model, seqs, 0) == base_scores
 
 
+def test_in_bfloat16_an_adapter_computes_in_bfloat16_and_scores_as_in_float32(setup, tiny_model):
+    """Over a bfloat16 model the adapter's weights are loaded in bfloat16 (no float32 branch casting every layer's
+    input up and back), and scores match float32's to bfloat16's rounding."""
+    import torch
+
+    from bapo.core.logprobs import score
+    from bapo.core.tokens import Encoded
+    from bapo.runtime.adapters import applied
+    from bapo.runtime.models import load_model
+
+    _, adapters = setup
+    seqs = [Encoded((7, 8, 9), (10, 11, 12, 13)), Encoded((7, 8), (20, 21))]
+    scores = {}
+    for dtype in ("float32", "bfloat16"):
+        with applied(load_model(tiny_model, "cpu", dtype), adapters[0], 0.5) as m:
+            assert {p.dtype for n, p in m.named_parameters() if "lora_" in n} == {getattr(torch, dtype)}
+            scores[dtype] = [v for v, _ in score(m, seqs, 0)]
+    assert scores["bfloat16"] == pytest.approx(scores["float32"], rel=0.02)
+
+
 def test_generated_answers_are_written_beside_their_prompts_and_scores(setup, tiny_model, tmp_path, monkeypatch):
     from bapo.evaluation import metrics
 

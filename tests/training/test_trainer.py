@@ -12,7 +12,7 @@ from bapo.data.config import DataConfig, renderer
 from bapo.runtime.config import LoraSettings
 from bapo.core.losses import LossConfig
 from bapo.runtime.models import add_lora, load_model, load_tokenizer
-from bapo.training.trainer import PairCollator, batch_pair_logps
+from bapo.training.trainer import PairCollator, batch_pair_logps, lora_autocast
 from bapo.core.losses import preference_loss
 
 
@@ -136,9 +136,63 @@ def test_at_step_zero_the_in_batch_reference_gives_an_anchor_of_exactly_zero(tin
     model = add_lora(load_model(tiny_model, "cpu", dtype), LoraSettings(r=4))
     model.train()
     batch = PairCollator(tok.pad_token_id, with_base=True)(_examples(renderer(tok, DataConfig()), 1))
-    _, metrics = preference_loss(batch_pair_logps(model, batch, ref_in_batch=True), LossConfig(method="bapo"))
+    with lora_autocast(model, torch.bfloat16 if dtype == "bfloat16" else None):  # as training runs it
+        logps = batch_pair_logps(model, batch, ref_in_batch=True)
+    _, metrics = preference_loss(logps, LossConfig(method="bapo"))
     assert metrics["anchor/gap"].item() == 0.0 and metrics["loss/anchor"].item() == 0.0
     assert metrics["rewards/margins"].item() == 0.0
+
+
+def test_lora_autocast_computes_the_branch_in_bfloat16_with_float32_weights_and_gradients(tiny_model):
+    """Mixed precision for LoRA over a bfloat16 model: the same log-probs as peft's float32 branch up to bfloat16
+    rounding, float32 gradients pointing the same way, and no input cast left behind afterwards."""
+    tok = load_tokenizer(tiny_model)
+    torch.manual_seed(3)
+    model = add_lora(load_model(tiny_model, "cpu", "bfloat16"), LoraSettings(r=4))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    batch = PairCollator(tok.pad_token_id, with_base=True)(_examples(renderer(tok, DataConfig()), 2))
+    loras = [p for n, p in model.named_parameters() if "lora_" in n]
+
+    seen = []
+    lora_a = next(m for n, m in model.named_modules() if n.endswith("lora_A.default"))
+    lora_a.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+
+    def run(dtype):
+        model.zero_grad()
+        seen.clear()
+        with lora_autocast(model, dtype):
+            p = batch_pair_logps(model, batch)
+        assert set(seen) == {dtype or torch.float32}  # where the branch computed
+        loss, _ = preference_loss(p, LossConfig(method="bapo"))
+        loss.backward()
+        return torch.cat([p.chosen, p.rejected, p.base.flatten()]).detach(), torch.cat([q.grad.flatten() for q in loras])
+
+    want, want_grad = run(None)  # peft's float32 branch
+    got, grad = run(torch.bfloat16)
+    assert all(q.dtype == torch.float32 and q.grad.dtype == torch.float32 for q in loras)
+    assert (got - want).abs().max().item() <= 0.02 * want.abs().max().item()
+    assert torch.nn.functional.cosine_similarity(grad, want_grad, dim=0).item() > 0.99
+    assert all(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
+
+
+def test_auto_takes_the_reference_in_batch_for_the_anchor_in_16_bit_only():
+    from bapo.training.config import TrainConfig
+    from bapo.training.run import lora_autocast_dtype, reference_in_batch
+
+    def cfg(method, dtype, finetune="lora"):
+        c = TrainConfig(dtype=dtype, device="cpu", finetune=finetune)
+        c.loss.method = method
+        return c
+
+    assert reference_in_batch(cfg("bapo", "bfloat16")) and reference_in_batch(cfg("bapo", "float16"))
+    assert not reference_in_batch(cfg("bapo", "float32"))
+    assert not any(reference_in_batch(cfg(m, "bfloat16")) for m in ("dpo", "kl", "replay", "ipo"))
+    assert lora_autocast_dtype(cfg("dpo", "bfloat16")) == torch.bfloat16
+    assert lora_autocast_dtype(cfg("dpo", "float16")) is None and lora_autocast_dtype(cfg("dpo", "float32")) is None
+    assert lora_autocast_dtype(cfg("dpo", "bfloat16", "full")) is None
 
 
 @pytest.mark.slow

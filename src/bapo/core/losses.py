@@ -60,6 +60,12 @@ class LossConfig:
         return self.method in BASE_TERMS and self.anchor_lambda > 0
 
     @property
+    def reads_reference_base(self) -> bool:
+        """Whether the loss compares the policy's log-likelihood of base responses with the reference's (BAPO's anchor,
+        a non-smooth function of the reference's number, so rounding noise in it pushes rather than averages out)."""
+        return self.method == "bapo" and self.anchor_lambda > 0
+
+    @property
     def needs_token_kl(self) -> bool:
         """Whether the loss needs the reference's whole next-token distribution on the base responses."""
         return self.method == "kl" and self.anchor_lambda > 0

@@ -10,9 +10,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
+from bapo.core.logprobs import model_dtype
 from bapo.runtime.models import peft_wrapping
 from bapo.serve.config import ADAPTER_NAME
 
@@ -85,12 +87,16 @@ class AdapterPool:
         if held is not None:  # the folder was retrained or replaced: load it afresh
             self._drop(key)
         self._make_room(keep | {key})
+        # In a 16-bit model the adapters compute in its dtype, as in bapo.runtime.adapters.applied: peft's float32
+        # branch would cast every layer's input up and back for every generated token.
+        upcast = model_dtype(self.base) == torch.float32
         try:
             if self.model is None:
                 with peft_wrapping():
-                    self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=key).eval()
+                    self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=key,
+                                                           autocast_adapter_dtype=upcast).eval()
             else:
-                self.model.load_adapter(str(path), adapter_name=key)
+                self.model.load_adapter(str(path), adapter_name=key, autocast_adapter_dtype=upcast)
         except Exception as e:  # peft and safetensors raise many types for a damaged adapter
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise AdapterLoadError(f"adapter '{name}' could not be loaded: {first}") from None

@@ -44,7 +44,8 @@ class TrainConfig:
     reference_logps: str = option("auto", "Where training reads the reference's log-probs: cached (computed once before "
                                           "training) or in-batch (the model with its LoRA adapter disabled, on the "
                                           "policy's own batch: one more forward pass per step, equal to the policy at "
-                                          "step 0 in any dtype); auto: in-batch in bfloat16 or float16, else cached.")
+                                          "step 0 in any dtype); auto: in-batch for BAPO's anchor with LoRA in bfloat16 or "
+                                          "float16, else cached.")
     per_user: bool = option(False, "One adapter per user in one process: per user_id of --data, or per file of a "
                                    "--data folder; OUT/<user_id>/ each and OUT/users.csv. Reruns resume.")
     skip_bad_users: bool = option(False, "With per_user: train the users whose data is valid and list the others "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -101,18 +102,46 @@ def batch_pair_logps(model, batch: dict[str, torch.Tensor], with_token_kl: bool 
     return p
 
 
-class PreferenceTrainer(Trainer):
-    """The transformers Trainer with bapo's loss; metrics are averaged over the steps between two logs."""
+@contextmanager
+def lora_autocast(model, dtype: torch.dtype | None):
+    """LoRA's branch computed in ``dtype`` (bfloat16) over a base model already in it, its weights staying float32.
 
-    def __init__(self, *args, loss_config: LossConfig, ref_in_batch: bool = False, **kwargs):
+    peft casts each LoRA layer's input up to its float32 weights and the sum back down: four full-size copies and
+    float32 matmuls per linear layer, forward and backward; on SmolLM2-135M in bfloat16 they took 30% of a training
+    step (2026-12-05). Autocast runs the branch in bfloat16 instead (weights cast per call, r x d: small), with
+    float32 master weights, gradients and AdamW state: the usual mixed precision. A zero-initialised adapter still
+    adds exactly zero, so the in-batch reference's numbers are unchanged. ``dtype`` None: nothing changes.
+    """
+    if dtype is None:
+        yield
+        return
+    from peft.helpers import disable_input_dtype_casting
+
+    device = next(model.parameters()).device.type
+    with ExitStack() as stack:
+        stack.enter_context(disable_input_dtype_casting(model))
+        stack.enter_context(torch.autocast(device, dtype=dtype))
+        yield
+
+
+class PreferenceTrainer(Trainer):
+    """The transformers Trainer with bapo's loss; metrics are averaged over the steps between two logs.
+
+    ``autocast_dtype`` (bfloat16 for LoRA over a bfloat16 model) computes the LoRA branch in it: :func:`lora_autocast`.
+    """
+
+    def __init__(self, *args, loss_config: LossConfig, ref_in_batch: bool = False,
+                 autocast_dtype: torch.dtype | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_config = loss_config
         self.ref_in_batch = ref_in_batch
+        self.autocast_dtype = autocast_dtype
         self.model_accepts_loss_kwargs = False  # the Trainer then scales our loss for gradient accumulation
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logps = batch_pair_logps(model, inputs, self.loss_config.needs_token_kl, self.ref_in_batch)
+        with lora_autocast(model, self.autocast_dtype):
+            logps = batch_pair_logps(model, inputs, self.loss_config.needs_token_kl, self.ref_in_batch)
         loss, metrics = preference_loss(logps, self.loss_config)
         for k, v in metrics.items():
             self._metrics[k].append(self.accelerator.gather_for_metrics(v.reshape(1)).mean().item())
