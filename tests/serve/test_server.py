@@ -108,6 +108,25 @@ def test_adapter_scale_dials_the_user_down_to_the_base_model(server, tiny_model)
     assert half.choices[0].message.content == offline(tiny_model, root / "adapters" / "bob", Q, 10, scale=0.5)
 
 
+def test_text_parts_and_the_developer_role_read_as_todays_clients_send_them(server):
+    """Current clients send content as a list of parts and the system prompt as ``developer``: text parts are joined,
+    developer is system; any other part type is a 400 naming its field."""
+    client, _, _, _, _ = server
+    plain = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about tea."}]
+    parts = [{"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+             {"role": "user", "content": [{"type": "text", "text": "Tell me "}, {"type": "text", "text": "about tea."}]}]
+
+    def answer(messages):
+        r = client.chat.completions.create(model="alice", messages=messages, temperature=0, max_tokens=8)
+        return r.choices[0].message.content
+
+    assert answer(parts) == answer(plain)
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    with pytest.raises(openai.BadRequestError) as e:
+        answer([{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}])
+    assert e.value.body["param"] == "messages.0.content.1" and "text" in e.value.body["message"]
+
+
 def test_errors_are_openai_envelopes(server):
     client, _, _, cfg, _ = server
     for name in ("nobody", "../outside/eve", "/etc", "sneaky", ".hidden"):

@@ -84,7 +84,7 @@ def create_app(cfg: ServeConfig, engine: Engine, pool: AdapterPool, base_name: s
         adapter, served = _route(req.model, pool, base_name, cfg.fallback_to_base)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        job = Request([m.model_dump() for m in req.messages], adapter, req.adapter_scale, max_tokens,
+        job = Request([m.as_chat() for m in req.messages], adapter, req.adapter_scale, max_tokens,
                       req.temperature, req.top_p, req.stops, req.seed,
                       emit=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
         engine.submit(job)
@@ -115,11 +115,15 @@ async def _parse(request: HttpRequest, limit: int) -> ChatRequest:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, f"malformed JSON: {e}", code="invalid_json") from None
     try:
-        return ChatRequest.model_validate(data)
+        req = ChatRequest.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         param = ".".join(str(x) for x in first["loc"]) or None
         raise ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+    part = req.unsupported_part()
+    if part is not None:
+        raise ApiError(400, f"{part}: only text parts are supported (type 'text' with a 'text' field)", param=part)
+    return req
 
 
 def _route(model: str, pool: AdapterPool, base_name: str, fallback: bool) -> tuple[str | None, str]:

@@ -1,5 +1,5 @@
 """The OpenAI chat-completions API's request and response shapes that bapo serves (a subset: one choice, text
-content), as pydantic models, plus ``adapter_scale``: bapo's own field, sent by the openai client in ``extra_body``."""
+content, as a string or as text parts), as pydantic models, plus ``adapter_scale``: bapo's own field, sent by the openai client in ``extra_body``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,32 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class ContentPart(BaseModel):
+    """One part of a message's content as current OpenAI clients send it: ``{"type": "text", "text": ...}``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
 class Message(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    """A chat message: its content a string or a list of text parts (joined); ``developer`` is OpenAI's newer name
+    for the system role and is taken as one."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart]
+
+    def unsupported_part(self) -> int | None:
+        """The index of the first part that is not text (images, audio, files), or None."""
+        if isinstance(self.content, str):
+            return None
+        return next((i for i, p in enumerate(self.content) if p.type != "text" or p.text is None), None)
+
+    def as_chat(self) -> dict[str, str]:
+        """The message as the chat template takes it: a plain role and text."""
+        text = self.content if isinstance(self.content, str) else "".join(p.text or "" for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
 class StreamOptions(BaseModel):
@@ -36,6 +59,14 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     adapter_scale: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    def unsupported_part(self) -> str | None:
+        """The field of the first content part bapo cannot take (``messages.0.content.1``), or None."""
+        for i, m in enumerate(self.messages):
+            k = m.unsupported_part()
+            if k is not None:
+                return f"messages.{i}.content.{k}"
+        return None
 
     @property
     def stops(self) -> list[str]:
