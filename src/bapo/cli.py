@@ -256,6 +256,44 @@ def report(
     out.print(f"[green]report written to[/] {page}")
 
 
+export_app = typer.Typer(help="Write what other engines load as they are: vLLM, SGLang, LoRAX, transformers + PEFT.",
+                         no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("model")
+def export_model_command(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A new folder for the Hugging Face model directory.")],
+    model: Annotated[str, typer.Option(help="The model: smollm2-135m-instruct (embedded), a local Hugging Face "
+                                            "directory or a hub id.")] = "smollm2-135m-instruct",
+    cache_dir: Annotated[str, typer.Option(help="Cache folder (default ~/.cache/bapo).")] = "",
+) -> None:
+    """The model bapo loads (the embedded one included) as a plain Hugging Face model directory."""
+    from bapo.runtime.export import export_model
+
+    done = export_model(model, out_dir, cache_dir)
+    out.print(f"[green]model written to[/] {done.out}")
+
+
+@export_app.command("adapter")
+def export_adapter_command(
+    adapter: Annotated[Path, typer.Argument(help="An adapter directory written by bapo train.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A new folder for the exported adapter or model.")],
+    scale: Annotated[float, typer.Option(help="The adapter's scale, built into its weights: 1 as trained, 0 the base "
+                                              "model (what --adapter-scale and adapter_scale dial).")] = 1.0,
+    merge: Annotated[bool, typer.Option("--merge", help="Write a full model directory (base weights plus the scaled "
+                                                        "update, float32) instead of an adapter.")] = False,
+    model: Annotated[str, typer.Option(help="The base model, for --merge when the adapter does not record it.")] = "",
+    cache_dir: Annotated[str, typer.Option(help="Cache folder (default ~/.cache/bapo).")] = "",
+) -> None:
+    """A standard PEFT adapter with its scale built in (or, with --merge, a merged model directory)."""
+    from bapo.runtime.export import export_adapter
+
+    done = export_adapter(adapter, out_dir, scale, merge, model, cache_dir)
+    what = "merged model" if done.kind == "model" else "adapter"
+    out.print(f"[green]{what} at scale {scale:g} written to[/] {done.out}")
+
+
 def keep_freed_memory() -> None:
     """Ask glibc to keep freed memory instead of returning large blocks to the OS at once.
 
