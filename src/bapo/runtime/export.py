@@ -20,6 +20,8 @@ from typing import Iterator
 import torch
 
 from bapo.errors import ConfigError
+from bapo.runtime.adapters import applied, is_full_model
+from bapo.runtime.models import load_model, load_tokenizer, resolve_model
 
 EXPORT_INFO = "bapo_export.json"  # what an exported folder was made from, and its built-in scale
 
@@ -61,8 +63,6 @@ def _staged(out: Path) -> Iterator[Path]:
 
 def export_model(model: str, out: str | Path, cache_dir: str = "") -> Exported:
     """The model bapo loads for ``model`` (the embedded one included) as a plain Hugging Face directory."""
-    from bapo.runtime.models import load_model, load_tokenizer, resolve_model
-
     path = resolve_model(model, cache_dir)
     with _staged(Path(out)) as tmp:
         if Path(path).is_dir():  # already a Hugging Face directory (the embedded model's converted cache is one)
@@ -86,8 +86,6 @@ def export_adapter(adapter: str | Path, out: str | Path, scale: float = 1.0, mer
     base model's weights plus the scaled update, in float32). A fully fine-tuned model directory is exported as the
     interpolation ``base + scale (tuned - base)``, always a model directory. ``extra`` is recorded in the folder's
     ``bapo_export.json`` beside the scale and the source (a forgetting budget's probe, for example)."""
-    from bapo.runtime.adapters import is_full_model
-
     check_scale(scale)
     adapter = Path(adapter)
     full = is_full_model(adapter)
@@ -146,9 +144,6 @@ def _base_model_of(adapter: Path, model: str, full: bool) -> str:
 
 
 def _export_merged(adapter: Path, out: Path, scale: float, model: str, cache_dir: str, info: dict) -> Exported:
-    from bapo.runtime.adapters import applied, is_full_model
-    from bapo.runtime.models import load_model, load_tokenizer, resolve_model
-
     full = is_full_model(adapter)
     path = resolve_model(_base_model_of(adapter, model, full), cache_dir)
     base = load_model(path, "cpu", "float32")
