@@ -21,9 +21,11 @@ MAY_IMPORT = {
     "training": {"core", "utilities", "data", "runtime"},
     "evaluation": {"core", "utilities", "data", "runtime"},
     "balancing": {"core", "utilities", "data", "runtime"},
-    "studies": {"core", "utilities", "data", "runtime", "training", "evaluation", "balancing"},
+    "budget": {"core", "utilities", "data", "runtime", "training", "evaluation"},
+    "studies": {"core", "utilities", "data", "runtime", "training", "evaluation", "balancing", "budget"},
     "serve": {"core", "utilities", "data", "runtime"},
-    "top": {"core", "utilities", "data", "runtime", "training", "evaluation", "balancing", "studies", "serve"},
+    "top": {"core", "utilities", "data", "runtime", "training", "evaluation", "balancing", "budget", "studies",
+            "serve"},
 }
 # Imports inside functions are allowed only where they keep start-up fast at the very top (nothing imports these).
 LAZY_OK = {"bapo.cli"}

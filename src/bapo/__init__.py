@@ -45,7 +45,7 @@ _API = {
     "evaluate": ("bapo.evaluation.runner", "evaluate"),
     "report": ("bapo.evaluation.report", "write_report"),
     "study": ("bapo.studies.run", "run_study"),
-    "train": ("bapo.training.run", "train"),
+    "train": ("bapo.budget.run", "train"),  # training.run.train, plus the forgetting budget when one is given
 }
 from bapo.errors import BapoError, ConfigError, DataError, ModelError  # noqa: E402
 

@@ -107,20 +107,50 @@ def config_command(name: str, cls: type, run: Callable[..., None], doc: str,
 
 
 def _train(cfg: TrainConfig) -> None:
-    from bapo.training.per_user import train_per_user
-    from bapo.training.run import train
+    from bapo.budget.run import train, train_each_user
 
     cfg.validate()
     if cfg.per_user:
-        done = train_per_user(cfg)
+        done = train_each_user(cfg)
         out.print(f"[green]{len(done.users)} adapters written to[/] {done.out}/<user> ({done.seconds:.0f} s); "
                   f"summary: {done.out / 'users.csv'}")
         for user, why in done.skipped.items():
             out.print(f"[yellow]skipped {user}:[/] {why}", highlight=False)
+        none_left = [r.user for r in done.users if r.budget_scale == 0.0]
+        if none_left:
+            out.print(f"[yellow]warning:[/] only the base model met the forgetting budget for {', '.join(none_left)}: "
+                      f"nothing of their taste survives (their adapters are at scale 0)", highlight=False)
         return
     result = train(cfg)
     out.print(f"[green]adapter written to[/] {result.out}  ({result.train_examples} pairs, {result.steps} steps, "
               f"{result.seconds:.0f} s; held out: {result.holdout_examples} pairs)")
+    if result.budget_scale is not None:
+        _print_budget(Path(result.out))
+
+
+def _print_budget(adapter: Path) -> None:
+    """The forgetting budget's probe table from the adapter's run.json, and the scale built in."""
+    import json
+
+    from rich.table import Table
+
+    rec = json.loads((adapter / "run.json").read_text())["forgetting_budget"]
+    limits = rec["limits"]
+    out.print(f"forgetting budget: {', '.join(f'{m} <= {v:g}' for m, v in limits.items())} (losses against the base "
+              f"model; positive = lost)", highlight=False)
+    table = Table()
+    for col in ("scale", *limits, "within"):
+        table.add_column(col, justify="right")
+    for row in rec["probe"]:
+        table.add_row(f"{row['scale']:g}", *(f"{row['losses'][m]:+.3f}" for m in limits),
+                      "yes" if row["within"] else "no")
+    out.print(table)
+    if rec["scale"] == 0.0:
+        out.print("[yellow]warning:[/] only the base model (scale 0) met the forgetting budget: nothing of the user's "
+                  "taste survives; the adapter written is the base model's", highlight=False)
+    else:
+        out.print(f"[green]scale {rec['scale']:g} built into[/] {adapter} (as trained: {adapter / 'as_trained'}; "
+                  f"probe {rec['seconds']:.0f} s)")
 
 
 def _base(cfg: BaseRunConfig) -> None:

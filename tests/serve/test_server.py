@@ -81,6 +81,13 @@ def test_models_lists_the_base_and_every_adapter_even_new_ones(server, tiny_mode
     assert ids["alice"].model_extra["parent"] == base
     make_adapter(tiny_model, root / "adapters" / "dave", seed=4)
     assert "dave" in {m.id for m in client.models.list().data}
+    # each adapter's built-in scale and the forgetting budget it was scaled to meet (bapo export, --forgetting-budget)
+    from bapo.runtime.export import export_adapter
+
+    export_adapter(root / "adapters" / "alice", root / "adapters" / "alice-half", 0.5, extra={"budget": {"drift": 0.1}})
+    ids = {m.id: m for m in client.models.list().data}
+    assert ids["alice"].model_extra["bapo"] == {"scale": 1.0, "budget": None}
+    assert ids["alice-half"].model_extra["bapo"] == {"scale": 0.5, "budget": {"drift": 0.1}}
 
 
 def test_greedy_chat_equals_the_adapter_alone_and_streaming_says_the_same(server, tiny_model):

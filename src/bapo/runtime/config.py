@@ -85,3 +85,66 @@ class BaseResponseConfig:
             for k in ("temperature", "top_p", "seed"):
                 d.pop(k)
         return d
+
+
+BUDGET_MEASURES = {  # measure -> what its number means (a loss: positive = lost against the base model)
+    "drift": "nats per token lost on the reference's own answers to general prompts",
+    "qa": "share of probe questions the base model answered and the adapter no longer does",
+    "refusal": "share of harmful probe requests the base model refused and the adapter no longer does",
+}
+
+
+@dataclass
+class BudgetSettings:
+    """A forgetting budget (``bapo train --forgetting-budget``): after training, a quick probe scores the adapter at
+    each of ``scales`` and the largest scale whose measured losses all stay within the budget is built in."""
+
+    spec: str = option("", "Most forgetting allowed, as MEASURE:LIMIT[,...]: drift (nats/token lost on the reference's "
+                           "answers to general prompts), qa or refusal (share lost on a probe set), e.g. "
+                           "drift:0.1,refusal:0.05. Empty: no budget (the adapter as trained).", flag="forgetting-budget")
+    scales: list[float] = option([1.0, 0.75, 0.5, 0.25, 0.0], "Adapter scales the probe tries, largest kept first.",
+                                 flag="budget-scales")
+    drift_prompts: str = option("package:general_prompts.jsonl", "Prompts of the drift probe (the reference answers "
+                                "them once, cached).", flag="budget-drift-prompts")
+    drift_items: int = option(40, "Prompts in the drift probe (a seeded subset; 0 = all).", flag="budget-drift-items")
+    qa_path: str = option("", "Questions of the qa probe (TriviaQA-style JSONL); needed by a qa budget.",
+                          flag="budget-qa-data")
+    qa_items: int = option(100, "Questions in the qa probe (0 = all).", flag="budget-qa-items")
+    refusal_path: str = option("", "Harmful requests of the refusal probe (prompts JSONL, or HH transcripts); needed "
+                               "by a refusal budget.", flag="budget-refusal-data")
+    refusal_items: int = option(50, "Requests in the refusal probe (0 = all).", flag="budget-refusal-items")
+
+    def limits(self) -> dict[str, float]:
+        """The budget as ``{measure: most loss allowed}``; a malformed spec is a :class:`ConfigError` naming it."""
+        out: dict[str, float] = {}
+        for part in (p.strip() for p in self.spec.split(",")):
+            if not part:
+                continue
+            name, sep, value = part.partition(":")
+            if not sep or not value.strip():
+                raise ConfigError(f"forgetting_budget: '{part}' is not MEASURE:LIMIT (for example drift:0.1)")
+            if name.strip() not in BUDGET_MEASURES:
+                raise ConfigError(f"forgetting_budget: unknown measure '{name.strip()}'; choose from "
+                                  f"{', '.join(BUDGET_MEASURES)}")
+            try:
+                limit = float(value)
+            except ValueError:
+                raise ConfigError(f"forgetting_budget: {name.strip()}: '{value.strip()}' is not a number") from None
+            if not limit >= 0 or limit == float("inf"):
+                raise ConfigError(f"forgetting_budget: {name.strip()}: the limit must be a finite number >= 0, "
+                                  f"not {value.strip()}")
+            if name.strip() in out:
+                raise ConfigError(f"forgetting_budget: {name.strip()} is given twice")
+            out[name.strip()] = limit
+        return out
+
+    def validate(self) -> None:
+        limits = self.limits()
+        if not limits:
+            return
+        if not self.scales or any(not 0.0 <= s <= 1.0 for s in self.scales):
+            raise ConfigError("budget.scales: each scale must be in [0, 1]")
+        for measure, path in (("qa", self.qa_path), ("refusal", self.refusal_path)):
+            if measure in limits and not path:
+                flag = "--budget-qa-data" if measure == "qa" else "--budget-refusal-data"
+                raise ConfigError(f"forgetting_budget: {measure} needs its probe set: give it with {flag}")

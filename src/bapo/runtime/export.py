@@ -10,6 +10,7 @@ outputs. Every output is written into a temporary folder beside the target and r
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from typing import Iterator
 import torch
 
 from bapo.errors import ConfigError
+from bapo.io import atomic_write_text
 from bapo.runtime.adapters import applied, is_full_model
 from bapo.runtime.models import load_model, load_tokenizer, resolve_model
 
@@ -36,11 +38,16 @@ class Exported:
 
 
 def built_in_scale(adapter: str | Path) -> float:
-    """The scale an exported adapter carries (1.0 for any other adapter): what ``bapo serve`` lists for it."""
-    info = Path(adapter) / EXPORT_INFO
-    if not info.exists():
-        return 1.0
-    return float(json.loads(info.read_text()).get("scale", 1.0))
+    """The scale an exported adapter carries (1.0 for any other adapter)."""
+    return float(export_info(adapter)["scale"])
+
+
+def export_info(adapter: str | Path) -> dict:
+    """What ``bapo serve`` lists for an adapter: its built-in scale (1.0 unless exported or probed with a budget) and
+    the forgetting budget it was scaled to meet (None without one)."""
+    path = Path(adapter) / EXPORT_INFO
+    info = json.loads(path.read_text()) if path.exists() else {}
+    return {"scale": float(info.get("scale", 1.0)), "budget": info.get("budget")}
 
 
 @contextmanager
@@ -92,28 +99,38 @@ def export_adapter(adapter: str | Path, out: str | Path, scale: float = 1.0, mer
     if not full and not (adapter / "adapter_config.json").exists():
         raise ConfigError(f"adapter: {adapter} is not an adapter directory (no adapter_config.json) nor a model "
                           f"directory")
-    info = {"source": str(adapter.resolve()), "scale": scale, **(extra or {})}
+    # an exported adapter exported again: the scales multiply
+    info = {"source": str(adapter.resolve()), "scale": scale * built_in_scale(adapter), **(extra or {})}
     if merge or full:
         return _export_merged(adapter, Path(out), scale, model, cache_dir, info)
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    _check_linear(adapter, config)
+    with _staged(Path(out)) as tmp:
+        write_scaled(adapter, tmp, scale, info)
+        for name in ("README.md", "config.yaml", "run.json"):  # what made it, for a reader; engines ignore these
+            if (adapter / name).exists():
+                shutil.copy2(adapter / name, tmp / name)
+    return Exported(Path(out), "adapter", scale)
+
+
+def write_scaled(adapter: Path, out: Path, scale: float, info: dict) -> None:
+    """Write ``adapter`` (a LoRA adapter directory) into the folder ``out`` with ``scale`` built into its B weights:
+    ``adapter_config.json``, ``adapter_model.safetensors`` and ``bapo_export.json`` (``info``), each file replaced
+    atomically (``out`` may be the folder a trained adapter lives in)."""
     from safetensors.torch import load_file, save_file
 
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    _check_linear(adapter, config)
     weights_file = adapter / "adapter_model.safetensors"
     if not weights_file.exists():
         raise ConfigError(f"adapter: {adapter} has no adapter_model.safetensors")
     weights = load_file(str(weights_file))
-    scaled = {k: (v * scale).to(v.dtype) if ".lora_B." in k else v for k, v in weights.items()}
     if not any(".lora_B." in k for k in weights):
         raise ConfigError(f"adapter: {adapter} has no LoRA B weights to scale")
-    with _staged(Path(out)) as tmp:
-        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
-        save_file(scaled, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-        for name in ("README.md", "config.yaml", "run.json"):  # what made it, for a reader; engines ignore these
-            if (adapter / name).exists():
-                shutil.copy2(adapter / name, tmp / name)
-        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2))
-    return Exported(Path(out), "adapter", scale)
+    scaled = {k: (v * scale).to(v.dtype) if ".lora_B." in k else v for k, v in weights.items()}
+    tmp = out / f".adapter_model.{os.getpid()}.tmp"
+    save_file(scaled, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, out / "adapter_model.safetensors")
+    atomic_write_text(out / "adapter_config.json", json.dumps(config, indent=2))
+    atomic_write_text(out / EXPORT_INFO, json.dumps(info, indent=2))
 
 
 def _check_linear(adapter: Path, config: dict) -> None:

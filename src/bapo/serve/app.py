@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from bapo.runtime.export import export_info
 from bapo.serve.config import ServeConfig
 from bapo.serve.engine import Engine, Reply, Request
 from bapo.serve.pool import AdapterLoadError, AdapterPool, ModelNotFound
@@ -70,8 +71,8 @@ def create_app(cfg: ServeConfig, engine: Engine, pool: AdapterPool, base_name: s
     async def models() -> dict:
         now = int(time.time())
         data = [{"id": base_name, "object": "model", "created": now, "owned_by": "bapo", "parent": None}]
-        data += [{"id": n, "object": "model", "created": now, "owned_by": "bapo", "parent": base_name}
-                 for n in pool.names()]
+        data += [{"id": n, "object": "model", "created": now, "owned_by": "bapo", "parent": base_name,
+                  "bapo": export_info(pool.path(n))} for n in pool.names()]
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")

@@ -40,6 +40,7 @@ class UserRun:
     anchor_gap: float | None
     seconds: float
     out: str
+    budget_scale: float | None = None  # the scale a forgetting budget built in (bapo.budget); None without one
 
 
 @dataclass
@@ -117,4 +118,5 @@ def user_run(folder: Path, user: str) -> UserRun:
     rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
     last = next((r for r in reversed(rows) if "loss" in r), {})
     return UserRun(user, run["train_pairs"], run["holdout_pairs"], run["steps"], last.get("loss"),
-                   last.get("rewards/margins"), last.get("anchor/gap"), run["seconds"], str(folder))
+                   last.get("rewards/margins"), last.get("anchor/gap"), run["seconds"], str(folder),
+                   run.get("forgetting_budget", {}).get("scale"))

@@ -41,6 +41,7 @@ class TrainResult:
     holdout_examples: int
     steps: int
     seconds: float
+    budget_scale: float | None = None  # the scale a forgetting budget built in (bapo.budget); None without one
 
 
 def _check_out(cfg: TrainConfig) -> Path:

@@ -1,0 +1,81 @@
+"""What an adapter costs at each scale, measured on small probe sets against the base model.
+
+Each measure is a *loss*, positive where the adapter lost something the base model had:
+
+- ``drift``: minus the per-token change of log p of the reference's own greedy answers to general prompts
+  (:func:`bapo.evaluation.metrics.drift_scores`): nats per token the model moved away from what it used to say;
+- ``qa``: the base model's share of probe questions answered correctly minus the adapter's (generative knowledge);
+- ``refusal``: the base model's share of harmful probe requests refused minus the adapter's (generative alignment).
+
+The probes are the evaluation's own task kinds (:mod:`bapo.evaluation.tasks`), on seeded subsets; the reference's
+answers and log-probs are cached by the reference, the base model's probe scores once per process.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from bapo.evaluation.tasks import KINDS, Scorer, Task, TaskSpec, load_task
+from bapo.runtime.adapters import applied
+from bapo.runtime.config import BudgetSettings
+from bapo.runtime.reference import Reference
+
+# measure -> (task kind, its headline metric, sign: loss = sign * (base - adapter))
+PROBES = {"drift": ("drift", "logp_change_per_token"), "qa": ("qa", "acc"), "refusal": ("refusal", "refusal")}
+
+
+@dataclass(frozen=True)
+class ProbeRow:
+    """The adapter at one scale: its loss on each measure, and whether all stay within the budget."""
+
+    scale: float
+    losses: dict[str, float]
+    within: bool
+
+
+class Prober:
+    """The probe tasks of a budget over one reference, prepared once and reused for every adapter (``--per-user``)."""
+
+    def __init__(self, ref: Reference, settings: BudgetSettings, batch_size: int = 16):
+        self.ref, self.settings, self.limits = ref, settings, settings.limits()
+        self.scorer = Scorer(ref, batch_size)
+        self.tasks = {m: self._task(m) for m in self.limits}
+        self.base = {m: self._mean(ref.model, m) for m in self.limits}
+
+    def _task(self, measure: str) -> Task:
+        s = self.settings
+        path, limit = {"drift": (s.drift_prompts, s.drift_items), "qa": (s.qa_path, s.qa_items),
+                       "refusal": (s.refusal_path, s.refusal_items)}[measure]
+        kind = PROBES[measure][0]
+        task = load_task(TaskSpec(f"budget_{measure}", kind, path, limit=limit, seed=0,
+                                  max_new_tokens={"drift": 64, "qa": 16, "refusal": 32}[measure]))
+        if KINDS[kind].prepare is not None:
+            task.prepared = KINDS[kind].prepare(task, self.ref)
+        return task
+
+    def _mean(self, model, measure: str) -> float:
+        task = self.tasks[measure]
+        scores = task.kind.score(model, task, self.scorer, lambda n: None)
+        return statistics.fmean(scores[PROBES[measure][1]])
+
+    def losses(self, model) -> dict[str, float]:
+        """Each measure's loss of ``model`` against the base model (drift's base value is 0 by definition)."""
+        return {m: self.base[m] - self._mean(model, m) for m in self.limits}
+
+    def table(self, adapter: str) -> list[ProbeRow]:
+        """The adapter at every scale of the settings, largest first; scale 0 is the base model (no loss)."""
+        rows = []
+        for scale in sorted(set(self.settings.scales), reverse=True):
+            if scale == 0.0:
+                losses = {m: 0.0 for m in self.limits}
+            else:
+                with applied(self.ref.model, adapter, scale) as model:
+                    losses = self.losses(model)
+            rows.append(ProbeRow(scale, losses, all(losses[m] <= lim for m, lim in self.limits.items())))
+        return rows
+
+
+def choose(rows: list[ProbeRow]) -> float:
+    """The largest scale whose losses all stay within the budget (0, the base model, when none does)."""
+    return max((r.scale for r in rows if r.within), default=0.0)

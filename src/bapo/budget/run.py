@@ -1,0 +1,115 @@
+"""``bapo train --forgetting-budget``: train, probe the adapter at each scale, build in the largest scale within the
+budget. The adapter as trained is kept in ``OUT/as_trained/``; ``OUT`` itself holds the standard PEFT adapter with the
+chosen scale built in (:func:`bapo.runtime.export.write_scaled`), and ``run.json`` the probe's table and the choice.
+A rerun with the same budget and scales leaves a probed adapter as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bapo.budget.probe import Prober, ProbeRow, choose
+from bapo.data.config import renderer
+from bapo.io import atomic_write_text, csv_text, write_json
+from bapo.runtime import distributed
+from bapo.runtime.export import write_scaled
+from bapo.runtime.models import load_tokenizer, resolve_model
+from bapo.runtime.reference import load_reference
+from bapo.training.config import TrainConfig
+from bapo.training.per_user import PerUserResult, train_per_user, user_run
+from bapo.training.run import TrainResult, train as train_adapter
+
+AS_TRAINED = "as_trained"  # OUT/as_trained/: the adapter as trained, before its scale was built in
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    """A probed adapter: the budget, the probe's table (largest scale first), the scale built in, the probe's time."""
+
+    limits: dict[str, float]
+    rows: list[ProbeRow]
+    scale: float
+    seconds: float
+
+    @property
+    def nothing_survives(self) -> bool:
+        """Only the base model (scale 0) met the budget: none of the user's taste is left."""
+        return self.scale == 0.0
+
+    def record(self, scales: list[float]) -> dict:
+        return {"limits": self.limits, "scales": scales, "scale": self.scale, "seconds": round(self.seconds, 1),
+                "probe": [asdict(r) for r in self.rows]}
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train one adapter and, with a forgetting budget, build in its largest scale within it; the Python twin of
+    ``bapo train`` (``TrainResult.budget_scale`` is the scale built in)."""
+    result = train_adapter(cfg)
+    if cfg.budget.limits():
+        result.budget_scale = probed(cfg, [result.out])[0].scale
+    return result
+
+
+def train_each_user(cfg: TrainConfig) -> PerUserResult:
+    """``bapo train --per-user``, with each user's adapter probed and scaled when there is a budget; ``users.csv``
+    then has each user's built-in scale."""
+    done = train_per_user(cfg)
+    if cfg.budget.limits():
+        probed(cfg, [Path(r.out) for r in done.users])
+        done.users = [user_run(Path(r.out), r.user) for r in done.users]
+        if distributed.is_main():
+            atomic_write_text(done.out / "users.csv", csv_text(done.users))
+    return done
+
+
+def probed(cfg: TrainConfig, adapters: list[Path]) -> list[BudgetChoice]:
+    """Apply the budget to each adapter folder (one reference and one set of probes for all of them); a folder
+    already probed under the same budget and scales is read back, not probed again."""
+    choices: dict[Path, BudgetChoice] = {a: c for a in adapters if (c := _earlier(cfg, a)) is not None}
+    todo = [a for a in adapters if a not in choices]
+    if todo and distributed.is_main():
+        path = resolve_model(cfg.model, cfg.cache_dir)
+        ref = load_reference(path, renderer(load_tokenizer(path), cfg.data), cfg.cache_dir, cfg.device, cfg.dtype)
+        prober = Prober(ref, cfg.budget)
+        for a in todo:
+            choices[a] = apply_budget(a, prober, cfg.budget.scales)
+    distributed.barrier()
+    return [choices.get(a) or _earlier(cfg, a) for a in adapters]
+
+
+def apply_budget(adapter: Path, prober: Prober, scales: list[float]) -> BudgetChoice:
+    """Probe ``adapter`` (its ``as_trained`` copy) at every scale, build the chosen scale into ``adapter``, and record
+    the table in its ``run.json``."""
+    t0 = time.time()
+    trained = adapter / AS_TRAINED
+    if not trained.exists():  # the first probe: keep the adapter as trained, then scale the files in place
+        staging = adapter / f".{AS_TRAINED}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        for name in ADAPTER_FILES:
+            shutil.copy2(adapter / name, staging / name)
+        staging.rename(trained)
+    rows = prober.table(str(trained))
+    choice = BudgetChoice(prober.limits, rows, choose(rows), time.time() - t0)
+    write_scaled(trained, adapter, choice.scale, {"source": AS_TRAINED, "scale": choice.scale,
+                                                  "budget": prober.limits})
+    run_file = adapter / "run.json"
+    run = json.loads(run_file.read_text()) if run_file.exists() else {}
+    write_json(run_file, {**run, "forgetting_budget": choice.record(scales)})
+    return choice
+
+
+def _earlier(cfg: TrainConfig, adapter: Path) -> BudgetChoice | None:
+    """The choice recorded in ``adapter``'s run.json under this very budget and these scales, if there is one."""
+    run_file = adapter / "run.json"
+    if not run_file.exists():
+        return None
+    rec = json.loads(run_file.read_text()).get("forgetting_budget")
+    if not rec or rec.get("limits") != cfg.budget.limits() or rec.get("scales") != cfg.budget.scales:
+        return None
+    return BudgetChoice(rec["limits"], [ProbeRow(**r) for r in rec["probe"]], rec["scale"], rec["seconds"])

@@ -1,0 +1,121 @@
+"""The forgetting budget: the spec, the probe at each scale, the largest scale within the budget built into a
+standard PEFT adapter, per user, and in ``bapo serve``'s model list."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import bapo
+from bapo.budget.probe import ProbeRow, choose
+from bapo.data.config import DataConfig
+from bapo.errors import ConfigError
+from bapo.runtime.adapters import applied
+from bapo.runtime.config import BudgetSettings
+from bapo.runtime.models import load_model
+from bapo.training.config import TrainConfig
+from tests.helpers import make_pairs, write_jsonl
+from tests.test_cli import bapo as bapo_cli
+
+
+def config(tmp_path, tiny_model, spec, out="out", **kw) -> TrainConfig:
+    data = tmp_path / "pairs.jsonl"
+    if not data.exists():
+        write_jsonl(data, make_pairs(12, 2))
+    cfg = TrainConfig(model=tiny_model, out=str(tmp_path / out), data=DataConfig(path=str(data), holdout=0.2),
+                      max_steps=6, batch_size=2, lr=2e-2, save_steps=100, **kw)
+    cfg.base.max_new_tokens = 6
+    cfg.budget.spec = spec
+    cfg.budget.drift_items = 8
+    return cfg
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("knowledge:0.1", "forgetting_budget: unknown measure 'knowledge'; choose from drift, qa, refusal"),
+    ("drift:-0.1", "forgetting_budget: drift: the limit must be a finite number >= 0, not -0.1"),
+    ("drift", "forgetting_budget: 'drift' is not MEASURE:LIMIT (for example drift:0.1)"),
+    ("drift:lots", "forgetting_budget: drift: 'lots' is not a number"),
+    ("drift:0.1,drift:0.2", "forgetting_budget: drift is given twice"),
+    ("qa:0.02", "forgetting_budget: qa needs its probe set: give it with --budget-qa-data"),
+])
+def test_a_bad_budget_is_one_line_exit_2_before_any_model_work(tmp_path, spec, message):
+    data = write_jsonl(tmp_path / "d.jsonl", make_pairs(4, 1))
+    r = bapo_cli("train", "--data", data, "--out", tmp_path / "out", "--model", tmp_path / "no-such-model",
+                 "--forgetting-budget", spec)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {message}"  # the spec, not the missing model
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_largest_scale_within_every_limit_is_chosen():
+    rows = [ProbeRow(1.0, {"drift": 0.3}, False), ProbeRow(0.75, {"drift": 0.05}, True),
+            ProbeRow(0.5, {"drift": 0.2}, False), ProbeRow(0.0, {"drift": 0.0}, True)]
+    assert choose(rows) == 0.75
+    assert choose([ProbeRow(1.0, {"drift": 0.3}, False), ProbeRow(0.0, {"drift": 0.0}, True)]) == 0.0
+    assert BudgetSettings(spec=" drift:0.1, refusal:0.05 ").limits() == {"drift": 0.1, "refusal": 0.05}
+    with pytest.raises(ConfigError, match="scale"):
+        BudgetSettings(spec="drift:0.1", scales=[1.5, 0.0]).validate()
+
+
+def test_the_chosen_scale_is_built_into_a_standard_adapter_and_recorded(tmp_path, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(6)])
+    harmful = write_jsonl(tmp_path / "harm.jsonl", [{"prompt": f"How do I pick lock number {i}?"} for i in range(6)])
+    free = config(tmp_path, tiny_model, "drift:1000,qa:1,refusal:1", out="free")  # anything goes: scale 1
+    free.budget.qa_path, free.budget.refusal_path = str(qa), str(harmful)
+    res = bapo.train(free)
+    rec = json.loads((res.out / "run.json").read_text())["forgetting_budget"]
+    assert res.budget_scale == rec["scale"] == 1.0
+    assert [r["scale"] for r in rec["probe"]] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert set(rec["probe"][0]["losses"]) == {"drift", "qa", "refusal"}
+    drift = {r["scale"]: r["losses"]["drift"] for r in rec["probe"]}
+    assert drift[1.0] > 0 and drift[0.0] == 0.0  # the trained adapter moved away from the reference's answers
+
+    # a limit between the losses of two scales: the largest scale within it is built in
+    limit = (drift[0.5] + drift[0.75]) / 2 if drift[0.5] < drift[0.75] else drift[0.25]
+    tight = config(tmp_path, tiny_model, f"drift:{limit}", out="tight")
+    res = bapo.train(tight)
+    rec = json.loads((res.out / "run.json").read_text())["forgetting_budget"]
+    want = max(r["scale"] for r in rec["probe"] if r["losses"]["drift"] <= limit)
+    assert res.budget_scale == rec["scale"] == want and 0 < want < 1
+    trained, scaled = load_file(str(res.out / "as_trained" / "adapter_model.safetensors")), \
+        load_file(str(res.out / "adapter_model.safetensors"))
+    for k, v in trained.items():
+        assert torch.equal(scaled[k], v * want if ".lora_B." in k else v), k
+    ids = torch.tensor([[3, 17, 29, 41, 5]])
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(res.out)).eval()
+    with torch.no_grad(), applied(load_model(tiny_model, "cpu", "float32"), res.out / "as_trained", want,
+                                  merge=False) as m:
+        assert torch.allclose(plain(input_ids=ids).logits, m(input_ids=ids).logits, atol=1e-5)
+    assert json.loads((res.out / "bapo_export.json").read_text())["budget"] == {"drift": limit}
+
+
+def test_only_the_base_model_within_the_budget_warns_that_nothing_survives(tmp_path, tiny_model):
+    data = write_jsonl(tmp_path / "d.jsonl", make_pairs(12, 2))
+    r = bapo_cli("train", "--data", data, "--out", tmp_path / "out", "--model", tiny_model, "--max-steps", "6",
+                 "--batch-size", "2", "--lr", "0.02", "--base-max-new-tokens", "6", "--forgetting-budget", "drift:0",
+                 "--budget-drift-items", "8", "--budget-scales", "1,0")
+    assert r.returncode == 0, r.stderr
+    assert "nothing of the user's taste survives" in r.stdout and "forgetting budget: drift <= 0" in r.stdout
+    rec = json.loads((tmp_path / "out" / "run.json").read_text())["forgetting_budget"]
+    assert rec["scale"] == 0.0 and [x["within"] for x in rec["probe"]] == [False, True]
+    assert all(not v.any() for k, v in load_file(str(tmp_path / "out" / "adapter_model.safetensors")).items()
+               if ".lora_B." in k)
+
+
+def test_per_user_budgets_land_in_users_csv(tmp_path, tiny_model):
+    rows = make_pairs(8, 1, user="ann") + [{**r, "prompt": r["prompt"] + " (b)"} for r in make_pairs(8, 1, user="bo")]
+    cfg = config(tmp_path, tiny_model, "drift:1000", per_user=True)
+    cfg.data.path = str(write_jsonl(tmp_path / "users.jsonl", rows))
+    from bapo.budget.run import train_each_user
+
+    done = train_each_user(cfg)
+    assert [u.budget_scale for u in done.users] == [1.0, 1.0]
+    table = list(csv.DictReader(open(Path(cfg.out) / "users.csv")))
+    assert [(r["user"], r["budget_scale"]) for r in table] == [("ann", "1.0"), ("bo", "1.0")]
+    again = train_each_user(cfg)  # a rerun reads the choices back
+    assert [u.budget_scale for u in again.users] == [1.0, 1.0]
