@@ -13,21 +13,43 @@ from bapo.data.users import user_name
 from bapo.evaluation.runner import unscored
 from bapo.evaluation.tasks import KINDS, load_suite, spec_items
 from bapo.runtime.config import DEFAULT_MODEL
-from bapo.runtime.models import resolve_model
+from bapo.runtime.models import dtype_name, resolve_device, resolve_dtype, resolve_model
 from bapo.studies.config import StudyConfig
 from bapo.studies.plan import Cell, balance_dir, cell_dir, eval_config, frontier_config, frontier_models
 
-# Seconds on this project's 2-core CPU with SmolLM2-135M. Training and generation from the default study's own run
-# (2026-11-23: 8 adapters trained in 29 min). Scoring is priced per character read, because items differ fivefold
-# in length: the decisive study (2026-11-23) scored ARC-Easy's 527k characters in 201 s, PIQA's 462k in 236 s and
-# 500 HH pairs' 391k in 174 s (2.0-2.6k characters/s), 40 drift prompts in 9 s and 64 held-out pairs in 23-27 s per
-# model.
-SECONDS_PER_PAIR_EPOCH = {"bapo": 1.9, "other": 1.5}  # replay as bapo (1.65 measured); kl x 1.3 for its extra
-# forward pass (2.4 s measured: studies/compare.yaml, 2026-11-24, 2 threads, 9.5 s per step of 4 pairs)
-SECONDS_PER_SCORED_CHAR = 4.5e-4
-SECONDS_PER_DRIFT_PROMPT = 0.25
-SECONDS_PER_HOLDOUT_PAIR = 0.4
-SECONDS_PER_GENERATED_ANSWER = 0.6
+@dataclass(frozen=True)
+class Prices:
+    """Seconds per unit of work on this project's 2-core CPU with SmolLM2-135M, in one dtype."""
+
+    pair_epoch: float  # a training pair once, methods without base responses
+    anchored_pair_epoch: float  # the same for bapo and replay (kl: x 1.3 for its extra forward pass)
+    scored_char: float  # scoring is priced per character read: items differ fivefold in length
+    drift_prompt: float
+    holdout_pair: float
+    generated_answer: float  # 64 new tokens
+
+
+# float32: training and generation from the default study's own run (2026-11-23: 8 adapters trained in 29 min); the
+# decisive study (2026-11-23) scored ARC-Easy's 527k characters in 201 s, PIQA's 462k in 236 s and 500 HH pairs' 391k
+# in 174 s (2.0-2.6k characters/s), 40 drift prompts in 9 s and 64 held-out pairs in 23-27 s per model; replay trains
+# as bapo (1.65 measured), kl at 2.4 s (studies/compare.yaml, 2026-11-24, 9.5 s per step of 4 pairs).
+# bfloat16: float32's prices divided by bfloat16's measured speed-up, benchmarks/bench_dtype.py, 2026-12-05 (medians
+# of 3 alternating fresh processes, docs/PERFORMANCE.md): a DPO step 1.65x, a BAPO step (its reference in the batch)
+# 1.22x, scoring 1.51x, generation through an adapter 1.19x (most answers a study generates are adapters'; the base
+# model's generation gained 1.98x).
+PRICES = {
+    "float32": Prices(1.5, 1.9, 4.5e-4, 0.25, 0.4, 0.6),
+    "bfloat16": Prices(1.5 / 1.65, 1.9 / 1.22, 4.5e-4 / 1.51, 0.25 / 1.51, 0.4 / 1.51, 0.6 / 1.19),
+}
+
+
+def prices(cfg: StudyConfig) -> Prices:
+    """The prices of the dtype the study computes in (``train.dtype``; auto as resolved on this machine); float16
+    is priced as bfloat16."""
+    name = dtype_name(resolve_dtype(cfg.train.dtype, resolve_device(cfg.train.device)))
+    return PRICES["float32" if name == "float32" else "bfloat16"]
+
+
 ANCHORED = ("bapo", "replay", "kl")  # the methods that train on base responses
 
 
@@ -71,24 +93,25 @@ def price(cfg: StudyConfig, work: Work, eval_seconds_per_model: float) -> float:
     """A rough wall-time estimate of ``work``: training pairs x epochs, generation, every model's evaluation.
     ``workers`` is not counted: on the 2-core CPU these prices come from, 2 workers gave 0.95-1.16x
     (docs/PERFORMANCE.md)."""
+    p = prices(cfg)
     pairs = cfg.pair_budget if cfg.balance else cfg.pairs_per_user
-    train = sum(pairs * cfg.train.epochs * SECONDS_PER_PAIR_EPOCH["bapo" if c.loss in ANCHORED else "other"]
+    train = sum(pairs * cfg.train.epochs * (p.anchored_pair_epoch if c.loss in ANCHORED else p.pair_epoch)
                 * (1.3 if c.loss == "kl" else 1) for c in work.train)
     simulated = sum(u.startswith("psoups") for u in cfg.users if user_name(u) in work.new_users)
     answers = (len(work.base_users) * cfg.pairs_per_user + (3 + cfg.candidate_samples) * cfg.pairs_per_user * simulated
                + cfg.drift_prompts * work.base_model)
     holdouts = work.models - work.base_model  # every adapter also scores its user's held-out pairs
-    evals = work.models * eval_seconds_per_model + holdouts * cfg.holdout_pairs * SECONDS_PER_HOLDOUT_PAIR
-    return (train + answers * SECONDS_PER_GENERATED_ANSWER + balance_seconds(cfg, work) + evals) * model_scale(cfg.train.model)
+    evals = work.models * eval_seconds_per_model + holdouts * cfg.holdout_pairs * p.holdout_pair
+    return (train + answers * p.generated_answer + balance_seconds(cfg, work, p) + evals) * model_scale(cfg.train.model)
 
 
-def balance_seconds(cfg: StudyConfig, work: Work) -> float:
+def balance_seconds(cfg: StudyConfig, work: Work, p: Prices) -> float:
     """Candidate answers for simulated users' balanced pairs (none: B prompts; uniform and bpo: about sqrt(B)),
     plus bpo's per-pair gradients (about one forward-backward of a pair each)."""
     k, b = cfg.balance_responses, cfg.pair_budget
     prompts = {"none": b, "uniform": math.isqrt(b), "bpo": math.isqrt(b)}
-    grads = math.isqrt(b) * k * (k - 1) / 2 * SECONDS_PER_PAIR_EPOCH["other"]
-    return sum(prompts[s] * k * SECONDS_PER_GENERATED_ANSWER + (grads if s == "bpo" else 0.0)
+    grads = math.isqrt(b) * k * (k - 1) / 2 * p.pair_epoch
+    return sum(prompts[s] * k * p.generated_answer + (grads if s == "bpo" else 0.0)
                for _, s, _ in work.balance)
 
 
@@ -106,16 +129,16 @@ def model_scale(model: str) -> float:
         return float("nan")
 
 
-def eval_size(suite_path: Path) -> tuple[int, float]:
+def eval_size(suite_path: Path, p: Prices = PRICES["float32"]) -> tuple[int, float]:
     """Scored sequences per model, and the seconds their scoring takes on the project's CPU."""
     n, seconds = 0, 0.0
     for t in load_suite(str(suite_path)).tasks:
         items, kind = spec_items(t), KINDS[t.kind]
         n += kind.sequences(items)
-        seconds += kind.chars(items) * SECONDS_PER_SCORED_CHAR
-        seconds += len(items) * SECONDS_PER_DRIFT_PROMPT if t.kind == "drift" else 0.0
+        seconds += kind.chars(items) * p.scored_char
+        seconds += len(items) * p.drift_prompt if t.kind == "drift" else 0.0
         if t.kind in ("qa", "refusal", "reward"):  # each model writes its own answers
-            seconds += len(items) * SECONDS_PER_GENERATED_ANSWER * t.max_new_tokens / 64
+            seconds += len(items) * p.generated_answer * t.max_new_tokens / 64
     return n, seconds
 
 
@@ -138,7 +161,8 @@ def estimate(cfg: StudyConfig, cells: list[Cell], suite: Path, out: Path, eval_s
 
 
 def print_estimate(cfg: StudyConfig, cells: list[Cell], est: Estimate, console: Console) -> None:
-    console.print(f"estimated run time from nothing: ~{est.from_nothing / 60:.0f} min (2-core CPU timings)")
+    dtype = "float32" if prices(cfg) is PRICES["float32"] else "bfloat16"
+    console.print(f"estimated run time from nothing: ~{est.from_nothing / 60:.0f} min (2-core CPU timings in {dtype})")
     if est.left is not None:
         models = len(cells) + 1 + frontier_models(cfg, cells)
         console.print(f"left after what the cache holds: ~{est.left / 60:.0f} min ({est.train_left} of {len(cells)} "

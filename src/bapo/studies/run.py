@@ -34,7 +34,7 @@ from bapo.runtime.workers import run_jobs
 from bapo.studies.config import StudyConfig
 from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
 from bapo.studies.figures import study_figures
-from bapo.studies.estimate import Estimate, estimate, eval_size, print_estimate
+from bapo.studies.estimate import Estimate, estimate, eval_size, prices, print_estimate
 from bapo.studies.plan import (Cell, balance_dir, cell_dir, eval_config, frontier_config, frontier_scales, plan,
                                print_plan, study_suite)
 from bapo.studies.tables import BalanceWork, StudyRow, cost_markdown, markdown, study_rows
@@ -176,7 +176,7 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
     out.mkdir(parents=True, exist_ok=True)
     cells = plan(cfg)
     suite = study_suite(cfg, out / "suite.yaml")
-    n_eval, eval_seconds = eval_size(suite)
+    n_eval, eval_seconds = eval_size(suite, prices(cfg))
     est = estimate(cfg, cells, suite, out, eval_seconds)
     print_plan(cfg, cells, n_eval, console)
     print_estimate(cfg, cells, est, console)
