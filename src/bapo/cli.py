@@ -125,32 +125,10 @@ def _train(cfg: TrainConfig) -> None:
     out.print(f"[green]adapter written to[/] {result.out}  ({result.train_examples} pairs, {result.steps} steps, "
               f"{result.seconds:.0f} s; held out: {result.holdout_examples} pairs)")
     if result.budget_scale is not None:
-        _print_budget(Path(result.out))
+        from bapo.budget.run import describe
 
-
-def _print_budget(adapter: Path) -> None:
-    """The forgetting budget's probe table from the adapter's run.json, and the scale built in."""
-    import json
-
-    from rich.table import Table
-
-    rec = json.loads((adapter / "run.json").read_text())["forgetting_budget"]
-    limits = rec["limits"]
-    out.print(f"forgetting budget: {', '.join(f'{m} <= {v:g}' for m, v in limits.items())} (losses against the base "
-              f"model; positive = lost)", highlight=False)
-    table = Table()
-    for col in ("scale", *limits, "within"):
-        table.add_column(col, justify="right")
-    for row in rec["probe"]:
-        table.add_row(f"{row['scale']:g}", *(f"{row['losses'][m]:+.3f}" for m in limits),
-                      "yes" if row["within"] else "no")
-    out.print(table)
-    if rec["scale"] == 0.0:
-        out.print("[yellow]warning:[/] only the base model (scale 0) met the forgetting budget: nothing of the user's "
-                  "taste survives; the adapter written is the base model's", highlight=False)
-    else:
-        out.print(f"[green]scale {rec['scale']:g} built into[/] {adapter} (as trained: {adapter / 'as_trained'}; "
-                  f"probe {rec['seconds']:.0f} s)")
+        for line in describe(Path(result.out)):
+            out.print(line, highlight=False)
 
 
 def _base(cfg: BaseRunConfig) -> None:
@@ -322,6 +300,40 @@ def export_adapter_command(
     done = export_adapter(adapter, out_dir, scale, merge, model, cache_dir)
     what = "merged model" if done.kind == "model" else "adapter"
     out.print(f"[green]{what} at scale {scale:g} written to[/] {done.out}")
+
+
+data_app = typer.Typer(help="The public data sets the studies read.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def data_fetch_command(
+    to: Annotated[Optional[Path], typer.Option(help="Where the layout goes (default: the data folder the studies look "
+                                                    "in, ~/.cache/bapo/data).")] = None,
+    mirror: Annotated[str, typer.Option(help="Take every file from URL/<layout path> instead of its public home.")] = "",
+    only: Annotated[str, typer.Option(help="Comma-separated layout paths to fetch (default: all).")] = "",
+) -> None:
+    """Download the data sets the studies use from their public homes, checked by sha256; a rerun resumes."""
+    from bapo.data.fetch import DATASETS, fetch
+    from bapo.data.users import default_data_dir
+
+    target = to or default_data_dir(fetched=True)
+    names = tuple(x.strip() for x in only.split(",") if x.strip())
+
+    def show(d, status):
+        mark = "[green]ok[/]" if status in ("ok", "cached") else "[red]failed[/]"
+        out.print(f"{mark} {d.path}  ({status if status in ('ok', 'cached') else 'see below'}; license: {d.license})",
+                  highlight=False)
+
+    results = fetch(target, mirror, names, progress=show)
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        out.print(f"[green]{len(results)} data sets in[/] {target}")
+        return
+    if all("cannot download" in r.status for r in failed) and len(failed) > 1:
+        raise BapoError(f"data fetch: {len(failed)} of {len(results)} data sets could not be downloaded (offline? "
+                        f"first: {failed[0].status})")
+    raise BapoError("\n".join(f"data fetch: {r.data.path}: {r.status}" for r in failed))
 
 
 def keep_freed_memory() -> None:

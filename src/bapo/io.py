@@ -1,5 +1,5 @@
-"""Small file helpers: every output is written to a temporary file beside its target and renamed into place, so a
-killed job leaves either the old file or the new one, never half of one."""
+"""Small file helpers: where bapo keeps its caches, and outputs written to a temporary file beside their target and
+renamed into place, so a killed job leaves either the old file or the new one, never half of one."""
 
 from __future__ import annotations
 
@@ -13,6 +13,15 @@ import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+
+def cache_root(cache_dir: str = "") -> Path:
+    """``cache_dir``, else ``$BAPO_CACHE_DIR``, else ``$XDG_CACHE_HOME/bapo`` (``~/.cache/bapo``)."""
+    if cache_dir:
+        return Path(cache_dir)
+    if os.environ.get("BAPO_CACHE_DIR"):
+        return Path(os.environ["BAPO_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bapo"
 
 
 def _temporary(path: Path) -> tuple[int, str]:

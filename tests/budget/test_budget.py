@@ -33,19 +33,23 @@ def config(tmp_path, tiny_model, spec, out="out", **kw) -> TrainConfig:
     return cfg
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("knowledge:0.1", "forgetting_budget: unknown measure 'knowledge'; choose from drift, qa, refusal"),
-    ("drift:-0.1", "forgetting_budget: drift: the limit must be a finite number >= 0, not -0.1"),
-    ("drift", "forgetting_budget: 'drift' is not MEASURE:LIMIT (for example drift:0.1)"),
-    ("drift:lots", "forgetting_budget: drift: 'lots' is not a number"),
-    ("drift:0.1,drift:0.2", "forgetting_budget: drift is given twice"),
-    ("qa:0.02", "forgetting_budget: qa needs its probe set: give it with --budget-qa-data"),
-])
-def test_a_bad_budget_is_one_line_exit_2_before_any_model_work(tmp_path, spec, message):
+BAD = [("knowledge:0.1", "forgetting_budget: unknown measure 'knowledge'; choose from drift, qa, refusal"),
+       ("drift:-0.1", "forgetting_budget: drift: the limit must be a finite number >= 0, not -0.1"),
+       ("drift", "forgetting_budget: 'drift' is not MEASURE:LIMIT (for example drift:0.1)"),
+       ("drift:lots", "forgetting_budget: drift: 'lots' is not a number"),
+       ("drift:0.1,drift:0.2", "forgetting_budget: drift is given twice"),
+       ("qa:0.02", "forgetting_budget: qa needs its probe set: give it with --budget-qa-data")]
+
+
+def test_a_bad_budget_is_one_line_exit_2_before_any_model_work(tmp_path):
+    for spec, message in BAD:  # each message as validation words it (the command prints it as the line below)
+        with pytest.raises(ConfigError) as e:
+            TrainConfig(out="x", data=DataConfig(path="d.jsonl"), budget=BudgetSettings(spec=spec)).validate()
+        assert str(e.value) == message
     data = write_jsonl(tmp_path / "d.jsonl", make_pairs(4, 1))
     r = bapo_cli("train", "--data", data, "--out", tmp_path / "out", "--model", tmp_path / "no-such-model",
-                 "--forgetting-budget", spec)
-    assert r.returncode == 2 and r.stderr.strip() == f"error: {message}"  # the spec, not the missing model
+                 "--forgetting-budget", BAD[0][0])
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {BAD[0][1]}"  # the spec, not the missing model
     assert not (tmp_path / "out").exists()
 
 

@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rich.table import Table
+
 from bapo.budget.probe import Prober, ProbeRow, choose
 from bapo.data.config import renderer
 from bapo.io import atomic_write_text, csv_text, write_json
@@ -113,3 +115,25 @@ def _earlier(cfg: TrainConfig, adapter: Path) -> BudgetChoice | None:
     if not rec or rec.get("limits") != cfg.budget.limits() or rec.get("scales") != cfg.budget.scales:
         return None
     return BudgetChoice(rec["limits"], [ProbeRow(**r) for r in rec["probe"]], rec["scale"], rec["seconds"])
+
+
+def describe(adapter: Path) -> list:
+    """What ``bapo train`` prints after a budget: the budget, the probe's table, and the scale built in (or the
+    warning that only the base model met it), from the adapter's ``run.json``."""
+    rec = json.loads((adapter / "run.json").read_text())["forgetting_budget"]
+    limits = rec["limits"]
+    table = Table()
+    for col in ("scale", *limits, "within"):
+        table.add_column(col, justify="right")
+    for row in rec["probe"]:
+        table.add_row(f"{row['scale']:g}", *(f"{row['losses'][m]:+.3f}" for m in limits),
+                      "yes" if row["within"] else "no")
+    head = (f"forgetting budget: {', '.join(f'{m} <= {v:g}' for m, v in limits.items())} (losses against the base "
+            f"model; positive = lost)")
+    if rec["scale"] == 0.0:
+        tail = ("[yellow]warning:[/] only the base model (scale 0) met the forgetting budget: nothing of the user's "
+                "taste survives; the adapter written is the base model's")
+    else:
+        tail = (f"[green]scale {rec['scale']:g} built into[/] {adapter} (as trained: {adapter / AS_TRAINED}; probe "
+                f"{rec['seconds']:.0f} s)")
+    return [head, table, tail]

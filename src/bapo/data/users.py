@@ -37,9 +37,21 @@ from bapo.data.pairs import PreferencePair, prompt_messages
 from bapo.data.profiles import SIMULATED
 from bapo.data.readers import hh_messages, load_general_pairs, read_json
 from bapo.errors import ConfigError, DataError, Problem
+from bapo.io import cache_root
 
 DSP_DOMAINS = ("academy", "business", "entertainment", "literature")
 KINDS = ("dsp", "alpacaeval", "vpl", "flip", "psoups")
+
+
+SHARED_DATA = Path("../shared/data")  # the project's own copies, beside a checkout
+
+
+def default_data_dir(fetched: bool = False) -> Path:
+    """Where the studies look for data sets: ``../shared/data`` where it exists (this project's checkouts), else the
+    folder ``bapo data fetch`` fills (``data`` in bapo's cache); with ``fetched``, always the latter."""
+    if not fetched and SHARED_DATA.is_dir():
+        return SHARED_DATA
+    return cache_root() / "data"
 
 
 @dataclass
@@ -47,7 +59,8 @@ class Sources:
     """Where each kind of user's data lives; empty fields default to the ``../shared/data`` layout under ``data_dir``.
     Each accepts the original file from its public home (same format)."""
 
-    data_dir: str = option("../shared/data", "Directory holding the data sets in the layout of ../shared/data.")
+    data_dir: str = option("", "Directory holding the data sets in the layout of ../shared/data (default: "
+                               "../shared/data where it exists, else what `bapo data fetch` wrote, ~/.cache/bapo/data).")
     dsp: str = option("", "DSP domain-preference JSON [DATA_DIR/personal/dsp_domain_preference_test.json].")
     alpacaeval_concise: str = option("", "AlpacaEval outputs of a model told to be concise "
                                          "[DATA_DIR/personal/alpacaeval_gpt-3.5-turbo-1106_concise.json].")
@@ -58,6 +71,10 @@ class Sources:
                               "[DATA_DIR/general/dsp_helpful_test.json].")
     prompts: str = option("", "Prompts simulated users are answered on [DATA_DIR/prompts/alpaca_eval_instructions.jsonl].")
 
+    def folder(self) -> Path:
+        """``data_dir``, else :func:`default_data_dir`."""
+        return Path(self.data_dir) if self.data_dir else default_data_dir()
+
     def path(self, name: str) -> str:
         defaults = {"dsp": "personal/dsp_domain_preference_test.json",
                     "alpacaeval_concise": "personal/alpacaeval_gpt-3.5-turbo-1106_concise.json",
@@ -65,9 +82,10 @@ class Sources:
                     "vpl": "personal/vpl_relabeled_hh_both_test.jsonl.gz",
                     "general": "general/dsp_helpful_test.json",
                     "prompts": "prompts/alpaca_eval_instructions.jsonl"}
-        path = getattr(self, name) or str(Path(self.data_dir) / defaults[name])
+        path = getattr(self, name) or str(self.folder() / defaults[name])
         if not Path(path).exists():
-            raise ConfigError(f"sources.{name}: {path} not found (set --data-dir or sources.{name} in the config)")
+            raise ConfigError(f"sources.{name}: {path} not found (run `bapo data fetch`, or set --data-dir or "
+                              f"sources.{name} in the config)")
         return str(Path(path).resolve())
 
 

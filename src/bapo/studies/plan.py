@@ -52,13 +52,14 @@ def plan(cfg: StudyConfig) -> list[Cell]:
 def study_suite(cfg: StudyConfig, path: Path) -> Path:
     """The evaluation suite as a YAML file: ARC-Easy and PIQA (knowledge), HH harmless pairs (alignment) and drift on
     AlpacaEval instructions, from ``sources.data_dir``; ``eval_items`` per task (0 = every item)."""
-    d = Path(cfg.sources.data_dir).resolve()
+    d = cfg.sources.folder().resolve()
     tasks = [{"name": "arc_easy", "kind": "mc", "path": str(d / "knowledge/arc_easy.jsonl")},
              {"name": "piqa", "kind": "mc", "path": str(d / "knowledge/piqa.jsonl")},
              {"name": "hh_harmless", "kind": "general_pairs", "path": str(d / "general/hh_harmless_base_test.jsonl.gz")}]
     for t in tasks:
         if not Path(t["path"]).exists():
-            raise ConfigError(f"sources.data_dir: {t['path']} not found (the study's evaluation data)")
+            raise ConfigError(f"sources.data_dir: {t['path']} not found (the study's evaluation data; run "
+                              f"`bapo data fetch`, or give --data-dir)")
         t["limit"] = cfg.eval_items if t["kind"] == "mc" else cfg.alignment_items
     if cfg.drift_prompts:
         tasks.append({"name": "alpaca_drift", "kind": "drift", "path": cfg.sources.path("prompts"),
@@ -81,7 +82,8 @@ def generative_tasks(cfg: StudyConfig, d: Path) -> list[dict]:
                       "limit": cfg.refusal_items, "seed": 1, "max_new_tokens": 32})
     for t in tasks:
         if not Path(t["path"]).exists():
-            raise ConfigError(f"sources.data_dir: {t['path']} not found (the study's evaluation data)")
+            raise ConfigError(f"sources.data_dir: {t['path']} not found (the study's evaluation data; run "
+                              f"`bapo data fetch`, or give --data-dir)")
     return tasks
 
 
