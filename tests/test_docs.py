@@ -1,0 +1,56 @@
+"""The documentation site: ``mkdocs build --strict`` (a broken link, page or API reference fails it), the README
+short enough to be a front door, and the home page rendered in headless Chromium where it is installed."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("mkdocs", reason="the docs extra is not installed (pip install -e '.[docs]')")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_the_site_builds_strictly_with_every_page_and_the_api_reference(site):
+    for page in ("index.html", "training/index.html", "budget/index.html", "RESULTS/index.html", "api/index.html"):
+        assert (site / page).is_file(), page
+    api = (site / "api" / "index.html").read_text()
+    assert "TrainConfig" in api and "forgetting" in api.lower()  # rendered from the docstrings
+
+
+def test_the_readme_is_a_front_door():
+    text = (ROOT / "README.md").read_text()
+    assert len(text) < 10_000 and "make test" in text and "docs/index.md" in text
+
+
+def test_a_broken_link_fails_the_build(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "index.md").write_text("# x\n\nSee [nowhere](missing.md).\n")
+    (tmp_path / "mkdocs.yml").write_text("site_name: t\nstrict: true\n")
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict"], cwd=tmp_path, capture_output=True,
+                       text=True, env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin"})
+    assert r.returncode != 0 and "missing.md" in r.stderr
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="chromium not installed (apt-get install chromium)")
+def test_the_home_page_renders_in_headless_chromium(site, tmp_path):
+    import matplotlib.image as mpimg
+
+    shot = tmp_path / "home.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'ud'}",
+                    f"--screenshot={shot}", "--window-size=1200,1600", f"file://{site / 'index.html'}"],
+                   check=True, capture_output=True, timeout=120)
+    img = mpimg.imread(shot)
+    assert img.shape[:2] == (1600, 1200) and img[..., :3].std() > 0.05  # text and tables drawn, not a blank page
