@@ -184,7 +184,12 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
     table = (out / "table.md").read_text()
     # 4 cells and the 2 DPO cells at scales 0 and 0.5; 7 measures x (2 users x 2 methods against the base model + 2
     # users x bapo against dpo, dpo@0 and dpo@0.5) contrasts
-    assert table.count("\n| flip:") == 4 + 4 + 7 * (4 + 2 + 2 + 2) and "general labels in the data" in table
+    matched = summary["matched"]  # BAPO read along its own frontier at DPO's and DPO@0.5's personalization
+    assert {(m["user"], m["method"], m["level"]) for m in matched} == {
+        (u, "bapo", lv) for u in ("flip:0", "flip:1") for lv in ("full DPO", "DPO@0.5")}
+    assert all(m["seeds"] == 1 and m["seeds_in_reach"] == (m["delta"] is not None) for m in matched)
+    assert "Retention at matched personalization" in table
+    assert table.count("\n| flip:") == 4 + 4 + 7 * (4 + 2 + 2 + 2) + len(matched) and "general labels in the data" in table
     assert "| flip:1 | 1.00 ± 0.00 | dpo@0.5 | 0 |" in table and "personal margin" in table
     assert (out / "table.csv").read_text().splitlines()[0].startswith("user,method,seed,adapter,heterogeneity")
     # what each arm cost: its cells' training seconds, read from their run.json

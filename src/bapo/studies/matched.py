@@ -120,3 +120,80 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> Slope:
     se = math.sqrt(resid / (n - 2) / sxx)
     half = t95(n - 2) * se
     return Slope(b, b - half, b + half, n)
+
+
+# The retention measures read at matched personalization (StudyRow fields, each a change against the base model;
+# for harmless-request refusals a rise is the loss, so they are left out of a "kept more" reading).
+RETAINED = ("knowledge", "generative_knowledge", "alignment", "refusal_harmful", "drift")
+
+
+@dataclass(frozen=True)
+class MatchedRow:
+    """One method family against DPO for one user and retention measure, at one personalization level."""
+
+    user: str
+    method: str
+    measure: str
+    level: str
+    delta: float | None
+    lo: float | None
+    hi: float | None
+    seeds_in_reach: int
+    seeds: int
+    per_seed: list[float | None]
+
+
+def family(method: str) -> str:
+    """A method's knob family: ``bapo:0.1`` and ``bapo`` trace BAPO's frontier, ``dpo`` and its scales DPO's."""
+    return method.split(":")[0].split("@")[0]
+
+
+def matched_rows(rows: Sequence, scaled: dict[float, Sequence]) -> list[MatchedRow]:
+    """Every non-DPO family's retention against DPO's frontier, per user and measure, at the personalization of
+    full DPO and of DPO at scale 0.5 (when the study evaluated that scale). ``rows`` are the study's
+    :class:`~bapo.studies.tables.StudyRow` objects; ``scaled`` the DPO adapters' rows at each frontier scale."""
+    out = []
+    for user in dict.fromkeys(r.user for r in rows):
+        mine = [r for r in rows if r.user == user and r.personal_margin is not None]
+        dpo = {r.seed: r for r in mine if r.method == "dpo"}
+        if not dpo:
+            continue
+        seeds = sorted(dpo)
+        dpo_scaled = {s: {r.seed: r for r in rs if r.user == user} for s, rs in scaled.items()}
+        levels = {"full DPO": {s: dpo[s].personal_margin for s in seeds}}
+        if 0.5 in dpo_scaled:
+            levels["DPO@0.5"] = {s: dpo_scaled[0.5][s].personal_margin for s in seeds if s in dpo_scaled[0.5]}
+        for fam in dict.fromkeys(family(r.method) for r in mine if family(r.method) != "dpo"):
+            for measure in RETAINED:
+                def points(rs):
+                    return [FrontierPoint(r.personal_margin, getattr(r, f"{measure}_delta")) for r in rs
+                            if getattr(r, f"{measure}_delta") is not None and r.personal_margin is not None]
+                arm = [points([r for r in mine if family(r.method) == fam and r.seed == s]) for s in seeds]
+                ref = [points([dpo[s], *(d[s] for d in dpo_scaled.values() if s in d)]) for s in seeds]
+                if not any(arm) or not any(ref):
+                    continue
+                for level, target in levels.items():
+                    idx = [i for i, s in enumerate(seeds) if s in target]
+                    m = matched([arm[i] for i in idx], [ref[i] for i in idx], [target[seeds[i]] for i in idx], level)
+                    out.append(MatchedRow(user, fam, measure, level, m.delta, m.lo, m.hi, m.seeds_in_reach,
+                                          len(idx), m.per_seed))
+    return out
+
+
+def matched_markdown(rows: Sequence[MatchedRow]) -> str:
+    """The readings as a markdown table: each family's retention minus DPO's at the same personalization."""
+    if not rows:
+        return ""
+
+    def num(v):
+        return "beyond reach" if v is None else f"{v:+.3f}"
+
+    lines = ["Retention at matched personalization: each method's frontier (its knob's settings) read at the held-out "
+             "margin of full DPO and of DPO at scale 0.5, seed by seed, minus DPO's own frontier there (positive = "
+             "kept more than DPO at the same personalization); 95% t interval over the seeds in reach.", "",
+             "| user | method | measure | at | difference | 95% interval | seeds in reach |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = "" if r.lo is None else f"[{r.lo:+.3f}, {r.hi:+.3f}]"
+        lines.append(f"| {r.user} | {r.method} | {r.measure} | {r.level} | {num(r.delta)} | {ci} | "
+                     f"{r.seeds_in_reach}/{r.seeds} |")
+    return "\n".join(lines) + "\n"
