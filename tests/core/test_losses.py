@@ -176,3 +176,27 @@ def test_replay_and_kl_pull_where_the_hinge_has_let_go():
     logits = torch.log(T([[0.8, 0.1, 0.1]])).requires_grad_()
     token_kl(ref, torch.log_softmax(logits, -1)).sum().backward()
     assert logits.grad.abs().sum().item() > 0.1
+
+
+def test_trls_other_pairwise_losses_by_hand():
+    """Each of bapo.core.losses_more at lr_w = 1, lr_l = -1 (d = 2), beta 0.5, written out with math."""
+    import math
+
+    from bapo.core import losses_more as m
+
+    w, l_, b = torch.tensor([1.0]), torch.tensor([-1.0]), 0.5
+    s = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    ls = lambda x: math.log(s(x))  # noqa: E731
+    assert m.apo_zero_loss(w, l_, b).item() == pytest.approx(1 - s(0.5) + s(-0.5))
+    assert m.apo_down_loss(w, l_, b).item() == pytest.approx(s(0.5) + 1 - s(1.0))
+    assert m.sppo_hard_loss(w, l_, b).item() == pytest.approx((1 - 1) ** 2 + (-1 + 1) ** 2)  # both on target
+    assert m.nca_pair_loss(w, l_, b).item() == pytest.approx(-ls(0.5) - 0.5 * ls(-0.5) - 0.5 * ls(0.5))
+    eps = 0.1
+    assert m.exo_pair_loss(w, l_, b, eps).item() == pytest.approx(
+        s(1) * (ls(1) - math.log(1 - eps)) + s(-1) * (ls(-1) - math.log(eps)))
+    assert m.bco_pair_loss(w, l_, b).item() == pytest.approx(-ls(0.5) - ls(0.5))
+    assert m.discopop_loss(w, l_, b, 0.05).item() == pytest.approx((1 - s(20)) * -ls(1) + s(20) * math.exp(-1))
+    assert m.sigmoid_norm_loss(w / 4, l_ / 4, b).item() == pytest.approx(-ls(0.25))
+    # AOT sorts the batch's margins: pairing the smallest policy margin with the smallest reference one
+    got = m.aot_loss(torch.tensor([3.0, -1.0]), torch.tensor([0.0, 2.0]), b, 0.0)
+    assert got.tolist() == pytest.approx([-ls(0.5 * (-1 - 0)), -ls(0.5 * (3 - 2))])

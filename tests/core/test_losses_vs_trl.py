@@ -56,3 +56,46 @@ def test_same_loss_as_trl_on_its_own_batch(ours, theirs, rows, tiny_base_model, 
     got, _ = preference_loss(p, LossConfig(method=ours, beta=beta, label_smoothing=eps))
     assert abs(expected - 0.0) > 1e-3  # a real loss, not a degenerate zero
     assert got.item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+MORE = ["apo_zero", "apo_down", "sppo_hard", "nca_pair", "exo_pair", "bco_pair", "aot", "discopop", "sigmoid_norm"]
+
+
+def test_trls_other_pairwise_losses_match_on_its_own_batch(rows, tiny_base_model, tmp_path):
+    """One DPOTrainer (TRL 1.16), its loss type switched in turn: each of TRL's other pairwise losses against
+    bapo's on the same batch, the same LoRA weights and the same beta, label smoothing and DiscoPOP tau."""
+    import datasets
+    from peft import LoraConfig
+
+    beta, eps, tau = 0.3, 0.2, 0.05
+    args = trl.DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, beta=beta, loss_type=["sigmoid"],
+                         label_smoothing=eps, max_length=256, report_to="none", use_cpu=True,
+                         dataloader_num_workers=0, seed=0, discopop_tau=tau)
+    trainer = trl.DPOTrainer(model=load_model(tiny_base_model, "cpu", "float32"), args=args,
+                             processing_class=load_tokenizer(tiny_base_model),
+                             train_dataset=datasets.Dataset.from_list(rows),
+                             peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                    task_type="CAUSAL_LM"))
+    model = trainer.model
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    batch = next(iter(trainer.get_train_dataloader()))
+    model.eval()
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+              "target_mask": torch.nn.functional.pad(batch["completion_mask"][:, 1:].bool(), (0, 1))}
+    with torch.no_grad():
+        pol, n = sequence_logps(model, inputs)
+        with model.disable_adapter():
+            ref, _ = sequence_logps(model, inputs)
+    b = pol.shape[0] // 2
+    p = PairLogps(pol[:b], pol[b:], ref[:b], ref[b:], n[:b].float(), n[b:].float())
+    for loss_type in MORE:
+        trainer.loss_types, trainer.loss_weights = [loss_type], [1.0]
+        with torch.no_grad():
+            expected = trainer.compute_loss(model, batch).item()
+        got, _ = preference_loss(p, LossConfig(method=loss_type, beta=beta, label_smoothing=eps, discopop_tau=tau))
+        assert abs(expected) > 1e-3, loss_type  # a real loss, not a degenerate zero
+        assert got.item() == pytest.approx(expected, rel=1e-4, abs=1e-5), loss_type

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bapo.core import losses_more as more
 from bapo.core.fields import option
 from bapo.errors import ConfigError
 
@@ -27,10 +28,12 @@ class LossConfig:
     """Which preference loss, and the BAPO anchor (see ``bapo.core.losses``)."""
 
     method: str = option("bapo", "Loss: bapo; its rivals replay, kl, dpo+nll; or a pairwise loss (dpo, cdpo, ipo, "
-                                 "hinge, robust, simpo).")
+                                 "hinge, robust, simpo, apo_zero, apo_down, sppo_hard, nca_pair, exo_pair, bco_pair, "
+                                 "aot, discopop, sigmoid_norm).")
     pref_loss: str = option("dpo", "With bapo, replay or kl: the pairwise loss the base-response term is added to.")
     beta: float = option(0.1, "Inverse temperature of the implicit reward (DPO's beta).")
-    label_smoothing: float = option(0.1, "Assumed label-flip rate for cdpo and robust.")
+    label_smoothing: float = option(0.1, "Assumed label-flip rate for cdpo, robust, exo_pair and aot.")
+    discopop_tau: float = option(0.05, "DiscoPOP's temperature of the blend between its two losses.")
     simpo_gamma: float = option(0.5, "SimPO target margin gamma.")
     rpo_alpha: float = option(0.0, "Weight of an NLL term on chosen responses (RPO); 0 = off (dpo+nll: 0 means 1).")
     anchor_lambda: float = option(1.0, "Weight lambda of the base-response term: BAPO's anchor, replay's NLL, kl's KL.",
@@ -51,6 +54,10 @@ class LossConfig:
             raise ConfigError("loss.beta: must be positive")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError("loss.label_smoothing: must be in [0, 0.5)")
+        if self.pairwise == "exo_pair" and self.label_smoothing <= 0:
+            raise ConfigError("loss.label_smoothing: exo_pair needs a positive label-flip rate (its KL target)")
+        if self.discopop_tau <= 0:
+            raise ConfigError("loss.discopop_tau: must be positive")
         if self.anchor_lambda < 0:
             raise ConfigError("loss.anchor_lambda: must be non-negative")
 
@@ -232,6 +239,20 @@ PAIRWISE_LOSSES: dict[str, PairwiseFn] = {
     ),
     "simpo": lambda p, c: simpo_loss(
         p.chosen / p.chosen_len.clamp(min=1), p.rejected / p.rejected_len.clamp(min=1), c.beta, c.simpo_gamma
+    ),
+    # TRL's other pairwise losses (bapo.core.losses_more)
+    "apo_zero": lambda p, c: more.apo_zero_loss(*_lr(p), c.beta),
+    "apo_down": lambda p, c: more.apo_down_loss(*_lr(p), c.beta),
+    "sppo_hard": lambda p, c: more.sppo_hard_loss(*_lr(p), c.beta),
+    "nca_pair": lambda p, c: more.nca_pair_loss(*_lr(p), c.beta),
+    "exo_pair": lambda p, c: more.exo_pair_loss(*_lr(p), c.beta, c.label_smoothing),
+    "bco_pair": lambda p, c: more.bco_pair_loss(*_lr(p), c.beta),
+    "aot": lambda p, c: more.aot_loss(p.chosen - p.rejected, p.ref_chosen - p.ref_rejected, c.beta, c.label_smoothing),
+    "discopop": lambda p, c: more.discopop_loss(*_lr(p), c.beta, c.discopop_tau),
+    "sigmoid_norm": lambda p, c: more.sigmoid_norm_loss(
+        (p.chosen - p.ref_chosen) / p.chosen_len.clamp(min=1),
+        (p.rejected - p.ref_rejected) / p.rejected_len.clamp(min=1),
+        c.beta,
     ),
 }
 
