@@ -200,3 +200,16 @@ def test_trls_other_pairwise_losses_by_hand():
     # AOT sorts the batch's margins: pairing the smallest policy margin with the smallest reference one
     got = m.aot_loss(torch.tensor([3.0, -1.0]), torch.tensor([0.0, 2.0]), b, 0.0)
     assert got.tolist() == pytest.approx([-ls(0.5 * (-1 - 0)), -ls(0.5 * (3 - 2))])
+
+
+def test_kto_by_hand():
+    import math
+
+    from bapo.core.losses_more import kto_loss, kto_reference_point
+
+    s = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    z0 = kto_reference_point(torch.tensor([0.5, -0.1, 0.2]))
+    assert z0.item() == pytest.approx(0.2)
+    assert kto_reference_point(torch.tensor([-1.0, -2.0])).item() == 0.0  # clamped at 0
+    got = kto_loss(torch.tensor([1.0, 1.0, -0.6]), torch.tensor([True, False, False]), z0, 0.5, 1.0, 1.5)
+    assert got.tolist() == pytest.approx([1 - s(0.5 * 0.8), 1.5 * (1 - s(0.5 * -0.8)), 1.5 * (1 - s(0.5 * 0.8))])

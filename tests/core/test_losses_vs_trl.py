@@ -99,3 +99,61 @@ def test_trls_other_pairwise_losses_match_on_its_own_batch(rows, tiny_base_model
         got, _ = preference_loss(p, LossConfig(method=loss_type, beta=beta, label_smoothing=eps, discopop_tau=tau))
         assert abs(expected) > 1e-3, loss_type  # a real loss, not a degenerate zero
         assert got.item() == pytest.approx(expected, rel=1e-4, abs=1e-5), loss_type
+
+
+def test_kto_matches_trls_kto_trainer_on_its_own_batch(tiny_base_model, tmp_path):
+    """TRL's KTOTrainer (TRL 1.16) on its first batch: thumbs up and down, the KL reference point from its own
+    mismatched prompt-completion pairs; bapo's kto_loss from the per-sequence log-probs of the same sequences."""
+    import datasets
+    from peft import LoraConfig
+
+    from bapo.core.losses_more import kto_loss, kto_reference_point
+
+    rows = [{"prompt": f"Question {i}: which is better?", "completion": f"- point {i}\n- point {i + 1}" if i % 2 else
+             f"Point {i} and {'more ' * (i % 3)}point {i + 1}.", "label": bool(i % 2)} for i in range(4)]
+    beta, w_d, w_u = 0.3, 1.0, 1.4
+    args = trl.KTOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, beta=beta, max_length=256,
+                         desirable_weight=w_d, undesirable_weight=w_u, report_to="none", use_cpu=True,
+                         dataloader_num_workers=0, seed=0, train_sampling_strategy="sequential")
+    trainer = trl.KTOTrainer(model=load_model(tiny_base_model, "cpu", "float32"), args=args,
+                             processing_class=load_tokenizer(tiny_base_model),
+                             train_dataset=datasets.Dataset.from_list(rows),
+                             peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                    task_type="CAUSAL_LM"))
+    model = trainer.model
+    batch = next(iter(trainer.get_train_dataloader()))
+    model.eval()
+
+    def logps(prefix):
+        inputs = {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"],
+                  "target_mask": torch.nn.functional.pad(batch[f"{prefix}completion_mask"][:, 1:].bool(), (0, 1))}
+        pol, _ = sequence_logps(model, inputs)
+        with model.disable_adapter():
+            ref, _ = sequence_logps(model, inputs)
+        return pol - ref
+
+    # LoRA weights moved off zero towards the batch's own text (a few steps of likelihood on the KL sequences), so
+    # that the KL estimate is positive and the reference point is live rather than clamped at 0
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    loras = [p for n, p in model.named_parameters() if "lora_" in n]
+    opt = torch.optim.SGD(loras, lr=0.05)
+    kl_inputs = {"input_ids": batch["KL_input_ids"], "attention_mask": batch["KL_attention_mask"],
+                 "target_mask": torch.nn.functional.pad(batch["KL_completion_mask"][:, 1:].bool(), (0, 1))}
+    for _ in range(3):
+        opt.zero_grad()
+        (-sequence_logps(model, kl_inputs)[0].mean()).backward()
+        opt.step()
+    with torch.no_grad():
+        lr, kl_lr = logps(""), logps("KL_")
+    with torch.no_grad():
+        expected = trainer.compute_loss(model, batch).item()
+    liked = torch.as_tensor(batch["label"], dtype=torch.bool)
+    z0 = kto_reference_point(kl_lr)
+    got = kto_loss(lr, liked, z0, beta, w_d, w_u).mean()
+    assert liked.any() and (~liked).any() and abs(expected) > 1e-3
+    assert z0.item() > 1e-3 and not torch.equal(kl_lr, lr)  # the reference point is live, from other sequences
+    assert got.item() == pytest.approx(expected, rel=1e-4, abs=1e-5)

@@ -73,3 +73,21 @@ def sigmoid_norm_loss(lr_w_mean: Tensor, lr_l_mean: Tensor, beta: float) -> Tens
     """DPO on per-token mean log-ratios (TRL's ``sigmoid_norm``; length-normalized DPO as in, e.g., the SimPO paper's
     ablations, Meng et al. 2024, arXiv 2405.14734): ``-log s(b (m_w - m_l))``."""
     return -F.logsigmoid(beta * (lr_w_mean - lr_l_mean))
+
+
+def kto_reference_point(kl_logratios: Tensor) -> Tensor:
+    """KTO's reference point z0 (Ethayarajh et al., ICML 2024, arXiv 2402.01306, Eq. 7): an estimate of
+    KL(pi_theta || pi_ref) from the log-ratios of *mismatched* prompt-completion pairs of the batch (each prompt with
+    another example's completion, as TRL builds them), averaged, clamped at 0 and not differentiated."""
+    return kl_logratios.mean().clamp(min=0).detach()
+
+
+def kto_loss(logratios: Tensor, liked: Tensor, z0: Tensor, beta: float, desirable_weight: float = 1.0,
+             undesirable_weight: float = 1.0) -> Tensor:
+    """KTO (Ethayarajh et al., ICML 2024, arXiv 2402.01306, Eq. 7) for unpaired feedback: one completion per example,
+    ``liked`` True for a thumbs up. A liked completion's loss is ``w_d (1 - s(b (lr - z0)))``, a disliked one's
+    ``w_u (1 - s(b (z0 - lr)))``: each is pushed past the reference point z0 (:func:`kto_reference_point`) on its
+    side. Per example, ``(B,)``; TRL's batch loss is the mean over examples."""
+    liked_loss = desirable_weight * (1 - torch.sigmoid(beta * (logratios - z0)))
+    disliked_loss = undesirable_weight * (1 - torch.sigmoid(beta * (z0 - logratios)))
+    return torch.where(liked, liked_loss, disliked_loss)
