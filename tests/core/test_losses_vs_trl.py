@@ -22,68 +22,29 @@ def rows():
              "rejected": f"Point {i} and {'more ' * (i % 3)}point {i + 1}."} for i in range(4)]
 
 
-@pytest.mark.parametrize("ours,theirs", [("dpo", "sigmoid"), ("ipo", "ipo"), ("hinge", "hinge"), ("robust", "robust")])
-def test_same_loss_as_trl_on_its_own_batch(ours, theirs, rows, tiny_base_model, tmp_path):
+def trl_batch(cls, config, rows, model_dir, tmp_path, seed=0, **kw):
+    """A TRL trainer (``cls``, its config class ``config``) over the tiny model with a LoRA adapter moved off zero
+    (seeded), and its first batch, in eval mode."""
     import datasets
     from peft import LoraConfig
 
-    beta, eps = 0.3, 0.2
-    args = trl.DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, beta=beta, loss_type=[theirs],
-                         label_smoothing=eps if theirs == "robust" else 0.0, max_length=256, report_to="none",
-                         use_cpu=True, dataloader_num_workers=0, seed=0)
-    trainer = trl.DPOTrainer(model=load_model(tiny_base_model, "cpu", "float32"), args=args,
-                             processing_class=load_tokenizer(tiny_base_model),
-                             train_dataset=datasets.Dataset.from_list(rows),
-                             peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                    task_type="CAUSAL_LM"))
-    model = trainer.model
-    g = torch.Generator().manual_seed(0)
+    args = config(output_dir=str(tmp_path), per_device_train_batch_size=4, max_length=256, report_to="none",
+                  use_cpu=True, dataloader_num_workers=0, seed=0, **kw)
+    trainer = cls(model=load_model(model_dir, "cpu", "float32"), args=args, processing_class=load_tokenizer(model_dir),
+                  train_dataset=datasets.Dataset.from_list(rows),
+                  peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in trainer.model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    batch = next(iter(trainer.get_train_dataloader()))
-    model.eval()
-    with torch.no_grad():
-        expected = trainer.compute_loss(model, batch).item()
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                  "target_mask": torch.nn.functional.pad(batch["completion_mask"][:, 1:].bool(), (0, 1))}
-        pol, n = sequence_logps(model, inputs)
-        with model.disable_adapter():
-            ref, _ = sequence_logps(model, inputs)
-    b = pol.shape[0] // 2
-    p = PairLogps(pol[:b], pol[b:], ref[:b], ref[b:], n[:b].float(), n[b:].float())
-    got, _ = preference_loss(p, LossConfig(method=ours, beta=beta, label_smoothing=eps))
-    assert abs(expected - 0.0) > 1e-3  # a real loss, not a degenerate zero
-    assert got.item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    trainer.model.eval()
+    return trainer, next(iter(trainer.get_train_dataloader()))
 
 
-MORE = ["apo_zero", "apo_down", "sppo_hard", "nca_pair", "exo_pair", "bco_pair", "aot", "discopop", "sigmoid_norm"]
-
-
-def test_trls_other_pairwise_losses_match_on_its_own_batch(rows, tiny_base_model, tmp_path):
-    """One DPOTrainer (TRL 1.16), its loss type switched in turn: each of TRL's other pairwise losses against
-    bapo's on the same batch, the same LoRA weights and the same beta, label smoothing and DiscoPOP tau."""
-    import datasets
-    from peft import LoraConfig
-
-    beta, eps, tau = 0.3, 0.2, 0.05
-    args = trl.DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, beta=beta, loss_type=["sigmoid"],
-                         label_smoothing=eps, max_length=256, report_to="none", use_cpu=True,
-                         dataloader_num_workers=0, seed=0, discopop_tau=tau)
-    trainer = trl.DPOTrainer(model=load_model(tiny_base_model, "cpu", "float32"), args=args,
-                             processing_class=load_tokenizer(tiny_base_model),
-                             train_dataset=datasets.Dataset.from_list(rows),
-                             peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                    task_type="CAUSAL_LM"))
-    model = trainer.model
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    batch = next(iter(trainer.get_train_dataloader()))
-    model.eval()
+def pair_logps(model, batch) -> PairLogps:
+    """bapo's per-sequence log-probs of a DPOTrainer batch (chosen rows first), the adapter disabled for the
+    reference."""
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
               "target_mask": torch.nn.functional.pad(batch["completion_mask"][:, 1:].bool(), (0, 1))}
     with torch.no_grad():
@@ -91,38 +52,49 @@ def test_trls_other_pairwise_losses_match_on_its_own_batch(rows, tiny_base_model
         with model.disable_adapter():
             ref, _ = sequence_logps(model, inputs)
     b = pol.shape[0] // 2
-    p = PairLogps(pol[:b], pol[b:], ref[:b], ref[b:], n[:b].float(), n[b:].float())
+    return PairLogps(pol[:b], pol[b:], ref[:b], ref[b:], n[:b].float(), n[b:].float())
+
+
+@pytest.mark.parametrize("ours,theirs", [("dpo", "sigmoid"), ("ipo", "ipo"), ("hinge", "hinge"), ("robust", "robust")])
+def test_same_loss_as_trl_on_its_own_batch(ours, theirs, rows, tiny_base_model, tmp_path):
+    beta, eps = 0.3, 0.2
+    trainer, batch = trl_batch(trl.DPOTrainer, trl.DPOConfig, rows, tiny_base_model, tmp_path, beta=beta,
+                               loss_type=[theirs], label_smoothing=eps if theirs == "robust" else 0.0)
+    with torch.no_grad():
+        expected = trainer.compute_loss(trainer.model, batch).item()
+    got, _ = preference_loss(pair_logps(trainer.model, batch), LossConfig(method=ours, beta=beta, label_smoothing=eps))
+    assert abs(expected - 0.0) > 1e-3  # a real loss, not a degenerate zero
+    assert got.item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+MORE = ["apo_zero", "apo_down", "sppo_hard", "nca_pair", "exo_pair", "bco_pair", "aot", "discopop", "sigmoid_norm"]
+
+
+def test_trls_other_pairwise_losses_match_on_its_own_batch(rows, tiny_base_model, tmp_path):
+    """One DPOTrainer (TRL 1.16), its loss type switched in turn: each of TRL's other pairwise losses against
+    bapo's on the same batch, the same LoRA weights and the same beta, label smoothing and DiscoPOP tau."""
+    beta, eps, tau = 0.3, 0.2, 0.05
+    trainer, batch = trl_batch(trl.DPOTrainer, trl.DPOConfig, rows, tiny_base_model, tmp_path, seed=1, beta=beta,
+                               loss_type=["sigmoid"], label_smoothing=eps, discopop_tau=tau)
+    p = pair_logps(trainer.model, batch)
     for loss_type in MORE:
         trainer.loss_types, trainer.loss_weights = [loss_type], [1.0]
         with torch.no_grad():
-            expected = trainer.compute_loss(model, batch).item()
+            expected = trainer.compute_loss(trainer.model, batch).item()
         got, _ = preference_loss(p, LossConfig(method=loss_type, beta=beta, label_smoothing=eps, discopop_tau=tau))
         assert abs(expected) > 1e-3, loss_type  # a real loss, not a degenerate zero
         assert got.item() == pytest.approx(expected, rel=1e-4, abs=1e-5), loss_type
 
-
 def test_kto_matches_trls_kto_trainer_on_its_own_batch(tiny_base_model, tmp_path):
     """TRL's KTOTrainer (TRL 1.16) on its first batch: thumbs up and down, the KL reference point from its own
     mismatched prompt-completion pairs; bapo's kto_loss from the per-sequence log-probs of the same sequences."""
-    import datasets
-    from peft import LoraConfig
-
     from bapo.core.losses_more import kto_loss, kto_reference_point
 
     rows = [{"prompt": f"Question {i}: which is better?", "completion": f"- point {i}\n- point {i + 1}" if i % 2 else
              f"Point {i} and {'more ' * (i % 3)}point {i + 1}.", "label": bool(i % 2)} for i in range(4)]
     beta, w_d, w_u = 0.3, 1.0, 1.4
-    args = trl.KTOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, beta=beta, max_length=256,
-                         desirable_weight=w_d, undesirable_weight=w_u, report_to="none", use_cpu=True,
-                         dataloader_num_workers=0, seed=0, train_sampling_strategy="sequential")
-    trainer = trl.KTOTrainer(model=load_model(tiny_base_model, "cpu", "float32"), args=args,
-                             processing_class=load_tokenizer(tiny_base_model),
-                             train_dataset=datasets.Dataset.from_list(rows),
-                             peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                    task_type="CAUSAL_LM"))
+    trainer, batch = trl_batch(trl.KTOTrainer, trl.KTOConfig, rows, tiny_base_model, tmp_path, beta=beta,
+                               desirable_weight=w_d, undesirable_weight=w_u, train_sampling_strategy="sequential")
     model = trainer.model
-    batch = next(iter(trainer.get_train_dataloader()))
-    model.eval()
 
     def logps(prefix):
         inputs = {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"],
