@@ -126,6 +126,40 @@ def test_report_writes_plots_and_a_self_contained_page(setup, evaluated, tmp_pat
     assert "src='http" not in text and 'src="http' not in text  # nothing fetched from elsewhere
 
 
+def test_the_report_plots_personalization_that_separates_the_models_in_one_colour_per_method(
+        setup, evaluated, tmp_path, monkeypatch):
+    """The trade-off's x axis is the first of profile score, margin and ll_acc whose values differ between models
+    (ll_acc of every adapter was 1.000 in the demo); a method has one colour in the bars and in the trade-off."""
+    from matplotlib.axes import Axes
+
+    from bapo.evaluation.report import load_results, personal_metric
+
+    root, _ = setup
+    _, records = load_results(root / "res")
+    tied = [r for r in records if not (r.kind == "personal" and r.metric == "margin")]
+    for r in tied:
+        if r.kind == "personal" and r.metric == "ll_acc":
+            r.value = 1.0  # every model the same, as in the demo
+    assert personal_metric(tied) == "ll_acc"  # nothing separates them: the last resort
+    assert personal_metric(records) == "margin"  # this user has no profile rule: the margin, which differs
+    seen: dict[str, set] = {"bar": set(), "line": set()}
+    bar, errorbar = Axes.bar, Axes.errorbar
+
+    def spy_bar(self, x, height, *a, color=None, **kw):
+        seen["bar"].update(color or [])
+        return bar(self, x, height, *a, color=color, **kw)
+
+    def spy_errorbar(self, x, y, *a, color=None, **kw):
+        if color is not None:  # bar() draws its own error bars through errorbar, without a colour
+            seen["line"].add(color)
+        return errorbar(self, x, y, *a, color=color, **kw)
+
+    monkeypatch.setattr(Axes, "bar", spy_bar)
+    monkeypatch.setattr(Axes, "errorbar", spy_errorbar)
+    write_report(root / "res", tmp_path / "rep")
+    assert seen["line"] == {"C0", "C1"} and seen["bar"] == {"#888888", "C0", "C1"}  # dpo C0, bapo C1 everywhere
+
+
 @pytest.mark.skipif(not shutil.which("chromium"), reason="chromium not installed (apt-get install chromium)")
 def test_report_page_renders_in_headless_chromium(setup, evaluated, tmp_path):
     import matplotlib.image as mpimg

@@ -25,7 +25,11 @@ from bapo.evaluation.samples import MAX_CHARS, read_samples, side_by_side  # noq
 from bapo.evaluation.tasks import role_metric  # noqa: E402
 from bapo.io import atomic_save_figure, atomic_write_text  # noqa: E402
 
-PERSONAL_METRIC = "ll_acc"  # reference-free, so the base model has a real value too
+# Personalization on the x axis: the user's own profile score where the user has one, else the implicit-reward margin
+# (nats; the base model's is 0), else ll_acc; the first whose values differ between the models (on the demo's held-out
+# pairs every adapter's ll_acc was 1.000, so all points stood on one vertical line).
+PERSONAL_METRICS = ("profile_score", "margin", "ll_acc")
+BASE_COLOR = "#888888"
 KNOWLEDGE = role_metric("knowledge")
 ALIGNMENT = tuple(role_metric(r) for r in ("drift", "alignment", "reward"))
 
@@ -48,14 +52,31 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
+def personal_metric(records: list[Record]) -> str:
+    """The personalization metric the trade-off plots: the first of :data:`PERSONAL_METRICS` that separates the
+    models."""
+    for metric in PERSONAL_METRICS:
+        vals = [r.value for r in records if r.kind == "personal" and r.metric == metric]
+        if vals and max(vals) - min(vals) > 1e-9:
+            return metric
+    return PERSONAL_METRICS[-1]
+
+
+def method_colors(records: list[Record]) -> dict[str, str]:
+    """One colour per method, the same on every plot of the page; the base model grey."""
+    methods = dict.fromkeys(r.method for r in records if r.model != "base")
+    return {"base": BASE_COLOR, **{m: f"C{i % 10}" for i, m in enumerate(methods)}}
+
+
 def task_bars(records: list[Record], task: str, out: Path) -> Path:
+    color_of = method_colors(records)
     rows = [r for r in records if r.task == task]
     metrics = list(dict.fromkeys(r.metric for r in rows))
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         rs = [r for r in rows if r.metric == metric]
         names = [r.model for r in rs]
-        colors = ["#888888" if r.model == "base" else f"C{i % 10}" for i, r in enumerate(rs)]
+        colors = [BASE_COLOR if r.model == "base" else color_of[r.method] for r in rs]
         ax.bar(range(len(rs)), [r.value for r in rs], yerr=[Z95 * (r.stderr or 0) for r in rs], color=colors,
                capsize=4)
         ax.set_xticks(range(len(rs)), names, rotation=30, ha="right", fontsize=8)
@@ -81,7 +102,8 @@ def _value(records, model, kind, metric):
 def tradeoff(records: list[Record], out: Path) -> Path | None:
     """Personalization (x) against each retention measure (y), one line per adapter through its scales."""
     models = list(dict.fromkeys(r.model for r in records))
-    personal = {m: _personal(records, m) for m in models}
+    metric_x = personal_metric(records)
+    personal = {m: _value(records, m, "personal", metric_x) for m in models}
     panels = [(k, m) for k, m in (KNOWLEDGE, *ALIGNMENT) if any(r.kind == k and r.metric == m for r in records)]
     if not panels or not any(v is not None for v in personal.values()):
         return None
@@ -92,6 +114,7 @@ def tradeoff(records: list[Record], out: Path) -> Path | None:
             groups.setdefault(r.adapter, [])
             if r.model not in [x.model for x in groups[r.adapter]]:
                 groups[r.adapter].append(r)
+    color_of = method_colors(records)
     methods = list(dict.fromkeys(g[0].method for g in groups.values()))
     for ax, (kind, metric) in zip(axes[0], panels):
         base_x, base_y = personal.get("base"), _value(records, "base", kind, metric)
@@ -105,7 +128,7 @@ def tradeoff(records: list[Record], out: Path) -> Path | None:
                     pts.append((r.scale, x[0], y[0], x[1], y[1]))
             if not pts:
                 continue
-            color = f"C{methods.index(rs[0].method) % 10}"
+            color = color_of[rs[0].method]
             ax.plot([p[1] for p in pts], [p[2] for p in pts], "-", color=color, alpha=0.6)
             for s, x, y, xe, ye in pts[1:] if base_x and base_y else pts:
                 ax.errorbar(x, y, xerr=Z95 * xe, yerr=Z95 * ye, fmt="o", color=color, ms=5, capsize=2, alpha=0.9)
@@ -113,9 +136,9 @@ def tradeoff(records: list[Record], out: Path) -> Path | None:
                             xytext=(3, 3), textcoords="offset points")
         if base_x and base_y:
             ax.plot(base_x[0], base_y[0], "s", color="#444444", ms=8, label="base")
-        for i, m in enumerate(methods):
-            ax.plot([], [], "o-", color=f"C{i % 10}", label=m)
-        ax.set_xlabel(f"personalization: held-out {PERSONAL_METRIC} →")
+        for m in methods:
+            ax.plot([], [], "o-", color=color_of[m], label=m)
+        ax.set_xlabel(f"personalization: held-out {metric_x} →")
         ax.set_ylabel(f"{kind}: {metric} (kept) ↑")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -125,11 +148,6 @@ def tradeoff(records: list[Record], out: Path) -> Path | None:
     atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _personal(records, model):
-    """A model's personalization: its own personal task (adapters) or the mean over all of them (base)."""
-    return _value(records, model, "personal", PERSONAL_METRIC)
 
 
 def _html_table(records: list[Record], task: str) -> str:
