@@ -146,6 +146,16 @@ def _validate(cfg: ValidateConfig) -> None:
 
     if not cfg.data.path:
         raise ConfigError("data.path: give the pairs to check with --data")
+    from bapo.data.feedback import is_feedback, load_feedback
+    from bapo.data.pairs import iter_records
+
+    first = next((rec for _, rec in iter_records(cfg.data.path, cfg.data.split) if isinstance(rec, dict)), None)
+    if is_feedback(first):  # thumbs up / down (TRL's unpaired format) rather than pairs
+        rated = load_feedback(cfg.data.path, cfg.data.split, cfg.data.user)
+        liked = sum(f.liked for f in rated)
+        out.print(f"[green]ok[/]: {len(rated)} rated answers ({liked} liked, {len(rated) - liked} disliked), "
+                  f"{len({f.prompt for f in rated})} prompts (unpaired feedback)")
+        return
     pairs = load_pairs(cfg.data.path, cfg.data.split, cfg.data.user)
     if cfg.model:
         cfg.data.on_overlong = "reject"

@@ -61,7 +61,7 @@ def prompt_messages(prompt: str | list[dict[str, str]]) -> tuple[tuple[str, str]
 # Reading
 
 
-def _iter_raw(path: str, split: str) -> Iterator[tuple[int | str, Any]]:
+def iter_records(path: str, split: str) -> Iterator[tuple[int | str, Any]]:
     """Yield ``(line, record)`` pairs; ``record`` is a :class:`Problem` when the line itself cannot be parsed."""
     p = Path(path)
     kind = SUFFIXES.get(p.suffix.lower())
@@ -153,7 +153,7 @@ def _check_messages(value: list[Any], field: str, where: tuple[str, int | str], 
     return ok
 
 
-def _prompt(rec: dict[str, Any], where: tuple[str, int | str], problems: list[Problem]) -> tuple | None:
+def read_prompt(rec: dict[str, Any], where: tuple[str, int | str], problems: list[Problem]) -> tuple | None:
     value = rec.get("prompt")
     if value is None:
         problems.append(Problem(*where, "prompt", "missing"))
@@ -171,7 +171,7 @@ def _prompt(rec: dict[str, Any], where: tuple[str, int | str], problems: list[Pr
     return None
 
 
-def _response(rec: dict[str, Any], field: str, where: tuple[str, int | str], problems: list[Problem]) -> str | None:
+def read_response(rec: dict[str, Any], field: str, where: tuple[str, int | str], problems: list[Problem]) -> str | None:
     value = rec.get(field)
     if value is None:
         problems.append(Problem(*where, field, "missing"))
@@ -199,9 +199,9 @@ def validate_record(rec: Any, source: str, line: int | str, problems: list[Probl
         problems.append(Problem(*where, "record", f"expected an object with prompt/chosen/rejected, got {type(rec).__name__}"))
         return None
     before = len(problems)
-    prompt = _prompt(rec, where, problems)
-    chosen = _response(rec, "chosen", where, problems)
-    rejected = _response(rec, "rejected", where, problems)
+    prompt = read_prompt(rec, where, problems)
+    chosen = read_response(rec, "chosen", where, problems)
+    rejected = read_response(rec, "rejected", where, problems)
     user = rec.get("user_id")
     if user is not None and (isinstance(user, bool) or not isinstance(user, (str, int))):
         problems.append(Problem(*where, "user_id", f"expected text or an integer, got {type(user).__name__}"))
@@ -219,7 +219,7 @@ def load_pairs(path: str, split: str = "train", user: str = "") -> list[Preferen
     """
     problems: list[Problem] = []
     pairs: list[PreferencePair] = []
-    for line, rec in _iter_raw(path, split):
+    for line, rec in iter_records(path, split):
         if isinstance(rec, Problem):
             problems.append(rec)
             continue
@@ -254,7 +254,7 @@ def load_pairs_by_user(path: str, split: str = "train") -> tuple[dict[str, list[
         return _load_folder(p, split)
     pairs: dict[str, list[PreferencePair]] = {}
     problems: dict[str, list[Problem]] = {}
-    for line, rec in _iter_raw(path, split):
+    for line, rec in iter_records(path, split):
         user = str(rec.get("user_id", "")) if isinstance(rec, dict) and rec.get("user_id") is not None else ""
         found: list[Problem] = [rec] if isinstance(rec, Problem) else []
         pair = None if found else validate_record(rec, path, line, found)

@@ -1,0 +1,89 @@
+"""Unpaired feedback in, validated :class:`Feedback` objects out: the thumbs up or down a product collects on one
+answer, in TRL's unpaired format (what its KTOTrainer reads): ``prompt``, ``completion`` and ``label`` (true = liked),
+prompt and completion as text or chat messages, an optional ``user_id``. The same files as pairs (JSONL, JSON, CSV,
+Parquet, a hub id) and the same one-line ``FILE:LINE: field: what is wrong`` for every problem, before any model work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bapo.data.pairs import iter_records, read_prompt, read_response
+from bapo.errors import DataError, Problem
+
+# CSV has no booleans: these spellings of a label are accepted there (and anywhere)
+TRUE, FALSE = ("true", "1", "yes", "up", "liked"), ("false", "0", "no", "down", "disliked")
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """One rated answer: for ``prompt`` (chat messages), ``completion`` was liked (True) or not."""
+
+    prompt: tuple[tuple[str, str], ...]
+    completion: str
+    liked: bool
+    user_id: str | None = None
+    source: str = ""  # "FILE:LINE"
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": r, "content": c} for r, c in self.prompt]
+
+
+def is_feedback(rec: Any) -> bool:
+    """Whether a raw record is unpaired feedback (it has ``completion`` and ``label``) rather than a pair."""
+    return isinstance(rec, dict) and "completion" in rec and "label" in rec and "chosen" not in rec
+
+
+def read_label(rec: dict[str, Any], where: tuple[str, int | str], problems: list[Problem]) -> bool | None:
+    value = rec.get("label")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+        return value.strip().lower() in TRUE
+    shown = "missing" if value is None else f"expected true or false (thumbs up or down), got {value!r}"[:120]
+    problems.append(Problem(*where, "label", shown))
+    return None
+
+
+def validate_feedback(rec: Any, source: str, line: int | str, problems: list[Problem]) -> Feedback | None:
+    """Check one raw record, appending every problem found; return the feedback when it has none."""
+    where = (source, line)
+    if not isinstance(rec, dict):
+        problems.append(Problem(*where, "record", f"expected an object with prompt/completion/label, got "
+                                                  f"{type(rec).__name__}"))
+        return None
+    before = len(problems)
+    prompt = read_prompt(rec, where, problems)
+    completion = read_response(rec, "completion", where, problems)
+    liked = read_label(rec, where, problems)
+    user = rec.get("user_id")
+    if user is not None and (isinstance(user, bool) or not isinstance(user, (str, int))):
+        problems.append(Problem(*where, "user_id", f"expected text or an integer, got {type(user).__name__}"))
+    if len(problems) > before or prompt is None or completion is None or liked is None:
+        return None
+    return Feedback(prompt, completion, liked, None if user in (None, "") else str(user), f"{source}:{line}")
+
+
+def load_feedback(path: str, split: str = "train", user: str = "") -> list[Feedback]:
+    """Read and validate every record of ``path``; raise :class:`DataError` listing all problems, if any. With
+    ``user``, keep that user's records only. Liked and disliked answers are both needed (KTO's two sides)."""
+    problems: list[Problem] = []
+    out: list[Feedback] = []
+    for line, rec in iter_records(path, split):
+        if isinstance(rec, Problem):
+            problems.append(rec)
+            continue
+        fb = validate_feedback(rec, path, line, problems)
+        if fb is not None:
+            out.append(fb)
+    if problems:
+        raise DataError(problems)
+    if user:
+        out = [f for f in out if f.user_id == user]
+    if not out:
+        raise DataError(Problem(path, 0, "file", "no records" + (f" for user '{user}'" if user else "")))
+    return out
