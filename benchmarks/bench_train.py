@@ -4,7 +4,8 @@
                                      [--cases dpo,bapo] [--data pairs.jsonl]
 
 Same model, same LoRA (rank 16, alpha 32, all linear layers), same preference pairs, batch size, learning rate and
-number of optimizer steps, fp32 on CPU. Each run is a fresh subprocess (so peak memory is its own) and the whole
+number of optimizer steps, in one dtype on CPU (`--dtype`, float32 by default: the figures of docs/PERFORMANCE.md;
+bfloat16: both load the model in bfloat16, TRL with its `bf16` mixed precision, bapo with its LoRA autocast). Each run is a fresh subprocess (so peak memory is its own) and the whole
 training job is timed, data preparation and reference log-probs included; bapo's base-response generation is timed
 separately (TRL has no such step). Runs alternate TRL, bapo, TRL, bapo... Before any timing, both must compute the
 same DPO loss on the same first batch from the same (perturbed, so policy != reference) LoRA weights.
@@ -81,7 +82,7 @@ def worker_trl(a, best: bool = False) -> dict:
     from bapo.runtime.models import load_model, load_tokenizer
 
     rows = [json.loads(x) for x in Path(a.data).read_text().splitlines()]
-    model, tok = load_model(a.model_path), load_tokenizer(a.model_path)
+    model, tok = load_model(a.model_path, "cpu", a.dtype), load_tokenizer(a.model_path)
     set_seed(a.seed)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,6 +90,7 @@ def worker_trl(a, best: bool = False) -> dict:
                          num_train_epochs=a.epochs, beta=0.1, loss_type=["sigmoid"], max_length=1024,
                          report_to="none", save_strategy="no", logging_steps=10, seed=a.seed, use_cpu=True,
                          dataloader_num_workers=0, disable_tqdm=True, lr_scheduler_type="linear",
+                         bf16=a.dtype == "bfloat16",
                          **({"precompute_ref_log_probs": True, "gradient_checkpointing": False} if best else {}))
         trainer = DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
                              processing_class=tok, peft_config=lora_config())
@@ -111,13 +113,15 @@ def worker_bapo(a) -> dict:
         cfg = TrainConfig(model=a.model_path, out=f"{tmp}/out", cache_dir=f"{tmp}/cache",
                           data=DataConfig(path=a.data, holdout=0.0, max_length=1024, max_prompt_length=512),
                           lora=LoraSettings(r=16, alpha=32, dropout=0.0), epochs=a.epochs, batch_size=a.batch_size,
-                          lr=a.lr, warmup_ratio=0.0, seed=a.seed, save_steps=10**9, logging_steps=10)
+                          lr=a.lr, warmup_ratio=0.0, seed=a.seed, save_steps=10**9, logging_steps=10,
+                          dtype=a.dtype, device="cpu")
         cfg.loss.method = a.case
         cfg.base.max_new_tokens = a.base_tokens
         gen = 0.0
         if a.case == "bapo":  # the base-response step, timed on its own
             pairs = load_pairs(a.data)
-            ref = open_reference(a.model_path, cfg.data.max_length, cfg.data.max_prompt_length, cfg.cache_dir)
+            ref = open_reference(a.model_path, cfg.data.max_length, cfg.data.max_prompt_length, cfg.cache_dir,
+                                 "cpu", a.dtype)
             t0 = time.perf_counter()
             ref.generate(list({p.prompt_key: p.messages for p in pairs}.values()), cfg.base, show=False)
             gen = time.perf_counter() - t0
@@ -150,7 +154,7 @@ def worker_check(a) -> dict:
         args = DPOConfig(output_dir=tmp, per_device_train_batch_size=a.batch_size, beta=0.1, loss_type=["sigmoid"],
                          max_length=1024, report_to="none", use_cpu=True, seed=a.seed, dataloader_num_workers=0)
         # A fresh adapter (so TRL's reference is the adapter-disabled base), then moved off zero: policy != reference.
-        trainer = DPOTrainer(model=load_model(a.model_path), args=args, processing_class=tok,
+        trainer = DPOTrainer(model=load_model(a.model_path, "cpu", a.dtype), args=args, processing_class=tok,
                              train_dataset=datasets.Dataset.from_list(rows), peft_config=lora_config())
         model = trainer.model
         g = torch.Generator().manual_seed(a.seed)
@@ -180,7 +184,7 @@ def worker_check(a) -> dict:
 def run_worker(kind: str, a, case: str = "dpo") -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--case", case, "--model-path", a.model_path, "--data", a.data,
            "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--epochs", str(a.epochs), "--seed", str(a.seed),
-           "--base-tokens", str(a.base_tokens)]
+           "--base-tokens", str(a.base_tokens), "--dtype", a.dtype]
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
@@ -202,6 +206,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--cases", default="dpo,bapo")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="both sides compute in it (float32: the figures of docs/PERFORMANCE.md)")
     ap.add_argument("--out", default="", help="also write the figures as JSON here")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     ap.add_argument("--case", default="dpo", help=argparse.SUPPRESS)
@@ -244,15 +250,17 @@ def main() -> None:
     packed_tokens = sum(len(c.prompt) + len(c.response) + len(r.response) for c, r in enc)
     steps = int(-(-len(pairs) // a.batch_size) * a.epochs)
     print(f"work: {len(pairs)} pairs, prompt {p_len:.0f} tokens, responses {r_len:.0f} tokens on average; batch "
-          f"{a.batch_size}, lr {a.lr}, {a.epochs:g} epochs = {steps} optimizer steps; LoRA r16/alpha32 all-linear; fp32")
+          f"{a.batch_size}, lr {a.lr}, {a.epochs:g} epochs = {steps} optimizer steps; LoRA r16/alpha32 all-linear; {a.dtype}")
     print(f"bapo runs each step as micro-batches of {TrainConfig(batch_size=a.batch_size).pairs_per_forward} pairs "
           "(same gradient, less activation memory); TRL as one batch with its default gradient checkpointing")
 
     check = run_worker("check", a)
     diff = abs(check["trl"] - check["bapo"])
     print(f"check: first-batch DPO loss TRL {check['trl']:.6f}, bapo {check['bapo']:.6f}, |diff| {diff:.2e}")
-    if diff > 1e-4:
-        sys.exit("FAIL: the two implementations disagree on the loss; timings would not compare the same work")
+    tolerance = 1e-4 if a.dtype == "float32" else 2e-2  # bfloat16: two sets of kernels, each rounding on its own
+    if diff > tolerance:
+        sys.exit(f"FAIL: the two implementations disagree on the loss (over {tolerance:g}); timings would not compare "
+                 "the same work")
 
     peak = matmul_peak_gflops()
     n_params = _body_params(a.model_path)
@@ -305,7 +313,7 @@ def _body_params(model_path: str) -> int:
     """Parameters that do matmul work per token: everything but the input embedding (a lookup)."""
     from bapo.runtime.models import load_model
 
-    m = load_model(model_path)
+    m = load_model(model_path, "cpu", "float32")
     emb = m.get_input_embeddings().weight.numel()
     total = sum(p.numel() for p in m.parameters())
     tied = m.get_output_embeddings().weight is m.get_input_embeddings().weight
