@@ -38,6 +38,8 @@ def plain_loop(model, tok, items) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="the model's dtype (float32: the figures of docs/PERFORMANCE.md)")
     ap.add_argument("--data", default="package:knowledge_mc.jsonl")
     ap.add_argument("--items", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
@@ -55,7 +57,7 @@ def main() -> None:
 
     print_header()
     path = resolve_model(args.model)
-    model, tok = load_model(path), load_tokenizer(path)
+    model, tok = load_model(path, "cpu", args.dtype), load_tokenizer(path)
     items = load_mc(args.data, limit=args.items, seed=0)
     n_choices = sum(len(i.choices) for i in items)
     print(f"model: {args.model}; {len(items)} questions, {n_choices} choices; batch size {args.batch_size}")

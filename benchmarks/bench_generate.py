@@ -47,6 +47,8 @@ def batched(model, tok, prompts, cfg, stop) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="the model's dtype (float32: the figures of docs/PERFORMANCE.md)")
     ap.add_argument("--data", default="package:demo_prompts.jsonl")
     ap.add_argument("--prompts", type=int, default=48)
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -62,7 +64,7 @@ def main() -> None:
 
     print_header()
     path = resolve_model(args.model)
-    model, tok = load_model(path).eval(), load_tokenizer(path)
+    model, tok = load_model(path, "cpu", args.dtype).eval(), load_tokenizer(path)
     render = renderer(tok, DataConfig())
     messages = load_prompts(args.data, limit=args.prompts, seed=0)
     prompts = [tuple(render.prompt_ids(m)) for m in messages]
