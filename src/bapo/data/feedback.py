@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bapo.data.pairs import iter_records, read_prompt, read_response
+from bapo.data.pairs import load_validated, read_prompt, read_response
 from bapo.errors import DataError, Problem
 
 # CSV has no booleans: these spellings of a label are accepted there (and anywhere)
@@ -70,18 +70,8 @@ def validate_feedback(rec: Any, source: str, line: int | str, problems: list[Pro
 
 def load_feedback(path: str, split: str = "train", user: str = "") -> list[Feedback]:
     """Read and validate every record of ``path``; raise :class:`DataError` listing all problems, if any. With
-    ``user``, keep that user's records only. Liked and disliked answers are both needed (KTO's two sides)."""
-    problems: list[Problem] = []
-    out: list[Feedback] = []
-    for line, rec in iter_records(path, split):
-        if isinstance(rec, Problem):
-            problems.append(rec)
-            continue
-        fb = validate_feedback(rec, path, line, problems)
-        if fb is not None:
-            out.append(fb)
-    if problems:
-        raise DataError(problems)
+    ``user``, keep that user's records only."""
+    out = load_validated(path, split, validate_feedback)
     if user:
         out = [f for f in out if f.user_id == user]
     if not out:

@@ -15,11 +15,12 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from bapo.errors import DataError, Problem
 
 ROLES = ("system", "user", "assistant")
+T = TypeVar("T")
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -212,22 +213,29 @@ def validate_record(rec: Any, source: str, line: int | str, problems: list[Probl
     return PreferencePair(prompt, chosen, rejected, None if user in (None, "") else str(user), f"{source}:{line}")
 
 
+def load_validated(path: str, split: str, validate: Callable[..., T | None]) -> list[T]:
+    """Every record of ``path`` through ``validate(rec, source, line, problems)``; a :class:`DataError` listing every
+    problem (unparseable lines included) when there is any."""
+    problems: list[Problem] = []
+    out: list[T] = []
+    for line, rec in iter_records(path, split):
+        if isinstance(rec, Problem):
+            problems.append(rec)
+            continue
+        item = validate(rec, path, line, problems)
+        if item is not None:
+            out.append(item)
+    if problems:
+        raise DataError(problems)
+    return out
+
+
 def load_pairs(path: str, split: str = "train", user: str = "") -> list[PreferencePair]:
     """Read and validate every record of ``path``; raise :class:`DataError` listing all problems, if any.
 
     With ``user``, keep only records whose ``user_id`` equals it (an unknown id is an error naming the known ones).
     """
-    problems: list[Problem] = []
-    pairs: list[PreferencePair] = []
-    for line, rec in iter_records(path, split):
-        if isinstance(rec, Problem):
-            problems.append(rec)
-            continue
-        pair = validate_record(rec, path, line, problems)
-        if pair is not None:
-            pairs.append(pair)
-    if problems:
-        raise DataError(problems)
+    pairs = load_validated(path, split, validate_record)
     if not pairs:
         raise DataError(Problem(path, 0, "file", "no records"))
     if user:
