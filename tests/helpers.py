@@ -4,7 +4,11 @@ user's pairs, and where the shared data sets live."""
 from __future__ import annotations
 
 import json
+import socket
 import string
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -57,3 +61,32 @@ def make_pairs(n_prompts: int = 12, per_prompt: int = 2, user: str | None = None
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(cfg):
+    """``bapo serve`` with ``cfg`` (a ServeConfig) on a real uvicorn server in a thread: yields (app, engine)."""
+    import uvicorn
+
+    from bapo.serve.server import build
+
+    app, engine = build(cfg)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=cfg.port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield app, engine
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+        engine.close()

@@ -40,8 +40,8 @@ def test_unknown_model_and_config_errors_are_one_line(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", make_pairs(4, 1))
     r = bapo("train", "--data", data, "--out", tmp_path / "o", "--model", tmp_path / "nope")
     assert r.returncode == 2 and "no such directory" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = bapo("train", "--data", data, "--out", tmp_path / "o", "--method", "kto")
-    assert r.returncode == 2 and "loss.method: unknown 'kto'" in r.stderr
+    r = bapo("train", "--data", data, "--out", tmp_path / "o", "--method", "ktoo")
+    assert r.returncode == 2 and "loss.method: unknown 'ktoo'" in r.stderr
     (tmp_path / "c.yaml").write_text("loss:\n  betta: 0.2\n")
     r = bapo("train", "--config", tmp_path / "c.yaml", "--data", data, "--out", tmp_path / "o")
     assert r.returncode == 2 and "loss.betta: unknown option" in r.stderr

@@ -106,7 +106,7 @@ def test_unknown_method_is_a_config_error():
     from bapo.errors import ConfigError
 
     with pytest.raises(ConfigError, match="loss.method"):
-        LossConfig(method="kto").validate()
+        LossConfig(method="ktoo").validate()
     with pytest.raises(ConfigError, match="base.num_responses"):
         from bapo.runtime.config import BaseResponseConfig
 
@@ -213,3 +213,35 @@ def test_kto_by_hand():
     assert kto_reference_point(torch.tensor([-1.0, -2.0])).item() == 0.0  # clamped at 0
     got = kto_loss(torch.tensor([1.0, 1.0, -0.6]), torch.tensor([True, False, False]), z0, 0.5, 1.0, 1.5)
     assert got.tolist() == pytest.approx([1 - s(0.5 * 0.8), 1.5 * (1 - s(0.5 * -0.8)), 1.5 * (1 - s(0.5 * 0.8))])
+
+
+def test_kto_through_preference_loss_with_and_without_the_anchor():
+    """Unpaired feedback: ``chosen`` holds each rated answer, ``rejected`` a mismatched one (the KL estimate)."""
+    s = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    p = PairLogps(chosen=T([-4.0, -6.0]), rejected=T([-7.0, -9.0]), ref_chosen=T([-5.0, -5.0]),
+                  ref_rejected=T([-7.5, -8.9]), chosen_len=T([3.0, 3.0]), rejected_len=T([4.0, 4.0]),
+                  base=T([[-10.0], [-12.0]]), ref_base=T([[-9.0], [-12.5]]), liked=T([True, False]))
+    # log-ratios 1 and -1; mismatched ones 0.5 and -0.1: z0 = 0.2; the second (disliked) is below z0 as it should be
+    kto = (1 - s(0.5 * (1 - 0.2)) + 2.0 * (1 - s(0.5 * (0.2 + 1)))) / 2
+    loss, metrics = preference_loss(p, LossConfig(method="kto", beta=0.5, undesirable_weight=2.0))
+    assert loss.item() == pytest.approx(kto)
+    assert metrics["kl"].item() == pytest.approx(0.2)
+    assert metrics["rewards/margins"].item() == pytest.approx(0.5 * 1 - 0.5 * -1)
+    assert "rewards/accuracies" not in metrics  # no pairs to rank
+    # bapo over kto: the anchor's hinge on the first base response only (1 nat below the reference), mean over 2
+    loss, _ = preference_loss(p, LossConfig(method="bapo", pref_loss="kto", beta=0.5, undesirable_weight=2.0,
+                                            anchor_lambda=0.3))
+    assert loss.item() == pytest.approx(kto + 0.3 * 0.5)
+    with pytest.raises(ValueError, match="unpaired feedback"):
+        preference_loss(PairLogps(*[p.chosen, p.rejected, p.ref_chosen, p.ref_rejected, p.chosen_len,
+                                    p.rejected_len]), LossConfig(method="kto"))
+
+
+def test_kto_refuses_an_nll_term_and_bad_weights():
+    from bapo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rpo_alpha"):
+        LossConfig(method="kto", rpo_alpha=1.0).validate()
+    with pytest.raises(ConfigError, match="desirable_weight"):
+        LossConfig(method="kto", undesirable_weight=0.0).validate()
+    assert LossConfig(method="bapo", pref_loss="kto").unpaired and not LossConfig(method="dpo").unpaired

@@ -101,3 +101,28 @@ def test_personal_reward_acc_counts_float_noise_as_a_tie_and_real_margins_by_sig
     out = personal_scores(model, examples, 0)
     assert out["reward_acc"] == [0.5, 1.0]
     assert out["margin"] == pytest.approx([-2 * noise, 0.5], abs=1e-5)
+
+
+def test_auc_pseudo_values_give_the_mann_whitney_auc_and_delongs_standard_error():
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from bapo.evaluation.metrics import auc_pseudo_values
+
+    rng = np.random.default_rng(0)
+    liked = [bool(x) for x in rng.integers(0, 2, 40)]
+    scores = [float(rng.normal(0.8 if y else 0.0)) for y in liked]
+    scores[3] = scores[4] = 0.25  # a tie counts one half
+    z = auc_pseudo_values(scores, liked)
+    s = Stat.of(z)
+    assert s.value == pytest.approx(roc_auc_score(liked, scores), abs=1e-12)
+    # DeLong's variance from its structural components, computed here directly
+    pos = np.array([x for x, y in zip(scores, liked) if y])
+    neg = np.array([x for x, y in zip(scores, liked) if not y])
+    h = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    v10, v01 = h.mean(1), h.mean(0)
+    var = v10.var(ddof=1) / len(pos) + v01.var(ddof=1) / len(neg)
+    assert s.stderr == pytest.approx(math.sqrt(var), rel=1e-9)
+    # the reference scores every answer alike: AUC exactly 0.5 with no spread; one class alone: no AUC
+    assert set(auc_pseudo_values([0.0] * 6, [True, False] * 3)) == {0.5}
+    assert auc_pseudo_values([1.0, 2.0, 3.0], [True, True, True]) == []

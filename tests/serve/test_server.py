@@ -2,8 +2,6 @@
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from bapo.runtime.config import LoraSettings  # noqa: E402
 from bapo.core.tokens import Renderer  # noqa: E402
 from bapo.serve.config import ServeConfig  # noqa: E402
 from bapo.serve.server import build  # noqa: E402
+from tests.helpers import free_port, serving  # noqa: E402
 
 USERS = ["alice", "bob", "carol"]
 Q = [{"role": "user", "content": "Tell me about tea."}]
@@ -36,12 +35,6 @@ def make_adapter(model_dir: str, out: Path, seed: int) -> Path:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("serve")
@@ -52,19 +45,9 @@ def server(tmp_path_factory, tiny_model):
     (root / "adapters" / "sneaky").symlink_to(root / "outside" / "eve")
     cfg = ServeConfig(model=tiny_model, adapters=str(root / "adapters"), port=free_port(), api_key="sekret",
                       max_adapters=2, max_tokens=64, max_body_kb=8, device="cpu", dtype="float32", batch_wait_ms=50)
-    app, engine = build(cfg)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=cfg.port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{cfg.port}/v1", api_key="sekret", max_retries=0)
-    yield client, engine, root, cfg, Path(tiny_model).name
-    srv.should_exit = True
-    thread.join(timeout=10)
-    engine.close()
+    with serving(cfg) as (_, engine):
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{cfg.port}/v1", api_key="sekret", max_retries=0)
+        yield client, engine, root, cfg, Path(tiny_model).name
 
 
 def offline(tiny_model: str, adapter: Path | None, messages, max_new_tokens: int, scale: float = 1.0) -> str:

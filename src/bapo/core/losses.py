@@ -29,12 +29,16 @@ class LossConfig:
 
     method: str = option("bapo", "Loss: bapo; its rivals replay, kl, dpo+nll; or a pairwise loss (dpo, cdpo, ipo, "
                                  "hinge, robust, simpo, apo_zero, apo_down, sppo_hard, nca_pair, exo_pair, bco_pair, "
-                                 "aot, discopop, sigmoid_norm).")
-    pref_loss: str = option("dpo", "With bapo, replay or kl: the pairwise loss the base-response term is added to.")
+                                 "aot, discopop, sigmoid_norm); or kto, for thumbs up/down (unpaired feedback; pairs "
+                                 "are unpaired: chosen liked, rejected disliked).")
+    pref_loss: str = option("dpo", "With bapo, replay or kl: the preference loss the base-response term is added to "
+                                   "(kto included).")
     beta: float = option(0.1, "Inverse temperature of the implicit reward (DPO's beta).")
     label_smoothing: float = option(0.1, "Assumed label-flip rate for cdpo, robust, exo_pair and aot.")
     discopop_tau: float = option(0.05, "DiscoPOP's temperature of the blend between its two losses.")
     simpo_gamma: float = option(0.5, "SimPO target margin gamma.")
+    desirable_weight: float = option(1.0, "KTO's weight of liked answers (raise it when they are the fewer).")
+    undesirable_weight: float = option(1.0, "KTO's weight of disliked answers.")
     rpo_alpha: float = option(0.0, "Weight of an NLL term on chosen responses (RPO); 0 = off (dpo+nll: 0 means 1).")
     anchor_lambda: float = option(1.0, "Weight lambda of the base-response term: BAPO's anchor, replay's NLL, kl's KL.",
                                   flag=("lambda", "anchor-lambda"))
@@ -44,8 +48,8 @@ class LossConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"loss.method: unknown '{self.method}'; choose one of {', '.join(METHODS)}")
-        if self.pref_loss not in PAIRWISE_LOSSES:
-            raise ConfigError(f"loss.pref_loss: unknown '{self.pref_loss}'; choose one of {sorted(PAIRWISE_LOSSES)}")
+        if self.pref_loss not in PREFERENCE_LOSSES:
+            raise ConfigError(f"loss.pref_loss: unknown '{self.pref_loss}'; choose one of {sorted(PREFERENCE_LOSSES)}")
         if self.anchor not in ANCHORS:
             raise ConfigError(f"loss.anchor: unknown '{self.anchor}'; choose one of {sorted(ANCHORS)}")
         if self.anchor_reduction not in ("sum", "mean"):
@@ -60,6 +64,10 @@ class LossConfig:
             raise ConfigError("loss.discopop_tau: must be positive")
         if self.anchor_lambda < 0:
             raise ConfigError("loss.anchor_lambda: must be non-negative")
+        if self.desirable_weight <= 0 or self.undesirable_weight <= 0:
+            raise ConfigError("loss.desirable_weight, loss.undesirable_weight: must be positive")
+        if self.unpaired and self.nll_weight > 0:
+            raise ConfigError("loss.rpo_alpha: an NLL term on chosen responses needs pairs; kto has none")
 
     @property
     def uses_anchor(self) -> bool:
@@ -82,6 +90,11 @@ class LossConfig:
         if self.method in BASE_TERMS:
             return self.pref_loss
         return "dpo" if self.method == "dpo+nll" else self.method
+
+    @property
+    def unpaired(self) -> bool:
+        """Whether the loss reads unpaired feedback (one rated answer per example: KTO) rather than pairs."""
+        return self.pairwise in UNPAIRED_LOSSES
 
     @property
     def nll_weight(self) -> float:
@@ -218,6 +231,10 @@ class PairLogps:
     ref_base: Tensor | None = None
     base_len: Tensor | None = None
     base_kl: Tensor | None = None  # KL(pi_ref || pi_theta) summed over each base response's tokens, (B, K)
+    # Unpaired feedback (KTO): True where the rated answer was liked. Then ``chosen`` holds the rated answer and
+    # ``rejected`` a mismatched one (another example's answer under this prompt: KTO's KL estimate), see
+    # bapo.runtime.reference.Example.
+    liked: Tensor | None = None
 
 
 PairwiseFn = Callable[[PairLogps, LossConfig], Tensor]
@@ -255,6 +272,20 @@ PAIRWISE_LOSSES: dict[str, PairwiseFn] = {
         c.beta,
     ),
 }
+# Losses over unpaired feedback (one rated answer per example, PairLogps.liked): KTO, the rated answers' log-ratios
+# against the reference point of the mismatched ones.
+UNPAIRED_LOSSES: dict[str, PairwiseFn] = {
+    "kto": lambda p, c: more.kto_loss(p.chosen - p.ref_chosen, _liked(p),
+                                      more.kto_reference_point(p.rejected - p.ref_rejected), c.beta,
+                                      c.desirable_weight, c.undesirable_weight),
+}
+PREFERENCE_LOSSES = {**PAIRWISE_LOSSES, **UNPAIRED_LOSSES}
+
+
+def _liked(p: PairLogps) -> Tensor:
+    if p.liked is None:
+        raise ValueError("kto needs unpaired feedback: PairLogps.liked (thumbs up or down per example)")
+    return p.liked
 
 
 # The term on the reference's base responses of each method that has one: a function of the policy's and the
@@ -266,7 +297,36 @@ BASE_TERMS: dict[str, BaseTermFn] = {
     "replay": lambda base, ref_base, kl, c: replay_loss(base),
     "kl": lambda base, ref_base, kl, c: kl.mean(dim=-1) if kl.dim() > 1 else kl,
 }
-METHODS = (*BASE_TERMS, "dpo+nll", *PAIRWISE_LOSSES)
+METHODS = (*BASE_TERMS, "dpo+nll", *PREFERENCE_LOSSES)
+
+
+def pair_metrics(p: PairLogps, cfg: LossConfig) -> dict[str, Tensor]:
+    """Implicit rewards of chosen and rejected responses, their margin and how often it is positive (TRL's names)."""
+    chosen_rewards = cfg.beta * (p.chosen - p.ref_chosen).detach()
+    rejected_rewards = cfg.beta * (p.rejected - p.ref_rejected).detach()
+    return {
+        "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+        "logps/chosen": p.chosen.detach().mean(),
+        "logps/rejected": p.rejected.detach().mean(),
+    }
+
+
+def feedback_metrics(p: PairLogps, cfg: LossConfig) -> dict[str, Tensor]:
+    """KTO's batch: the reference point (``kl``), the mean implicit reward of liked and of disliked answers present,
+    and their difference as the margin when the batch has both."""
+    liked = _liked(p)
+    rewards = cfg.beta * (p.chosen - p.ref_chosen).detach()
+    out = {"kl": more.kto_reference_point(p.rejected - p.ref_rejected)}
+    if liked.any():
+        out["rewards/chosen"] = rewards[liked].mean()
+    if (~liked).any():
+        out["rewards/rejected"] = rewards[~liked].mean()
+    if liked.any() and (~liked).any():
+        out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]
+    return out
 
 
 def preference_loss(p: PairLogps, cfg: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:
@@ -275,19 +335,9 @@ def preference_loss(p: PairLogps, cfg: LossConfig) -> tuple[Tensor, dict[str, Te
     ``L = mean(pairwise) + nll_weight * mean(nll) + anchor_lambda * mean(base term)``, the base term being BAPO's
     anchor, replay's NLL or kl's KL on the reference's base responses (:data:`BASE_TERMS`).
     """
-    pair = PAIRWISE_LOSSES[cfg.pairwise](p, cfg)
+    pair = PREFERENCE_LOSSES[cfg.pairwise](p, cfg)
     loss = pair.mean()
-    chosen_rewards = cfg.beta * (p.chosen - p.ref_chosen).detach()
-    rejected_rewards = cfg.beta * (p.rejected - p.ref_rejected).detach()
-    metrics: dict[str, Tensor] = {
-        "loss/pref": pair.detach().mean(),
-        "rewards/chosen": chosen_rewards.mean(),
-        "rewards/rejected": rejected_rewards.mean(),
-        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
-        "logps/chosen": p.chosen.detach().mean(),
-        "logps/rejected": p.rejected.detach().mean(),
-    }
+    metrics = {"loss/pref": pair.detach().mean(), **(feedback_metrics(p, cfg) if cfg.unpaired else pair_metrics(p, cfg))}
     if cfg.nll_weight > 0:
         nll = nll_loss(p.chosen, p.chosen_len).mean()
         loss = loss + cfg.nll_weight * nll

@@ -6,10 +6,13 @@ Parquet, a hub id) and the same one-line ``FILE:LINE: field: what is wrong`` for
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
-from bapo.data.pairs import load_validated, read_prompt, read_response
+from bapo.data.pairs import (SUFFIXES, PreferencePair, iter_records, load_validated, prompt_key, prompt_record, read_prompt,
+                             read_response)
 from bapo.errors import DataError, Problem
 
 # CSV has no booleans: these spellings of a label are accepted there (and anywhere)
@@ -30,10 +33,53 @@ class Feedback:
     def messages(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.prompt]
 
+    @property
+    def prompt_key(self) -> str:
+        return prompt_key(self.prompt)
+
+    def to_record(self) -> dict[str, Any]:
+        """TRL's unpaired format."""
+        rec: dict[str, Any] = {"prompt": prompt_record(self.prompt), "completion": self.completion, "label": self.liked}
+        if self.user_id is not None:
+            rec["user_id"] = self.user_id
+        return rec
+
 
 def is_feedback(rec: Any) -> bool:
     """Whether a raw record is unpaired feedback (it has ``completion`` and ``label``) rather than a pair."""
     return isinstance(rec, dict) and "completion" in rec and "label" in rec and "chosen" not in rec
+
+
+def holds_feedback(path: str, split: str = "train") -> bool:
+    """Whether a data file (or a folder's first data file) holds unpaired feedback rather than pairs, judged by its
+    first record."""
+    if Path(path).is_dir():
+        files = sorted(f for f in Path(path).iterdir() if f.suffix.lower() in SUFFIXES)
+        return bool(files) and holds_feedback(str(files[0]), split)
+    first = next((rec for _, rec in iter_records(path, split) if isinstance(rec, dict)), None)
+    return is_feedback(first)
+
+
+def unpair(pairs: list[PreferencePair]) -> list[Feedback]:
+    """Pairs as thumbs: each chosen answer liked, each rejected one disliked, under the same prompt (what TRL's
+    ``unpair_preference_dataset`` does, so a pairwise user's data trains KTO)."""
+    return [Feedback(p.prompt, text, liked, p.user_id, p.source)
+            for p in pairs for text, liked in ((p.chosen, True), (p.rejected, False))]
+
+
+def mismatched(items: list[Feedback], seed: int) -> list[int]:
+    """For each rated answer, the index of another one whose answer it is paired with for KTO's KL estimate: a
+    seeded shuffle of the items, each taking the next item's answer whose prompt differs from its own (TRL rotates
+    answers within a batch; here across the whole set, so a prompt's own answers are never its mismatch unless
+    every item shares one prompt)."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    partner = [0] * len(items)
+    for k, i in enumerate(order):
+        step = next((d for d in range(1, len(order)) if items[order[(k + d) % len(order)]].prompt_key
+                     != items[i].prompt_key), 1)
+        partner[i] = order[(k + step) % len(order)]
+    return partner
 
 
 def read_label(rec: dict[str, Any], where: tuple[str, int | str], problems: list[Problem]) -> bool | None:

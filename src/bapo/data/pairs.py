@@ -8,6 +8,7 @@ collected and reported as ``FILE:LINE: field: what is wrong`` before any model w
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -15,7 +16,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 from bapo.errors import DataError, Problem
 
@@ -41,15 +42,26 @@ class PreferencePair:
     @property
     def prompt_key(self) -> str:
         """Stable id of the prompt (the conversation), shared by all pairs with the same prompt."""
-        return hashlib.sha256(json.dumps(self.prompt).encode()).hexdigest()[:16]
+        return prompt_key(self.prompt)
 
     def to_record(self) -> dict[str, Any]:
         """TRL's format: a single user turn becomes a plain string prompt, anything else stays a message list."""
-        prompt: Any = self.prompt[0][1] if len(self.prompt) == 1 and self.prompt[0][0] == "user" else self.messages
-        rec: dict[str, Any] = {"prompt": prompt, "chosen": self.chosen, "rejected": self.rejected}
+        rec: dict[str, Any] = {"prompt": prompt_record(self.prompt), "chosen": self.chosen, "rejected": self.rejected}
         if self.user_id is not None:
             rec["user_id"] = self.user_id
         return rec
+
+
+def prompt_key(prompt: tuple[tuple[str, str], ...]) -> str:
+    """Stable id of a prompt (the conversation), shared by every record with the same prompt."""
+    return hashlib.sha256(json.dumps(prompt).encode()).hexdigest()[:16]
+
+
+def prompt_record(prompt: tuple[tuple[str, str], ...]) -> Any:
+    """A prompt as TRL writes it: a single user turn as plain text, anything else as a message list."""
+    if len(prompt) == 1 and prompt[0][0] == "user":
+        return prompt[0][1]
+    return [{"role": r, "content": c} for r, c in prompt]
 
 
 def prompt_messages(prompt: str | list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -251,21 +263,23 @@ def load_pairs(path: str, split: str = "train", user: str = "") -> list[Preferen
 USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def load_pairs_by_user(path: str, split: str = "train") -> tuple[dict[str, list[PreferencePair]], dict[str, list[Problem]]]:
-    """Every record of ``path`` validated and grouped by ``user_id``: ``(pairs per user, problems per user)``; a
-    problem that belongs to no user (an unparseable line, a record without a usable ``user_id``) is filed under "".
+def load_pairs_by_user(path: str, split: str = "train", validate: Callable[..., Any] = validate_record
+                       ) -> tuple[dict[str, list], dict[str, list[Problem]]]:
+    """Every record of ``path`` validated (as pairs, or by ``validate``: unpaired feedback) and grouped by
+    ``user_id``: ``(records per user, problems per user)``; a problem that belongs to no user (an unparseable line, a
+    record without a usable ``user_id``) is filed under "".
 
     A folder stands for one user per file (the file's name without its suffix is the user id).
     """
     p = Path(path)
     if p.is_dir():
-        return _load_folder(p, split)
-    pairs: dict[str, list[PreferencePair]] = {}
+        return _load_folder(p, split, validate)
+    pairs: dict[str, list] = {}
     problems: dict[str, list[Problem]] = {}
     for line, rec in iter_records(path, split):
         user = str(rec.get("user_id", "")) if isinstance(rec, dict) and rec.get("user_id") is not None else ""
         found: list[Problem] = [rec] if isinstance(rec, Problem) else []
-        pair = None if found else validate_record(rec, path, line, found)
+        pair = None if found else validate(rec, path, line, found)
         if not found and not user:
             found.append(Problem(path, line, "user_id", "missing (one adapter per user needs each record's user)"))
         elif not found and not USER_ID.match(user):
@@ -277,8 +291,8 @@ def load_pairs_by_user(path: str, split: str = "train") -> tuple[dict[str, list[
     return pairs, problems
 
 
-def _load_folder(folder: Path, split: str) -> tuple[dict[str, list[PreferencePair]], dict[str, list[Problem]]]:
-    pairs: dict[str, list[PreferencePair]] = {}
+def _load_folder(folder: Path, split: str, validate: Callable[..., Any]) -> tuple[dict[str, list], dict[str, list[Problem]]]:
+    pairs: dict[str, list] = {}
     problems: dict[str, list[Problem]] = {}
     files = sorted(f for f in folder.iterdir() if f.suffix.lower() in SUFFIXES)
     if not files:
@@ -289,14 +303,30 @@ def _load_folder(folder: Path, split: str) -> tuple[dict[str, list[PreferencePai
             problems.setdefault("", []).append(Problem(str(f), 0, "file", "its name cannot name a user's folder"))
             continue
         try:
-            pairs[user] = [PreferencePair(p.prompt, p.chosen, p.rejected, user, p.source)
-                           for p in load_pairs(str(f), split)]
+            items = load_validated(str(f), split, validate)
         except DataError as e:
             problems[user] = e.problems
+            continue
+        if not items:
+            problems[user] = [Problem(str(f), 0, "file", "no records")]
+        else:
+            pairs[user] = [dataclasses.replace(p, user_id=user) for p in items]
     return pairs, problems
 
 
-def split_holdout(pairs: list[PreferencePair], fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
+class Prompted(Protocol):
+    """A record with a prompt: a pair or a rated answer (bapo.data.feedback.Feedback)."""
+
+    source: str
+
+    @property
+    def prompt_key(self) -> str: ...
+
+
+P = TypeVar("P", bound=Prompted)
+
+
+def split_holdout(pairs: list[P], fraction: float, seed: int) -> tuple[list[P], list[P]]:
     """Seeded split *by prompt*, so no held-out prompt was ever seen in training. Returns ``(train, held_out)``."""
     if fraction <= 0:
         return list(pairs), []

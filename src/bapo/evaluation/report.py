@@ -22,13 +22,14 @@ from bapo.errors import DataError, Problem  # noqa: E402
 from bapo.evaluation.metrics import Z95  # noqa: E402
 from bapo.evaluation.records import Record  # noqa: E402
 from bapo.evaluation.samples import MAX_CHARS, read_samples, side_by_side  # noqa: E402
-from bapo.evaluation.tasks import role_metric  # noqa: E402
+from bapo.evaluation.tasks import PERSONAL_KINDS, role_metric  # noqa: E402
 from bapo.io import atomic_save_figure, atomic_write_text  # noqa: E402
 
 # Personalization on the x axis: the user's own profile score where the user has one, else the implicit-reward margin
-# (nats; the base model's is 0), else ll_acc; the first whose values differ between the models (on the demo's held-out
-# pairs every adapter's ll_acc was 1.000, so all points stood on one vertical line).
-PERSONAL_METRICS = ("profile_score", "margin", "ll_acc")
+# (nats; the base model's is 0), else the AUC of held-out thumbs (unpaired feedback), else ll_acc; the first whose
+# values differ between the models (on the demo's held-out pairs every adapter's ll_acc was 1.000, so all points stood
+# on one vertical line).
+PERSONAL_METRICS = ("profile_score", "margin", "auc", "ll_acc")
 BASE_COLOR = "#888888"
 KNOWLEDGE = role_metric("knowledge")
 ALIGNMENT = tuple(role_metric(r) for r in ("drift", "alignment", "reward"))
@@ -56,7 +57,7 @@ def personal_metric(records: list[Record]) -> str:
     """The personalization metric the trade-off plots: the first of :data:`PERSONAL_METRICS` that separates the
     models."""
     for metric in PERSONAL_METRICS:
-        vals = [r.value for r in records if r.kind == "personal" and r.metric == metric]
+        vals = [r.value for r in records if r.kind in PERSONAL_KINDS and r.metric == metric]
         if vals and max(vals) - min(vals) > 1e-9:
             return metric
     return PERSONAL_METRICS[-1]
@@ -92,8 +93,9 @@ def task_bars(records: list[Record], task: str, out: Path) -> Path:
     return path
 
 
-def _value(records, model, kind, metric):
-    vals = [r for r in records if r.model == model and r.kind == kind and r.metric == metric]
+def _value(records, model, kind: str | tuple[str, ...], metric):
+    kinds = (kind,) if isinstance(kind, str) else kind
+    vals = [r for r in records if r.model == model and r.kind in kinds and r.metric == metric]
     if not vals:
         return None
     return sum(r.value for r in vals) / len(vals), max(r.stderr or 0 for r in vals)
@@ -103,7 +105,7 @@ def tradeoff(records: list[Record], out: Path) -> Path | None:
     """Personalization (x) against each retention measure (y), one line per adapter through its scales."""
     models = list(dict.fromkeys(r.model for r in records))
     metric_x = personal_metric(records)
-    personal = {m: _value(records, m, "personal", metric_x) for m in models}
+    personal = {m: _value(records, m, PERSONAL_KINDS, metric_x) for m in models}
     panels = [(k, m) for k, m in (KNOWLEDGE, *ALIGNMENT) if any(r.kind == k and r.metric == m for r in records)]
     if not panels or not any(v is not None for v in personal.values()):
         return None

@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 
 from bapo import progress
+from bapo.data.feedback import holds_feedback, load_feedback
 from bapo.data.pairs import PreferencePair, load_pairs
 from bapo.errors import ConfigError
 from bapo.evaluation.config import EvalConfig
@@ -84,7 +85,7 @@ def candidates(cfg: EvalConfig) -> tuple[list[Candidate], dict[str, Task]]:
         if holdout.exists() and holdout.stat().st_size:
             key = hashlib.sha256(holdout.read_bytes()).hexdigest()
             if key not in by_digest:
-                pairs = load_pairs(str(holdout))
+                pairs = load_feedback(str(holdout)) if holds_feedback(str(holdout)) else load_pairs(str(holdout))
                 who = _personal_who(info.path, pairs)
                 by_digest[key] = f"personal:{who}"
                 personal[by_digest[key]] = personal_task(by_digest[key], pairs, who, TIE_NATS)

@@ -12,6 +12,8 @@ Task kinds:
 - ``refusal``: requests a model answers; the share of refusals by a phrase rule (generative alignment: on harmful
   requests, such as HH's first human turns, higher is safer; on harmless ones, lower is more helpful).
 - ``personal``: an adapter's own held-out pairs (personalization); made from the adapter, never listed in a suite.
+- ``feedback``: an adapter's own held-out thumbs up and down (personalization from unpaired feedback: the AUC of
+  the implicit reward); made from the adapter like ``personal``.
 
 The ``default`` suite uses only data shipped in the package, so it runs anywhere.
 """
@@ -24,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from bapo.core.tokens import encode_pairs
+from bapo.core.tokens import Encoded, encode_pairs
+from bapo.data.feedback import Feedback
 from bapo.data.pairs import PreferencePair
 from bapo.data.profiles import PROFILES, profile_key
 from bapo.data.readers import load_general_pairs, load_mc, load_prompts, load_qa
@@ -109,6 +112,12 @@ def _prepare_personal(task: Task, ref: Reference) -> list:
                           with_base=False)
 
 
+def _prepare_feedback(task: Task, ref: Reference) -> list[tuple[Encoded, float, bool]]:
+    """The held-out rated answers with the reference's log-prob of each (for the implicit reward)."""
+    seqs = [ref.renderer.encode(f.messages, f.completion, f.source, "completion", [], truncate=True) for f in task.items]
+    return [(s, v, f.liked) for s, (v, _), f in zip(seqs, ref.logps(seqs), task.items)]
+
+
 def _profile_prompts(task: Task) -> list[list[dict[str, str]]]:
     """The distinct held-out prompts a user with a scoring rule is asked for answers on (none without a rule)."""
     return list({p.prompt_key: p.messages for p in task.items}.values()) if task.rule else []
@@ -162,8 +171,12 @@ KINDS: dict[str, TaskKind] = {k.name: k for k in [
     TaskKind("personal", "personalization", "reward_acc", lambda spec: [], _score_personal,
              sequences=lambda items: 2 * len(items), prepare=_prepare_personal,
              prompts=lambda t: _asked(_profile_prompts(t)), answered=("profile_score",)),
+    TaskKind("feedback", "personalization", "auc", lambda spec: [],
+             lambda model, t, s, adv: metrics.feedback_scores(model, t.prepared, s.ref.pad_id, s.batch_size, adv),
+             sequences=len, prepare=_prepare_feedback),
 ]}
-SUITE_KINDS = tuple(k for k in KINDS if k != "personal")
+PERSONAL_KINDS = ("personal", "feedback")  # made from an adapter's held-out data, never listed in a suite
+SUITE_KINDS = tuple(k for k in KINDS if k not in PERSONAL_KINDS)
 
 
 def role_metric(role: str) -> tuple[str, str]:
@@ -180,13 +193,15 @@ def spec_items(spec: TaskSpec) -> list:
     return KINDS[spec.kind].load(spec)
 
 
-def personal_task(name: str, pairs: list[PreferencePair], who: str, tie_nats: float) -> Task:
-    """A user's held-out pairs as a task; ``who`` (their user id, else the adapter's name) names their scoring rule
-    when :data:`bapo.data.profiles.PROFILES` has one (see :func:`bapo.data.profiles.profile_key`)."""
-    rule = profile_key(who)
+def personal_task(name: str, pairs: list[PreferencePair] | list[Feedback], who: str, tie_nats: float) -> Task:
+    """A user's held-out pairs (or thumbs: a ``feedback`` task) as a task; ``who`` (their user id, else the adapter's
+    name) names their scoring rule when :data:`bapo.data.profiles.PROFILES` has one (see
+    :func:`bapo.data.profiles.profile_key`)."""
+    kind = "feedback" if pairs and isinstance(pairs[0], Feedback) else "personal"
+    rule = profile_key(who) if kind == "personal" else ""
     held = [p.to_record() for p in pairs]
     key = hashlib.sha256(json.dumps([rule, tie_nats, held]).encode()).hexdigest()[:16]
-    return Task(TaskSpec(name, "personal", ""), pairs, key, rule)
+    return Task(TaskSpec(name, kind, ""), pairs, key, rule)
 
 
 # ---------------------------------------------------------------------------------------------------------------

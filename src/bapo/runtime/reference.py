@@ -17,6 +17,7 @@ import torch
 from bapo import progress
 from bapo.core.logprobs import score
 from bapo.core.tokens import Encoded, Renderer
+from bapo.data.feedback import Feedback
 from bapo.runtime import distributed
 from bapo.runtime.config import BaseResponseConfig
 from bapo.runtime.generate import generate_batch, stop_ids
@@ -116,7 +117,11 @@ class Reference:
 
 @dataclass
 class Example:
-    """A training/evaluation item: one pair, its prompt's base responses, and the reference log-probs of each."""
+    """A training/evaluation item: one pair, its prompt's base responses, and the reference log-probs of each.
+
+    Unpaired feedback (KTO) uses the same two slots: ``chosen`` is the rated answer, ``liked`` its thumbs up (True) or
+    down, and ``rejected`` a mismatched answer (another item's, under this prompt: KTO's KL estimate; see
+    :func:`bapo.data.feedback.mismatched`)."""
 
     chosen: Encoded
     rejected: Encoded
@@ -125,11 +130,13 @@ class Example:
     base: list[Encoded]
     ref_base: list[float]
     base_texts: list[str]
+    liked: bool | None = None
 
 
 def build_examples(ref: Reference, pairs, encoded: list[tuple[Encoded, Encoded]], cfg: BaseResponseConfig,
                    with_base: bool, batch_size: int = 16, show: bool = True) -> list[Example]:
-    """Attach base responses (when ``with_base``) and reference log-probs to encoded pairs; all of it cached."""
+    """Attach base responses (when ``with_base``) and reference log-probs to encoded pairs (or rated answers with
+    their mismatched ones, :class:`~bapo.data.feedback.Feedback`); all of it cached."""
     base_texts: list[list[str]] = [[] for _ in pairs]
     base_enc: list[list[Encoded]] = [[] for _ in pairs]
     if with_base:
@@ -145,7 +152,8 @@ def build_examples(ref: Reference, pairs, encoded: list[tuple[Encoded, Encoded]]
     out = []
     for i, (c, r) in enumerate(encoded):
         out.append(Example(c, r, pair_vals[2 * i][0], pair_vals[2 * i + 1][0], base_enc[i],
-                           [next(base_vals)[0] for _ in base_enc[i]], base_texts[i]))
+                           [next(base_vals)[0] for _ in base_enc[i]], base_texts[i],
+                           pairs[i].liked if isinstance(pairs[i], Feedback) else None))
     return out
 
 

@@ -15,15 +15,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bapo.core.tokens import encode_pairs
 from bapo.data.config import renderer
-from bapo.data.pairs import PreferencePair, load_pairs_by_user, split_holdout
+from bapo.data.feedback import validate_feedback
+from bapo.data.pairs import load_pairs_by_user, split_holdout, validate_record
 from bapo.errors import DataError, Problem
 from bapo.io import atomic_write_text, csv_text
 from bapo.runtime import distributed
 from bapo.runtime.models import load_tokenizer, resolve_model
 from bapo.runtime.reference import build_examples, load_reference
 from bapo.training.config import TrainConfig
+from bapo.training.items import Item, as_trained, check_encodable, encode_items, is_feedback_data
 from bapo.training.run import fit
 
 
@@ -51,10 +52,11 @@ class PerUserResult:
     seconds: float = 0.0
 
 
-def user_data(cfg: TrainConfig) -> tuple[dict[str, list[PreferencePair]], dict[str, str]]:
-    """Every user's validated pairs, and the users skipped for bad data (with ``skip_bad_users``); without it any
+def user_data(cfg: TrainConfig) -> tuple[dict[str, list[Item]], dict[str, str]]:
+    """Every user's validated pairs (or rated answers), and the users skipped for bad data (with ``skip_bad_users``); without it any
     problem is a :class:`DataError` listing them all, before any model is loaded."""
-    pairs, problems = load_pairs_by_user(cfg.data.path, cfg.data.split)
+    rated = is_feedback_data(cfg.data.path, cfg.data.split, cfg.loss.unpaired)
+    pairs, problems = load_pairs_by_user(cfg.data.path, cfg.data.split, validate_feedback if rated else validate_record)
     loose = problems.pop("", [])
     if problems and not cfg.skip_bad_users or loose:
         raise DataError([*loose, *(p for ps in problems.values() for p in ps)])
@@ -79,14 +81,17 @@ def train_per_user(cfg: TrainConfig) -> PerUserResult:
     cfg.validate()
     out = Path(cfg.out)
     by_user, skipped = user_data(cfg)
-    splits = {u: split_holdout(ps, cfg.data.holdout, cfg.seed) for u, ps in by_user.items()}
+    splits = {}
+    for u, items in by_user.items():
+        train, held = split_holdout(items, cfg.data.holdout, cfg.seed)
+        splits[u] = as_trained(train, cfg.loss.unpaired), held
     model_path = resolve_model(cfg.model, cfg.cache_dir)
     render = renderer(load_tokenizer(model_path), cfg.data)
     encoded, problems = {}, []
-    for u, (train_pairs, held) in splits.items():
+    for u, (train_items, held) in splits.items():
         try:
-            encoded[u] = encode_pairs(train_pairs, render)
-            encode_pairs(held, render)
+            encoded[u] = encode_items(train_items, render, cfg.seed)
+            check_encodable(held, render)
         except DataError as e:
             problems += e.problems
     if problems:

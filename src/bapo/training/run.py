@@ -19,9 +19,7 @@ import torch
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_callback import ProgressCallback
 
-from bapo.core.tokens import encode_pairs
 from bapo.data.config import renderer
-from bapo.data.pairs import PreferencePair, load_pairs, split_holdout
 from bapo.errors import ConfigError
 from bapo.io import atomic_write_text, move_files_into, write_json, write_jsonl
 from bapo.options import dump_yaml
@@ -29,6 +27,7 @@ from bapo.runtime import distributed
 from bapo.runtime.models import add_lora, dtype_name, load_tokenizer, resolve_device, resolve_dtype, resolve_model
 from bapo.runtime.reference import Example, Reference, build_examples, load_reference
 from bapo.training.config import TrainConfig
+from bapo.training.items import Item, check_encodable, encode_items, load_splits
 from bapo.training.trainer import BarWithMetrics, MetricsFile, PairCollator, PreferenceTrainer
 
 
@@ -108,14 +107,6 @@ def compute_dtype(cfg: TrainConfig) -> torch.dtype:
     return resolve_dtype(cfg.dtype, resolve_device(cfg.device))
 
 
-def load_splits(cfg: TrainConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """The training pairs and the held-out pairs (a separate file, or a seeded split by prompt)."""
-    pairs = load_pairs(cfg.data.path, cfg.data.split, cfg.data.user)
-    if cfg.data.eval_path:
-        return pairs, load_pairs(cfg.data.eval_path, cfg.data.split, cfg.data.user)
-    return split_holdout(pairs, cfg.data.holdout, cfg.seed)
-
-
 def train(cfg: TrainConfig) -> TrainResult:
     """Train one LoRA adapter (or, with ``finetune: full``, every weight); the Python twin of ``bapo train``."""
     t0 = time.time()
@@ -126,8 +117,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     train_pairs, held_pairs = load_splits(cfg)
     model_path = resolve_model(cfg.model, cfg.cache_dir)
     render = renderer(load_tokenizer(model_path), cfg.data)
-    train_enc = encode_pairs(train_pairs, render)
-    encode_pairs(held_pairs, render)  # fail now, not at evaluation time
+    train_enc = encode_items(train_pairs, render, cfg.seed)
+    check_encodable(held_pairs, render)  # fail now, not at evaluation time
 
     # 2. The reference model: base responses and reference log-probs, cached.
     ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, "float32" if cfg.finetune == "full" else cfg.dtype)
@@ -136,7 +127,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     return fit(cfg, ref, train_pairs, held_pairs, examples, t0)
 
 
-def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[PreferencePair], held_pairs: list[PreferencePair],
+def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[Item], held_pairs: list[Item],
         examples: list[Example], t0: float) -> TrainResult:
     """Steps 3 and 4 of a run: train on ``examples`` over the reference's own model and write the output directory.
     With LoRA the adapter is taken off afterwards, so ``ref.model`` is the plain base model again (the next user of
@@ -183,6 +174,7 @@ def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[PreferencePair], hel
         "model": cfg.model, "model_path": str(getattr(ref.model.config, "_name_or_path", "")),
         "model_fingerprint": ref.fingerprint, "method": cfg.loss.method, "finetune": cfg.finetune,
         "peak_rss_mb": peak_rss_mb(), "train_pairs": result.train_examples,
+        "train_data": "rated answers" if cfg.loss.unpaired else "pairs",
         "holdout_pairs": result.holdout_examples, "steps": result.steps, "seconds": round(result.seconds, 1),
         "processes": distributed.world_size(), "reference_work_by_rank": computed,
         "dtype": dtype_name(compute_dtype(cfg)), "dtype_asked": cfg.dtype,
@@ -204,7 +196,7 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
     return max(done)[1] if done else None
 
 
-def write_run_files(cfg: TrainConfig, train_pairs: list[PreferencePair], held_pairs: list[PreferencePair],
+def write_run_files(cfg: TrainConfig, train_pairs: list[Item], held_pairs: list[Item],
                     examples: list[Example]) -> None:
     """config.yaml, the train/holdout split and the base responses, written before training starts."""
     out = Path(cfg.out)

@@ -46,6 +46,8 @@ class PairCollator:
             batch.update(pad_batch(seqs, self.pad_id))
         batch["ref_chosen"] = torch.tensor([e.ref_chosen for e in examples], dtype=torch.float32)
         batch["ref_rejected"] = torch.tensor([e.ref_rejected for e in examples], dtype=torch.float32)
+        if examples[0].liked is not None:  # unpaired feedback: chosen is the rated answer, rejected a mismatched one
+            batch["liked"] = torch.tensor([e.liked for e in examples], dtype=torch.bool)
         return batch
 
 
@@ -89,7 +91,8 @@ def batch_pair_logps(model, batch: dict[str, torch.Tensor], with_token_kl: bool 
     lens = lens.to(sums.dtype)
     ref_chosen, ref_rejected = ((batch["ref_chosen"], batch["ref_rejected"]) if ref_sums is None else
                                 (ref_sums[:b], ref_sums[b : 2 * b]))
-    p = PairLogps(sums[:b], sums[b : 2 * b], ref_chosen, ref_rejected, lens[:b], lens[b : 2 * b])
+    p = PairLogps(sums[:b], sums[b : 2 * b], ref_chosen, ref_rejected, lens[:b], lens[b : 2 * b],
+                  liked=batch.get("liked"))
     if "ref_base" in batch:
         k = batch["ref_base"].shape[1]
         # base sequences come response-major (all first base responses, then all second...): (K, B) -> (B, K)

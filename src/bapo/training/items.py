@@ -1,0 +1,86 @@
+"""What a run trains on: pairs, or rated answers (thumbs up or down) for an unpaired loss such as KTO.
+
+A preference loss reads pairs; an unpaired one (:attr:`bapo.core.losses.LossConfig.unpaired`) reads rated answers.
+Unpaired feedback files train only an unpaired loss (a clear error otherwise); pairs train either, unpaired for KTO
+after the held-out split (each chosen answer liked, each rejected one disliked), so the held-out pairs stay pairs and
+an unpaired run's personalization is scored exactly as a pairwise run's. Each rated answer travels with a mismatched
+one (another item's answer under its prompt), from which KTO estimates its reference point.
+"""
+
+from __future__ import annotations
+
+from bapo.core.tokens import Encoded, Renderer, encode_pairs
+from bapo.data.feedback import Feedback, holds_feedback, load_feedback, mismatched, unpair
+from bapo.data.pairs import PreferencePair, load_pairs, split_holdout
+from bapo.errors import ConfigError, DataError, Problem
+from bapo.training.config import TrainConfig
+
+Item = PreferencePair | Feedback
+
+
+def is_feedback_data(path: str, split: str, unpaired: bool) -> bool:
+    """Whether ``path`` holds rated answers rather than pairs; a :class:`ConfigError` if it does and the loss is
+    pairwise."""
+    if not holds_feedback(path, split):
+        return False
+    if not unpaired:
+        raise ConfigError(f"data.path: {path} holds unpaired feedback (prompt, completion, label): train it with "
+                          "--method kto, or add the anchor with --method bapo --pref-loss kto")
+    return True
+
+
+def load_items(path: str, split: str, user: str, unpaired: bool) -> list[Item]:
+    """Pairs or rated answers from ``path``; rated answers only where the loss is unpaired."""
+    if is_feedback_data(path, split, unpaired):
+        return list(load_feedback(path, split, user))
+    return list(load_pairs(path, split, user))
+
+
+def load_splits(cfg: TrainConfig) -> tuple[list[Item], list[Item]]:
+    """The training items and the held-out ones (a separate file, or a seeded split by prompt); see the module."""
+    unpaired = cfg.loss.unpaired
+    items = load_items(cfg.data.path, cfg.data.split, cfg.data.user, unpaired)
+    if cfg.data.eval_path:
+        train, held = items, load_items(cfg.data.eval_path, cfg.data.split, cfg.data.user, unpaired)
+    else:
+        train, held = split_holdout(items, cfg.data.holdout, cfg.seed)
+    return as_trained(train, unpaired), held
+
+
+def as_trained(items: list[Item], unpaired: bool) -> list[Item]:
+    """Training items in the form the loss reads: pairs unpaired for an unpaired loss."""
+    pairs = [i for i in items if isinstance(i, PreferencePair)]
+    return [*unpair(pairs), *(i for i in items if isinstance(i, Feedback))] if unpaired and pairs else items
+
+
+def encode_items(items: list[Item], renderer: Renderer, seed: int) -> list[tuple[Encoded, Encoded]]:
+    """Each pair's chosen and rejected sequence, or each rated answer and its mismatched answer (seeded); raise
+    :class:`DataError` listing every over-long text."""
+    if not items or isinstance(items[0], PreferencePair):
+        return encode_pairs(items, renderer)
+    if len(items) < 2:
+        raise DataError(Problem(items[0].source.rsplit(":", 1)[0], 0, "completion",
+                                "KTO needs at least 2 rated answers (its reference point pairs each with another)"))
+    partner = mismatched(items, seed)
+    problems: list[Problem] = []
+    out = []
+    for f, j in zip(items, partner):
+        rated = renderer.encode(f.messages, f.completion, f.source, "completion", problems)
+        # another prompt's answer is not the user's text: cut to the limits, never an error
+        other = renderer.encode(f.messages, items[j].completion, f.source, "completion", [], truncate=True)
+        if rated is not None and other is not None:
+            out.append((rated, other))
+    if problems:
+        raise DataError(problems)
+    return out
+
+
+def check_encodable(items: list[Item], renderer: Renderer) -> None:
+    """Raise :class:`DataError` now, not at evaluation time, for any over-long held-out text."""
+    problems: list[Problem] = []
+    for i in items:
+        if isinstance(i, Feedback):
+            renderer.encode(i.messages, i.completion, i.source, "completion", problems)
+    if problems:
+        raise DataError(problems)
+    encode_pairs([i for i in items if isinstance(i, PreferencePair)], renderer)
