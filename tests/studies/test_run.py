@@ -161,6 +161,24 @@ def test_a_base_response_method_may_carry_its_own_lambda(study_cfg):
             replace(study_cfg, methods=methods).validate()
 
 
+def test_an_arm_may_put_the_anchor_over_kto(study_cfg):
+    """``bapo/kto``: BAPO's anchor over KTO, trained on the user's pairs as thumbs; ``kto`` alone likewise."""
+    from bapo.errors import ConfigError
+
+    study_cfg.users, study_cfg.methods = ["flip:1"], ["dpo", "kto", "bapo/kto", "bapo/kto:0.1"]
+    cells = plan(study_cfg)
+    assert [c.name for c in cells] == ["flip-1__dpo__s0", "flip-1__kto__s0", "flip-1__bapo-kto__s0",
+                                       "flip-1__bapo-kto-l0.1__s0"]
+    assert [c.unpaired for c in cells] == [False, True, True, True]
+    losses = [train_config(study_cfg, c, Path(study_cfg.out)).loss for c in cells]
+    assert [(x.method, x.pairwise, x.anchor_lambda) for x in losses] == [
+        ("dpo", "dpo", 1.0), ("kto", "kto", 1.0), ("bapo", "kto", 1.0), ("bapo", "kto", 0.1)]
+    study_cfg.validate()
+    for methods, msg in [(["dpo/kto"], "only a base-response method"), (["bapo/nope"], "pref_loss")]:
+        with pytest.raises(ConfigError, match=msg):
+            replace(study_cfg, methods=methods).validate()
+
+
 def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatch):
     study_cfg.frontier_scales = [0.0, 0.5]
     result = run_study(study_cfg)

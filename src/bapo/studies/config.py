@@ -25,7 +25,7 @@ def split_method(method: str) -> tuple[str, float | None]:
     name, sep, weight = method.partition(":")
     if not sep:
         return name, None
-    if name not in BASE_TERMS:
+    if method_losses(name)[0] not in BASE_TERMS:
         raise ConfigError(f"methods: '{method}': only a base-response method ({', '.join(BASE_TERMS)}) takes :LAMBDA")
     try:
         value = float(weight)
@@ -34,6 +34,13 @@ def split_method(method: str) -> tuple[str, float | None]:
     if not (math.isfinite(value) and value >= 0):
         raise ConfigError(f"methods: '{method}': LAMBDA must be a number >= 0, as in {name}:0.1")
     return name, value
+
+
+def method_losses(name: str) -> tuple[str, str | None]:
+    """A study method's loss and the preference loss under its base-response term: ``bapo/kto`` -> (bapo, kto), BAPO's
+    anchor over KTO (trained on the user's pairs as thumbs); ``dpo`` -> (dpo, None)."""
+    method, sep, pref = name.partition("/")
+    return method, pref if sep else None
 
 
 def study_training() -> TrainConfig:
@@ -101,7 +108,7 @@ class StudyConfig:
         out = {}
         for m in self.methods:
             loss, weight = split_method(m)
-            if loss in BASE_TERMS:
+            if method_losses(loss)[0] in BASE_TERMS:
                 out[m] = self.train.loss.anchor_lambda if weight is None else weight
         return out
 
@@ -117,7 +124,11 @@ class StudyConfig:
         if len({user_name(u) for u in self.users}) != len(self.users):
             raise ConfigError("users: a user is named twice")
         for m in self.methods:
-            LossConfig(method=split_method(m)[0]).validate()
+            method, pref = method_losses(split_method(m)[0])
+            if pref is not None and method not in BASE_TERMS:
+                raise ConfigError(f"methods: '{m}': only a base-response method ({', '.join(BASE_TERMS)}) takes "
+                                  "/PREF_LOSS, as in bapo/kto")
+            LossConfig(method=method, pref_loss=pref or "dpo").validate()
         if not self.methods:
             raise ConfigError("methods: name at least one method")
         if len(set(self.methods)) != len(self.methods):

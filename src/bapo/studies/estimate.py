@@ -96,7 +96,9 @@ def price(cfg: StudyConfig, work: Work, eval_seconds_per_model: float) -> float:
     p = prices(cfg)
     pairs = cfg.pair_budget if cfg.balance else cfg.pairs_per_user
     train = sum(pairs * cfg.train.epochs * (p.anchored_pair_epoch if c.loss in ANCHORED else p.pair_epoch)
-                * (1.3 if c.loss == "kl" else 1) for c in work.train)
+                * (1.3 if c.loss == "kl" else 1)
+                * (2 if c.unpaired else 1)  # KTO: each pair as two rated answers, each a row like a pair's
+                for c in work.train)
     simulated = sum(u.startswith("psoups") for u in cfg.users if user_name(u) in work.new_users)
     answers = (len(work.base_users) * cfg.pairs_per_user + (3 + cfg.candidate_samples) * cfg.pairs_per_user * simulated
                + cfg.drift_prompts * work.base_model)

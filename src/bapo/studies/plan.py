@@ -15,7 +15,7 @@ from bapo.data.users import user_name
 from bapo.errors import ConfigError
 from bapo.evaluation.config import EvalConfig
 from bapo.io import atomic_write_text
-from bapo.studies.config import StudyConfig, split_method
+from bapo.studies.config import StudyConfig, method_losses, split_method
 
 
 @dataclass
@@ -36,12 +36,23 @@ class Cell:
 
     @property
     def loss(self) -> str:
-        """The training loss (``bapo`` for the arm ``bapo:0.1``)."""
-        return split_method(self.method)[0]
+        """The training loss (``bapo`` for the arms ``bapo:0.1`` and ``bapo/kto``)."""
+        return method_losses(split_method(self.method)[0])[0]
+
+    @property
+    def pref_loss(self) -> str | None:
+        """The preference loss under the base-response term, where the arm names one (``kto`` for ``bapo/kto``)."""
+        return method_losses(split_method(self.method)[0])[1]
+
+    @property
+    def unpaired(self) -> bool:
+        """Whether the cell trains on the user's pairs as thumbs up and down (KTO): twice the examples."""
+        return "kto" in (self.loss, self.pref_loss)
 
     @property
     def name(self) -> str:
-        return f"{self.user}__{self.arm.replace(':', '-l')}__s{self.seed}"  # file-safe: bapo:0.1 -> bapo-l0.1
+        # file-safe: bapo:0.1 -> bapo-l0.1, bapo/kto -> bapo-kto
+        return f"{self.user}__{self.arm.replace(':', '-l').replace('/', '-')}__s{self.seed}"
 
 
 def plan(cfg: StudyConfig) -> list[Cell]:

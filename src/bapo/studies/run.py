@@ -161,6 +161,7 @@ def train_config(cfg: StudyConfig, cell: Cell, out: Path) -> TrainConfig:
     tc.data.path = str(out / "users" / f"{cell.user}.train.jsonl")
     tc.data.eval_path = str(out / "users" / f"{cell.user}.holdout.jsonl")
     tc.loss.method = cell.loss
+    tc.loss.pref_loss = cell.pref_loss or tc.loss.pref_loss
     tc.loss.anchor_lambda = cfg.lambdas().get(cell.method, tc.loss.anchor_lambda)
     tc.seed = cell.seed
     tc.resume = (Path(tc.out) / "checkpoints").exists()
