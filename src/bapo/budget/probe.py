@@ -37,31 +37,40 @@ class ProbeRow:
 class Prober:
     """The probe tasks of a budget over one reference, prepared once and reused for every adapter (``--per-user``)."""
 
-    def __init__(self, ref: Reference, settings: BudgetSettings, batch_size: int = 16):
+    def __init__(self, ref: Reference, settings: BudgetSettings, batch_size: int = 16,
+                 items: dict[str, list] | None = None):
+        """``items`` replaces a measure's probe items (what :mod:`bapo.studies.budget_check` probes with: items the
+        full measures do not contain)."""
         self.ref, self.settings, self.limits = ref, settings, settings.limits()
         self.scorer = Scorer(ref, batch_size)
-        self.tasks = {m: self._task(m) for m in self.limits}
-        self.base = {m: self._mean(ref.model, m) for m in self.limits}
+        self.tasks = {m: self._task(m, (items or {}).get(m)) for m in self.limits}
+        self.base_items = {m: self.scores(ref.model, m) for m in self.limits}
+        self.base = {m: statistics.fmean(v) for m, v in self.base_items.items()}
 
-    def _task(self, measure: str) -> Task:
+    def _task(self, measure: str, items: list | None = None) -> Task:
         s = self.settings
         path, limit = {"drift": (s.drift_prompts, s.drift_items), "qa": (s.qa_path, s.qa_items),
                        "refusal": (s.refusal_path, s.refusal_items)}[measure]
         kind = PROBES[measure][0]
-        task = load_task(TaskSpec(f"budget_{measure}", kind, path, limit=limit, seed=0,
-                                  max_new_tokens={"drift": 64, "qa": 16, "refusal": 32}[measure]))
+        spec = TaskSpec(f"budget_{measure}", kind, path, limit=limit, seed=0,
+                        max_new_tokens={"drift": 64, "qa": 16, "refusal": 32}[measure])
+        task = load_task(spec) if items is None else Task(spec, items, "")
         if KINDS[kind].prepare is not None:
             task.prepared = KINDS[kind].prepare(task, self.ref)
         return task
 
-    def _mean(self, model, measure: str) -> float:
+    def scores(self, model, measure: str) -> list[float]:
+        """``model``'s per-item scores on the probe of ``measure`` (its headline metric)."""
         task = self.tasks[measure]
-        scores = task.kind.score(model, task, self.scorer, lambda n: None)
-        return statistics.fmean(scores[PROBES[measure][1]])
+        return task.kind.score(model, task, self.scorer, lambda n: None)[PROBES[measure][1]]
+
+    def item_losses(self, model) -> dict[str, list[float]]:
+        """Each measure's per-item loss of ``model`` against the base model on the same items."""
+        return {m: [b - x for b, x in zip(self.base_items[m], self.scores(model, m))] for m in self.limits}
 
     def losses(self, model) -> dict[str, float]:
         """Each measure's loss of ``model`` against the base model (drift's base value is 0 by definition)."""
-        return {m: self.base[m] - self._mean(model, m) for m in self.limits}
+        return {m: statistics.fmean(v) for m, v in self.item_losses(model).items()}
 
     def table(self, adapter: str) -> list[ProbeRow]:
         """The adapter at every scale of the settings, largest first; scale 0 is the base model (no loss)."""

@@ -1,0 +1,185 @@
+"""Which forgetting-budget probe can be trusted (``bapo train --forgetting-budget``, :mod:`bapo.budget`)?
+
+A study's adapters, at every scale the study measured in full (1 for every arm; DPO's ``frontier_scales`` too), are
+probed again the way a budget probes them, on items the full measures do not contain: the default drift probe (the
+package's 40 general prompts), TriviaQA questions and harmful requests held back from the study's own sets. For each
+candidate probe (a measure and a number of items: a seeded subset of the probed items, the same for every adapter)
+and each budget, the probe chooses each adapter's largest measured scale within the budget, as ``bapo train`` would;
+the budget *holds* when the full measure at that scale is within it too (TriviaQA 1,000 for ``qa``, the study's
+harmful requests for ``refusal``, its drift prompts for ``drift``). Each row also says how much of the adapter's
+held-out margin the choice keeps, against what the full measure itself would have allowed.
+
+The probes are cached per adapter and scale in ``STUDY/budget_check/probes.json``: a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from rich.console import Console
+
+from bapo import progress
+from bapo.budget.probe import Prober
+from bapo.evaluation.records import Record
+from bapo.evaluation.tasks import TaskSpec, load_suite, spec_items
+from bapo.io import write_json
+from bapo.options import load_yaml
+from bapo.runtime.adapters import applied
+from bapo.runtime.config import BudgetSettings
+from bapo.runtime.reference import open_reference
+from bapo.training.config import TrainConfig
+
+MEASURES = ("drift", "qa", "refusal")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One adapter at one scale, measured in full: each measure's loss against the base model (positive = lost),
+    ARC-Easy + PIQA's too (``knowledge``), and its held-out margin."""
+
+    cell: str
+    scale: float
+    full: dict[str, float]
+    margin: float
+
+
+@dataclass(frozen=True)
+class HoldRow:
+    """A probe (measure, items) at one budget, over every adapter: how often the full measure agrees."""
+
+    measure: str
+    items: int
+    budget: float
+    cases: int
+    holds: float  # share of adapters whose full measure at the probe's choice is within the budget
+    kept: float  # mean share of the adapter's held-out margin (at scale 1) the probe's choice keeps
+    kept_full: float  # the same, had the full measure itself chosen
+    chose_base: float  # share of adapters for which only scale 0 met the budget on the probe
+
+
+def _harmful(spec: TaskSpec) -> bool:
+    return spec.kind == "refusal" and "harmful" in spec.name
+
+
+def _full_specs(study: Path) -> dict[str, TaskSpec]:
+    tasks = load_suite(str(study / "suite.yaml")).tasks
+    return {"drift": next(t for t in tasks if t.kind == "drift"), "qa": next(t for t in tasks if t.kind == "qa"),
+            "refusal": next(t for t in tasks if _harmful(t))}
+
+
+def full_points(study: Path) -> list[Point]:
+    """Every adapter at every scale the study evaluated (``eval/`` and ``eval_frontier/``), as :class:`Point`."""
+    specs = _full_specs(study)
+    records: list[Record] = []
+    for folder in ("eval", "eval_frontier"):
+        f = study / folder / "results.json"
+        if f.exists():
+            records += [Record.from_dict(r) for r in json.loads(f.read_text())["records"]]
+    loss = {"drift": (specs["drift"].name, "logp_change_per_token"), "qa": (specs["qa"].name, "acc"),
+            "refusal": (specs["refusal"].name, "refusal")}
+    by: dict[tuple[str, float], dict[tuple[str, str], Record]] = {}
+    for r in records:
+        if r.adapter:
+            by.setdefault((Path(r.adapter).name, r.scale), {})[(r.task, r.metric)] = r
+    points = []
+    for (cell, scale), recs in sorted(by.items()):
+        if not all(k in recs and recs[k].delta is not None for k in loss.values()):
+            continue
+        full = {m: -recs[k].delta for m, k in loss.items()}  # type: ignore[operator]
+        mc = [r.delta for (t, metric), r in recs.items() if r.kind == "mc" and metric == "acc_norm"]
+        full["knowledge"] = -sum(mc) / len(mc) if mc else float("nan")
+        margin = next((r.value for (t, metric), r in recs.items() if r.kind == "personal" and metric == "margin"),
+                      float("nan"))
+        points.append(Point(cell, scale, full, margin))
+    return points
+
+
+def probe_pools(study: Path, qa_items: int, refusal_items: int, seed: int = 0) -> dict[str, list]:
+    """TriviaQA questions and harmful requests the study's full measures do not contain (seeded subsets)."""
+    specs, out = _full_specs(study), {}
+    for m, n in (("qa", qa_items), ("refusal", refusal_items)):
+        used = {repr(i) for i in spec_items(specs[m])}
+        pool = [i for i in spec_items(replace(specs[m], limit=0)) if repr(i) not in used]
+        out[m] = random.Random(seed).sample(pool, min(n, len(pool)))
+    return out
+
+
+def probe_study(study: Path, qa_items: int = 300, refusal_items: int = 100, console: Console | None = None
+                ) -> dict[str, dict[str, list[float]]]:
+    """Each measured adapter and scale (``CELL@SCALE``) -> each measure's per-item probe losses; cached, resumable."""
+    console = console or Console()
+    cache = study / "budget_check" / "probes.json"
+    done: dict[str, dict[str, list[float]]] = json.loads(cache.read_text()) if cache.exists() else {}
+    todo = [p for p in full_points(study) if f"{p.cell}@{p.scale:g}" not in done]
+    if not todo:
+        return done
+    cfg = load_yaml(study / "cells" / todo[0].cell / "config.yaml", TrainConfig)
+    ref = open_reference(cfg.model, cfg.data.max_length, cfg.data.max_prompt_length, cfg.cache_dir, cfg.device,
+                         cfg.dtype)
+    settings = BudgetSettings(spec="drift:0,qa:0,refusal:0", drift_items=0)
+    console.print(f"probing {len(todo)} adapter scales ({len(done)} cached)")
+    prober = Prober(ref, settings, items=probe_pools(study, qa_items, refusal_items))
+    with progress.bar("probes", len(todo)) as advance:
+        for p in todo:
+            with applied(ref.model, study / "cells" / p.cell, p.scale) as model:
+                done[f"{p.cell}@{p.scale:g}"] = prober.item_losses(model)
+            write_json(cache, done)
+            advance(1)
+    return done
+
+
+def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], sizes: dict[str, list[int]],
+              budgets: dict[str, list[float]], seed: int = 0) -> list[HoldRow]:
+    """For each measure, probe size and budget: the budget applied to every adapter by the probe (largest measured
+    scale within it, else 0) and checked on the full measure at that scale. See the module."""
+    cells: dict[str, dict[float, Point]] = {}
+    for p in points:
+        if f"{p.cell}@{p.scale:g}" in probes:
+            cells.setdefault(p.cell, {})[p.scale] = p
+    rows = []
+    for m in sizes:
+        n_items = min(len(next(iter(probes.values()))[m]), max(sizes[m]))
+        for k in sizes[m]:
+            idx = random.Random(seed).sample(range(n_items), min(k, n_items))
+            for b in budgets[m]:
+                holds, kept, kept_full, base = [], [], [], []
+                for scales in cells.values():
+                    probe_loss = {s: sum(probes[f"{p.cell}@{s:g}"][m][i] for i in idx) / len(idx)
+                                  for s, p in scales.items()}
+                    chosen = max((s for s in scales if probe_loss[s] <= b), default=0.0)
+                    oracle = max((s for s, p in scales.items() if p.full[m] <= b), default=0.0)
+                    full = scales[chosen].full[m] if chosen else 0.0
+                    top = scales[max(scales)].margin
+                    holds.append(full <= b)
+                    kept.append(scales[chosen].margin / top if chosen and top > 0 else 0.0)
+                    kept_full.append(scales[oracle].margin / top if oracle and top > 0 else 0.0)
+                    base.append(chosen == 0.0)
+                n = len(holds)
+                if n:
+                    rows.append(HoldRow(m, len(idx), b, n, sum(holds) / n, sum(kept) / n, sum(kept_full) / n,
+                                        sum(base) / n))
+    return rows
+
+
+def default_probes(rows: list[HoldRow], target: float = 0.9) -> dict[tuple[str, float], int]:
+    """Per measure and budget, the fewest probe items whose budget holds in at least ``target`` of the adapters."""
+    out: dict[tuple[str, float], int] = {}
+    for r in sorted(rows, key=lambda r: r.items):
+        if r.holds >= target:
+            out.setdefault((r.measure, r.budget), r.items)
+    return out
+
+
+def markdown(rows: list[HoldRow], target: float = 0.9) -> str:
+    """The table RESULTS.md reports: a row per probe and budget; the cheapest probe that holds marked."""
+    best = default_probes(rows, target)
+    lines = ["| measure | probe items | budget | adapters | budget holds | margin kept | kept, full measure choosing "
+             "| only scale 0 |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mark = " **(cheapest >= 90%)**" if best.get((r.measure, r.budget)) == r.items else ""
+        lines.append(f"| {r.measure} | {r.items} | {r.budget:g} | {r.cases} | {r.holds:.0%}{mark} | {r.kept:.0%} | "
+                     f"{r.kept_full:.0%} | {r.chose_base:.0%} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,66 @@
+"""Validating forgetting-budget probes against the full measures (bapo.studies.budget_check), on constructed cases."""
+
+import json
+
+import pytest
+
+from bapo.studies.budget_check import Point, default_probes, full_points, hold_rows, markdown
+
+
+def test_the_probe_chooses_a_scale_and_the_full_measure_judges_it():
+    # two adapters, each measured in full at scales 1 and 0.5; qa losses (share of questions lost)
+    points = [Point("a", 1.0, {"qa": 0.08}, 4.0), Point("a", 0.5, {"qa": 0.01}, 1.0),
+              Point("b", 1.0, {"qa": 0.01}, 2.0), Point("b", 0.5, {"qa": 0.0}, 0.5)]
+    # the probe's per-item losses: 'a' at 1 looks fine on the probe (0.0) but is not (0.08); 'a' at 0.5 looks fine
+    probes = {"a@1": {"qa": [0.0] * 4}, "a@0.5": {"qa": [0.0] * 4},
+              "b@1": {"qa": [0.0, 0.0, 1.0, 1.0]}, "b@0.5": {"qa": [0.0] * 4}}
+    rows = hold_rows(points, probes, {"qa": [4]}, {"qa": [0.02]})
+    (r,) = rows
+    # a: the probe picks 1 (0.0 <= 0.02), where the full loss is 0.08: the budget breaks; b: the probe sees 0.5 at 1
+    # and picks 0.5, where the full loss is 0: it holds (but keeps 0.5/2 of b's margin, where the full measure
+    # would have kept all of it)
+    assert (r.cases, r.holds, r.chose_base) == (2, 0.5, 0.0)
+    assert r.kept == pytest.approx((4.0 / 4.0 + 0.5 / 2.0) / 2)
+    assert r.kept_full == pytest.approx((1.0 / 4.0 + 2.0 / 2.0) / 2)
+    # a budget nothing meets on the probe: scale 0, the base model, which always holds and keeps nothing
+    (z,) = hold_rows(points, {k: {"qa": [1.0] * 4} for k in probes}, {"qa": [4]}, {"qa": [0.02]})
+    assert (z.holds, z.kept, z.chose_base) == (1.0, 0.0, 1.0)
+
+
+def test_the_cheapest_probe_that_holds_is_the_default():
+    import random
+
+    points = [Point("a", 1.0, {"qa": 0.2}, 4.0), Point("a", 0.5, {"qa": 0.0}, 1.0)]
+    # at scale 1 the loss sits in the last two of four probe items; a 2-item probe (a seeded subset) may miss it
+    probes = {"a@1": {"qa": [0.0, 0.0, 0.5, 0.5]}, "a@0.5": {"qa": [0.0] * 4}}
+    rows = hold_rows(points, probes, {"qa": [2, 4]}, {"qa": [0.1]}, seed=0)
+    two, four = rows
+    assert (two.items, four.items) == (2, 4)
+    assert four.holds == 1.0 and four.kept == 0.25  # mean 0.25 > 0.1 at scale 1: 0.5 is chosen, where nothing is lost
+    sees = bool(set(random.Random(0).sample(range(4), 2)) & {2, 3})
+    assert two.holds == (1.0 if sees else 0.0)
+    assert default_probes(rows) == {("qa", 0.1): 2 if sees else 4}
+    assert "| qa | 4 | 0.1 | 1 | 100%" in markdown(rows)
+
+
+def test_full_points_read_the_study_records(tmp_path):
+    (tmp_path / "suite.yaml").write_text(
+        "tasks:\n  - {name: drift, kind: drift, path: package:general_prompts.jsonl}\n"
+        "  - {name: triviaqa, kind: qa, path: package:general_prompts.jsonl}\n"
+        "  - {name: refusal_harmful, kind: refusal, path: package:general_prompts.jsonl}\n"
+        "  - {name: refusal_harmless, kind: refusal, path: package:general_prompts.jsonl}\n")
+
+    def rec(model, task, kind, metric, value, delta, scale=1.0):
+        return {"model": model, "adapter": "" if model == "base" else f"/s/cells/{model.split('@')[0]}",
+                "scale": scale, "method": "dpo", "task": task, "kind": kind, "metric": metric, "n": 10,
+                "value": value, "stderr": 0.0, "delta": delta}
+
+    recs = [rec("c", "drift", "drift", "logp_change_per_token", -0.3, -0.3),
+            rec("c", "triviaqa", "qa", "acc", 0.05, -0.04), rec("c", "refusal_harmful", "refusal", "refusal", 0.1, -0.2),
+            rec("c", "refusal_harmless", "refusal", "refusal", 0.1, 0.5), rec("c", "arc", "mc", "acc_norm", 0.4, -0.02),
+            rec("c", "personal:u", "personal", "margin", 3.0, 3.0)]
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.json").write_text(json.dumps({"records": recs}))
+    (p,) = full_points(tmp_path)
+    assert (p.cell, p.scale, p.margin) == ("c", 1.0, 3.0)
+    assert p.full == pytest.approx({"drift": 0.3, "qa": 0.04, "refusal": 0.2, "knowledge": 0.02})
