@@ -64,3 +64,46 @@ def test_full_points_read_the_study_records(tmp_path):
     (p,) = full_points(tmp_path)
     assert (p.cell, p.scale, p.margin) == ("c", 1.0, 3.0)
     assert p.full == pytest.approx({"drift": 0.3, "qa": 0.04, "refusal": 0.2, "knowledge": 0.02})
+
+
+def test_probe_study_probes_held_back_items_at_every_measured_scale_and_resumes(tmp_path, tiny_model, monkeypatch):
+    import torch
+
+    from bapo.options import dump_yaml
+    from bapo.runtime.config import LoraSettings
+    from bapo.runtime.models import add_lora, load_model
+    from bapo.studies import budget_check
+    from bapo.training.config import TrainConfig
+    from tests.helpers import write_jsonl
+
+    write_jsonl(tmp_path / "qa.jsonl", [{"question": f"Capital {i}?", "answer": f"city {i}"} for i in range(12)])
+    write_jsonl(tmp_path / "harm.jsonl", [{"prompt": f"Do harm {i}"} for i in range(10)])
+    (tmp_path / "suite.yaml").write_text(
+        "tasks:\n  - {name: drift, kind: drift, path: package:general_prompts.jsonl, limit: 3, max_new_tokens: 4}\n"
+        "  - {name: triviaqa, kind: qa, path: qa.jsonl, limit: 5, max_new_tokens: 4}\n"
+        "  - {name: refusal_harmful, kind: refusal, path: harm.jsonl, limit: 4, max_new_tokens: 4}\n")
+    cell = tmp_path / "cells" / "u__dpo__s0"
+    torch.manual_seed(0)
+    lora = add_lora(load_model(tiny_model, "cpu", "float32"), LoraSettings(r=4))
+    with torch.no_grad():
+        for n, p in lora.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    lora.save_pretrained(cell)
+    (cell / "config.yaml").write_text(dump_yaml(TrainConfig(model=tiny_model, device="cpu", dtype="float32")))
+    metrics = {("drift", "drift", "logp_change_per_token"): -0.2, ("triviaqa", "qa", "acc"): -0.1,
+               ("refusal_harmful", "refusal", "refusal"): 0.0, ("personal:u", "personal", "margin"): 2.0}
+    recs = [{"model": f"u__dpo__s0@{s:g}", "adapter": str(cell), "scale": s, "method": "dpo", "task": t, "kind": k,
+             "metric": m, "n": 5, "value": d, "stderr": 0.0, "delta": d * s}
+            for s in (1.0, 0.5) for (t, k, m), d in metrics.items()]
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.json").write_text(json.dumps({"records": recs}))
+
+    probes = budget_check.probe_study(tmp_path, qa_items=6, refusal_items=100)
+    assert set(probes) == {"u__dpo__s0@1", "u__dpo__s0@0.5"}
+    # 12 questions, 5 in the full measure: 6 of the other 7 probed; 10 requests, 4 in the full measure: the other 6
+    assert [len(probes["u__dpo__s0@1"][m]) for m in ("qa", "refusal")] == [6, 6]
+    assert len(probes["u__dpo__s0@1"]["drift"]) == 40  # the default drift probe: the package's 40 general prompts
+    assert probes["u__dpo__s0@1"] != probes["u__dpo__s0@0.5"]  # the scale applied
+    monkeypatch.setattr(budget_check, "open_reference", lambda *a, **k: pytest.fail("the cache was not used"))
+    assert budget_check.probe_study(tmp_path, qa_items=6, refusal_items=100) == probes
