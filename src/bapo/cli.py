@@ -122,8 +122,8 @@ def _train(cfg: TrainConfig) -> None:
                       f"nothing of their taste survives (their adapters are at scale 0)", highlight=False)
         return
     result = train(cfg)
-    out.print(f"[green]adapter written to[/] {result.out}  ({result.train_examples} pairs, {result.steps} steps, "
-              f"{result.seconds:.0f} s; held out: {result.holdout_examples} pairs)")
+    out.print(f"[green]adapter written to[/] {result.out}  ({result.train_examples} {'rated answers' if cfg.loss.unpaired else 'pairs'}, "
+              f"{result.steps} steps, {result.seconds:.0f} s; held out: {result.holdout_examples})")
     if result.budget_scale is not None:
         from bapo.budget.run import describe
 
