@@ -58,9 +58,10 @@ class StudyConfig:
     users: list[str] = option(list(DEFAULT_USERS), "User specs (see bapo.data.users): dsp:DOMAIN, "
                                                    "alpacaeval:concise|verbose, vpl:helpful|harmless, "
                                                    "flip:H[:length|hash], psoups:PROFILE.")
-    methods: list[str] = option(["dpo", "bapo"], "Training losses to compare (bapo or any pairwise loss); a "
-                                                 "base-response method may carry its own lambda, METHOD:LAMBDA "
-                                                 "(bapo:0.1): one arm per lambda.")
+    methods: list[str] = option(["dpo", "bapo"], "Training losses to compare (bapo, any pairwise loss, or kto on the "
+                                                 "users' pairs as thumbs); a base-response method may carry its own "
+                                                 "lambda, METHOD:LAMBDA (bapo:0.1): one arm per lambda, and its "
+                                                 "preference loss, METHOD/LOSS (bapo/kto).")
     seeds: int = option(1, "Seeds per (user, method): LoRA initialisation and data order.")
     more_seeds: list[str] = option([], "Arms with more seeds than --seeds, as ARM=N (dpo=5, bapo=5): the arms a "
                                        "decisive contrast rests on; seeds 0 to N-1, the first --seeds shared with the "
