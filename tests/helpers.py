@@ -90,3 +90,26 @@ def serving(cfg):
         srv.should_exit = True
         thread.join(timeout=10)
         engine.close()
+
+
+def moved_lora(model_dir: str, seed: int, std: float = 0.05, r: int = 4, dtype: str = "float32"):
+    """The model with a LoRA adapter moved off zero (its B matrices drawn with ``std``, seeded): the policy differs
+    from the reference, so every term of a loss is live, and a large ``std`` makes answers differ visibly."""
+    import torch
+
+    from bapo.runtime.config import LoraSettings
+    from bapo.runtime.models import add_lora, load_model
+
+    torch.manual_seed(seed)
+    model = add_lora(load_model(model_dir, "cpu", dtype), LoraSettings(r=r))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, std)
+    return model
+
+
+def make_adapter(model_dir: str, out: Path, seed: int = 0, std: float = 0.3) -> Path:
+    """A strong random LoRA adapter saved as a standard PEFT folder: its answers differ from the base model's."""
+    moved_lora(model_dir, seed, std).save_pretrained(out)
+    return out

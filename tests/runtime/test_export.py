@@ -6,23 +6,12 @@ import pytest
 import torch
 
 from bapo.runtime.adapters import applied
-from bapo.runtime.config import LoraSettings
 from bapo.runtime.export import EXPORT_INFO, built_in_scale, export_adapter, export_model
-from bapo.runtime.models import add_lora, load_model
+from bapo.runtime.models import load_model
+from tests.helpers import make_adapter
 from tests.test_cli import bapo
 
 IDS = torch.tensor([[3, 17, 29, 41, 5, 8, 13, 21]])
-
-
-def _adapter(tiny_model, out, seed=0):
-    torch.manual_seed(seed)
-    model = add_lora(load_model(tiny_model, "cpu", "float32"), LoraSettings(r=4))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.3)
-    model.save_pretrained(out)
-    return out
 
 
 def _bapo_logits(tiny_model, adapter, scale):
@@ -34,7 +23,7 @@ def test_an_exported_adapter_carries_its_scale_into_plain_peft(tiny_model, tmp_p
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    adapter = _adapter(tiny_model, tmp_path / "a")
+    adapter = make_adapter(tiny_model, tmp_path / "a")
     for scale in (0.5, 0.0, 1.0):
         out = export_adapter(adapter, tmp_path / f"x{scale}", scale).out
         assert built_in_scale(out) == scale and built_in_scale(adapter) == 1.0
@@ -52,7 +41,7 @@ def test_an_exported_adapter_carries_its_scale_into_plain_peft(tiny_model, tmp_p
 def test_a_merged_export_is_a_plain_model_with_the_scaled_update(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    adapter = _adapter(tiny_model, tmp_path / "a", seed=1)
+    adapter = make_adapter(tiny_model, tmp_path / "a", seed=1)
     out = export_adapter(adapter, tmp_path / "merged", 0.75, merge=True, model=tiny_model).out
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     assert not any("lora" in n for n, _ in merged.named_parameters())
@@ -74,7 +63,7 @@ def test_an_exported_model_loads_as_the_model_bapo_runs(tiny_model, tmp_path):
 
 
 def test_export_errors_are_one_line_exit_2_and_leave_nothing(tiny_model, tmp_path):
-    adapter = _adapter(tiny_model, tmp_path / "a")
+    adapter = make_adapter(tiny_model, tmp_path / "a")
     r = bapo("export", "adapter", adapter, tmp_path / "x", "--scale", "1.5")
     assert r.returncode == 2 and r.stderr.strip() == "error: scale: 1.5 is outside [0, 1] (0 is the base model, 1 " \
                                                      "the adapter as trained)"
@@ -94,7 +83,7 @@ def test_export_errors_are_one_line_exit_2_and_leave_nothing(tiny_model, tmp_pat
 def test_an_adapter_whose_update_is_not_linear_in_its_scale_is_refused(tiny_model, tmp_path, field, value):
     from bapo.errors import ConfigError
 
-    adapter = _adapter(tiny_model, tmp_path / "a")
+    adapter = make_adapter(tiny_model, tmp_path / "a")
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     (adapter / "adapter_config.json").write_text(json.dumps({**cfg, field: value}))
     with pytest.raises(ConfigError, match="--merge"):

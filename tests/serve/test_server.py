@@ -6,33 +6,20 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
 from bapo.runtime.adapters import applied  # noqa: E402
 from bapo.runtime.generate import generate_answers  # noqa: E402
-from bapo.runtime.models import add_lora, load_model, load_tokenizer  # noqa: E402
-from bapo.runtime.config import LoraSettings  # noqa: E402
+from bapo.runtime.models import load_model, load_tokenizer  # noqa: E402
 from bapo.core.tokens import Renderer  # noqa: E402
 from bapo.serve.config import ServeConfig  # noqa: E402
 from bapo.serve.server import build  # noqa: E402
-from tests.helpers import free_port, serving  # noqa: E402
+from tests.helpers import free_port, make_adapter, serving  # noqa: E402
 
 USERS = ["alice", "bob", "carol"]
 Q = [{"role": "user", "content": "Tell me about tea."}]
-
-
-def make_adapter(model_dir: str, out: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    peft_model = add_lora(load_model(model_dir, "cpu", "float32"), LoraSettings(r=4))
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.3)  # a strong adapter: its answers differ from the base model's
-    peft_model.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -67,14 +67,10 @@ def test_full_points_read_the_study_records(tmp_path):
 
 
 def test_probe_study_probes_held_back_items_at_every_measured_scale_and_resumes(tmp_path, tiny_model, monkeypatch):
-    import torch
-
     from bapo.options import dump_yaml
-    from bapo.runtime.config import LoraSettings
-    from bapo.runtime.models import add_lora, load_model
     from bapo.studies import budget_check
     from bapo.training.config import TrainConfig
-    from tests.helpers import write_jsonl
+    from tests.helpers import make_adapter, write_jsonl
 
     write_jsonl(tmp_path / "qa.jsonl", [{"question": f"Capital {i}?", "answer": f"city {i}"} for i in range(12)])
     write_jsonl(tmp_path / "harm.jsonl", [{"prompt": f"Do harm {i}"} for i in range(10)])
@@ -82,14 +78,7 @@ def test_probe_study_probes_held_back_items_at_every_measured_scale_and_resumes(
         "tasks:\n  - {name: drift, kind: drift, path: package:general_prompts.jsonl, limit: 3, max_new_tokens: 4}\n"
         "  - {name: triviaqa, kind: qa, path: qa.jsonl, limit: 5, max_new_tokens: 4}\n"
         "  - {name: refusal_harmful, kind: refusal, path: harm.jsonl, limit: 4, max_new_tokens: 4}\n")
-    cell = tmp_path / "cells" / "u__dpo__s0"
-    torch.manual_seed(0)
-    lora = add_lora(load_model(tiny_model, "cpu", "float32"), LoraSettings(r=4))
-    with torch.no_grad():
-        for n, p in lora.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.3)
-    lora.save_pretrained(cell)
+    cell = make_adapter(tiny_model, tmp_path / "cells" / "u__dpo__s0")
     (cell / "config.yaml").write_text(dump_yaml(TrainConfig(model=tiny_model, device="cpu", dtype="float32")))
     metrics = {("drift", "drift", "logp_change_per_token"): -0.2, ("triviaqa", "qa", "acc"): -0.1,
                ("refusal_harmful", "refusal", "refusal"): 0.0, ("personal:u", "personal", "margin"): 2.0}

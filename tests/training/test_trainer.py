@@ -14,18 +14,7 @@ from bapo.core.losses import LossConfig
 from bapo.runtime.models import add_lora, load_model, load_tokenizer
 from bapo.training.trainer import PairCollator, batch_pair_logps, lora_autocast
 from bapo.core.losses import preference_loss
-
-
-def moved_lora(tiny_model: str, seed: int):
-    """The tiny model (float32) with a LoRA adapter moved off zero: the policy differs from the reference, so every
-    term of a loss is live."""
-    torch.manual_seed(seed)
-    model = add_lora(load_model(tiny_model, "cpu", "float32"), LoraSettings(r=4))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    return model
+from tests.helpers import moved_lora
 
 
 def plain_logp(model, seq) -> float:
@@ -147,12 +136,7 @@ def test_lora_autocast_computes_the_branch_in_bfloat16_with_float32_weights_and_
     """Mixed precision for LoRA over a bfloat16 model: the same log-probs as peft's float32 branch up to bfloat16
     rounding, float32 gradients pointing the same way, and no input cast left behind afterwards."""
     tok = load_tokenizer(tiny_model)
-    torch.manual_seed(3)
-    model = add_lora(load_model(tiny_model, "cpu", "bfloat16"), LoraSettings(r=4))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
+    model = moved_lora(tiny_model, 3, dtype="bfloat16")
     batch = PairCollator(tok.pad_token_id, with_base=True)(_examples(renderer(tok, DataConfig()), 2))
     loras = [p for n, p in model.named_parameters() if "lora_" in n]
 
