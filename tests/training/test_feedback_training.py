@@ -68,6 +68,13 @@ def test_kto_trains_on_thumbs_and_logs_its_reference_point(tmp_path, tiny_model)
     scores = result.item_scores["out"][auc.task]
     assert len(scores["auc"]) == len(scores["signed_logratio"]) == 8
 
+    # held-out thumbs all up: no AUC to report (no record, not a nan), the signed log-ratio still there
+    held_up = [r for r in rows(res.out / "holdout.jsonl") if r["label"]]
+    write_jsonl(res.out / "holdout.jsonl", held_up)
+    result = evaluate(EvalConfig(model=tiny_model, adapters=[str(res.out)], suite=str(suite), out=str(tmp_path / "e2")))
+    kept = {(r.model, r.metric) for r in result.records if r.kind == "feedback"}
+    assert ("out", "signed_logratio") in kept and not any(m == "auc" for _, m in kept)
+
 
 def test_bapo_over_kto_unpairs_pairs_and_keeps_held_out_pairs(tmp_path, tiny_model):
     data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(8, 1))

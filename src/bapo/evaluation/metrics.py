@@ -186,7 +186,8 @@ def feedback_scores(model, rated: Sequence[tuple[Encoded, float, bool]], pad_id:
 
     - ``auc``: how well the implicit reward ``log(pi/pi_ref)`` separates liked from disliked answers (the probability
       that a liked answer out-scores a disliked one, ties one half: the reference itself scores 0.5), as per-item
-      pseudo-values (:func:`auc_pseudo_values`) whose mean is the AUC and whose standard error is DeLong's;
+      pseudo-values (:func:`auc_pseudo_values`) whose mean is the AUC and whose standard error is DeLong's (none,
+      and so no record, when fewer than two held-out answers are liked or disliked);
     - ``signed_logratio``: the implicit reward in nats, negated for disliked answers (0 for the reference).
     """
     vals = score(model, [s for s, _, _ in rated], pad_id, batch_size, progress)

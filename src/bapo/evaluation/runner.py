@@ -235,6 +235,8 @@ def make_records(cands: list[Candidate], scores: Scores, kinds: dict[str, str]) 
     for c in cands:
         for task, metrics in scores[c.label].items():
             for metric, xs in metrics.items():
+                if not xs:  # undefined on these items (an AUC of held-out thumbs that are all up, or all down)
+                    continue
                 s = Stat.of(xs)
                 rec = Record(c.label, str(c.adapter.path) if c.adapter else "", c.scale if c.adapter else 0.0,
                              c.method, task, kinds.get(task, "lm_eval"), metric, s.n, s.value, s.stderr)
