@@ -63,6 +63,20 @@ def test_the_largest_scale_within_every_limit_is_chosen():
         BudgetSettings(spec="drift:0.1", scales=[1.5, 0.0]).validate()
 
 
+def test_the_base_models_probe_scores_are_cached_across_probers(tmp_path, tiny_model, monkeypatch):
+    from bapo.budget.probe import Prober
+    from bapo.runtime.reference import open_reference
+
+    ref = open_reference(tiny_model, 128, 64, str(tmp_path / "c"), "cpu", "float32")
+    first = Prober(ref, BudgetSettings(spec="drift:0.1", drift_items=5))
+    monkeypatch.setattr(Prober, "scores", lambda *a: pytest.fail("the base model was scored again"))
+    again = Prober(ref, BudgetSettings(spec="drift:0.1", drift_items=5))
+    assert again.base_items == first.base_items and len(first.base_items["drift"]) == 5
+    monkeypatch.undo()
+    other = Prober(ref, BudgetSettings(spec="drift:0.1", drift_items=4))  # another probe set: scored anew
+    assert len(other.base_items["drift"]) == 4
+
+
 def test_the_chosen_scale_is_built_into_a_standard_adapter_and_recorded(tmp_path, tiny_model):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

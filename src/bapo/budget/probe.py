@@ -8,7 +8,7 @@ Each measure is a *loss*, positive where the adapter lost something the base mod
 - ``refusal``: the base model's share of harmful probe requests refused minus the adapter's (generative alignment).
 
 The probes are the evaluation's own task kinds (:mod:`bapo.evaluation.tasks`), on seeded subsets; the reference's
-answers and log-probs are cached by the reference, the base model's probe scores once per process.
+answers and log-probs, and the base model's probe scores, are cached by the reference.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from bapo.evaluation.tasks import KINDS, Scorer, Task, TaskSpec, load_task
 from bapo.runtime.adapters import applied
 from bapo.runtime.config import BudgetSettings
 from bapo.runtime.reference import Reference
+from bapo.runtime.store import make_key
 
 # measure -> (task kind, its headline metric, sign: loss = sign * (base - adapter))
 PROBES = {"drift": ("drift", "logp_change_per_token"), "qa": ("qa", "acc"), "refusal": ("refusal", "refusal")}
@@ -44,7 +45,7 @@ class Prober:
         self.ref, self.settings, self.limits = ref, settings, settings.limits()
         self.scorer = Scorer(ref, batch_size)
         self.tasks = {m: self._task(m, (items or {}).get(m)) for m in self.limits}
-        self.base_items = {m: self.scores(ref.model, m) for m in self.limits}
+        self.base_items = {m: self._base_scores(m) for m in self.limits}
         self.base = {m: statistics.fmean(v) for m, v in self.base_items.items()}
 
     def _task(self, measure: str, items: list | None = None) -> Task:
@@ -58,6 +59,17 @@ class Prober:
         if KINDS[kind].prepare is not None:
             task.prepared = KINDS[kind].prepare(task, self.ref)
         return task
+
+    def _base_scores(self, measure: str) -> list[float]:
+        """The base model's per-item probe scores, from the reference's cache when an earlier process scored them
+        (keyed by the weights, their dtype, the probe's task and its items)."""
+        task = self.tasks[measure]
+        key = make_key("probe", self.ref.cache_id, task.spec.key(), repr(task.items))
+        cached = self.ref.store.get_eval(key)
+        if cached is None:
+            cached = {"scores": self.scores(self.ref.model, measure)}
+            self.ref.store.put_eval(key, cached)
+        return cached["scores"]
 
     def scores(self, model, measure: str) -> list[float]:
         """``model``'s per-item scores on the probe of ``measure`` (its headline metric)."""
