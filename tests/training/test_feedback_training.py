@@ -133,3 +133,18 @@ def test_per_user_thumbs_and_the_adapters_serve_unchanged(tmp_path, tiny_model):
         r = client.chat.completions.create(model="bo", messages=[{"role": "user", "content": "Hi?"}],
                                            temperature=0, max_tokens=8)
         assert r.model == "bo" and r.usage.completion_tokens > 0
+
+
+def test_unbalanced_thumbs_get_the_kto_papers_advice():
+    from bapo.data.feedback import Feedback
+    from bapo.training.items import thumbs_balance
+
+    def fb(liked: bool) -> Feedback:
+        return Feedback((("user", "q"),), "a", liked)
+
+    assert thumbs_balance([fb(True), fb(False)], 1.0, 1.0) is None  # 1 : 1
+    assert thumbs_balance([fb(True)] * 4 + [fb(False)] * 3, 1.0, 1.0) is None  # 4 : 3
+    # 1 liked to 3 disliked: weigh liked answers 3 (to 4) times as much
+    assert "--desirable-weight 3.00 (to 4.00)" in thumbs_balance([fb(True)] + [fb(False)] * 3, 1.0, 1.0)
+    assert thumbs_balance([fb(True)] + [fb(False)] * 3, 3.0, 1.0) is None
+    assert "all up" in thumbs_balance([fb(True)] * 2, 1.0, 1.0)

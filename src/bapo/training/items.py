@@ -9,6 +9,8 @@ one (another item's answer under its prompt), from which KTO estimates its refer
 
 from __future__ import annotations
 
+import warnings
+
 from bapo.core.tokens import Encoded, Renderer, encode_pairs
 from bapo.data.feedback import Feedback, holds_feedback, load_feedback, mismatched, unpair
 from bapo.data.pairs import PreferencePair, load_pairs, split_holdout
@@ -44,7 +46,27 @@ def load_splits(cfg: TrainConfig) -> tuple[list[Item], list[Item]]:
         train, held = items, load_items(cfg.data.eval_path, cfg.data.split, cfg.data.user, unpaired)
     else:
         train, held = split_holdout(items, cfg.data.holdout, cfg.seed)
-    return as_trained(train, unpaired), held
+    train = as_trained(train, unpaired)
+    if unpaired and (warning := thumbs_balance(train, cfg.loss.desirable_weight, cfg.loss.undesirable_weight)):
+        warnings.warn(warning, stacklevel=2)
+    return train, held
+
+
+def thumbs_balance(items: list[Item], desirable_weight: float, undesirable_weight: float) -> str | None:
+    """A warning when weighted liked answers are not 1 to 4/3 times the weighted disliked ones, the range the KTO
+    paper recommends (Ethayarajh et al. 2024; TRL's KTOTrainer warns the same); None when they are, or
+    the items are pairs."""
+    liked = sum(1 for i in items if isinstance(i, Feedback) and i.liked)
+    disliked = sum(1 for i in items if isinstance(i, Feedback) and not i.liked)
+    if not liked or not disliked:
+        return None if not liked + disliked else (
+            f"KTO: the training thumbs are all {'up' if liked else 'down'}: it learns only to raise (or lower) them")
+    ratio = desirable_weight * liked / (undesirable_weight * disliked)
+    if 1 <= ratio <= 4 / 3:
+        return None
+    hint = disliked * undesirable_weight / liked
+    return (f"KTO: {liked} liked and {disliked} disliked answers weigh {ratio:.2f} to 1 at these weights; the KTO paper "
+            f"recommends 1 to 1.33: try --desirable-weight {hint:.2f} (to {hint * 4 / 3:.2f})")
 
 
 def as_trained(items: list[Item], unpaired: bool) -> list[Item]:
