@@ -118,11 +118,12 @@ def test_per_user_thumbs_and_the_adapters_serve_unchanged(tmp_path, tiny_model):
     from bapo.serve.config import ServeConfig
     from tests.helpers import free_port, serving
 
-    data = write_jsonl(tmp_path / "all.jsonl", thumbs(8, "ann") + [{**r, "prompt": r["prompt"] + " (b)"}
-                                                                    for r in thumbs(8, "bo")])
+    ann = [{**r, "label": i < 6} for i, r in enumerate(thumbs(8, "ann"))]  # 6 up, 2 down: unbalanced
+    data = write_jsonl(tmp_path / "all.jsonl", ann + [{**r, "prompt": r["prompt"] + " (b)"} for r in thumbs(8, "bo")])
     cfg = config(tmp_path, tiny_model, data, out="users", per_user=True)
     cfg.loss.method, cfg.loss.pref_loss = "bapo", "kto"
-    done = train_per_user(cfg)
+    with pytest.warns(UserWarning, match=r"user ann: KTO: "):
+        done = train_per_user(cfg)
     assert [u.user for u in done.users] == ["ann", "bo"] and [u.pairs for u in done.users] == [6, 6]
     assert all(u.steps == 3 and u.anchor_gap is not None for u in done.users)
     scfg = ServeConfig(model=tiny_model, adapters=str(tmp_path / "users"), port=free_port(), device="cpu",

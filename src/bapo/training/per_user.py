@@ -10,6 +10,7 @@ skips the users whose ``run.json`` exists and resumes an interrupted one from it
 from __future__ import annotations
 
 import copy
+import warnings
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from bapo.runtime import distributed
 from bapo.runtime.models import load_tokenizer, resolve_model
 from bapo.runtime.reference import build_examples, load_reference
 from bapo.training.config import TrainConfig
-from bapo.training.items import Item, as_trained, check_encodable, encode_items, is_feedback_data
+from bapo.training.items import Item, as_trained, check_encodable, encode_items, is_feedback_data, thumbs_balance
 from bapo.training.run import fit
 
 
@@ -85,6 +86,9 @@ def train_per_user(cfg: TrainConfig) -> PerUserResult:
     for u, items in by_user.items():
         train, held = split_holdout(items, cfg.data.holdout, cfg.seed)
         splits[u] = as_trained(train, cfg.loss.unpaired), held
+        if cfg.loss.unpaired and (warning := thumbs_balance(splits[u][0], cfg.loss.desirable_weight,
+                                                            cfg.loss.undesirable_weight)):
+            warnings.warn(f"user {u}: {warning}", stacklevel=2)
     model_path = resolve_model(cfg.model, cfg.cache_dir)
     render = renderer(load_tokenizer(model_path), cfg.data)
     encoded, problems = {}, []
