@@ -76,6 +76,12 @@ def test_validate_and_base_commands(tmp_path, tiny_model):
     assert r.returncode == 0 and "3 pairs, 3 prompts, users: ann" in r.stdout
     r = bapo("validate", "--data", data, "--model", tiny_model, "--max-length", 20, "--max-prompt-length", 10)
     assert r.returncode == 2 and f"{data}:1: prompt:" in r.stderr
+    thumbs = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "Hi?", "completion": "x" * 40, "label": True},
+                                                 {"prompt": "Yo?", "completion": "ok", "label": "down"}])
+    r = bapo("validate", "--data", thumbs, "--model", tiny_model)
+    assert r.returncode == 0 and "2 rated answers (1 liked, 1 disliked), 2 prompts (unpaired feedback)" in r.stdout
+    r = bapo("validate", "--data", thumbs, "--model", tiny_model, "--max-length", 30, "--max-prompt-length", 20)
+    assert r.returncode == 2 and f"{thumbs}:1: completion:" in r.stderr and ":2:" not in r.stderr
     r = bapo("base", "--data", data, "--out", tmp_path / "b.jsonl", "--model", tiny_model, "--max-new-tokens", 4)
     assert r.returncode == 0, r.stderr
     import json

@@ -40,7 +40,7 @@ out = Console(quiet=os.environ.get("RANK", "0") != "0")  # under torchrun / acce
 
 @dataclass
 class ValidateConfig:
-    """A ``bapo validate`` run: check a pair file, and with a model its token lengths."""
+    """A ``bapo validate`` run: check a file of pairs or thumbs, and with a model its token lengths."""
 
     data: DataConfig = section(DataConfig, cli=("path", "split", "user", "max_length", "max_prompt_length"))
     model: str = option("", "Also check token lengths with this model's tokenizer (no model: records only).")
@@ -139,31 +139,14 @@ def _base(cfg: BaseRunConfig) -> None:
 
 
 def _validate(cfg: ValidateConfig) -> None:
-    from bapo.core.tokens import encode_pairs
-    from bapo.data.config import renderer
-    from bapo.data.pairs import load_pairs
     from bapo.runtime.models import load_tokenizer, resolve_model
+    from bapo.training.items import describe_data
 
     if not cfg.data.path:
         raise ConfigError("data.path: give the pairs to check with --data")
-    from bapo.data.feedback import is_feedback, load_feedback
-    from bapo.data.pairs import iter_records
-
-    first = next((rec for _, rec in iter_records(cfg.data.path, cfg.data.split) if isinstance(rec, dict)), None)
-    if is_feedback(first):  # thumbs up / down (TRL's unpaired format) rather than pairs
-        rated = load_feedback(cfg.data.path, cfg.data.split, cfg.data.user)
-        liked = sum(f.liked for f in rated)
-        out.print(f"[green]ok[/]: {len(rated)} rated answers ({liked} liked, {len(rated) - liked} disliked), "
-                  f"{len({f.prompt for f in rated})} prompts (unpaired feedback)")
-        return
-    pairs = load_pairs(cfg.data.path, cfg.data.split, cfg.data.user)
-    if cfg.model:
-        cfg.data.on_overlong = "reject"
-        cfg.data.validate()
-        encode_pairs(pairs, renderer(load_tokenizer(resolve_model(cfg.model)), cfg.data))
-    users = sorted({p.user_id for p in pairs if p.user_id is not None})
-    out.print(f"[green]ok[/]: {len(pairs)} pairs, {len({p.prompt_key for p in pairs})} prompts"
-              + (f", users: {', '.join(users)}" if users else ""))
+    cfg.data.validate()
+    tok = load_tokenizer(resolve_model(cfg.model)) if cfg.model else None
+    out.print(f"[green]ok[/]: {describe_data(cfg.data.path, cfg.data.split, cfg.data.user, tok, cfg.data)}")
 
 
 def _eval(cfg: EvalConfig, more: list[str] | None = None) -> None:

@@ -106,3 +106,22 @@ def check_encodable(items: list[Item], renderer: Renderer) -> None:
     if problems:
         raise DataError(problems)
     encode_pairs([i for i in items if isinstance(i, PreferencePair)], renderer)
+
+
+def describe_data(path: str, split: str = "train", user: str = "", tokenizer=None, data=None) -> str:
+    """``bapo validate``: read and validate a file of pairs or thumbs (every problem a :class:`DataError`), and with a
+    tokenizer and a :class:`~bapo.data.config.DataConfig` check every text against the length limits too; return
+    what it holds, in one line."""
+    rated = holds_feedback(path, split)
+    items: list[Item] = list(load_feedback(path, split, user) if rated else load_pairs(path, split, user))
+    if tokenizer is not None:
+        render = Renderer(tokenizer, data.max_length, data.max_prompt_length, truncate=False)
+        check_encodable(items, render)
+    users = sorted({i.user_id for i in items if i.user_id is not None})
+    prompts = len({i.prompt_key for i in items})
+    tail = f", users: {', '.join(users)}" if users else ""
+    if rated:
+        liked = sum(1 for i in items if isinstance(i, Feedback) and i.liked)
+        return (f"{len(items)} rated answers ({liked} liked, {len(items) - liked} disliked), {prompts} prompts "
+                f"(unpaired feedback){tail}")
+    return f"{len(items)} pairs, {prompts} prompts{tail}"
