@@ -21,7 +21,13 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}" if self.line != "" else self.source
-        return f"{where}: {self.field}: {self.message}"
+        return one_line(f"{where}: {self.field}: {self.message}")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every character Python counts as a line break or a control character (a record's field may hold
+    any: ``\x1e`` ends a line for ``str.splitlines``) written as its escape, so one problem stays one line."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 class DataError(BapoError):

@@ -64,3 +64,13 @@ def test_generated_records_are_accepted_or_reported_never_a_traceback(tmp_path, 
         assert lines and all(line.startswith(f"{path}:") for line in lines)
     else:
         assert all(isinstance(f.liked, bool) and f.completion.strip() for f in got)
+
+
+def test_a_control_character_in_a_field_stays_on_the_problems_one_line(tmp_path):
+    # found by the generated-records test above (2026-12-05): a role of "\x1e", which str.splitlines breaks at
+    path = write_jsonl(tmp_path / "c.jsonl", [json.dumps({"prompt": [{"role": "\x1e\n", "content": "x"}],
+                                                          "completion": "a", "label": True})])
+    with pytest.raises(DataError) as e:
+        load_feedback(str(path))
+    assert str(e.value).splitlines() == [f"{path}:1: prompt[0].role: unknown role '\\x1e\\n'; use system, user, "
+                                         "assistant"]
