@@ -113,3 +113,17 @@ def make_adapter(model_dir: str, out: Path, seed: int = 0, std: float = 0.3) -> 
     """A strong random LoRA adapter saved as a standard PEFT folder: its answers differ from the base model's."""
     moved_lora(model_dir, seed, std).save_pretrained(out)
     return out
+
+
+def screenshot(page: Path, tmp_path: Path, size: tuple[int, int] = (1200, 1600)):
+    """``page`` rendered by headless Chromium (callers skip where it is missing), as an image array."""
+    import subprocess
+
+    import matplotlib.image as mpimg
+
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'ud'}",
+                    f"--screenshot={shot}", f"--window-size={size[0]},{size[1]}", f"file://{page}"],
+                   check=True, capture_output=True, timeout=120)
+    return mpimg.imread(shot)

@@ -45,12 +45,7 @@ def test_a_broken_link_fails_the_build(tmp_path):
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="chromium not installed (apt-get install chromium)")
 def test_the_home_page_renders_in_headless_chromium(site, tmp_path):
-    import matplotlib.image as mpimg
+    from tests.helpers import screenshot
 
-    shot = tmp_path / "home.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'ud'}",
-                    f"--screenshot={shot}", "--window-size=1200,1600", f"file://{site / 'index.html'}"],
-                   check=True, capture_output=True, timeout=120)
-    img = mpimg.imread(shot)
+    img = screenshot(site / "index.html", tmp_path)
     assert img.shape[:2] == (1600, 1200) and img[..., :3].std() > 0.05  # text and tables drawn, not a blank page

@@ -3,7 +3,6 @@
 import json
 import math
 import shutil
-import subprocess
 from dataclasses import replace
 
 import pytest
@@ -162,16 +161,10 @@ def test_the_report_plots_personalization_that_separates_the_models_in_one_colou
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="chromium not installed (apt-get install chromium)")
 def test_report_page_renders_in_headless_chromium(setup, evaluated, tmp_path):
-    import matplotlib.image as mpimg
+    from tests.helpers import screenshot
 
     root, _ = setup
-    page = write_report(root / "res", tmp_path / "rep")
-    shot = tmp_path / "shot.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'ud'}",
-                    f"--screenshot={shot}", "--window-size=1200,1600", f"file://{page}"],
-                   check=True, capture_output=True, timeout=120)
-    img = mpimg.imread(shot)
+    img = screenshot(write_report(root / "res", tmp_path / "rep"), tmp_path)
     assert img.shape[:2] == (1600, 1200)
     assert img[..., :3].std() > 0.05  # tables and plots drawn, not an empty white page
 

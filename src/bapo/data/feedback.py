@@ -11,7 +11,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
-from bapo.data.pairs import (SUFFIXES, PreferencePair, iter_records, load_validated, prompt_key, prompt_record, read_prompt,
+from bapo.data.pairs import (SUFFIXES, PreferencePair, PromptedRecord, iter_records, load_validated, read_prompt,
                              read_response)
 from bapo.errors import DataError, Problem
 
@@ -20,7 +20,7 @@ TRUE, FALSE = ("true", "1", "yes", "up", "liked"), ("false", "0", "no", "down", 
 
 
 @dataclass(frozen=True)
-class Feedback:
+class Feedback(PromptedRecord):
     """One rated answer: for ``prompt`` (chat messages), ``completion`` was liked (True) or not."""
 
     prompt: tuple[tuple[str, str], ...]
@@ -29,20 +29,9 @@ class Feedback:
     user_id: str | None = None
     source: str = ""  # "FILE:LINE"
 
-    @property
-    def messages(self) -> list[dict[str, str]]:
-        return [{"role": r, "content": c} for r, c in self.prompt]
-
-    @property
-    def prompt_key(self) -> str:
-        return prompt_key(self.prompt)
-
     def to_record(self) -> dict[str, Any]:
         """TRL's unpaired format."""
-        rec: dict[str, Any] = {"prompt": prompt_record(self.prompt), "completion": self.completion, "label": self.liked}
-        if self.user_id is not None:
-            rec["user_id"] = self.user_id
-        return rec
+        return self._record(completion=self.completion, label=self.liked)
 
 
 def is_feedback(rec: Any) -> bool:

@@ -16,7 +16,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from bapo.errors import DataError, Problem
 
@@ -25,8 +25,33 @@ T = TypeVar("T")
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
+class PromptedRecord:
+    """What every validated record with a prompt has (pairs, and rated answers in bapo.data.feedback): its chat
+    messages, the prompt's stable id, and TRL's record form with the prompt and optional user id around its own
+    fields."""
+
+    prompt: tuple[tuple[str, str], ...]
+    user_id: str | None
+    source: str
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": r, "content": c} for r, c in self.prompt]
+
+    @property
+    def prompt_key(self) -> str:
+        """Stable id of the prompt (the conversation), shared by all records with the same prompt."""
+        return prompt_key(self.prompt)
+
+    def _record(self, **fields: Any) -> dict[str, Any]:
+        rec: dict[str, Any] = {"prompt": prompt_record(self.prompt), **fields}
+        if self.user_id is not None:
+            rec["user_id"] = self.user_id
+        return rec
+
+
 @dataclass(frozen=True)
-class PreferencePair:
+class PreferencePair(PromptedRecord):
     """One validated preference: for ``prompt`` (chat messages), the user prefers ``chosen`` over ``rejected``."""
 
     prompt: tuple[tuple[str, str], ...]  # ((role, content), ...), the conversation before the response
@@ -35,21 +60,9 @@ class PreferencePair:
     user_id: str | None = None
     source: str = ""  # "FILE:LINE", for messages that point back at the input
 
-    @property
-    def messages(self) -> list[dict[str, str]]:
-        return [{"role": r, "content": c} for r, c in self.prompt]
-
-    @property
-    def prompt_key(self) -> str:
-        """Stable id of the prompt (the conversation), shared by all pairs with the same prompt."""
-        return prompt_key(self.prompt)
-
     def to_record(self) -> dict[str, Any]:
         """TRL's format: a single user turn becomes a plain string prompt, anything else stays a message list."""
-        rec: dict[str, Any] = {"prompt": prompt_record(self.prompt), "chosen": self.chosen, "rejected": self.rejected}
-        if self.user_id is not None:
-            rec["user_id"] = self.user_id
-        return rec
+        return self._record(chosen=self.chosen, rejected=self.rejected)
 
 
 def prompt_key(prompt: tuple[tuple[str, str], ...]) -> str:
@@ -314,16 +327,7 @@ def _load_folder(folder: Path, split: str, validate: Callable[..., Any]) -> tupl
     return pairs, problems
 
 
-class Prompted(Protocol):
-    """A record with a prompt: a pair or a rated answer (bapo.data.feedback.Feedback)."""
-
-    source: str
-
-    @property
-    def prompt_key(self) -> str: ...
-
-
-P = TypeVar("P", bound=Prompted)
+P = TypeVar("P", bound=PromptedRecord)
 
 
 def split_holdout(pairs: list[P], fraction: float, seed: int) -> tuple[list[P], list[P]]:
