@@ -228,6 +228,10 @@ def test_kto_through_preference_loss_with_and_without_the_anchor():
     assert metrics["kl"].item() == pytest.approx(0.2)
     assert metrics["rewards/margins"].item() == pytest.approx(0.5 * 1 - 0.5 * -1)
     assert "rewards/accuracies" not in metrics  # no pairs to rank
+    # a batch of liked answers only has the same keys (processes gather them alike), NaN where nothing was rated
+    one_sided = preference_loss(PairLogps(**{**p.__dict__, "liked": T([True, True])}), LossConfig(method="kto"))[1]
+    assert set(one_sided) == set(metrics) and math.isnan(one_sided["rewards/rejected"].item())
+    assert one_sided["rewards/chosen"].item() == pytest.approx(0.1 * (1 - 1) / 2)
     # bapo over kto: the anchor's hinge on the first base response only (1 nat below the reference), mean over 2
     loss, _ = preference_loss(p, LossConfig(method="bapo", pref_loss="kto", beta=0.5, undesirable_weight=2.0,
                                             anchor_lambda=0.3))

@@ -109,3 +109,29 @@ def test_two_processes_train_every_users_adapter_as_one_process_does(tmp_path, t
     for user in ("ann", "bob"):
         a, b = (load_file(str(tmp_path / d / user / "adapter_model.safetensors")) for d in ("one", "two"))
         assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3 * 4, user
+
+
+def test_two_processes_take_ktos_reference_point_over_the_global_batch(tmp_path, tiny_model):
+    """KTO's z0 is the mean log-ratio of every process's mismatched answers (TRL gathers it): two processes of 2 rated
+    answers train the adapter of one process with a micro-batch of 4, and log the same z0. Each process's own z0
+    (its 2 answers) would not."""
+    write_jsonl(tmp_path / "pairs.jsonl", make_pairs(20, 1))
+    kto = ["--method", "kto", *COMMON[2:]]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    for out, batch, launcher in (("one", ["--batch-size", "4", "--micro-batch-size", "4"], [sys.executable]),
+                                 ("two", ["--batch-size", "2", "--micro-batch-size", "2"],
+                                  [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                   "2"])):
+        proc = subprocess.run([*launcher, "-m", "bapo.cli", "train", "--model", tiny_model, "--data",
+                               str(tmp_path / "pairs.jsonl"), "--out", str(tmp_path / out), *batch, *kto],
+                              capture_output=True, text=True, timeout=600,
+                              env={**env, "BAPO_CACHE_DIR": str(tmp_path / f"cache_{out}")})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    m1, m2 = ([json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("one", "two"))
+    steps = [m for m in m1 if "kl" in m]
+    assert len(steps) >= 3 and max(m["kl"] for m in steps) > 1e-3  # z0 is not stuck at its clamp
+    # the loss of each step depends on z0 (logged kl: the mean of the processes' z0s would match it either way)
+    for key in ("kl", "loss"):
+        assert [m[key] for m in steps] == pytest.approx([m[key] for m in m2 if "kl" in m], rel=1e-5, abs=1e-7), key
+    a, b = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("one", "two"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3 * 4

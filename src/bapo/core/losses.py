@@ -235,6 +235,9 @@ class PairLogps:
     # ``rejected`` a mismatched one (another example's answer under this prompt: KTO's KL estimate), see
     # bapo.runtime.reference.Example.
     liked: Tensor | None = None
+    # KTO's reference point when it is taken over more than this batch (the global batch of several processes, as
+    # TRL gathers it: bapo.training.trainer.shared_reference_point); None: from this batch's mismatched answers.
+    z0: Tensor | None = None
 
 
 PairwiseFn = Callable[[PairLogps, LossConfig], Tensor]
@@ -275,8 +278,7 @@ PAIRWISE_LOSSES: dict[str, PairwiseFn] = {
 # Losses over unpaired feedback (one rated answer per example, PairLogps.liked): KTO, the rated answers' log-ratios
 # against the reference point of the mismatched ones.
 UNPAIRED_LOSSES: dict[str, PairwiseFn] = {
-    "kto": lambda p, c: more.kto_loss(p.chosen - p.ref_chosen, _liked(p),
-                                      more.kto_reference_point(p.rejected - p.ref_rejected), c.beta,
+    "kto": lambda p, c: more.kto_loss(p.chosen - p.ref_chosen, _liked(p), _z0(p), c.beta,
                                       c.desirable_weight, c.undesirable_weight),
 }
 PREFERENCE_LOSSES = {**PAIRWISE_LOSSES, **UNPAIRED_LOSSES}
@@ -286,6 +288,10 @@ def _liked(p: PairLogps) -> Tensor:
     if p.liked is None:
         raise ValueError("kto needs unpaired feedback: PairLogps.liked (thumbs up or down per example)")
     return p.liked
+
+
+def _z0(p: PairLogps) -> Tensor:
+    return more.kto_reference_point(p.rejected - p.ref_rejected) if p.z0 is None else p.z0
 
 
 # The term on the reference's base responses of each method that has one: a function of the policy's and the
@@ -315,18 +321,15 @@ def pair_metrics(p: PairLogps, cfg: LossConfig) -> dict[str, Tensor]:
 
 
 def feedback_metrics(p: PairLogps, cfg: LossConfig) -> dict[str, Tensor]:
-    """KTO's batch: the reference point (``kl``), the mean implicit reward of liked and of disliked answers present,
-    and their difference as the margin when the batch has both."""
+    """KTO's batch: the reference point (``kl``), the mean implicit reward of liked and of disliked answers, and their
+    difference as the margin. A batch without liked (or disliked) answers gives NaN there: every batch has the same
+    keys, so processes that gather them all call the same collectives (a missing key hung two-process training)."""
     liked = _liked(p)
     rewards = cfg.beta * (p.chosen - p.ref_chosen).detach()
-    out = {"kl": more.kto_reference_point(p.rejected - p.ref_rejected)}
-    if liked.any():
-        out["rewards/chosen"] = rewards[liked].mean()
-    if (~liked).any():
-        out["rewards/rejected"] = rewards[~liked].mean()
-    if liked.any() and (~liked).any():
-        out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]
-    return out
+    nan = torch.full((), float("nan"), dtype=rewards.dtype, device=rewards.device)
+    up = rewards[liked].mean() if liked.any() else nan
+    down = rewards[~liked].mean() if (~liked).any() else nan
+    return {"kl": _z0(p), "rewards/chosen": up, "rewards/rejected": down, "rewards/margins": up - down}
 
 
 def preference_loss(p: PairLogps, cfg: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:

@@ -6,6 +6,7 @@ progress bar). :mod:`bapo.training.run` puts them together.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from bapo.core.logprobs import logps_of, pack_groups, packed_logits, packed_logps, pad_batch, per_sequence, sequence_logps
 from bapo.core.losses import LossConfig, PairLogps, preference_loss, token_kl
+from bapo.core.losses_more import kto_reference_point
 from bapo.io import write_jsonl
 from bapo.runtime.reference import Example
 
@@ -105,6 +107,20 @@ def batch_pair_logps(model, batch: dict[str, torch.Tensor], with_token_kl: bool 
     return p
 
 
+def shared_reference_point(p: PairLogps) -> None:
+    """KTO's reference point z0 over the global batch, every process's mismatched answers together, as TRL gathers
+    it: one process's few would make a noisier estimate, and the run would differ from a one-process run of the same
+    global batch. Sets ``p.z0``; nothing for pairs or with one process."""
+    dist = torch.distributed
+    if p.liked is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    logratios = (p.rejected - p.ref_rejected).detach()
+    total = torch.stack([logratios.sum(), torch.tensor(float(logratios.numel()), dtype=logratios.dtype,
+                                                             device=logratios.device)])
+    dist.all_reduce(total)
+    p.z0 = kto_reference_point((total[0] / total[1]).reshape(1))
+
+
 @contextmanager
 def lora_autocast(model, dtype: torch.dtype | None):
     """LoRA's branch computed in ``dtype`` (bfloat16) over a base model already in it, its weights staying float32.
@@ -145,9 +161,15 @@ class PreferenceTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with lora_autocast(model, self.autocast_dtype):
             logps = batch_pair_logps(model, inputs, self.loss_config.needs_token_kl, self.ref_in_batch)
+        shared_reference_point(logps)
         loss, metrics = preference_loss(logps, self.loss_config)
-        for k, v in metrics.items():
-            self._metrics[k].append(self.accelerator.gather_for_metrics(v.reshape(1)).mean().item())
+        # One gather for all metrics, averaged over processes; NaN (a KTO batch without liked or disliked answers)
+        # is left out of the means, and a metric NaN everywhere of the logged steps is not logged.
+        names = sorted(metrics)
+        values = torch.stack([metrics[k].detach().float().reshape(()) for k in names]).reshape(1, -1)
+        for k, v in zip(names, self.accelerator.gather(values).nanmean(0).tolist()):
+            if not math.isnan(v):
+                self._metrics[k].append(v)
         return (loss, {}) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
