@@ -68,6 +68,17 @@ def test_yaml_config_with_cli_overrides_trains(tmp_path, tiny_model):
     text = (tmp_path / "o" / "config.yaml").read_text()
     assert "method: ipo" in text and "max_steps: 2" in text and "beta: 0.3" in text and "r: 2" in text
     assert (tmp_path / "o" / "adapter_model.safetensors").exists()
+    assert "adapter written to" in " ".join(r.stdout.split())
+
+
+def test_a_full_fine_tune_says_it_wrote_a_model(tmp_path, tiny_model):
+    data = write_jsonl(tmp_path / "d.jsonl", make_pairs(6, 2))
+    r = bapo("train", "--data", data, "--out", tmp_path / "o", "--model", tiny_model, "--finetune", "full",
+             "--method", "dpo", "--max-steps", 1, "--batch-size", 2)
+    assert r.returncode == 0, r.stderr
+    said = " ".join(r.stdout.split())
+    assert "model (Hugging Face directory) written to" in said and "adapter" not in said
+    assert (tmp_path / "o" / "config.json").exists()
 
 
 def test_validate_and_base_commands(tmp_path, tiny_model):
