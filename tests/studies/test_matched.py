@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bapo.studies.matched import FrontierPoint as P
-from bapo.studies.matched import matched, read_at, slope
+from bapo.studies.matched import matched, read_at, retention_items, slope, t95
 
 
 def test_a_monotone_frontier_is_read_linearly_between_its_settings():
@@ -42,6 +42,50 @@ def test_matched_retention_is_a_seed_by_seed_difference_with_a_t_interval():
     assert m.per_seed == [1.0, 2.0, None] and m.seeds_in_reach == 2 and m.delta == 1.5
     none = matched([[P(0.0, 0.0)]] * 3, dpo, [2.0] * 3, "full DPO")
     assert none.delta is None and none.seeds_in_reach == 0
+
+
+def test_per_item_scores_are_read_with_the_frontiers_weights():
+    pts = [P(0.0, 0.0, (0.0, 0.0, 0.0)), P(2.0, -1.0, (-1.0, -2.0, 0.0)), P(2.0, -1.0, (-1.0, 0.0, -2.0))]
+    r = read_at(pts, 1.0)  # half way to the level whose two settings average (-1, -1, -1)
+    assert r.value == -0.5 and r.items == pytest.approx((-0.5, -0.5, -0.5))
+    assert read_at([P(0.0, 0.0, (1.0,)), P(2.0, -1.0)], 1.0).items is None  # a point without items: none
+
+
+def test_the_interval_adds_the_items_part_to_the_seeds_part():
+    """Every model meets the same items: the seeds' spread says nothing of which items were drawn. The standard error
+    adds sd(d_s)^2 / S and sd_i(mean_s e_si)^2 / N, with Welch-Satterthwaite's degrees of freedom."""
+    rng = np.random.default_rng(1)
+    n = 200
+    dpo_items = rng.integers(0, 2, n).astype(float)  # DPO's frontier at margin 2 (one per seed: the same here)
+    bapo_items = [np.clip(dpo_items + rng.integers(-1, 2, n), 0, 1) for _ in range(3)]
+    zero = tuple([0.0] * n)
+    dpo = [[P(0.0, 0.0, zero), P(2.0, dpo_items.mean(), tuple(dpo_items))]] * 3
+    bapo = [[P(0.0, 0.0, zero), P(2.0, b.mean(), tuple(b))] for b in bapo_items]
+    m = matched(bapo, dpo, [1.0] * 3, "DPO@0.5")  # read half way: every per-item difference halved
+    e = np.array([(b - dpo_items) / 2 for b in bapo_items])  # (seeds, items)
+    d = e.mean(1)
+    seed_var, item_var = d.var(ddof=1) / 3, e.mean(0).var(ddof=1) / n
+    df = (seed_var + item_var) ** 2 / (seed_var ** 2 / 2 + item_var ** 2 / (n - 1))
+    half = t95(math.floor(df)) * math.sqrt(seed_var + item_var)
+    assert m.per_seed == pytest.approx(list(d)) and m.delta == pytest.approx(d.mean())
+    assert (m.seed_se, m.item_se) == pytest.approx((math.sqrt(seed_var), math.sqrt(item_var)))
+    assert (m.lo, m.hi) == pytest.approx((d.mean() - half, d.mean() + half))
+    # seeds that agree exactly leave the items' part alone, with n - 1 degrees of freedom (t -> 1.96 + 2.5/199)
+    same = matched([bapo[0]] * 3, dpo, [1.0] * 3, "DPO@0.5")
+    assert same.seed_se == 0.0 and same.hi - same.delta == pytest.approx(t95(n - 1) * math.sqrt(e[0].var(ddof=1) / n))
+    # without per-item scores the interval is the seeds' t interval, as before
+    plain = matched([[P(x.personalization, x.retention) for x in f] for f in bapo], dpo, [1.0] * 3, "DPO@0.5")
+    assert plain.item_se is None and plain.hi - plain.delta == pytest.approx(t95(2) * math.sqrt(seed_var))
+
+
+def test_retention_items_pool_a_measures_tasks_item_by_item():
+    scores = {"arc_easy": {"acc": [1, 0], "acc_norm": [1, 1]}, "piqa": {"acc_norm": [0]},
+              "refusal_harmful": {"refusal": [1, 1]}, "refusal_harmless": {"refusal": [0]},
+              "personal:u": {"margin": [3.0]}}
+    kinds = {"arc_easy": "mc", "piqa": "mc", "refusal_harmful": "refusal", "refusal_harmless": "refusal",
+             "personal:u": "personal"}
+    got = retention_items(scores, kinds)
+    assert got == {"knowledge": [1, 1, 0], "refusal_harmful": [1, 1], "refusal_harmless": [0]}
 
 
 def test_the_slope_and_its_interval_agree_with_least_squares():

@@ -5,8 +5,10 @@ the held-out personalization it reached and what it kept of a retention measure.
 defaults mixes "forgets less" with "personalizes less"; reading each method's retention at the *same*
 personalization, interpolated along its own frontier, separates them. Here the personalization levels are those of
 full DPO and of DPO at scale 0.5, seed by seed, and the reading is a difference from DPO's own frontier at that
-level. Intervals are over seeds (a t interval: with 3 to 5 seeds the normal one would be too narrow); the items'
-sampling error sits inside each seed's point and is not added here.
+level. Intervals are over seeds and items: a seed-to-seed part (the spread of the seeds' differences) and, where the
+per-item scores are given, an item part (the spread over items of the seed-averaged per-item difference: every model
+meets the same items, so the seeds' spread alone says nothing of which items were drawn), combined with
+Welch-Satterthwaite's degrees of freedom for a t quantile (with 3 to 5 seeds a normal one would be too narrow).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
+
+from bapo.studies.tables import RETENTION
 
 # Two-sided 95% quantiles of Student's t for 1-10 degrees of freedom (beyond: 1.96 at the limit, 2.23 at 10): a table
 # rather than scipy, which bapo does not otherwise need.
@@ -27,52 +31,70 @@ def t95(df: int) -> float:
 
 @dataclass(frozen=True)
 class FrontierPoint:
-    """One knob setting of one method and seed: the personalization it reached and a retention measure's value."""
+    """One knob setting of one method and seed: the personalization it reached and a retention measure's value
+    (a change against the base model), with the per-item scores behind it where known (the same items at every
+    point, the value's mean being theirs minus the base model's)."""
 
     personalization: float
     retention: float
+    items: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
 class Reading:
     """Retention read at a personalization level: ``value`` None when the level lies outside the frontier, with
-    ``reach`` saying on which side ("above": stronger than the method's strongest setting; "below")."""
+    ``reach`` saying on which side ("above": stronger than the method's strongest setting; "below"); ``items`` the
+    per-item scores read the same way, where every point has them."""
 
     value: float | None
     reach: str = "within"
+    items: tuple[float, ...] | None = None
+
+
+def _mean_items(vectors: Sequence[tuple[float, ...] | None]) -> tuple[float, ...] | None:
+    if any(v is None for v in vectors) or len({len(v) for v in vectors}) != 1:  # type: ignore[arg-type]
+        return None
+    return tuple(statistics.fmean(col) for col in zip(*vectors))  # type: ignore[misc]
 
 
 def read_at(points: Sequence[FrontierPoint], target: float) -> Reading:
     """Retention at ``target`` along a frontier: linear between the two nearest personalization levels (settings
     that reached the same personalization are averaged first); exactly at a level, its value; outside the range,
-    no value."""
+    no value. Per-item scores, where every point has them, are read with the same weights."""
     if not points:
         return Reading(None, "empty")
-    levels: dict[float, list[float]] = {}
+    levels: dict[float, list[FrontierPoint]] = {}
     for p in points:
-        levels.setdefault(p.personalization, []).append(p.retention)
+        levels.setdefault(p.personalization, []).append(p)
     xs = sorted(levels)
-    ys = [statistics.fmean(levels[x]) for x in xs]
+    ys = [statistics.fmean(p.retention for p in levels[x]) for x in xs]
+    items = [_mean_items([p.items for p in levels[x]]) for x in xs]
     if target > xs[-1]:
         return Reading(None, "above")
     if target < xs[0]:
         return Reading(None, "below")
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+    for i, (x0, x1) in enumerate(zip(xs, xs[1:])):
         if x0 <= target <= x1:
-            return Reading(y0 + (y1 - y0) * (target - x0) / (x1 - x0))
-    return Reading(ys[0])  # a single level, equal to the target
+            w = (target - x0) / (x1 - x0)
+            both = None if items[i] is None or items[i + 1] is None or len(items[i]) != len(items[i + 1]) else \
+                tuple(a + (b - a) * w for a, b in zip(items[i], items[i + 1]))  # type: ignore[arg-type]
+            return Reading(ys[i] + (ys[i + 1] - ys[i]) * w, items=both)
+    return Reading(ys[0], items=items[0])  # a single level, equal to the target
 
 
 @dataclass(frozen=True)
 class Matched:
     """A method's retention minus DPO's at one personalization level, over seeds: the mean difference and its 95%
-    t interval over the seeds where both frontiers reach the level; ``per_seed`` None where one does not."""
+    interval over the seeds where both frontiers reach the level (and over items, where their scores are given);
+    ``per_seed`` None where one does not. ``seed_se`` and ``item_se`` are the two parts of the standard error."""
 
     level: str
     delta: float | None
     lo: float | None
     hi: float | None
     per_seed: list[float | None]
+    seed_se: float | None = None
+    item_se: float | None = None
 
     @property
     def seeds_in_reach(self) -> int:
@@ -82,19 +104,38 @@ class Matched:
 def matched(method: Sequence[Sequence[FrontierPoint]], dpo: Sequence[Sequence[FrontierPoint]],
             targets: Sequence[float], level: str) -> Matched:
     """``method``'s retention minus DPO's at ``targets[s]`` personalization, seed by seed (``method[s]`` and
-    ``dpo[s]`` are seed s's frontiers), then the mean over seeds in reach with its t interval."""
+    ``dpo[s]`` are seed s's frontiers), then the mean over seeds in reach with its interval.
+
+    The standard error adds the seeds' part, ``sd(d_s)^2 / S``, and, when every reading has per-item scores, the
+    items' part, ``sd_i(mean_s e_si)^2 / N`` (``e_si`` the per-item difference of seed s); its t quantile takes
+    Welch-Satterthwaite's degrees of freedom. Each part also holds a little of the seed-by-item interaction, so the
+    sum errs wide by that. One seed in reach gives no interval: its seed-to-seed spread is unknown."""
     per_seed: list[float | None] = []
+    diffs: list[tuple[float, ...] | None] = []
     for pts, ref, target in zip(method, dpo, targets):
         a, b = read_at(pts, target), read_at(ref, target)
-        per_seed.append(None if a.value is None or b.value is None else a.value - b.value)
+        if a.value is None or b.value is None:
+            per_seed.append(None)
+            continue
+        per_seed.append(a.value - b.value)
+        same = a.items is not None and b.items is not None and len(a.items) == len(b.items)
+        diffs.append(tuple(x - y for x, y in zip(a.items, b.items)) if same else None)  # type: ignore[arg-type]
     got = [d for d in per_seed if d is not None]
     if not got:
         return Matched(level, None, None, None, per_seed)
     mean = statistics.fmean(got)
     if len(got) == 1:
         return Matched(level, mean, None, None, per_seed)
-    half = t95(len(got) - 1) * statistics.stdev(got) / math.sqrt(len(got))
-    return Matched(level, mean, mean - half, mean + half, per_seed)
+    seed_var = statistics.variance(got) / len(got)
+    item_var, df = 0.0, float(len(got) - 1)
+    per_item = _mean_items(diffs)
+    if per_item is not None and len(per_item) > 1:
+        item_var = statistics.variance(per_item) / len(per_item)
+        if seed_var + item_var > 0:  # Welch-Satterthwaite
+            df = (seed_var + item_var) ** 2 / (seed_var ** 2 / (len(got) - 1) + item_var ** 2 / (len(per_item) - 1))
+    half = t95(max(1, math.floor(df))) * math.sqrt(seed_var + item_var)
+    return Matched(level, mean, mean - half, mean + half, per_seed, math.sqrt(seed_var),
+                   math.sqrt(item_var) if per_item is not None else None)
 
 
 @dataclass(frozen=True)
@@ -141,6 +182,8 @@ class MatchedRow:
     seeds_in_reach: int
     seeds: int
     per_seed: list[float | None]
+    seed_se: float | None = None
+    item_se: float | None = None  # None: the interval is over seeds only (no per-item scores given)
 
 
 def family(method: str) -> str:
@@ -148,10 +191,29 @@ def family(method: str) -> str:
     return method.split(":")[0].split("@")[0]
 
 
-def matched_rows(rows: Sequence, scaled: dict[float, Sequence]) -> list[MatchedRow]:
+# Per-item scores behind each retention measure of one model: (user, method, seed, LoRA scale) -> measure -> scores.
+ItemScores = Mapping[tuple[str, str, int, float], Mapping[str, Sequence[float]]]
+
+
+def retention_items(scores: Mapping[str, Mapping[str, Sequence[float]]], kinds: Mapping[str, str]) -> dict[str, list[float]]:
+    """One model's per-item scores (``bapo eval``'s item_scores.json: task -> metric -> scores) behind each retention
+    measure: its tasks' items one after another, so their mean less the base model's is the study table's
+    item-weighted change (:func:`bapo.studies.tables.pooled`); drift's are already changes, prompt by prompt."""
+    out = {}
+    for measure, (kind, metric, only) in RETENTION.items():
+        xs = [x for task, ms in scores.items() if kinds.get(task) == kind and metric in ms and only in (None, task)
+              for x in ms[metric]]
+        if xs:
+            out[measure] = xs
+    return out
+
+
+def matched_rows(rows: Sequence, scaled: dict[float, Sequence], items: ItemScores | None = None) -> list[MatchedRow]:
     """Every non-DPO family's retention against DPO's frontier, per user and measure, at the personalization of
     full DPO and of DPO at scale 0.5 (when the study evaluated that scale). ``rows`` are the study's
-    :class:`~bapo.studies.tables.StudyRow` objects; ``scaled`` the DPO adapters' rows at each frontier scale."""
+    :class:`~bapo.studies.tables.StudyRow` objects; ``scaled`` the DPO adapters' rows at each frontier scale;
+    ``items`` each model's per-item scores (:func:`retention_items`), for the items' part of the interval."""
+    items = items or {}
     out = []
     for user in dict.fromkeys(r.user for r in rows):
         mine = [r for r in rows if r.user == user and r.personal_margin is not None]
@@ -166,17 +228,23 @@ def matched_rows(rows: Sequence, scaled: dict[float, Sequence]) -> list[MatchedR
         for fam in dict.fromkeys(family(r.method) for r in mine if family(r.method) != "dpo"):
             for measure in RETAINED:
                 def points(rs):
-                    return [FrontierPoint(r.personal_margin, getattr(r, f"{measure}_delta")) for r in rs
-                            if getattr(r, f"{measure}_delta") is not None and r.personal_margin is not None]
-                arm = [points([r for r in mine if family(r.method) == fam and r.seed == s]) for s in seeds]
-                ref = [points([dpo[s], *(d[s] for d in dpo_scaled.values() if s in d)]) for s in seeds]
+                    pts = []
+                    for r, scale in rs:
+                        value = getattr(r, f"{measure}_delta")
+                        if value is not None and r.personal_margin is not None:
+                            its = items.get((r.user, r.method, r.seed, scale), {}).get(measure)
+                            pts.append(FrontierPoint(r.personal_margin, value, None if its is None else tuple(its)))
+                    return pts
+                arm = [points([(r, 1.0) for r in mine if family(r.method) == fam and r.seed == s]) for s in seeds]
+                ref = [points([(dpo[s], 1.0), *((d[s], scale) for scale, d in dpo_scaled.items() if s in d)])
+                       for s in seeds]
                 if not any(arm) or not any(ref):
                     continue
                 for level, target in levels.items():
                     idx = [i for i, s in enumerate(seeds) if s in target]
                     m = matched([arm[i] for i in idx], [ref[i] for i in idx], [target[seeds[i]] for i in idx], level)
                     out.append(MatchedRow(user, fam, measure, level, m.delta, m.lo, m.hi, m.seeds_in_reach,
-                                          len(idx), m.per_seed))
+                                          len(idx), m.per_seed, m.seed_se, m.item_se))
     return out
 
 
@@ -188,12 +256,17 @@ def matched_markdown(rows: Sequence[MatchedRow]) -> str:
     def num(v):
         return "beyond reach" if v is None else f"{v:+.3f}"
 
+    def se(v):
+        return "" if v is None else f"{v:.3f}"
+
     lines = ["Retention at matched personalization: each method's frontier (its knob's settings) read at the held-out "
              "margin of full DPO and of DPO at scale 0.5, seed by seed, minus DPO's own frontier there (positive = "
-             "kept more than DPO at the same personalization); 95% t interval over the seeds in reach.", "",
-             "| user | method | measure | at | difference | 95% interval | seeds in reach |", "|---|---|---|---|---|---|---|"]
+             "kept more than DPO at the same personalization); 95% t interval over the seeds in reach and the items "
+             "(its standard error's two parts beside it; no items' part: over seeds only).", "",
+             "| user | method | measure | at | difference | 95% interval | se: seeds | se: items | seeds in reach |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ci = "" if r.lo is None else f"[{r.lo:+.3f}, {r.hi:+.3f}]"
-        lines.append(f"| {r.user} | {r.method} | {r.measure} | {r.level} | {num(r.delta)} | {ci} | "
-                     f"{r.seeds_in_reach}/{r.seeds} |")
+        lines.append(f"| {r.user} | {r.method} | {r.measure} | {r.level} | {num(r.delta)} | {ci} | {se(r.seed_se)} | "
+                     f"{se(r.item_se)} | {r.seeds_in_reach}/{r.seeds} |")
     return "\n".join(lines) + "\n"

@@ -34,7 +34,7 @@ from bapo.runtime.workers import run_jobs
 from bapo.studies.config import StudyConfig
 from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
 from bapo.studies.figures import study_figures
-from bapo.studies.matched import matched_markdown, matched_rows
+from bapo.studies.matched import ItemScores, matched_markdown, matched_rows, retention_items
 from bapo.studies.estimate import Estimate, estimate, eval_size, prices, print_estimate
 from bapo.studies.plan import (Cell, balance_dir, cell_dir, eval_config, frontier_config, frontier_scales, plan,
                                print_plan, study_suite)
@@ -55,6 +55,7 @@ class StudyResult:
     out: Path
     seconds: float = 0.0
     frontier: dict[float, list[StudyRow]] = field(default_factory=dict)  # DPO adapters' rows at each LoRA scale
+    items: ItemScores = field(default_factory=dict)  # each model's per-item retention scores (matched readings)
 
     @property
     def estimated_seconds(self) -> float:
@@ -203,6 +204,7 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
         dpo = [c for c in cells if c.method == "dpo"]
         result.frontier = {s: study_rows(dpo, users, scaled.records, s) for s in frontier_scales(cfg)}
         result.contrasts += versus_scaled_dpo(cfg, cells, evaluation, scaled)
+        result.items = model_items(cfg, cells, evaluation, scaled)
     result.seconds = round(time.time() - t0, 1)
     if distributed.is_main():
         write_outputs(cfg, result, users, n_eval, console)
@@ -246,6 +248,16 @@ def versus_scaled_dpo(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResul
     return out
 
 
+def model_items(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResult, scaled: EvalResult) -> ItemScores:
+    """Every adapter's per-item retention scores, and every DPO adapter's at each frontier scale: the items' part of
+    the matched readings' intervals."""
+    kinds = {r.task: r.kind for r in evaluation.records}
+    items = {(c.spec, c.method, c.seed, 1.0): retention_items(evaluation.item_scores[c.name], kinds) for c in cells}
+    items.update({(c.spec, c.method, c.seed, s): retention_items(scaled.item_scores[f"{c.name}@{s:g}"], kinds)
+                  for c in cells if c.method == "dpo" for s in frontier_scales(cfg)})
+    return items
+
+
 def versus_baselines(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResult) -> list[Contrast]:
     """Every arm against the base model (seeds pooled), then against DPO (or the first method) and the config's
     ``baselines``; in a balance study, every strategy against none and against uniform (those in the study) instead."""
@@ -266,7 +278,7 @@ def write_outputs(cfg: StudyConfig, result: StudyResult, users: dict, n_eval: in
     out = result.out
     figures = study_figures(result.rows, out / "figures", result.frontier, cfg.lambdas())
     rows = [r.to_dict() for r in result.rows]
-    readings = matched_rows(result.rows, result.frontier) if result.frontier else []  # issue 29's headline reading
+    readings = matched_rows(result.rows, result.frontier, result.items) if result.frontier else []  # issue 29's headline reading
     summary = {"config": asdict(cfg), "users": users, "rows": rows, "contrasts": as_dicts(result.contrasts),
                "frontier": {f"{s:g}": [r.to_dict() for r in rs] for s, rs in result.frontier.items()},
                "matched": as_dicts(readings), "figures": [str(f) for f in figures], "eval_sequences_per_model": n_eval,
