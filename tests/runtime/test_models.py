@@ -37,6 +37,24 @@ def test_lora_targets_every_linear_layer_but_the_head(tiny_model):
     assert all("q_proj" in n for n, p in only_q.named_parameters() if p.requires_grad)
 
 
+def test_the_head_runs_one_mm_on_a_strided_last_position_even_when_frozen(tiny_model):
+    """transformers hands the head ``hidden[:, -1:]`` at the prefill; frozen (as peft leaves the base weights), torch
+    would expand the head's weight once per sequence for a bmm. load_model's hook passes a contiguous copy: one mm,
+    the same logits."""
+    import torch
+
+    model = load_model(tiny_model, "cpu", "float32").requires_grad_(False)
+    ids = torch.randint(3, 100, (4, 7))
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        fast = model(input_ids=ids, logits_to_keep=1).logits
+    assert "aten::bmm" not in [e.name for e in prof.events()]
+    model.get_output_embeddings()._forward_pre_hooks.clear()  # without it: the slow path, the same numbers
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        slow = model(input_ids=ids, logits_to_keep=1).logits
+    assert "aten::bmm" in [e.name for e in prof.events()]
+    assert torch.allclose(fast, slow, atol=1e-6) and fast.shape == (4, 1, model.config.vocab_size)
+
+
 @pytest.mark.slow
 def test_embedded_model_converts_once_then_loads_in_seconds(tmp_path):
     from bapo.runtime.models import load_tokenizer
