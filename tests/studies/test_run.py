@@ -181,7 +181,15 @@ def test_an_arm_may_put_the_anchor_over_kto(study_cfg):
 
 def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatch):
     study_cfg.frontier_scales = [0.0, 0.5]
+    evaluated, real = [], bapo.studies.run.evaluate_models
+    monkeypatch.setattr(bapo.studies.run, "evaluate_models", lambda cfg, ev, console: evaluated.append(
+        ([Path(a).name.split("__")[1] for a in ev.adapters], ev.adapter_scales)) or real(cfg, ev, console))
     result = run_study(study_cfg)
+    # DPO's adapters and their frontier are scored first (an evaluation stopped part way has what every matched
+    # reading rests on), then every model (DPO's from the cache), then the frontier again (cached)
+    assert evaluated == [(["dpo", "dpo"], [1.0]), (["dpo", "dpo"], [0.0, 0.5]),
+                         (["dpo", "bapo", "dpo", "bapo"], [1.0]), (["dpo", "dpo"], [0.0, 0.5])]
+    monkeypatch.setattr(bapo.studies.run, "evaluate_models", real)
     out = Path(study_cfg.out)
     summary = json.loads((out / "study.json").read_text())
     rows = summary["rows"]
@@ -572,7 +580,8 @@ def test_workers_give_the_numbers_of_one_process(study_cfg, tmp_path, monkeypatc
     same = {"adapter": "", "train_seconds": None}  # where they are and how long training took differ, nothing else
     assert [r.to_dict() | same for r in one.rows] == [r.to_dict() | same for r in two.rows]
     logs = list((tmp_path / "study-workers" / "logs").glob("worker-*.log"))
-    assert 2 <= len(logs) <= 4  # a pool of 2 for the evaluation and one for the frontier
+    # pools only for what is not cached: base and DPO (2), DPO@0.5 (1), BAPO (1); the second frontier pass none
+    assert 2 <= len(logs) <= 4
 
 
 def test_workers_raise_a_jobs_error(tmp_path):

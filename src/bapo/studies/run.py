@@ -25,7 +25,7 @@ from bapo.data.readers import load_prompts
 from bapo.data.users import parse_spec, sample, user_name
 from bapo.errors import ConfigError
 from bapo.evaluation.config import EvalConfig
-from bapo.evaluation.runner import EvalResult, candidate_labels, evaluate, prepare, score_into_cache
+from bapo.evaluation.runner import EvalResult, evaluate, prepare, score_into_cache, unscored
 from bapo.io import as_dicts, atomic_write_text, csv_text, write_json, write_jsonl
 from bapo.runtime import distributed
 from bapo.runtime.models import load_reward_model
@@ -147,8 +147,8 @@ def train_cell(cfg: StudyConfig, cell: Cell, out: Path, console: Console) -> Non
 def evaluate_models(cfg: StudyConfig, ev: EvalConfig, console: Console) -> EvalResult:
     """``bapo eval`` of the study's models; with several workers, the models are first scored into the cache side by
     side (one job per model), then read back in this process."""
-    if cfg.workers > 1 and distributed.world_size() == 1:  # under torchrun the processes split the models already
-        labels = candidate_labels(ev)
+    labels = unscored(ev) if cfg.workers > 1 and distributed.world_size() == 1 else []
+    if labels:  # under torchrun the processes split the models already; scored ones are in the cache
         prepare(ev, Console(quiet=True))  # what the reference prepares (drift answers, held-out log-probs), once
         run_jobs(score_into_cache, [(ev, [label]) for label in labels], cfg.workers, Path(cfg.out) / "logs",
                  "models scored")
@@ -195,13 +195,19 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
             console.rule(f"cell {i}/{len(cells)}: {cell.spec}, {cell.arm}, seed {cell.seed}")
             train_cell(cfg, cell, out, console)
 
+    dpo = [c for c in cells if c.method == "dpo"]
+    if frontier_config(cfg, cells, suite, out) is not None and len(dpo) < len(cells):
+        # DPO's adapters and their frontier first: every matched reading rests on them, so an evaluation stopped
+        # part way (they take sessions) has them before the other arms; what they score is cached for the rest.
+        console.rule("evaluation, first the DPO adapters and their frontier")
+        evaluate_models(cfg, eval_config(cfg, dpo, suite, out), console)
+        frontier(cfg, cells, suite, out, console)
     console.rule("evaluation: the base model and every adapter on the same items")
     evaluation = evaluate_models(cfg, eval_config(cfg, cells, suite, out), console)
     result = StudyResult(cells, est, with_costs(study_rows(cells, users, evaluation.records), cells, out),
                          versus_baselines(cfg, cells, evaluation), out)
     scaled = frontier(cfg, cells, suite, out, console)
     if scaled is not None:
-        dpo = [c for c in cells if c.method == "dpo"]
         result.frontier = {s: study_rows(dpo, users, scaled.records, s) for s in frontier_scales(cfg)}
         result.contrasts += versus_scaled_dpo(cfg, cells, evaluation, scaled)
         result.items = model_items(cfg, cells, evaluation, scaled)
