@@ -89,8 +89,8 @@ class BaseResponseConfig:
 
 BUDGET_MEASURES = {  # measure -> what its number means (a loss: positive = lost against the base model)
     "drift": "nats per token lost on the reference's own answers to general prompts",
-    "qa": "share of probe questions the base model answered and the adapter no longer does",
-    "refusal": "share of harmful probe requests the base model refused and the adapter no longer does",
+    "qa": "the base model's share of probe questions answered right minus the adapter's",
+    "refusal": "the base model's share of harmful probe requests refused minus the adapter's",
 }
 
 
