@@ -35,11 +35,11 @@ class Prices:
 # as bapo (1.65 measured), kl at 2.4 s (studies/compare.yaml, 2026-11-24, 9.5 s per step of 4 pairs).
 # bfloat16: float32's prices divided by bfloat16's measured speed-up, benchmarks/bench_dtype.py, 2026-12-05 (medians
 # of 3 alternating fresh processes, docs/PERFORMANCE.md): a DPO step 1.65x, a BAPO step (its reference in the batch)
-# 1.22x, scoring 1.51x, generation through an adapter 1.19x (most answers a study generates are adapters'; the base
-# model's generation gained 1.98x).
+# 1.22x, scoring 1.51x, generation through an adapter 1.36x (17:55, after the contiguous head; most answers a study
+# generates are adapters'; the base model's generation gained 1.8-2x).
 PRICES = {
     "float32": Prices(1.5, 1.9, 4.5e-4, 0.25, 0.4, 0.6),
-    "bfloat16": Prices(1.5 / 1.65, 1.9 / 1.22, 4.5e-4 / 1.51, 0.25 / 1.51, 0.4 / 1.51, 0.6 / 1.19),
+    "bfloat16": Prices(1.5 / 1.65, 1.9 / 1.22, 4.5e-4 / 1.51, 0.25 / 1.51, 0.4 / 1.51, 0.6 / 1.36),
 }
 
 
