@@ -20,6 +20,7 @@ def test_the_probe_chooses_a_scale_and_the_full_measure_judges_it():
     # and picks 0.5, where the full loss is 0: it holds (but keeps 0.5/2 of b's margin, where the full measure
     # would have kept all of it)
     assert (r.cases, r.holds, r.chose_base) == (2, 0.5, 0.0)
+    assert r.binding == 0.5  # only a's full loss at its strongest scale (0.08) exceeds the budget
     assert r.kept == pytest.approx((4.0 / 4.0 + 0.5 / 2.0) / 2)
     assert r.kept_full == pytest.approx((1.0 / 4.0 + 2.0 / 2.0) / 2)
     # a budget nothing meets on the probe: scale 0, the base model, which always holds and keeps nothing
@@ -37,10 +38,22 @@ def test_the_cheapest_probe_that_holds_is_the_default():
     two, four = rows
     assert (two.items, four.items) == (2, 4)
     assert four.holds == 1.0 and four.kept == 0.25  # mean 0.25 > 0.1 at scale 1: 0.5 is chosen, where nothing is lost
-    sees = bool(set(random.Random(0).sample(range(4), 2)) & {2, 3})
-    assert two.holds == (1.0 if sees else 0.0)
-    assert default_probes(rows) == {("qa", 0.1): 2 if sees else 4}
-    assert "| qa | 4 | 0.1 | 1 | 100%" in markdown(rows)
+    # a 2-item probe is a random draw, as a user's would be: the row averages 20 seeded draws
+    sees = [bool(set(random.Random(d).sample(range(4), 2)) & {2, 3}) for d in range(20)]
+    assert two.holds == pytest.approx(sum(sees) / 20) and 0 < two.holds < 1
+    assert default_probes(rows) == {("qa", 0.1): 2 if two.holds >= 0.9 else 4}
+    assert "| qa | 4 | 0.1 | 1 | 100% | 100%" in markdown(rows)
+    # a budget the full measure never exceeds binds nothing: it holds for any probe, and validates none
+    (loose,) = hold_rows(points, probes, {"qa": [4]}, {"qa": [0.5]})
+    assert (loose.binding, loose.holds) == (0.0, 1.0) and default_probes([loose]) == {}
+
+
+def test_what_the_choice_costs_in_multiple_choice_knowledge():
+    points = [Point("a", 1.0, {"qa": 0.2, "knowledge": 0.03}, 4.0), Point("a", 0.5, {"qa": 0.0, "knowledge": 0.01}, 1.0)]
+    probes = {"a@1": {"qa": [0.2] * 4}, "a@0.5": {"qa": [0.0] * 4}}
+    strict, loose = hold_rows(points, probes, {"qa": [4]}, {"qa": [0.1, 0.3]})
+    assert strict.knowledge_lost == pytest.approx(0.01) and loose.knowledge_lost == pytest.approx(0.03)
+    assert "+1.0 pts" in markdown([strict])
 
 
 def test_full_points_read_the_study_records(tmp_path):

@@ -7,7 +7,11 @@ candidate probe (a measure and a number of items: a seeded subset of the probed 
 and each budget, the probe chooses each adapter's largest measured scale within the budget, as ``bapo train`` would;
 the budget *holds* when the full measure at that scale is within it too (TriviaQA 1,000 for ``qa``, the study's
 harmful requests for ``refusal``, its drift prompts for ``drift``). Each row also says how much of the adapter's
-held-out margin the choice keeps, against what the full measure itself would have allowed.
+held-out margin the choice keeps, against what the full measure itself would have allowed, what ARC-Easy + PIQA lost
+at the choice (a measure no probe reads), and how many adapters the budget binds at all (whose full measure at their
+strongest scale exceeds it): where it binds none, "holds" is vacuous, and no probe is marked for that budget. A
+probe smaller than the pool is a random draw of it, as a user's probe set would be: each row averages ``draws``
+seeded draws.
 
 The probes are cached per adapter and scale in ``STUDY/budget_check/probes.json``: a rerun resumes.
 """
@@ -58,6 +62,8 @@ class HoldRow:
     kept: float  # mean share of the adapter's held-out margin (at scale 1) the probe's choice keeps
     kept_full: float  # the same, had the full measure itself chosen
     chose_base: float  # share of adapters for which only scale 0 met the budget on the probe
+    binding: float = 1.0  # share of adapters whose full measure at their strongest scale exceeds the budget
+    knowledge_lost: float = 0.0  # mean ARC-Easy + PIQA acc_norm lost at the probe's choice (0 at the base model)
 
 
 def _harmful(spec: TaskSpec) -> bool:
@@ -132,9 +138,10 @@ def probe_study(study: Path, qa_items: int = 300, refusal_items: int = 100, cons
 
 
 def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], sizes: dict[str, list[int]],
-              budgets: dict[str, list[float]], seed: int = 0) -> list[HoldRow]:
+              budgets: dict[str, list[float]], seed: int = 0, draws: int = 20) -> list[HoldRow]:
     """For each measure, probe size and budget: the budget applied to every adapter by the probe (largest measured
-    scale within it, else 0) and checked on the full measure at that scale. See the module."""
+    scale within it, else 0) and checked on the full measure at that scale, averaged over ``draws`` seeded subsets of
+    the probed items (one when the size is the whole pool). See the module."""
     cells: dict[str, dict[float, Point]] = {}
     for p in points:
         if f"{p.cell}@{p.scale:g}" in probes:
@@ -143,24 +150,27 @@ def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], si
     for m in sizes:
         n_items = min(len(next(iter(probes.values()))[m]), max(sizes[m]))
         for k in sizes[m]:
-            idx = random.Random(seed).sample(range(n_items), min(k, n_items))
+            k = min(k, n_items)
+            subsets = [random.Random(seed + d).sample(range(n_items), k) for d in range(draws if k < n_items else 1)]
             for b in budgets[m]:
-                holds, kept, kept_full, base = [], [], [], []
-                for scales in cells.values():
-                    probe_loss = {s: sum(probes[f"{p.cell}@{s:g}"][m][i] for i in idx) / len(idx)
-                                  for s, p in scales.items()}
-                    chosen = max((s for s in scales if probe_loss[s] <= b), default=0.0)
-                    oracle = max((s for s, p in scales.items() if p.full[m] <= b), default=0.0)
-                    full = scales[chosen].full[m] if chosen else 0.0
-                    top = scales[max(scales)].margin
-                    holds.append(full <= b)
-                    kept.append(scales[chosen].margin / top if chosen and top > 0 else 0.0)
-                    kept_full.append(scales[oracle].margin / top if oracle and top > 0 else 0.0)
-                    base.append(chosen == 0.0)
+                holds, kept, kept_full, base, lost = [], [], [], [], []
+                binding = [scales[max(scales)].full[m] > b for scales in cells.values()]
+                for idx in subsets:
+                    for scales in cells.values():
+                        probe_loss = {s: sum(probes[f"{p.cell}@{s:g}"][m][i] for i in idx) / len(idx)
+                                      for s, p in scales.items()}
+                        chosen = max((s for s in scales if probe_loss[s] <= b), default=0.0)
+                        oracle = max((s for s, p in scales.items() if p.full[m] <= b), default=0.0)
+                        top = scales[max(scales)].margin
+                        holds.append((scales[chosen].full[m] if chosen else 0.0) <= b)
+                        kept.append(scales[chosen].margin / top if chosen and top > 0 else 0.0)
+                        kept_full.append(scales[oracle].margin / top if oracle and top > 0 else 0.0)
+                        base.append(chosen == 0.0)
+                        lost.append(scales[chosen].full.get("knowledge", 0.0) if chosen else 0.0)
                 n = len(holds)
                 if n:
-                    rows.append(HoldRow(m, len(idx), b, n, sum(holds) / n, sum(kept) / n, sum(kept_full) / n,
-                                        sum(base) / n))
+                    rows.append(HoldRow(m, k, b, len(cells), sum(holds) / n, sum(kept) / n, sum(kept_full) / n,
+                                        sum(base) / n, sum(binding) / len(binding), sum(lost) / n))
     return rows
 
 
@@ -168,7 +178,7 @@ def default_probes(rows: list[HoldRow], target: float = 0.9) -> dict[tuple[str, 
     """Per measure and budget, the fewest probe items whose budget holds in at least ``target`` of the adapters."""
     out: dict[tuple[str, float], int] = {}
     for r in sorted(rows, key=lambda r: r.items):
-        if r.holds >= target:
+        if r.holds >= target and r.binding > 0:  # a budget that binds no adapter validates nothing
             out.setdefault((r.measure, r.budget), r.items)
     return out
 
@@ -176,10 +186,10 @@ def default_probes(rows: list[HoldRow], target: float = 0.9) -> dict[tuple[str, 
 def markdown(rows: list[HoldRow], target: float = 0.9) -> str:
     """The table RESULTS.md reports: a row per probe and budget; the cheapest probe that holds marked."""
     best = default_probes(rows, target)
-    lines = ["| measure | probe items | budget | adapters | budget holds | margin kept | kept, full measure choosing "
-             "| only scale 0 |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| measure | probe items | budget | adapters | budget binds | budget holds | margin kept | kept, full "
+             "measure choosing | only scale 0 | ARC-Easy + PIQA lost |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mark = " **(cheapest >= 90%)**" if best.get((r.measure, r.budget)) == r.items else ""
-        lines.append(f"| {r.measure} | {r.items} | {r.budget:g} | {r.cases} | {r.holds:.0%}{mark} | {r.kept:.0%} | "
-                     f"{r.kept_full:.0%} | {r.chose_base:.0%} |")
+        lines.append(f"| {r.measure} | {r.items} | {r.budget:g} | {r.cases} | {r.binding:.0%} | {r.holds:.0%}{mark} | "
+                     f"{r.kept:.0%} | {r.kept_full:.0%} | {r.chose_base:.0%} | {100 * r.knowledge_lost:+.1f} pts |")
     return "\n".join(lines) + "\n"
