@@ -154,6 +154,11 @@ def test_a_base_response_method_may_carry_its_own_lambda(study_cfg):
     assert len(lines) == 2 and [tuple(line.get_xdata()) for line in lines] == [(1.0, 0.2)] * 2  # lambda 0.1, then 2
     assert lines[0].get_label() == "bapo, by lambda"
     plt.close(fig)
+    fig, ax = plt.subplots()  # in the colour of bapo's own points (its strongest lambda), told apart from the others
+    draw_lambda_frontier(ax, rows, study_cfg.lambdas(), "personal_margin", "knowledge_delta",
+                         {"dpo": "C0", "bapo": "C1", "bapo:0.1": "C2", "replay:0": "C3"})
+    assert {line.get_color() for line in ax.get_lines()} == {"C1"}
+    plt.close(fig)
     for methods, msg in [(["dpo:0.1"], "only a base-response method"), (["bapo:much"], "a number >= 0"),
                          (["bapo:-1"], "a number >= 0"), (["bapo:0.1", "bapo:0.1"], "named twice"),
                          (["nope:0.1"], "only a base-response method")]:
@@ -232,7 +237,8 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
     assert rows[0]["train_seconds"] == json.loads((out / "cells" / "flip-0__dpo__s0" / "run.json").read_text())["seconds"]
     assert "What each arm cost" in table and "| bapo | 2 | " in table
     assert {Path(f).name for f in summary["figures"]} == {"retention.png", "personalization.png", "tradeoff.png",
-                                                          "tradeoff_margin.png"}
+                                                          "tradeoff_margin.png", "tradeoff_margin_flip-0.png",
+                                                          "tradeoff_margin_flip-1.png"}  # and one per user
     assert all(isinstance(r["personal_margin"], float) for r in rows)
     versus = summary["contrasts"]
     arms = (("dpo", "base"), ("bapo", "base"), ("bapo", "dpo"), ("bapo", "dpo@0"), ("bapo", "dpo@0.5"))

@@ -76,13 +76,20 @@ def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[St
         plt.close(fig)
         paths.append(out / name)
 
-    for name, x, base, label in (("tradeoff.png", "personal_reward_acc", 0.5, "held-out reward accuracy"),
-                                 ("tradeoff_margin.png", "personal_margin", 0.0, "held-out reward margin (nats)")):
-        if any(getattr(r, x) is None for r in rows):
+    users = list(dict.fromkeys(r.user for r in rows))
+    figures = [("tradeoff.png", "personal_reward_acc", 0.5, "held-out reward accuracy", None),
+               ("tradeoff_margin.png", "personal_margin", 0.0, "held-out reward margin (nats)", None)]
+    if len(users) > 1:  # and each user's frontiers on their own: one user's spread hides another's
+        figures += [(f"tradeoff_margin_{slug(u)}.png", "personal_margin", 0.0, f"{u}: held-out reward margin (nats)", u)
+                    for u in users]
+    for name, x, base, label, user in figures:
+        mine = [r for r in rows if user in (None, r.user)]
+        if any(getattr(r, x) is None for r in mine):
             continue
+        theirs = {s: [r for r in rs if user in (None, r.user)] for s, rs in (frontier or {}).items()}
         fig, axes = grid(len(panels))
         for ax, (metric, title) in zip(axes, panels):
-            draw_tradeoff(ax, rows, frontier or {}, lambdas or {}, x, base, metric)
+            draw_tradeoff(ax, mine, theirs, lambdas or {}, x, base, metric)
             ax.set_xlabel(f"personalization: {label}")
             ax.set_title(title, fontsize=10)
         fig.tight_layout()
@@ -129,19 +136,25 @@ def balance_figure(rows: list[StudyRow], panels: list[tuple[str, str]], path: Pa
     return path
 
 
+def slug(user: str) -> str:
+    """A user spec as a file name part: ``flip:0.5`` -> ``flip-0.5``."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in user)
+
+
 def draw_tradeoff(ax, rows: list[StudyRow], frontier: dict[float, list[StudyRow]], lambdas: dict[str, float],
                   x: str, base: float, metric: str) -> None:
     """One panel: every adapter's personalization (``x``; the base model's is ``base``) against its change on
     ``metric``, a colour per arm, with the DPO adapters' frontier and the anchors' lambda frontiers."""
     several = len({r.heterogeneity for r in rows}) > 1  # with one heterogeneity its labels tell nothing apart
-    for i, arm in enumerate(dict.fromkeys(r.arm for r in rows)):
+    colours = {arm: f"C{i}" for i, arm in enumerate(dict.fromkeys(r.arm for r in rows))}
+    for arm, colour in colours.items():
         rs = [r for r in rows if r.arm == arm and getattr(r, metric) is not None]
-        ax.scatter([getattr(r, x) for r in rs], [getattr(r, metric) for r in rs], color=f"C{i}", label=arm)
+        ax.scatter([getattr(r, x) for r in rs], [getattr(r, metric) for r in rs], color=colour, label=arm)
         for r in rs if several else []:
             ax.annotate(f"h={r.heterogeneity:.2f}", (getattr(r, x), getattr(r, metric)), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
     draw_frontier(ax, rows, frontier, x, base, metric)
-    draw_lambda_frontier(ax, rows, lambdas, x, metric)
+    draw_lambda_frontier(ax, rows, lambdas, x, metric, colours)
     ax.axhline(0.0, color="#888888", lw=1, ls="--")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -169,9 +182,11 @@ def draw_frontier(ax, rows: list[StudyRow], frontier: dict[float, list[StudyRow]
             ax.plot(*zip(*pts), ls="--", lw=1, color="#555555", marker=".", label="dpo, scaled" if k == 0 else None)
 
 
-def draw_lambda_frontier(ax, rows: list[StudyRow], lambdas: dict[str, float], x: str, metric: str) -> None:
+def draw_lambda_frontier(ax, rows: list[StudyRow], lambdas: dict[str, float], x: str, metric: str,
+                         colours: dict[str, str] | None = None) -> None:
     """For a base-response loss listed at several lambdas (``bapo``, ``bapo:0.1``, ...): one dotted line per user and
-    seed through its arms in order of lambda, the anchor's counterpart of DPO's scale frontier."""
+    seed through its arms in order of lambda, the anchor's counterpart of DPO's scale frontier, in the colour of the
+    loss's strongest arm (``colours``: arm -> colour), so each method's frontier is told apart."""
     losses: dict[str, list[str]] = {}
     for arm in sorted(lambdas, key=lambdas.get):
         losses.setdefault(split_method(arm)[0], []).append(arm)
@@ -184,5 +199,6 @@ def draw_lambda_frontier(ax, rows: list[StudyRow], lambdas: dict[str, float], x:
             pts = [(getattr(mine[a], x), getattr(mine[a], metric)) for a in arms
                    if a in mine and getattr(mine[a], metric) is not None]
             if len(pts) > 1:
-                ax.plot(*zip(*pts), ls=":", lw=1, color="#999999", label=f"{loss}, by lambda" if first else None)
+                colour = (colours or {}).get(arms[-1], "#999999")
+                ax.plot(*zip(*pts), ls=":", lw=1.2, color=colour, label=f"{loss}, by lambda" if first else None)
                 first = False
