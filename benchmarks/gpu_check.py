@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -107,10 +108,13 @@ def main() -> None:
                                                str(tiny), "--out", str(tmp / "e"), "--finetune", "full", *common]),
     ]
     rows = []
-    for name, cmd, *needs in checks:
-        rows.append(run(name, cmd, *needs))
-        print(json.dumps(rows[-1]), flush=True)
-    print(f"\n| check | status | s | last line |\n|---|---|---|---|")
+    try:
+        for name, cmd, *needs in checks:
+            rows.append(run(name, cmd, *needs))
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # models, adapters and caches: nothing is read after the table
+    print("\n| check | status | s | last line |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['check']} | {r['status']} | {r['seconds']:.1f} | {r['note'].replace('|', '/')} |")
 
