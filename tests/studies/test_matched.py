@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bapo.studies.matched import FrontierPoint as P
-from bapo.studies.matched import matched, read_at, retention_items, slope, t95
+from bapo.studies.matched import matched, read_at, retention_items, slope, t95, trend_markdown, trend_rows
 
 
 def test_a_monotone_frontier_is_read_linearly_between_its_settings():
@@ -102,3 +102,24 @@ def test_the_slope_and_its_interval_agree_with_least_squares():
     assert exact.slope == pytest.approx(2.0) and exact.lo == pytest.approx(2.0) and exact.hi == pytest.approx(2.0)
     with pytest.raises(ValueError):
         slope([1, 1, 1], [0, 1, 2])
+
+
+def test_the_trend_is_each_arms_slope_over_its_adapters():
+    from types import SimpleNamespace
+
+    from bapo.studies.tables import RETENTION
+
+    def row(arm, h, knowledge):
+        return SimpleNamespace(arm=arm, heterogeneity=h, **{**{f"{m}_delta": None for m in RETENTION},
+                                                            "knowledge_delta": knowledge})
+
+    rows = [row("dpo", h, -0.1 * h + e) for h, e in ((0.0, 0.01), (0.5, -0.01), (1.0, 0.0), (1.0, 0.02))]
+    rows += [row("bapo", 0.0, 0.0), row("bapo", 0.0, 0.1), row("bapo", 1.0, 0.0)]  # 3 points at 2 levels
+    rows += [row("kl", 0.5, 0.0), row("kl", 0.5, 0.1), row("kl", 0.5, 0.2)]  # one level: no slope
+    got = {(r.method, r.measure): r for r in trend_rows(rows)}
+    assert set(got) == {("dpo", "knowledge"), ("bapo", "knowledge")}  # no other measure has values
+    ref = slope([r.heterogeneity for r in rows[:4]], [r.knowledge_delta for r in rows[:4]])
+    dpo = got[("dpo", "knowledge")]
+    assert (dpo.slope, dpo.lo, dpo.hi, dpo.adapters, dpo.levels) == (ref.slope, ref.lo, ref.hi, 4, 3)
+    assert got[("bapo", "knowledge")].slope == pytest.approx(-0.05)
+    assert "| dpo | knowledge |" in trend_markdown(list(got.values())) and trend_markdown([]) == ""

@@ -230,6 +230,7 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
         assert len(mine) == len(base_knowledge)
         assert sum(mine) / len(mine) - sum(base_knowledge) / len(base_knowledge) == pytest.approx(row["knowledge_delta"])
     assert "Retention at matched personalization" in table
+    assert summary["trend"] == [] and "Forgetting against heterogeneity" not in table  # 2 adapters an arm: no slope
     assert table.count("\n| flip:") == 4 + 4 + 7 * (4 + 2 + 2 + 2) + len(matched) and "general labels in the data" in table
     assert "| flip:1 | 1.00 ± 0.00 | dpo@0.5 | 0 |" in table and "personal margin" in table
     assert (out / "table.csv").read_text().splitlines()[0].startswith("user,method,seed,adapter,heterogeneity")

@@ -270,3 +270,46 @@ def matched_markdown(rows: Sequence[MatchedRow]) -> str:
         lines.append(f"| {r.user} | {r.method} | {r.measure} | {r.level} | {num(r.delta)} | {ci} | {se(r.seed_se)} | "
                      f"{se(r.item_se)} | {r.seeds_in_reach}/{r.seeds} |")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class TrendRow:
+    """One arm's change on one retention measure against measured heterogeneity: the least-squares slope."""
+
+    method: str
+    measure: str
+    slope: float
+    lo: float
+    hi: float
+    adapters: int
+    levels: int  # distinct heterogeneities among them
+
+
+def trend_rows(rows: Sequence) -> list[TrendRow]:
+    """Does forgetting grow with heterogeneity? Each arm's change against the base model on each retention measure,
+    regressed on its users' measured heterogeneity: every adapter (each user and seed) one point, the slope's 95%
+    t interval from the residuals (:func:`slope`). Only where the arm has 3 or more adapters at 2 or more
+    heterogeneities. The points share the evaluation's items, so the interval treats as independent what is not
+    quite: read it as a seed-level interval."""
+    out = []
+    for arm in dict.fromkeys(r.arm for r in rows):
+        for measure in RETENTION:
+            pts = [(r.heterogeneity, getattr(r, f"{measure}_delta")) for r in rows
+                   if r.arm == arm and getattr(r, f"{measure}_delta") is not None]
+            levels = len({x for x, _ in pts})
+            if len(pts) >= 3 and levels >= 2:
+                s = slope([x for x, _ in pts], [y for _, y in pts])
+                out.append(TrendRow(arm, measure, s.slope, s.lo, s.hi, s.n, levels))
+    return out
+
+
+def trend_markdown(rows: Sequence[TrendRow]) -> str:
+    if not rows:
+        return ""
+    lines = ["Forgetting against heterogeneity: each arm's change against the base model regressed on its users' "
+             "measured heterogeneity, every adapter one point; the slope is the change from heterogeneity 0 to 1 "
+             "(negative = loses more as the user departs from general preference), 95% t interval.", "",
+             "| method | measure | slope | 95% interval | adapters | heterogeneities |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.method} | {r.measure} | {r.slope:+.3f} | [{r.lo:+.3f}, {r.hi:+.3f}] | {r.adapters} | {r.levels} |"
+              for r in rows]
+    return "\n".join(lines) + "\n"

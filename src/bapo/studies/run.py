@@ -34,7 +34,8 @@ from bapo.runtime.workers import run_jobs
 from bapo.studies.config import StudyConfig
 from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
 from bapo.studies.figures import study_figures
-from bapo.studies.matched import ItemScores, matched_markdown, matched_rows, retention_items
+from bapo.studies.matched import (ItemScores, matched_markdown, matched_rows, retention_items, trend_markdown,
+                                  trend_rows)
 from bapo.studies.estimate import Estimate, estimate, eval_size, prices, print_estimate
 from bapo.studies.plan import (Cell, balance_dir, cell_dir, eval_config, frontier_config, frontier_scales, plan,
                                print_plan, study_suite)
@@ -285,9 +286,11 @@ def write_outputs(cfg: StudyConfig, result: StudyResult, users: dict, n_eval: in
     figures = study_figures(result.rows, out / "figures", result.frontier, cfg.lambdas())
     rows = [r.to_dict() for r in result.rows]
     readings = matched_rows(result.rows, result.frontier, result.items) if result.frontier else []  # issue 29's headline reading
+    trend = trend_rows(result.rows)  # with users of several heterogeneities: does forgetting grow with it?
     summary = {"config": asdict(cfg), "users": users, "rows": rows, "contrasts": as_dicts(result.contrasts),
                "frontier": {f"{s:g}": [r.to_dict() for r in rs] for s, rs in result.frontier.items()},
-               "matched": as_dicts(readings), "figures": [str(f) for f in figures], "eval_sequences_per_model": n_eval,
+               "matched": as_dicts(readings), "trend": as_dicts(trend), "figures": [str(f) for f in figures],
+               "eval_sequences_per_model": n_eval,
                "estimated_seconds": round(result.estimated_seconds), "seconds": result.seconds,
                "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_json(out / "study.json", summary)
@@ -297,6 +300,7 @@ def write_outputs(cfg: StudyConfig, result: StudyResult, users: dict, n_eval: in
     scaled = [replace(r, method=f"dpo@{s:g}") for s, rs in result.frontier.items() for r in rs]
     md = markdown(result.rows + scaled) + (("\n" + contrasts_markdown(result.contrasts)) if result.contrasts else "")
     md += ("\n" + matched_markdown(readings)) if readings else ""
+    md += ("\n" + trend_markdown(trend)) if trend else ""
     md += "\nWhat each arm cost:\n\n" + cost_markdown(result.rows)
     atomic_write_text(out / "table.md", md)
     console.print(md)
