@@ -139,15 +139,17 @@ def unscored(cfg: EvalConfig) -> list[str]:
         store.close()
 
 
-def score_candidate(model, cand: Candidate, tasks: list[Task], scorer: Scorer, cfg: EvalConfig) -> dict:
-    """Every task of one candidate, each from the cache when it is there (keyed by model, adapter, scale, task)."""
+def score_candidate(model, cand: Candidate, tasks: list[Task], scorer: Scorer, cfg: EvalConfig,
+                    title: str = "") -> dict:
+    """Every task of one candidate, each from the cache when it is there (keyed by model, adapter, scale, task);
+    ``title`` heads its progress bars (default: its label)."""
     ref = scorer.ref
     out = {}
     for task in tasks:
         key = eval_key(ref.cache_id, cand, task.spec.name, task.key, cfg)
         cached = ref.store.get_eval(key)
         if cached is None:
-            with progress.bar(f"{cand.label}: {task.spec.name}", task.kind.sequences(task.items)) as advance:
+            with progress.bar(f"{title or cand.label}: {task.spec.name}", task.kind.sequences(task.items)) as advance:
                 cached = task.kind.score(model, task, scorer, advance)
             ref.store.put_eval(key, cached)
         out[task.spec.name] = cached
@@ -155,12 +157,12 @@ def score_candidate(model, cand: Candidate, tasks: list[Task], scorer: Scorer, c
 
 
 def score_one(cfg: EvalConfig, cand: Candidate, tasks: list[Task], personal: dict[str, Task], scorer: Scorer,
-              console: Console) -> dict:
+              console: Console, title: str = "") -> dict:
     """One candidate's scores on the suite and on its own personal tasks, with its adapter applied."""
     mine = [personal[n] for n in personal if cand.adapter is None or n in cand.personal]
     with applied(scorer.ref.model, cand.adapter.path if cand.adapter else None, cand.scale,
                  cfg.merge_adapters) as model:
-        scores = score_candidate(model, cand, tasks + mine, scorer, cfg)
+        scores = score_candidate(model, cand, tasks + mine, scorer, cfg, title)
         if cfg.lm_eval_tasks:
             scores.update(lm_eval_scores(model, scorer.ref.tokenizer, cfg.lm_eval_tasks, cfg.batch_size, cand.label,
                                          console))
@@ -172,8 +174,10 @@ def score_all(cfg: EvalConfig, cands: list[Candidate], tasks: list[Task], person
     """Every (candidate, task) score. With several processes each scores every N-th candidate's tasks (the unit an
     adapter is applied for) and all receive the merged scores; returns them and the units each process scored."""
     computed: dict[str, dict] = {}
-    for cand in distributed.shard(cands):
-        computed[cand.label] = score_one(cfg, cand, tasks, personal, scorer, console)
+    mine = distributed.shard(cands)
+    for i, cand in enumerate(mine, 1):  # "model 3/44" on every bar: a study's evaluation runs for hours
+        computed[cand.label] = score_one(cfg, cand, tasks, personal, scorer, console,
+                                         f"model {i}/{len(mine)} {cand.label}")
     parts = distributed.gather(computed)
     merged = {label: s for part in parts for label, s in part.items()}
     return {c.label: merged[c.label] for c in cands}, [len(p) for p in parts]
