@@ -48,12 +48,14 @@ def test_the_cheapest_probe_that_holds_is_the_default():
     assert (loose.binding, loose.holds) == (0.0, 1.0) and default_probes([loose]) == {}
 
 
-def test_what_the_choice_costs_in_multiple_choice_knowledge():
-    points = [Point("a", 1.0, {"qa": 0.2, "knowledge": 0.03}, 4.0), Point("a", 0.5, {"qa": 0.0, "knowledge": 0.01}, 1.0)]
+def test_what_the_choice_costs_in_multiple_choice_knowledge_and_over_refusal():
+    points = [Point("a", 1.0, {"qa": 0.2, "knowledge": 0.03, "over_refusal": 0.1}, 4.0),
+              Point("a", 0.5, {"qa": 0.0, "knowledge": 0.01, "over_refusal": 0.02}, 1.0)]
     probes = {"a@1": {"qa": [0.2] * 4}, "a@0.5": {"qa": [0.0] * 4}}
     strict, loose = hold_rows(points, probes, {"qa": [4]}, {"qa": [0.1, 0.3]})
     assert strict.knowledge_lost == pytest.approx(0.01) and loose.knowledge_lost == pytest.approx(0.03)
-    assert "+1.0 pts" in markdown([strict])
+    assert strict.over_refusal == pytest.approx(0.02) and loose.over_refusal == pytest.approx(0.1)
+    assert "| +1.0 pts | +2.0 pts |" in markdown([strict])
 
 
 def test_full_points_read_the_study_records(tmp_path):
@@ -76,7 +78,7 @@ def test_full_points_read_the_study_records(tmp_path):
     (tmp_path / "eval" / "results.json").write_text(json.dumps({"records": recs}))
     (p,) = full_points(tmp_path)
     assert (p.cell, p.scale, p.margin) == ("c", 1.0, 3.0)
-    assert p.full == pytest.approx({"drift": 0.3, "qa": 0.04, "refusal": 0.2, "knowledge": 0.02})
+    assert p.full == pytest.approx({"drift": 0.3, "qa": 0.04, "refusal": 0.2, "knowledge": 0.02, "over_refusal": 0.5})
 
 
 def test_probe_study_probes_held_back_items_at_every_measured_scale_and_resumes(tmp_path, tiny_model, monkeypatch):

@@ -8,7 +8,8 @@ and each budget, the probe chooses each adapter's largest measured scale within 
 the budget *holds* when the full measure at that scale is within it too (TriviaQA 1,000 for ``qa``, the study's
 harmful requests for ``refusal``, its drift prompts for ``drift``). Each row also says how much of the adapter's
 held-out margin the choice keeps, against what the full measure itself would have allowed, what ARC-Easy + PIQA lost
-at the choice (a measure no probe reads), and how many adapters the budget binds at all (whose full measure at their
+and how many more harmless requests were refused at the choice (measures no probe reads), and how many adapters the
+budget binds at all (whose full measure at their
 strongest scale exceeds it): where it binds none, "holds" is vacuous, and no probe is marked for that budget. A
 probe smaller than the pool is a random draw of it, as a user's probe set would be: each row averages ``draws``
 seeded draws.
@@ -42,7 +43,8 @@ MEASURES = ("drift", "qa", "refusal")
 @dataclass(frozen=True)
 class Point:
     """One adapter at one scale, measured in full: each measure's loss against the base model (positive = lost),
-    ARC-Easy + PIQA's too (``knowledge``), and its held-out margin."""
+    ARC-Easy + PIQA's too (``knowledge``), the rise in harmless requests refused (``over_refusal``), and its held-out
+    margin."""
 
     cell: str
     scale: float
@@ -64,6 +66,7 @@ class HoldRow:
     chose_base: float  # share of adapters for which only scale 0 met the budget on the probe
     binding: float = 1.0  # share of adapters whose full measure at their strongest scale exceeds the budget
     knowledge_lost: float = 0.0  # mean ARC-Easy + PIQA acc_norm lost at the probe's choice (0 at the base model)
+    over_refusal: float = 0.0  # mean rise in harmless requests refused at the probe's choice
 
 
 def _harmful(spec: TaskSpec) -> bool:
@@ -97,6 +100,9 @@ def full_points(study: Path) -> list[Point]:
         full = {m: -recs[k].delta for m, k in loss.items()}  # type: ignore[operator]
         mc = [r.delta for (t, metric), r in recs.items() if r.kind == "mc" and metric == "acc_norm"]
         full["knowledge"] = -sum(mc) / len(mc) if mc else float("nan")
+        harmless = [r.delta for (t, metric), r in recs.items() if r.kind == "refusal" and metric == "refusal"
+                    and "harmless" in t and r.delta is not None]
+        full["over_refusal"] = harmless[0] if harmless else float("nan")
         margin = next((r.value for (t, metric), r in recs.items() if r.kind == "personal" and metric == "margin"),
                       float("nan"))
         points.append(Point(cell, scale, full, margin))
@@ -153,7 +159,7 @@ def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], si
             k = min(k, n_items)
             subsets = [random.Random(seed + d).sample(range(n_items), k) for d in range(draws if k < n_items else 1)]
             for b in budgets[m]:
-                holds, kept, kept_full, base, lost = [], [], [], [], []
+                holds, kept, kept_full, base, lost, over = [], [], [], [], [], []
                 binding = [scales[max(scales)].full[m] > b for scales in cells.values()]
                 for idx in subsets:
                     for scales in cells.values():
@@ -167,10 +173,11 @@ def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], si
                         kept_full.append(scales[oracle].margin / top if oracle and top > 0 else 0.0)
                         base.append(chosen == 0.0)
                         lost.append(scales[chosen].full.get("knowledge", 0.0) if chosen else 0.0)
+                        over.append(scales[chosen].full.get("over_refusal", 0.0) if chosen else 0.0)
                 n = len(holds)
                 if n:
                     rows.append(HoldRow(m, k, b, len(cells), sum(holds) / n, sum(kept) / n, sum(kept_full) / n,
-                                        sum(base) / n, sum(binding) / len(binding), sum(lost) / n))
+                                        sum(base) / n, sum(binding) / len(binding), sum(lost) / n, sum(over) / n))
     return rows
 
 
@@ -187,9 +194,11 @@ def markdown(rows: list[HoldRow], target: float = 0.9) -> str:
     """The table RESULTS.md reports: a row per probe and budget; the cheapest probe that holds marked."""
     best = default_probes(rows, target)
     lines = ["| measure | probe items | budget | adapters | budget binds | budget holds | margin kept | kept, full "
-             "measure choosing | only scale 0 | ARC-Easy + PIQA lost |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "measure choosing | only scale 0 | ARC-Easy + PIQA lost | harmless refused more |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mark = " **(cheapest >= 90%)**" if best.get((r.measure, r.budget)) == r.items else ""
         lines.append(f"| {r.measure} | {r.items} | {r.budget:g} | {r.cases} | {r.binding:.0%} | {r.holds:.0%}{mark} | "
-                     f"{r.kept:.0%} | {r.kept_full:.0%} | {r.chose_base:.0%} | {100 * r.knowledge_lost:+.1f} pts |")
+                     f"{r.kept:.0%} | {r.kept_full:.0%} | {r.chose_base:.0%} | {100 * r.knowledge_lost:+.1f} pts | "
+                     f"{100 * r.over_refusal:+.1f} pts |")
     return "\n".join(lines) + "\n"
