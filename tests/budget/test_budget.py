@@ -137,3 +137,33 @@ def test_per_user_budgets_land_in_users_csv(tmp_path, tiny_model):
     assert [(r["user"], r["budget_scale"]) for r in table] == [("ann", "1.0"), ("bo", "1.0")]
     again = train_each_user(cfg)  # a rerun reads the choices back
     assert [u.budget_scale for u in again.users] == [1.0, 1.0]
+
+
+def test_an_adapter_trained_again_into_its_folder_is_the_one_probed(tmp_path, tiny_model):
+    """OUT/as_trained keeps the adapter as trained while OUT holds it scaled; trained again into OUT (``--resume``
+    with other settings), OUT's A matrices differ from the copy's, and the new adapter replaces the stale copy."""
+    from types import SimpleNamespace
+
+    from bapo.budget.run import AS_TRAINED, apply_budget, same_training
+    from bapo.runtime.export import write_scaled
+    from tests.helpers import make_adapter
+
+    out = make_adapter(tiny_model, tmp_path / "out", seed=0)
+    probed = []
+    prober = SimpleNamespace(limits={"drift": 1.0}, table=lambda path: probed.append(path) or [
+        ProbeRow(1.0, {"drift": 2.0}, False), ProbeRow(0.5, {"drift": 0.5}, True), ProbeRow(0.0, {"drift": 0.0}, True)])
+    first = load_file(str(out / "adapter_model.safetensors"))
+    assert apply_budget(out, prober, [1.0, 0.5, 0.0]).scale == 0.5
+    assert same_training(out / AS_TRAINED, out)  # OUT is scaled (B halved); the same training all the same
+    write_scaled(out / AS_TRAINED, out, 0.25, {})  # as a kill half way through a later rescaling might leave it
+    apply_budget(out, prober, [1.0, 0.5, 0.0])
+    assert all(load_file(str(out / AS_TRAINED / "adapter_model.safetensors"))[k].equal(v) for k, v in first.items())
+
+    make_adapter(tiny_model, tmp_path / "again", seed=1)  # a new training written over OUT's files
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (out / name).write_bytes((tmp_path / "again" / name).read_bytes())
+    assert not same_training(out / AS_TRAINED, out)
+    apply_budget(out, prober, [1.0, 0.5, 0.0])
+    new = load_file(str(tmp_path / "again" / "adapter_model.safetensors"))
+    assert all(load_file(str(out / AS_TRAINED / "adapter_model.safetensors"))[k].equal(v) for k, v in new.items())
+    assert probed == [str(out / AS_TRAINED)] * 3

@@ -89,6 +89,8 @@ def apply_budget(adapter: Path, prober: Prober, scales: list[float]) -> BudgetCh
     the table in its ``run.json``."""
     t0 = time.time()
     trained = adapter / AS_TRAINED
+    if trained.exists() and not same_training(trained, adapter):
+        shutil.rmtree(trained)  # OUT was trained again since (--resume with other settings): keep the new one
     if not trained.exists():  # the first probe: keep the adapter as trained, then scale the files in place
         staging = adapter / f".{AS_TRAINED}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
@@ -104,6 +106,17 @@ def apply_budget(adapter: Path, prober: Prober, scales: list[float]) -> BudgetCh
     run = json.loads(run_file.read_text()) if run_file.exists() else {}
     write_json(run_file, {**run, "forgetting_budget": choice.record(scales)})
     return choice
+
+
+def same_training(kept: Path, adapter: Path) -> bool:
+    """Whether ``adapter`` is ``kept`` (the copy as trained) or a scaled form of it. A scale lives in the B matrices
+    only (:func:`bapo.runtime.export.write_scaled`), so equal A matrices mean the same training run, however ``adapter``
+    was scaled since, or whether a kill came half way through scaling it."""
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(d / "adapter_model.safetensors")) for d in (kept, adapter))
+    lora_a = [k for k in a if ".lora_A." in k]
+    return bool(lora_a) and set(lora_a) == {k for k in b if ".lora_A." in k} and all(a[k].equal(b[k]) for k in lora_a)
 
 
 def _earlier(cfg: TrainConfig, adapter: Path) -> BudgetChoice | None:
