@@ -308,7 +308,7 @@ def data_fetch_command(
     only: Annotated[str, typer.Option(help="Comma-separated layout paths to fetch (default: all).")] = "",
 ) -> None:
     """Download the data sets the studies use from their public homes, checked by sha256; a rerun resumes."""
-    from bapo.data.fetch import DATASETS, fetch
+    from bapo.data.fetch import fetch
     from bapo.data.users import default_data_dir
 
     target = to or default_data_dir(fetched=True)
