@@ -102,7 +102,7 @@ def worker_trl(a, best: bool = False) -> dict:
 def worker_bapo(a) -> dict:
     from bapo.cli import keep_freed_memory
     from bapo.runtime.reference import open_reference
-    from bapo.data.config import DataConfig, renderer
+    from bapo.data.config import DataConfig
     from bapo.runtime.config import LoraSettings
     from bapo.training.config import TrainConfig
     from bapo.data.pairs import load_pairs
