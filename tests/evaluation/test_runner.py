@@ -300,3 +300,28 @@ def test_generated_answers_are_written_beside_their_prompts_and_scores(setup, ti
     page = write_report(tmp_path / "r", tmp_path / "rep", samples=1).read_text()  # the report shows them too
     assert "What the models wrote" in page and "trivia 1. What is 0 + 0?" in page and "trivia 2." not in page
     assert page.count("class=answer") == 4  # base and dpo, one prompt of each of the two tasks
+
+
+def test_another_generation_batch_scores_the_generative_tasks_again_and_only_them(setup, tiny_model, monkeypatch):
+    """Greedy answers depend on the prompts batched with them (in 16-bit dtypes), so cached answers of one
+    generation batch size are never reused for another; log-prob scores are."""
+    root, adapters = setup
+    (root / "gen_suite.yaml").write_text(
+        "tasks:\n  - {name: mc, kind: mc, path: mc.jsonl}\n"
+        "  - {name: refusals, kind: refusal, path: prompts.jsonl, max_new_tokens: 4}\n")
+    cfg = EvalConfig(model=tiny_model, adapters=adapters[:1], suite=str(root / "gen_suite.yaml"),
+                     out=str(root / "gen"), cache_dir=str(root / "cache"), generate_batch_size=2)
+    run_eval(cfg)
+    scored = []
+    for name, kind in list(tasks.KINDS.items()):
+        monkeypatch.setitem(tasks.KINDS, name, replace(
+            kind, score=lambda model, t, s, adv, real=kind.score: scored.append(t.spec.name) or real(model, t, s, adv)))
+    run_eval(replace(cfg, out=str(root / "gen2")))
+    assert scored == []
+    run_eval(replace(cfg, out=str(root / "gen3"), generate_batch_size=3))
+    assert scored == ["refusals", "refusals"]  # the base model and the adapter; ARC-style mc from the cache
+
+
+def test_a_generation_batch_below_one_is_a_config_error(tiny_model):
+    with pytest.raises(bapo.errors.ConfigError, match="generate_batch_size"):
+        EvalConfig(model=tiny_model, generate_batch_size=0).validate()

@@ -23,6 +23,8 @@ class EvalConfig:
     reward_model: str = option("", "A sequence-classification reward model scoring generated answers (optional).")
     lm_eval_tasks: list[str] = option([], "lm-evaluation-harness tasks to add (needs lm-eval and its data).")
     batch_size: int = option(16, "Sequences per scoring batch.")
+    generate_batch_size: int = option(32, "Prompts per generation batch (generative tasks' greedy answers; prompts "
+                                          "of similar length batched together).")
     samples: int = option(5, "Prompts per generative task shown with every model's answer in samples.md (every "
                              "answer is in samples.jsonl).")
     merge_adapters: bool = option(True, "Merge each adapter into the weights while scoring it (faster; holds a "
@@ -38,6 +40,8 @@ class EvalConfig:
         check_device(self.device, self.dtype)
         if self.batch_size < 1:
             raise ConfigError("batch_size: must be at least 1")
+        if self.generate_batch_size < 1:
+            raise ConfigError("generate_batch_size: must be at least 1")
         if self.samples < 0:
             raise ConfigError("samples: must be 0 or more")
         if not self.adapter_scales:

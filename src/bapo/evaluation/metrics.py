@@ -136,9 +136,9 @@ def refusal_scores(model, renderer: Renderer, prompts: Sequence[list[dict[str, s
 
 
 def profile_scores(model, renderer: Renderer, prompts: Sequence[list[dict[str, str]]], rule,
-                   max_new_tokens: int = 64) -> dict[str, list]:
+                   max_new_tokens: int = 64, batch_size: int = 8) -> dict[str, list]:
     """A profile's scoring rule (:mod:`bapo.data.profiles`) applied to the model's own answers to ``prompts``."""
-    answers = generate_answers(model, renderer, prompts, max_new_tokens)
+    answers = generate_answers(model, renderer, prompts, max_new_tokens, batch_size)
     return {"profile_score": [float(rule(t)) for t in answers], ANSWERS: answers}
 
 

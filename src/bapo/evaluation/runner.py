@@ -27,7 +27,8 @@ from bapo.evaluation.lm_eval import lm_eval_scores
 from bapo.evaluation.metrics import TIE_NATS, Stat, paired_delta
 from bapo.evaluation.records import Record, markdown_table
 from bapo.evaluation.samples import Asked, Samples, take_answers, write_samples
-from bapo.evaluation.tasks import Scorer, Task, TaskSpec, load_suite, load_task, personal_task
+from bapo.evaluation.tasks import (KINDS, Scorer, Task, TaskSpec, generates, load_suite, load_task,
+                                   personal_task)
 from bapo.io import as_dicts, atomic_write_text, csv_text, write_json
 from bapo.runtime import distributed
 from bapo.runtime.adapters import AdapterInfo, applied, check_same_model, read_adapter
@@ -116,25 +117,29 @@ def suite_tasks(cfg: EvalConfig, console: Console) -> list[Task]:
     return tasks
 
 
-def eval_key(cache_id: str, cand: Candidate, task_name: str, task_key: str, cfg: EvalConfig) -> str:
+def eval_key(cache_id: str, cand: Candidate, task_name: str, task_key: str, cfg: EvalConfig,
+             generated: bool = False) -> str:
     """Where one candidate's scores on one task are cached: the reference's weights and dtype, the adapter's
-    weights, its scale, the task and what it reads, and the settings that change a score."""
+    weights, its scale, the task and what it reads, and the settings that change a score (for a task that
+    generates, its generation batch: greedy answers depend on the prompts batched with them)."""
+    gen = [("length-sorted generation batch", cfg.generate_batch_size)] if generated else []
     return make_key("eval", cache_id, cand.digest, cand.scale, task_name, task_key, cfg.max_length,
-                    cfg.max_prompt_length, cfg.reward_model)
+                    cfg.max_prompt_length, cfg.reward_model, *gen)
 
 
 def unscored(cfg: EvalConfig) -> list[str]:
     """The labels of the candidates ``bapo eval`` with this config would still score: those with any task of the
     suite, or of their own held-out pairs, not in the cache yet. Loads no model (what a dry run can afford)."""
-    tasks = [(t.name, t.key()) for t in suite_specs(cfg)]
+    tasks = [(t.name, t.key(), KINDS[t.kind].generates) for t in suite_specs(cfg)]
     cands, personal = candidates(cfg)
     path = resolve_model(cfg.model, cfg.cache_dir)
     cid = weights_cache_id(model_fingerprint(path), resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
     store = Store(cache_root(cfg.cache_dir) / "reference.sqlite")
     try:
         return [c.label for c in cands
-                if any(store.get_eval(eval_key(cid, c, name, key, cfg)) is None
-                       for name, key in tasks + [(n, personal[n].key) for n in c.personal])]
+                if any(store.get_eval(eval_key(cid, c, name, key, cfg, gen)) is None
+                       for name, key, gen in tasks + [(n, personal[n].key, generates(personal[n]))
+                                                      for n in c.personal])]
     finally:
         store.close()
 
@@ -146,7 +151,7 @@ def score_candidate(model, cand: Candidate, tasks: list[Task], scorer: Scorer, c
     ref = scorer.ref
     out = {}
     for task in tasks:
-        key = eval_key(ref.cache_id, cand, task.spec.name, task.key, cfg)
+        key = eval_key(ref.cache_id, cand, task.spec.name, task.key, cfg, generates(task))
         cached = ref.store.get_eval(key)
         if cached is None:
             with progress.bar(f"{title or cand.label}: {task.spec.name}", task.kind.sequences(task.items)) as advance:
@@ -196,7 +201,8 @@ def prepare(cfg: EvalConfig, console: Console) -> tuple[list[Task], list[Candida
     for t in [*tasks, *personal.values()]:
         if t.kind.prepare is not None:
             t.prepared = t.kind.prepare(t, ref)
-    scorer = Scorer(ref, cfg.batch_size, load_reward_model(cfg.reward_model, cfg.device) if cfg.reward_model else None)
+    scorer = Scorer(ref, cfg.batch_size, load_reward_model(cfg.reward_model, cfg.device) if cfg.reward_model else None,
+                    cfg.generate_batch_size)
     return tasks, cands, personal, scorer
 
 

@@ -74,11 +74,12 @@ class Task:
 
 @dataclass(frozen=True)
 class Scorer:
-    """What scoring a model needs besides the model: the reference (tokenizer, renderer), batch size, reward model."""
+    """What scoring a model needs besides the model: the reference (tokenizer, renderer), batch sizes, reward model."""
 
     ref: Reference
-    batch_size: int = 16
+    batch_size: int = 16  # sequences per scoring batch
     reward: tuple | None = None  # (model, tokenizer) of a sequence-classification reward model
+    generate_batch_size: int = 32  # prompts per generation batch (length-sorted)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class TaskKind:
     prompts: Callable[[Task], list[str]] = lambda task: []  # what a generative kind asks, per answer (samples.jsonl)
     answered: tuple[str, ...] = ()  # its metrics that judge those answers, one value per answer
     version: int = 1  # raised when its scores change meaning: part of every cache key of the kind
+    generates: bool = False  # may score answers the model generates: see :func:`generates`
 
 
 def _prepare_drift(task: Task, ref: Reference) -> tuple[list, list[float]]:
@@ -126,7 +128,8 @@ def _profile_prompts(task: Task) -> list[list[dict[str, str]]]:
 def _score_personal(model, task: Task, s: Scorer, advance) -> dict[str, list]:
     out: dict[str, list] = metrics.personal_scores(model, task.prepared, s.ref.pad_id, s.batch_size, advance)
     if task.rule:  # the user's own rule, applied to what the model now writes for held-out prompts
-        out.update(metrics.profile_scores(model, s.ref.renderer, _profile_prompts(task), PROFILES[task.rule]))
+        out.update(metrics.profile_scores(model, s.ref.renderer, _profile_prompts(task), PROFILES[task.rule],
+                                          batch_size=s.generate_batch_size))
     return out
 
 
@@ -137,7 +140,8 @@ def _asked(prompts: list[list[dict[str, str]]]) -> list[str]:
 
 def _score_reward(model, task: Task, s: Scorer, advance) -> dict[str, list[float]]:
     rm, rtok = s.reward
-    return metrics.reward_scores(model, s.ref.renderer, task.items, rm, rtok, task.spec.max_new_tokens)
+    return metrics.reward_scores(model, s.ref.renderer, task.items, rm, rtok, task.spec.max_new_tokens,
+                                 s.generate_batch_size)
 
 
 def _load_spec(loader: Callable[..., list]) -> Callable[[TaskSpec], list]:
@@ -159,24 +163,31 @@ KINDS: dict[str, TaskKind] = {k.name: k for k in [
              lambda model, t, s, adv: metrics.drift_scores(model, *t.prepared, s.ref.pad_id, s.batch_size, adv),
              sequences=len, prepare=_prepare_drift),
     TaskKind("reward", "reward", "score", _load_spec(load_prompts), _score_reward, sequences=len,
-             prompts=lambda t: _asked(t.items), answered=("score",)),
+             prompts=lambda t: _asked(t.items), answered=("score",), generates=True),
     TaskKind("qa", "generative knowledge", "acc", _load_spec(load_qa),
              lambda model, t, s, adv: metrics.qa_scores(model, s.ref.renderer, t.items, t.spec.max_new_tokens,
-                                                        s.batch_size, adv), sequences=len,
-             prompts=lambda t: [it.question + metrics.QA_INSTRUCTION for it in t.items], answered=("acc", "unjudged")),
+                                                        s.generate_batch_size, adv), sequences=len,
+             prompts=lambda t: [it.question + metrics.QA_INSTRUCTION for it in t.items], answered=("acc", "unjudged"),
+             generates=True),
     TaskKind("refusal", "refusal", "refusal", _load_spec(load_prompts),
              lambda model, t, s, adv: metrics.refusal_scores(model, s.ref.renderer, t.items, t.spec.max_new_tokens,
-                                                             s.batch_size, adv), sequences=len,
-             prompts=lambda t: _asked(t.items), answered=("refusal", "unjudged")),
+                                                             s.generate_batch_size, adv), sequences=len,
+             prompts=lambda t: _asked(t.items), answered=("refusal", "unjudged"), generates=True),
     TaskKind("personal", "personalization", "reward_acc", lambda spec: [], _score_personal,
              sequences=lambda items: 2 * len(items), prepare=_prepare_personal,
-             prompts=lambda t: _asked(_profile_prompts(t)), answered=("profile_score",)),
+             prompts=lambda t: _asked(_profile_prompts(t)), answered=("profile_score",), generates=True),
     TaskKind("feedback", "personalization", "auc", lambda spec: [],
              lambda model, t, s, adv: metrics.feedback_scores(model, t.prepared, s.ref.pad_id, s.batch_size, adv),
              sequences=len, prepare=_prepare_feedback),
 ]}
 PERSONAL_KINDS = ("personal", "feedback")  # made from an adapter's held-out data, never listed in a suite
 SUITE_KINDS = tuple(k for k in KINDS if k not in PERSONAL_KINDS)
+
+
+def generates(task: Task) -> bool:
+    """Whether scoring ``task`` generates answers (then its cache key holds the generation batch): a generative kind
+    that asks something (a personal task asks only where its user has a scoring rule)."""
+    return task.kind.generates and bool(task.kind.prompts(task))
 
 
 def role_metric(role: str) -> tuple[str, str]:

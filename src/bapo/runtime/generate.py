@@ -60,13 +60,20 @@ def generate_batch(model, tokenizer, batch: Sequence[Sequence[int]], cfg: BaseRe
 
 def generate_answers(model, renderer: Renderer, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int = 64,
                      batch_size: int = 8, progress: Callable[[int], None] | None = None) -> list[str]:
-    """The model's greedy answers to ``prompts`` (chat messages), in the model's chat template, in order."""
+    """The model's greedy answers to ``prompts`` (chat messages), in the model's chat template, in order.
+
+    Prompts are generated in batches of similar length (sorted, the order restored after), so little of a batch is
+    padding; each answer depends only on the prompts of its batch, hence on ``batch_size`` (in 16-bit dtypes greedy
+    decoding can turn on the rounding that padding rows bring)."""
     cfg = BaseResponseConfig(max_new_tokens=max_new_tokens)
     stop = stop_ids(model, renderer.tok)
     ids = [renderer.prompt_ids(m)[-renderer.max_prompt_length:] for m in prompts]
-    out = []
-    for i in range(0, len(ids), batch_size):
-        out += generate_batch(model, renderer.tok, ids[i:i + batch_size], cfg, stop)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # stable: equal lengths keep the items' order
+    out: list[str] = [""] * len(ids)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        for i, text in zip(chunk, generate_batch(model, renderer.tok, [ids[i] for i in chunk], cfg, stop)):
+            out[i] = text
         if progress is not None:
-            progress(len(ids[i:i + batch_size]))
+            progress(len(chunk))
     return out
