@@ -319,10 +319,14 @@ def test_contrasts_pair_items_and_match_seeds():
     assert set(rows) == {"personalization", "knowledge", "alignment"}  # no drift task was scored
     k = rows["knowledge"]  # per-item differences: seed 0 [0, 1, 0], seed 1 [1, 0, -1]; averaged [.5, .5, -.5]
     assert (k["method"], k["baseline"], k["n"], k["seeds"]) == ("bapo", "dpo", 3, 2)
-    assert k["delta"] == pytest.approx(1 / 6) and k["stderr"] == pytest.approx(1 / 3)
+    # over seeds and items: seeds' part var([1/3, 0]) / 2 = 1/36, items' part var([.5, .5, -.5]) / 3 = 1/9;
+    # Welch-Satterthwaite df = (5/36)^2 / ((1/36)^2 / 1 + (1/9)^2 / 2) = 25/9 -> 2, t = 4.303
+    assert k["delta"] == pytest.approx(1 / 6) and k["stderr"] == pytest.approx(5 ** 0.5 / 6)
+    assert k["seed_se"] == pytest.approx(1 / 6) and k["lo"] == pytest.approx(1 / 6 - 4.303 * 5 ** 0.5 / 6)
     assert k["per_seed"] == pytest.approx([1 / 3, 0.0]) and not k["clear"]
-    a = rows["alignment"]  # averaged differences [1, 1, .5, .5]: sd 0.2887 over 4 items
+    a = rows["alignment"]  # averaged differences [1, 1, .5, .5]: sd 0.2887 over 4 items; the seeds agree exactly
     assert a["delta"] == pytest.approx(0.75) and a["stderr"] == pytest.approx(0.2887 / 2, abs=1e-4)
+    assert a["seed_se"] == 0.0 and a["lo"] == pytest.approx(0.75 - 3.182 * 0.2887 / 2, abs=1e-3)  # df 3
     assert a["lo"] > 0 and a["per_seed"] == pytest.approx([0.75, 0.75]) and a["clear"]
     p = rows["personalization"]  # seed 0 ties, seed 1 [-1, 0]: the seeds do not agree
     assert p["delta"] == pytest.approx(-0.25) and p["per_seed"] == pytest.approx([0.0, -0.5]) and not p["clear"]
@@ -367,15 +371,18 @@ def test_contrasts_against_the_base_model_and_on_raw_accuracy():
                          ("knowledge", "acc")}
     raw = rows["knowledge", "acc"]  # seed 0 [-1, 0, 0], seed 1 [-1, -1, 0]; averaged [-1, -.5, 0]
     assert (raw["method"], raw["baseline"], raw["n"], raw["seeds"]) == ("dpo", "base", 3, 2)
-    assert raw["delta"] == pytest.approx(-0.5) and raw["stderr"] == pytest.approx(0.5 / 3 ** 0.5)
-    assert raw["per_seed"] == pytest.approx([-1 / 3, -2 / 3]) and not raw["clear"]  # interval [-1.07, +0.07]
+    # seeds' part var([-1/3, -2/3]) / 2 = 1/36, items' part var([-1, -.5, 0]) / 3 = 1/12: stderr 1/3, df 2.9 -> 2
+    assert raw["delta"] == pytest.approx(-0.5) and raw["stderr"] == pytest.approx(1 / 3)
+    assert (raw["lo"], raw["hi"]) == pytest.approx((-0.5 - 4.303 / 3, -0.5 + 4.303 / 3))
+    assert raw["per_seed"] == pytest.approx([-1 / 3, -2 / 3]) and not raw["clear"]
     assert rows["knowledge", "acc_norm"]["per_seed"] == pytest.approx([0.0, 1 / 3])
     p = rows["personalization", "reward_acc"]
     assert p["n"] == 2 and p["delta"] == pytest.approx(0.25) and p["per_seed"] == pytest.approx([0.5, 0.0])
     m = rows["personalization", "margin"]  # the base model's margin is 0; averaged over seeds [1.25, -0.25]
-    assert m["delta"] == pytest.approx(0.5) and m["stderr"] == pytest.approx(0.75) and m["per_seed"] == [1.5, -0.5]
+    # seeds' part var([1.5, -0.5]) / 2 = 1, items' part var([1.25, -0.25]) / 2 = 0.5625
+    assert m["delta"] == pytest.approx(0.5) and m["stderr"] == pytest.approx(1.25) and m["per_seed"] == [1.5, -0.5]
     md = contrasts_markdown(found)
-    assert "\nAgainst the base model:" in md and "dpo − base: -0.500 ± 0.289" in md
+    assert "\nAgainst the base model:" in md and "dpo − base: -0.500 ± 0.333" in md
     glance = md.split("Against the base model:")[0].splitlines()  # a row per arm, a column per headline measure
     assert glance[0].startswith("flip:1, at a glance")
     assert glance[2] == ("| method − baseline | personalization (reward_acc) | personalization (margin) | "
@@ -660,3 +667,13 @@ def test_some_arms_may_have_more_seeds_than_the_rest(study_cfg):
     for bad in (["kl=5"], ["dpo=x"], ["dpo=1"], ["dpo"]):
         with pytest.raises(ConfigError, match="more_seeds: "):
             replace(study_cfg, more_seeds=bad).validate()
+
+
+def test_a_contrast_of_one_seed_has_an_interval_over_items_only():
+    cells = [Cell("u", "flip:1", m, 0) for m in ("dpo", "bapo")]
+    records = [SimpleNamespace(task="arc", kind="mc")]
+    scores = {"u__dpo__s0": {"arc": {"acc_norm": [0, 0, 1, 0]}}, "u__bapo__s0": {"arc": {"acc_norm": [1, 1, 1, 0]}}}
+    k, = contrasts(cells, records, scores, "dpo")
+    # differences [1, 1, 0, 0]: sd 0.5774 over 4 items, a normal interval; the seeds' spread is unknown
+    assert k.seed_se is None and k.delta == 0.5 and k.stderr == pytest.approx(0.5774 / 2, abs=1e-4)
+    assert k.lo == pytest.approx(0.5 - 1.96 * 0.5774 / 2, abs=1e-3) and not k.clear  # [-0.066, +1.066]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from bapo.errors import ConfigError
 from bapo.evaluation.metrics import paired_delta
 from bapo.evaluation.records import Record
 from bapo.evaluation.tasks import role_metric
+from bapo.studies.matched import over_seeds_and_items
 from bapo.studies.plan import Cell
 from bapo.studies.tables import plus_minus
 
@@ -30,7 +32,8 @@ MEASURES = [("personalization", *role_metric("personalization")),
 @dataclass
 class Contrast:
     """``method`` minus ``baseline`` for one user on one measure: mean over items of the seed-averaged per-item
-    differences, its standard error and 95% interval, the difference seed by seed, and whether it is clear."""
+    differences, its standard error (over seeds and items; ``seed_se`` its seeds' part, None with one seed) and 95%
+    interval, the difference seed by seed, and whether it is clear."""
 
     user: str
     method: str
@@ -45,6 +48,7 @@ class Contrast:
     hi: float
     per_seed: list[float]
     clear: bool
+    seed_se: float | None = None
 
 
 def contrasts(cells: list[Cell], records: list[Record], item_scores: dict, baseline: str) -> list[Contrast]:
@@ -53,10 +57,13 @@ def contrasts(cells: list[Cell], records: list[Record], item_scores: dict, basel
     initialisation and data order), averaged over seeds.
     ``baseline`` is another method, or ``"base"``: the base model, the same for every seed.
 
-    ``delta`` is the mean of those per-item differences and ``stderr`` its standard error over items (the
-    comparison is paired on items, so the items' own difficulty cancels); ``per_seed`` gives the difference seed by
-    seed, so a reader sees whether the seeds agree. ``clear`` marks a difference whose 95% interval excludes 0 *and*
-    whose sign every seed shares: with 3 seeds the spread between seeds cannot be estimated well, so this asks both.
+    ``delta`` is the mean of those per-item differences (paired on items, so the items' own difficulty cancels);
+    with two or more seeds its standard error and interval are over seeds and items
+    (:func:`bapo.studies.matched.over_seeds_and_items`: the seed-to-seed spread of a difference was as large as the
+    difference itself in issue 29's replication), with one seed over items only. ``per_seed`` gives the difference
+    seed by seed, so a reader sees whether the seeds agree. ``clear`` marks a difference whose 95% interval excludes 0
+    *and* whose sign every seed shares: with 3 seeds the spread between seeds cannot be estimated well, so this asks
+    both.
     Knowledge pools the ``mc`` tasks item by item, as the study table does. With several users, :func:`pooled`
     adds the same contrast over all of them.
     """
@@ -113,9 +120,13 @@ def _contrast(user: str, method: str, baseline: str, measure: str, metric: str, 
     k, n = len(mine), len(mine[0])
     delta, se, lo, hi = paired_delta([sum(col) / k for col in zip(*mine)], [sum(col) / k for col in zip(*theirs)])
     per_seed = [(sum(x) - sum(y)) / n for x, y in zip(mine, theirs)]
+    seed_se = None
+    if k > 1:
+        iv = over_seeds_and_items(per_seed, [(sum(a) - sum(b)) / k for a, b in zip(zip(*mine), zip(*theirs))])
+        se, lo, hi, seed_se = math.hypot(iv.seed_se, iv.item_se), iv.lo, iv.hi, iv.seed_se
     agree = all(v > 0 for v in per_seed) or all(v < 0 for v in per_seed)
     return Contrast(user, method, baseline, measure, metric, n, k, delta, se, lo, hi, per_seed,
-                    bool((lo > 0 or hi < 0) and agree))
+                    bool((lo > 0 or hi < 0) and agree), seed_se)
 
 
 # Shown in the full list only: raw accuracy beside acc_norm is a check on length normalization, not a headline.
@@ -155,6 +166,7 @@ def contrasts_markdown(rows: list[Contrast]) -> str:
                          f"{r.baseline}: {plus_minus(r.delta, r.stderr)} | [{r.lo:+.3f}, {r.hi:+.3f}] | "
                          f"{seeds} | {'yes' if r.clear else 'no'} |")
         lines.append("")
-    lines.append("Paired on items, seed matched with seed, averaged over seeds; ± one standard error over items. "
-                 "clear = the interval excludes 0 and every seed's difference has the same sign.")
+    lines.append("Paired on items, seed matched with seed, averaged over seeds; ± one standard error over seeds and "
+                 "items (items only where one seed), 95% interval with a t quantile at Welch-Satterthwaite's degrees "
+                 "of freedom. clear = the interval excludes 0 and every seed's difference has the same sign.")
     return "\n".join(lines) + "\n"

@@ -123,19 +123,41 @@ def matched(method: Sequence[Sequence[FrontierPoint]], dpo: Sequence[Sequence[Fr
     got = [d for d in per_seed if d is not None]
     if not got:
         return Matched(level, None, None, None, per_seed)
-    mean = statistics.fmean(got)
-    if len(got) == 1:
-        return Matched(level, mean, None, None, per_seed)
-    seed_var = statistics.variance(got) / len(got)
-    item_var, df = 0.0, float(len(got) - 1)
-    per_item = _mean_items(diffs)
+    iv = over_seeds_and_items(got, _mean_items(diffs))
+    return Matched(level, iv.mean, iv.lo, iv.hi, per_seed, iv.seed_se, iv.item_se)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean difference over seeds with its 95% interval (None with one seed) and the two parts of its standard
+    error (``item_se`` None where no per-item differences were given)."""
+
+    mean: float
+    lo: float | None
+    hi: float | None
+    seed_se: float | None
+    item_se: float | None
+
+
+def over_seeds_and_items(per_seed: Sequence[float], per_item: Sequence[float] | None) -> Interval:
+    """The interval of a difference measured at S seeds (``per_seed``, each a mean over the same N items) over seeds
+    and items: standard error ``sqrt(sd(per_seed)^2 / S + sd(per_item)^2 / N)``, ``per_item`` being the per-item
+    differences averaged over the seeds (the items' part: every model meets the same items, so the seeds' spread
+    alone says nothing of which items were drawn); a t quantile at Welch-Satterthwaite's degrees of freedom. Each part
+    also holds a little of the seed-by-item interaction, so the sum errs wide by that. One seed gives no interval:
+    its seed-to-seed spread is unknown."""
+    mean = statistics.fmean(per_seed)
+    if len(per_seed) < 2:
+        return Interval(mean, None, None, None, None)
+    seed_var = statistics.variance(per_seed) / len(per_seed)
+    item_var, df = 0.0, float(len(per_seed) - 1)
     if per_item is not None and len(per_item) > 1:
         item_var = statistics.variance(per_item) / len(per_item)
         if seed_var + item_var > 0:  # Welch-Satterthwaite
-            df = (seed_var + item_var) ** 2 / (seed_var ** 2 / (len(got) - 1) + item_var ** 2 / (len(per_item) - 1))
+            df = (seed_var + item_var) ** 2 / (seed_var ** 2 / (len(per_seed) - 1) + item_var ** 2 / (len(per_item) - 1))
     half = t95(max(1, math.floor(df))) * math.sqrt(seed_var + item_var)
-    return Matched(level, mean, mean - half, mean + half, per_seed, math.sqrt(seed_var),
-                   math.sqrt(item_var) if per_item is not None else None)
+    return Interval(mean, mean - half, mean + half, math.sqrt(seed_var),
+                    math.sqrt(item_var) if per_item is not None else None)
 
 
 @dataclass(frozen=True)
