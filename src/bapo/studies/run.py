@@ -197,17 +197,18 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
             train_cell(cfg, cell, out, console)
 
     dpo = [c for c in cells if c.method == "dpo"]
+    scaled = None
     if frontier_config(cfg, cells, suite, out) is not None and len(dpo) < len(cells):
         # DPO's adapters and their frontier first: every matched reading rests on them, so an evaluation stopped
         # part way (they take sessions) has them before the other arms; what they score is cached for the rest.
         console.rule("evaluation, first the DPO adapters and their frontier")
         evaluate_models(cfg, eval_config(cfg, dpo, suite, out), console)
-        frontier(cfg, cells, suite, out, console)
+        scaled = frontier(cfg, cells, suite, out, console)
     console.rule("evaluation: the base model and every adapter on the same items")
     evaluation = evaluate_models(cfg, eval_config(cfg, cells, suite, out), console)
     result = StudyResult(cells, est, with_costs(study_rows(cells, users, evaluation.records), cells, out),
                          versus_baselines(cfg, cells, evaluation), out)
-    scaled = frontier(cfg, cells, suite, out, console)
+    scaled = scaled or frontier(cfg, cells, suite, out, console)
     if scaled is not None:
         result.frontier = {s: study_rows(dpo, users, scaled.records, s) for s in frontier_scales(cfg)}
         result.contrasts += versus_scaled_dpo(cfg, cells, evaluation, scaled)
