@@ -79,12 +79,15 @@ def main() -> None:
 
     scorer = Scorer(ref, batch)
     rows, profiled = [], {}
+    tasks = []
+    for spec in full:  # prepared by the reference itself, before any adapter is applied
+        n_full = len(load_task(spec).items)
+        task = load_task(dataclasses.replace(spec, limit=min(args.items, n_full), seed=spec.seed))
+        if task.kind.prepare is not None:
+            task.prepared = task.kind.prepare(task, scorer)
+        tasks.append((spec, n_full, task))
     with applied(ref.model, args.adapter or None, 1.0, True) as model:
-        for spec in full:
-            n_full = len(load_task(spec).items)
-            task = load_task(dataclasses.replace(spec, limit=min(args.items, n_full), seed=spec.seed))
-            if task.kind.prepare is not None:
-                task.prepared = task.kind.prepare(task, ref)
+        for spec, n_full, task in tasks:
             counter.take()
             t0 = time.perf_counter()
             task.kind.score(model, task, scorer, lambda n: None)

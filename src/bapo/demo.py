@@ -20,7 +20,7 @@ from bapo.data.config import DataConfig
 from bapo.data.pairs import load_pairs
 from bapo.data.profiles import is_bullet_list
 from bapo.evaluation.config import EvalConfig
-from bapo.evaluation.metrics import Stat, evaluate_pairs
+from bapo.evaluation.metrics import Stat, as_scored, evaluate_pairs
 from bapo.evaluation.report import write_report
 from bapo.evaluation.runner import evaluate
 from bapo.io import atomic_write_text, write_json, write_jsonl
@@ -81,7 +81,8 @@ def run_demo(out: Path, model: str = "smollm2-135m-instruct", steps: int = 30, c
     held = load_pairs(str(adapters[methods[0]] / "holdout.jsonl"))
     limits = DataConfig()
     ref = open_reference(model, limits.max_length, limits.max_prompt_length, cache_dir)
-    examples = build_examples(ref, held, encode_pairs(held, ref.renderer), base_cfg, with_base=True)
+    # the reference's log-probs as the scoring below computes the models' (in bfloat16 they depend on the batch)
+    examples = as_scored(ref, build_examples(ref, held, encode_pairs(held, ref.renderer), base_cfg, with_base=True))
     results = {}
     for name in ("base", *methods):
         # peft's separate LoRA layers (no merge), as the demo has always scored its adapters

@@ -325,3 +325,35 @@ def test_another_generation_batch_scores_the_generative_tasks_again_and_only_the
 def test_a_generation_batch_below_one_is_a_config_error(tiny_model):
     with pytest.raises(bapo.errors.ConfigError, match="generate_batch_size"):
         EvalConfig(model=tiny_model, generate_batch_size=0).validate()
+
+
+def test_in_bfloat16_the_base_model_is_exactly_its_own_reference(setup, tiny_model, tmp_path, monkeypatch):
+    """The implicit reward and drift compare a model with the reference's log-probs. In bfloat16 a log-prob depends
+    on the batch it was computed in (SmolLM2: the base model's held-out reward accuracy read 0.583, not 0.5, against
+    its own cached log-probs), so an evaluation computes the reference's in the batches it scores the candidates in,
+    never from the per-sequence cache: the base model's margin and drift are exactly 0, its reward accuracy one half.
+    The cache is made to differ here as another batching would (the tiny model's rounding does not)."""
+    from bapo.runtime.reference import Reference
+
+    real = Reference.logps
+    monkeypatch.setattr(Reference, "logps", lambda self, seqs, *a, **k: [
+        (v + 0.01 * (i % 3), n) for i, (v, n) in enumerate(real(self, seqs, *a, **k))])
+    root, adapters = setup
+    records = run_eval(EvalConfig(model=tiny_model, adapters=adapters[:1], suite=str(root / "suite.yaml"),
+                                  out=str(tmp_path / "bf16"), cache_dir=str(tmp_path / "cache"), dtype="bfloat16",
+                                  batch_size=3))
+    base = {(r["task"], r["metric"]): r["value"] for r in records if r["model"] == "base"}
+    assert base["personal:ann", "margin"] == 0.0 and base["personal:ann", "reward_acc"] == 0.5
+    assert base["drift", "logp_change_per_token"] == 0.0
+
+
+def test_another_scoring_batch_is_another_cache_entry(setup, tiny_model):
+    from bapo.evaluation.runner import Candidate, eval_key
+
+    cand = Candidate("base")
+    cfg = EvalConfig(model=tiny_model)
+    key = eval_key("id", cand, "mc", "k", cfg)
+    assert key == eval_key("id", cand, "mc", "k", replace(cfg, generate_batch_size=8))  # mc generates nothing
+    assert key != eval_key("id", cand, "mc", "k", replace(cfg, batch_size=8))
+    assert eval_key("id", cand, "qa", "k", cfg, True) != eval_key("id", cand, "qa", "k", replace(cfg, generate_batch_size=8),
+                                                                  True)

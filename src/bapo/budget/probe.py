@@ -57,7 +57,7 @@ class Prober:
                         max_new_tokens={"drift": 64, "qa": 16, "refusal": 32}[measure])
         task = load_task(spec) if items is None else Task(spec, items, "")
         if KINDS[kind].prepare is not None:
-            task.prepared = KINDS[kind].prepare(task, self.ref)
+            task.prepared = KINDS[kind].prepare(task, self.scorer)
         return task
 
     def _base_scores(self, measure: str) -> list[float]:

@@ -8,7 +8,7 @@ adapters, through the task kinds of :mod:`bapo.evaluation.tasks`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from bapo.core.logprobs import score
@@ -155,7 +155,9 @@ def reward_scores(model, renderer: Renderer, prompts: Sequence[list[dict[str, st
 # Implicit-reward margins closer to 0 than this count as ties. The same model's float32 log-prob sums over a pair of
 # sequences of up to 256 tokens, computed in differently composed batches (the reference's cache vs. an evaluation),
 # differ by up to 1.8e-4 nats (measured on 64 held-out pairs, SmolLM2-135M), so a tighter tolerance would score the
-# reference itself below its 0.5; a trained adapter's margins are orders of magnitude larger.
+# reference itself below its 0.5; a trained adapter's margins are orders of magnitude larger. (In bfloat16 they
+# differ by hundredths of a nat, beyond any tolerance: since 2026-12-05 an evaluation scores the reference in the
+# candidates' own batches, :func:`as_scored`, and the base model's margins are exactly 0.)
 TIE_NATS = 1e-3
 
 
@@ -221,6 +223,18 @@ def auc_pseudo_values(scores: Sequence[float], liked: Sequence[bool], tie: float
     auc = sum(v for v, y in zip(place, liked) if y) / m
     c = {True: math.sqrt(big * (big - 1) / (m * (m - 1))), False: math.sqrt(big * (big - 1) / (n * (n - 1)))}
     return [auc + c[y] * (v - auc) for v, y in zip(place, liked)]
+
+
+def as_scored(ref, examples: Sequence[Example], batch_size: int = 16) -> list[Example]:
+    """``examples`` with the reference's log-probs computed in the batches :func:`personal_scores` (chosen and
+    rejected, interleaved) and :func:`drift_scores` (the base responses, in order) score a candidate's in
+    (:meth:`bapo.runtime.reference.Reference.logps_as_scored`): in bfloat16 a log-prob depends on its batch, and the
+    base model must score exactly its own reference (margin and drift 0, reward accuracy one half)."""
+    pairs = ref.logps_as_scored([x for e in examples for x in (e.chosen, e.rejected)], batch_size)
+    bases = [b for e in examples for b in e.base]
+    base = iter(ref.logps_as_scored(bases, batch_size) if bases else [])
+    return [replace(e, ref_chosen=pairs[2 * i], ref_rejected=pairs[2 * i + 1], ref_base=[next(base) for _ in e.base])
+            for i, e in enumerate(examples)]
 
 
 def evaluate_pairs(model, examples: list[Example], pad_id: int, batch_size: int = 16) -> dict[str, Stat]:

@@ -120,11 +120,14 @@ def suite_tasks(cfg: EvalConfig, console: Console) -> list[Task]:
 def eval_key(cache_id: str, cand: Candidate, task_name: str, task_key: str, cfg: EvalConfig,
              generated: bool = False) -> str:
     """Where one candidate's scores on one task are cached: the reference's weights and dtype, the adapter's
-    weights, its scale, the task and what it reads, and the settings that change a score (for a task that
-    generates, its generation batch: greedy answers depend on the prompts batched with them)."""
+    weights, its scale, the task and what it reads, and the settings that change a score: the scoring batch (in
+    bfloat16 a log-prob depends on its batch; left out at the default, 16, so caches from before it was keyed stay
+    valid) and, for a task that generates, its generation batch (greedy answers depend on the prompts batched
+    with them)."""
+    batch = [("scoring batch", cfg.batch_size)] if cfg.batch_size != 16 else []
     gen = [("length-sorted generation batch", cfg.generate_batch_size)] if generated else []
     return make_key("eval", cache_id, cand.digest, cand.scale, task_name, task_key, cfg.max_length,
-                    cfg.max_prompt_length, cfg.reward_model, *gen)
+                    cfg.max_prompt_length, cfg.reward_model, *batch, *gen)
 
 
 def unscored(cfg: EvalConfig) -> list[str]:
@@ -198,11 +201,11 @@ def prepare(cfg: EvalConfig, console: Console) -> tuple[list[Task], list[Candida
     for c in cands:
         if c.adapter is not None:
             check_same_model(c.adapter, ref.fingerprint)
-    for t in [*tasks, *personal.values()]:
-        if t.kind.prepare is not None:
-            t.prepared = t.kind.prepare(t, ref)
     scorer = Scorer(ref, cfg.batch_size, load_reward_model(cfg.reward_model, cfg.device) if cfg.reward_model else None,
                     cfg.generate_batch_size)
+    for t in [*tasks, *personal.values()]:
+        if t.kind.prepare is not None:
+            t.prepared = t.kind.prepare(t, scorer)
     return tasks, cands, personal, scorer
 
 

@@ -35,7 +35,7 @@ from bapo.errors import ConfigError
 from bapo.evaluation import metrics
 from bapo.options import read_yaml
 from bapo.runtime.config import BaseResponseConfig
-from bapo.runtime.reference import Reference, build_examples, encode_base
+from bapo.runtime.reference import Example, Reference, encode_base
 
 
 @dataclass
@@ -93,31 +93,35 @@ class TaskKind:
     score: Callable[[Any, Task, Scorer, Callable[[int], None]], dict[str, list]]  # metric -> per item (+ answers)
     sequences: Callable[[list], int]  # what its progress bar counts
     chars: Callable[[list], int] = lambda items: 0  # characters read per model (prices the study's dry run)
-    prepare: Callable[[Task, Reference], Any] | None = None
+    prepare: Callable[[Task, Scorer], Any] | None = None  # what the reference computes for it, once
     prompts: Callable[[Task], list[str]] = lambda task: []  # what a generative kind asks, per answer (samples.jsonl)
     answered: tuple[str, ...] = ()  # its metrics that judge those answers, one value per answer
     version: int = 1  # raised when its scores change meaning: part of every cache key of the kind
     generates: bool = False  # may score answers the model generates: see :func:`generates`
 
 
-def _prepare_drift(task: Task, ref: Reference) -> tuple[list, list[float]]:
-    """The reference's own answers to the prompts, and its log-probs of them."""
+def _prepare_drift(task: Task, s: Scorer) -> tuple[list, list[float]]:
+    """The reference's own answers to the prompts, and its log-probs of them, computed in the batches a candidate's
+    are (:meth:`~bapo.runtime.reference.Reference.logps_as_scored`)."""
     prompts = task.items
-    texts = ref.generate(prompts, BaseResponseConfig(max_new_tokens=task.spec.max_new_tokens))
-    seqs = [encode_base(ref.renderer, m, r) for m, rs in zip(prompts, texts) for r in rs]
-    return seqs, [v for v, _ in ref.logps(seqs)]
+    texts = s.ref.generate(prompts, BaseResponseConfig(max_new_tokens=task.spec.max_new_tokens))
+    seqs = [encode_base(s.ref.renderer, m, r) for m, rs in zip(prompts, texts) for r in rs]
+    return seqs, s.ref.logps_as_scored(seqs, s.batch_size)
 
 
-def _prepare_personal(task: Task, ref: Reference) -> list:
-    """The held-out pairs with the reference's log-probs of chosen and rejected (for the implicit reward)."""
-    return build_examples(ref, task.items, encode_pairs(task.items, ref.renderer), BaseResponseConfig(),
-                          with_base=False)
+def _prepare_personal(task: Task, s: Scorer) -> list[Example]:
+    """The held-out pairs with the reference's log-probs of chosen and rejected (for the implicit reward), computed in
+    the batches :func:`bapo.evaluation.metrics.personal_scores` scores a candidate's in."""
+    unscored = [Example(c, r, 0.0, 0.0, [], [], []) for c, r in encode_pairs(task.items, s.ref.renderer)]
+    return metrics.as_scored(s.ref, unscored, s.batch_size)
 
 
-def _prepare_feedback(task: Task, ref: Reference) -> list[tuple[Encoded, float, bool]]:
-    """The held-out rated answers with the reference's log-prob of each (for the implicit reward)."""
-    seqs = [ref.renderer.encode(f.messages, f.completion, f.source, "completion", [], truncate=True) for f in task.items]
-    return [(s, v, f.liked) for s, (v, _), f in zip(seqs, ref.logps(seqs), task.items)]
+def _prepare_feedback(task: Task, s: Scorer) -> list[tuple[Encoded, float, bool]]:
+    """The held-out rated answers with the reference's log-prob of each (for the implicit reward), computed in the
+    batches a candidate's are."""
+    seqs = [s.ref.renderer.encode(f.messages, f.completion, f.source, "completion", [], truncate=True)
+            for f in task.items]
+    return [(x, v, f.liked) for x, v, f in zip(seqs, s.ref.logps_as_scored(seqs, s.batch_size), task.items)]
 
 
 def _profile_prompts(task: Task) -> list[list[dict[str, str]]]:
@@ -161,7 +165,7 @@ KINDS: dict[str, TaskKind] = {k.name: k for k in [
                                      for i in items)),
     TaskKind("drift", "drift", "logp_change_per_token", _load_spec(load_prompts),
              lambda model, t, s, adv: metrics.drift_scores(model, *t.prepared, s.ref.pad_id, s.batch_size, adv),
-             sequences=len, prepare=_prepare_drift),
+             sequences=len, prepare=_prepare_drift, version=2),  # 2: the reference scored in the candidates' batches
     TaskKind("reward", "reward", "score", _load_spec(load_prompts), _score_reward, sequences=len,
              prompts=lambda t: _asked(t.items), answered=("score",), generates=True),
     TaskKind("qa", "generative knowledge", "acc", _load_spec(load_qa),
@@ -174,11 +178,11 @@ KINDS: dict[str, TaskKind] = {k.name: k for k in [
                                                              s.generate_batch_size, adv), sequences=len,
              prompts=lambda t: _asked(t.items), answered=("refusal", "unjudged"), generates=True),
     TaskKind("personal", "personalization", "reward_acc", lambda spec: [], _score_personal,
-             sequences=lambda items: 2 * len(items), prepare=_prepare_personal,
+             sequences=lambda items: 2 * len(items), prepare=_prepare_personal, version=2,  # 2: as drift's
              prompts=lambda t: _asked(_profile_prompts(t)), answered=("profile_score",), generates=True),
     TaskKind("feedback", "personalization", "auc", lambda spec: [],
              lambda model, t, s, adv: metrics.feedback_scores(model, t.prepared, s.ref.pad_id, s.batch_size, adv),
-             sequences=len, prepare=_prepare_feedback),
+             sequences=len, prepare=_prepare_feedback, version=2),  # 2: as drift's
 ]}
 PERSONAL_KINDS = ("personal", "feedback")  # made from an adapter's held-out data, never listed in a suite
 SUITE_KINDS = tuple(k for k in KINDS if k not in PERSONAL_KINDS)
@@ -211,7 +215,8 @@ def personal_task(name: str, pairs: list[PreferencePair] | list[Feedback], who: 
     kind = "feedback" if pairs and isinstance(pairs[0], Feedback) else "personal"
     rule = profile_key(who) if kind == "personal" else ""
     held = [p.to_record() for p in pairs]
-    key = hashlib.sha256(json.dumps([rule, tie_nats, held]).encode()).hexdigest()[:16]
+    version = KINDS[kind].version
+    key = hashlib.sha256(json.dumps([rule, tie_nats, held] + ([version] if version > 1 else [])).encode()).hexdigest()[:16]
     return Task(TaskSpec(name, kind, ""), pairs, key, rule)
 
 

@@ -114,6 +114,21 @@ class Reference:
         found.update(self._merged(mine, self.store.put_logps))
         return [found[k] for k in keys]
 
+    def logps_as_scored(self, seqs: Sequence[Encoded], batch_size: int = 16) -> list[float]:
+        """The reference's log p of each response computed exactly as :func:`bapo.core.logprobs.score` computes a
+        candidate's over the same list and batch size: the same batches, so the same rounding. In bfloat16 a
+        log-prob depends on the batch it was computed in, and the per-sequence cache of :meth:`logps` holds values
+        from whatever batches first computed them (SmolLM2's base model read a held-out reward accuracy of 0.583
+        against them, not its 0.5); an evaluation compares a candidate with these, so the base model matches its own
+        reference to the bit in any dtype. Cached whole, keyed by the list and the batch size."""
+        key = make_key("logps as scored", self.cache_id, batch_size, [(s.prompt, s.response) for s in seqs])
+        cached = self.store.get_eval(key)
+        if cached is None:
+            cached = {"logp": [v for v, _ in score(self.model, seqs, self.pad_id, batch_size)]}
+            self.store.put_eval(key, cached)
+            self.computed["logps"] += len(seqs)
+        return cached["logp"]
+
 
 @dataclass
 class Example:
