@@ -126,3 +126,27 @@ def test_auc_pseudo_values_give_the_mann_whitney_auc_and_delongs_standard_error(
     # the reference scores every answer alike: AUC exactly 0.5 with no spread; one class alone: no AUC
     assert set(auc_pseudo_values([0.0] * 6, [True, False] * 3)) == {0.5}
     assert auc_pseudo_values([1.0, 2.0, 3.0], [True, True, True]) == []
+
+
+def test_as_scored_gives_each_sequence_the_reference_value_computed_in_the_scored_order():
+    from bapo.core.tokens import Encoded
+    from bapo.evaluation.metrics import as_scored
+    from bapo.runtime.reference import Example
+
+    class Ref:  # the log-prob of a sequence is its response's first token; remembers each call's list and batch
+        calls = []
+
+        def logps_as_scored(self, seqs, batch_size):
+            self.calls.append(([s.response[0] for s in seqs], batch_size))
+            return [float(s.response[0]) for s in seqs]
+
+    def enc(t):
+        return Encoded((1,), (t,))
+
+    examples = [Example(enc(10), enc(11), 0.0, 0.0, [enc(12), enc(13)], [0.0, 0.0], ["a", "b"]),
+                Example(enc(20), enc(21), 0.0, 0.0, [enc(22)], [0.0], ["c"])]
+    ref = Ref()
+    got = as_scored(ref, examples, batch_size=5)
+    assert ref.calls == [([10, 11, 20, 21], 5), ([12, 13, 22], 5)]  # personal_scores' order, then drift_scores'
+    assert [(e.ref_chosen, e.ref_rejected, e.ref_base) for e in got] == [(10, 11, [12, 13]), (20, 21, [22])]
+    assert got[0].base_texts == ["a", "b"] and examples[0].ref_chosen == 0.0  # the rest kept, the input untouched
