@@ -88,7 +88,10 @@ def run_demo(out: Path, model: str = "smollm2-135m-instruct", steps: int = 30, c
         # peft's separate LoRA layers (no merge), as the demo has always scored its adapters
         with applied(ref.model, None if name == "base" else adapters[name], merge=False) as policy:
             metrics = evaluate_pairs(policy, examples, ref.pad_id)
-            texts = generate_answers(policy, ref.renderer, [p.messages for p in held], max_new_tokens)
+            # batched as `bapo eval` batches them: in bfloat16 greedy answers depend on their batch, and the two
+            # tables below should show the same answers
+            texts = generate_answers(policy, ref.renderer, [p.messages for p in held], max_new_tokens,
+                                     EvalConfig().generate_batch_size)
         metrics["bullet_rate"] = Stat.of([float(is_bullet_list(t)) for t in texts])
         results[name] = {"metrics": metrics, "sample": texts[0]}
 
