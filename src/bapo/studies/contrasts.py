@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 from bapo.errors import ConfigError
@@ -118,12 +119,15 @@ def pooled(found: dict[tuple, list[tuple[list[int], list[list[float]], list[list
 def _contrast(user: str, method: str, baseline: str, measure: str, metric: str, mine: list[list[float]],
               theirs: list[list[float]]) -> Contrast:
     k, n = len(mine), len(mine[0])
-    delta, se, lo, hi = paired_delta([sum(col) / k for col in zip(*mine)], [sum(col) / k for col in zip(*theirs)])
     per_seed = [(sum(x) - sum(y)) / n for x, y in zip(mine, theirs)]
     seed_se = None
-    if k > 1:
-        iv = over_seeds_and_items(per_seed, [(sum(a) - sum(b)) / k for a, b in zip(zip(*mine), zip(*theirs))])
-        se, lo, hi, seed_se = math.hypot(iv.seed_se, iv.item_se), iv.lo, iv.hi, iv.seed_se
+    if k == 1:  # the seeds' spread is unknown: over items only
+        delta, se, lo, hi = paired_delta(mine[0], theirs[0])
+    else:
+        per_item = [(sum(a) - sum(b)) / k for a, b in zip(zip(*mine), zip(*theirs))]
+        iv = over_seeds_and_items(per_seed, per_item)
+        delta, lo, hi, seed_se = statistics.fmean(per_item), iv.lo, iv.hi, iv.seed_se
+        se = math.hypot(iv.seed_se, iv.item_se)
     agree = all(v > 0 for v in per_seed) or all(v < 0 for v in per_seed)
     return Contrast(user, method, baseline, measure, metric, n, k, delta, se, lo, hi, per_seed,
                     bool((lo > 0 or hi < 0) and agree), seed_se)
