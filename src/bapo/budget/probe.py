@@ -16,7 +16,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from bapo.evaluation.tasks import KINDS, Scorer, Task, TaskSpec, generates, load_task
+from bapo.evaluation.tasks import KINDS, Scorer, Task, TaskSpec, generates, generation_key, load_task
 from bapo.runtime.adapters import applied
 from bapo.runtime.config import BudgetSettings
 from bapo.runtime.reference import Reference
@@ -65,7 +65,7 @@ class Prober:
         (keyed by the weights, their dtype, the probe's task and its items, and for a generated probe the
         generation batch: greedy answers depend on the prompts batched with them)."""
         task = self.tasks[measure]
-        gen = [("length-sorted generation batch", self.scorer.generate_batch_size)] if generates(task) else []
+        gen = generation_key(generates(task), self.scorer.generate_batch_size)
         key = make_key("probe", self.ref.cache_id, task.spec.key(), repr(task.items), *gen)
         cached = self.ref.store.get_eval(key)
         if cached is None:

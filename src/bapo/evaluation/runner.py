@@ -27,7 +27,7 @@ from bapo.evaluation.lm_eval import lm_eval_scores
 from bapo.evaluation.metrics import TIE_NATS, Stat, paired_delta
 from bapo.evaluation.records import Record, markdown_table
 from bapo.evaluation.samples import Asked, Samples, take_answers, write_samples
-from bapo.evaluation.tasks import (KINDS, Scorer, Task, TaskSpec, generates, load_suite, load_task,
+from bapo.evaluation.tasks import (KINDS, Scorer, Task, TaskSpec, generates, generation_key, load_suite, load_task,
                                    personal_task)
 from bapo.io import as_dicts, atomic_write_text, csv_text, write_json
 from bapo.runtime import distributed
@@ -125,7 +125,7 @@ def eval_key(cache_id: str, cand: Candidate, task_name: str, task_key: str, cfg:
     valid) and, for a task that generates, its generation batch (greedy answers depend on the prompts batched
     with them)."""
     batch = [("scoring batch", cfg.batch_size)] if cfg.batch_size != 16 else []
-    gen = [("length-sorted generation batch", cfg.generate_batch_size)] if generated else []
+    gen = generation_key(generated, cfg.generate_batch_size)
     return make_key("eval", cache_id, cand.digest, cand.scale, task_name, task_key, cfg.max_length,
                     cfg.max_prompt_length, cfg.reward_model, *batch, *gen)
 

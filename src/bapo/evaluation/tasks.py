@@ -194,6 +194,14 @@ def generates(task: Task) -> bool:
     return task.kind.generates and bool(task.kind.prompts(task))
 
 
+def generation_key(generated: bool, batch_size: int) -> list[tuple[str, int]]:
+    """The part of a cache key that a task's greedy answers depend on besides the weights: the generation batch
+    (length-sorted; in bfloat16 an answer depends on the prompts batched with it). Empty for a task that generates
+    nothing (``generated`` False, :func:`generates`). ``bapo eval``'s scores and the forgetting budget's base probe
+    are keyed with it alike."""
+    return [("length-sorted generation batch", batch_size)] if generated else []
+
+
 def role_metric(role: str) -> tuple[str, str]:
     """(task kind, headline metric) of the kind that measures ``role``: what the study and report read for it."""
     kind = next(k for k in KINDS.values() if k.role == role)
