@@ -30,7 +30,7 @@ def test_the_site_builds_strictly_with_every_page_and_the_api_reference(site):
 
 def test_the_readme_is_a_front_door():
     text = (ROOT / "README.md").read_text()
-    assert len(text) < 10_000 and "make test" in text and "docs/index.md" in text
+    assert len(text) < 10_000 and "make test" in text and "](docs/training.md)" in text  # it links the pages
 
 
 def test_a_broken_link_fails_the_build(tmp_path):
@@ -49,3 +49,25 @@ def test_the_home_page_renders_in_headless_chromium(site, tmp_path):
 
     img = screenshot(site / "index.html", tmp_path)
     assert img.shape[:2] == (1600, 1200) and img[..., :3].std() > 0.05  # text and tables drawn, not a blank page
+
+
+def test_the_sites_home_is_the_readme_with_its_links_made_relative(site):
+    home = (site / "index.html").read_text()
+    readme = (ROOT / "README.md").read_text()
+    heading = next(line for line in readme.splitlines() if line.startswith("## Five minutes"))[3:]
+    assert heading in home and "front doors are one text" not in home  # the README, not docs/index.md's placeholder
+    assert 'href="training/"' in home and 'href="docs/training.md"' not in home
+
+
+def test_the_home_follows_the_readme_as_it_changes(tmp_path):
+    (tmp_path / "docs").mkdir()
+    shutil.copy(ROOT / "mkdocs_hooks.py", tmp_path)
+    shutil.copy(ROOT / "docs" / "index.md", tmp_path / "docs")
+    (tmp_path / "docs" / "guide.md").write_text("# Guide\n")
+    (tmp_path / "README.md").write_text("# t\n\nA sentence written today. See [the guide](docs/guide.md).\n")
+    (tmp_path / "mkdocs.yml").write_text("site_name: t\nstrict: true\nhooks: [mkdocs_hooks.py]\n")
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict"], cwd=tmp_path, capture_output=True,
+                       text=True, env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    home = (tmp_path / "site" / "index.html").read_text()
+    assert "A sentence written today." in home and 'href="guide/"' in home
