@@ -357,3 +357,29 @@ def test_another_scoring_batch_is_another_cache_entry(setup, tiny_model):
     assert key != eval_key("id", cand, "mc", "k", replace(cfg, batch_size=8))
     assert eval_key("id", cand, "qa", "k", cfg, True) != eval_key("id", cand, "qa", "k", replace(cfg, generate_batch_size=8),
                                                                   True)
+
+
+def test_on_a_cpu_another_thread_count_is_another_cache_entry_for_generated_answers(monkeypatch):
+    """In bfloat16 a greedy answer may change with torch's thread count (SmolLM2: 1 of 192 answers at 1 thread
+    against 2): answers made at one count are not reused at another; one thread per CPU, a plain run's count, adds
+    nothing to the key (caches from before it stay valid); log-prob scores and a GPU's answers ignore it."""
+    import torch
+
+    from bapo.evaluation.runner import Candidate, eval_key
+
+    monkeypatch.setattr(tasks.os, "cpu_count", lambda: 4)
+    cand, cfg = Candidate("base"), EvalConfig(device="cpu")
+    before = torch.get_num_threads()
+    try:
+        keys = {}
+        for n in (1, 2, 4):
+            torch.set_num_threads(n)
+            keys[n] = (eval_key("id", cand, "qa", "k", cfg, True), eval_key("id", cand, "mc", "k", cfg))
+            assert tasks.generation_key(True, 32, "cuda:0") == [("length-sorted generation batch", 32)]
+        assert tasks.generation_key(True, 32, "cpu") == [("length-sorted generation batch", 32)]  # 4 threads, 4 CPUs
+        assert len({k[0] for k in keys.values()}) == 3 and len({k[1] for k in keys.values()}) == 1
+        torch.set_num_threads(1)
+        assert tasks.generation_key(True, 32, "cpu")[-1] == ("cpu threads", 1)
+        assert tasks.generation_key(False, 32, "cpu") == []
+    finally:
+        torch.set_num_threads(before)

@@ -598,6 +598,24 @@ def test_workers_give_the_numbers_of_one_process(study_cfg, tmp_path, monkeypatc
     assert 2 <= len(logs) <= 4
 
 
+def test_with_workers_this_process_reads_their_answers_and_generates_none(study_cfg, monkeypatch):
+    """On a CPU, answers are cached under the thread count that made them (bapo.evaluation.tasks.generation_key):
+    the study reads its workers' answers at their count, so this process generates no answer of its own (nor does
+    the dry run count them as left)."""
+    from bapo.evaluation import metrics
+    from bapo.studies.estimate import work_left
+
+    def no(*a, **k):
+        raise AssertionError("answers generated in the study's own process, not by its workers")
+
+    study_cfg.users, study_cfg.refusal_items = ["flip:1"], 2
+    monkeypatch.setattr(metrics, "refusal_scores", no)  # the spawned workers import their own, untouched
+    result = run_study(replace(study_cfg, workers=2))
+    assert {r.refusal_harmful_delta is not None for r in result.rows} == {True}
+    cfg = replace(study_cfg, workers=2)
+    assert work_left(cfg, plan(cfg), Path(cfg.out) / "suite.yaml", Path(cfg.out)).models == 0
+
+
 def test_workers_raise_a_jobs_error(tmp_path):
     from bapo.errors import ConfigError
     from bapo.runtime.workers import run_jobs

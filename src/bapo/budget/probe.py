@@ -65,7 +65,7 @@ class Prober:
         (keyed by the weights, their dtype, the probe's task and its items, and for a generated probe the
         generation batch: greedy answers depend on the prompts batched with them)."""
         task = self.tasks[measure]
-        gen = generation_key(generates(task), self.scorer.generate_batch_size)
+        gen = generation_key(generates(task), self.scorer.generate_batch_size, str(self.ref.model.device))
         key = make_key("probe", self.ref.cache_id, task.spec.key(), repr(task.items), *gen)
         cached = self.ref.store.get_eval(key)
         if cached is None:

@@ -125,7 +125,7 @@ def eval_key(cache_id: str, cand: Candidate, task_name: str, task_key: str, cfg:
     valid) and, for a task that generates, its generation batch (greedy answers depend on the prompts batched
     with them)."""
     batch = [("scoring batch", cfg.batch_size)] if cfg.batch_size != 16 else []
-    gen = generation_key(generated, cfg.generate_batch_size)
+    gen = generation_key(generated, cfg.generate_batch_size, str(resolve_device(cfg.device)))
     return make_key("eval", cache_id, cand.digest, cand.scale, task_name, task_key, cfg.max_length,
                     cfg.max_prompt_length, cfg.reward_model, *batch, *gen)
 

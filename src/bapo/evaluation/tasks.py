@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from bapo.core.tokens import Encoded, encode_pairs
 from bapo.data.feedback import Feedback
@@ -194,12 +197,19 @@ def generates(task: Task) -> bool:
     return task.kind.generates and bool(task.kind.prompts(task))
 
 
-def generation_key(generated: bool, batch_size: int) -> list[tuple[str, int]]:
+def generation_key(generated: bool, batch_size: int, device: str = "cpu") -> list[tuple[str, int]]:
     """The part of a cache key that a task's greedy answers depend on besides the weights: the generation batch
-    (length-sorted; in bfloat16 an answer depends on the prompts batched with it). Empty for a task that generates
-    nothing (``generated`` False, :func:`generates`). ``bapo eval``'s scores and the forgetting budget's base probe
-    are keyed with it alike."""
-    return [("length-sorted generation batch", batch_size)] if generated else []
+    (length-sorted; in bfloat16 an answer depends on the prompts batched with it) and, on a CPU, torch's thread count
+    where it is not one thread per CPU (in bfloat16 a greedy answer also depends on it: SmolLM2 with a DPO adapter
+    answered 1 of 192 prompts otherwise at 1 thread than at 2, the same at every run of either,
+    benchmarks/bench_eval_workers.py; one thread per CPU, a plain run's setting, is left out, so caches from before
+    it was keyed stay valid). Empty for a task that generates nothing (``generated`` False, :func:`generates`).
+    ``bapo eval``'s scores and the forgetting budget's base probe are keyed with it alike."""
+    if not generated:
+        return []
+    threads = torch.get_num_threads()
+    cpu = torch.device(device).type == "cpu" and threads != os.cpu_count()
+    return [("length-sorted generation batch", batch_size), *([("cpu threads", threads)] if cpu else [])]
 
 
 def role_metric(role: str) -> tuple[str, str]:

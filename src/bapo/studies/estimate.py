@@ -11,6 +11,7 @@ from rich.console import Console
 
 from bapo.data.users import user_name
 from bapo.evaluation.runner import unscored
+from bapo.runtime.workers import scoring_threads
 from bapo.evaluation.tasks import KINDS, load_suite, spec_items
 from bapo.runtime.config import DEFAULT_MODEL
 from bapo.runtime.models import dtype_name, resolve_device, resolve_dtype, resolve_model
@@ -81,11 +82,12 @@ def work_left(cfg: StudyConfig, cells: list[Cell], suite: Path, out: Path) -> Wo
                 {u for u in map(user_name, cfg.users) if not (out / "users" / f"{u}.json").exists()},
                 {(c.user, c.balance, c.seed) for c in todo if c.balance and c.spec.startswith("psoups:")
                  and not (balance_dir(out, c) / "report.json").exists()})
-    left = unscored(eval_config(cfg, done, suite, out))
+    with scoring_threads(cfg.workers):  # the cache read as the study's run reads it (bapo.studies.run)
+        left = unscored(eval_config(cfg, done, suite, out))
+        scaled = frontier_config(cfg, done, suite, out)
+        left_scaled = [label for label in unscored(scaled) if label != "base"] if scaled else []
     work.base_model = "base" in left
-    scaled = frontier_config(cfg, done, suite, out)
-    work.models = len(left) + len(todo) + frontier_models(cfg, todo)
-    work.models += len([label for label in unscored(scaled) if label != "base"]) if scaled else 0
+    work.models = len(left) + len(todo) + frontier_models(cfg, todo) + len(left_scaled)
     return work
 
 

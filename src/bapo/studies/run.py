@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from bapo.balancing.config import BalanceConfig
@@ -30,7 +31,7 @@ from bapo.io import as_dicts, atomic_write_text, csv_text, write_json, write_jso
 from bapo.runtime import distributed
 from bapo.runtime.models import load_reward_model
 from bapo.runtime.reference import LazyReference, open_reference
-from bapo.runtime.workers import run_jobs
+from bapo.runtime.workers import run_jobs, scoring_threads
 from bapo.studies.config import StudyConfig
 from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
 from bapo.studies.figures import study_figures
@@ -148,12 +149,15 @@ def train_cell(cfg: StudyConfig, cell: Cell, out: Path, console: Console) -> Non
 def evaluate_models(cfg: StudyConfig, ev: EvalConfig, console: Console) -> EvalResult:
     """``bapo eval`` of the study's models; with several workers, the models are first scored into the cache side by
     side (one job per model), then read back in this process."""
-    labels = unscored(ev) if cfg.workers > 1 and distributed.world_size() == 1 else []
-    if labels:  # under torchrun the processes split the models already; scored ones are in the cache
-        prepare(ev, Console(quiet=True))  # what the reference prepares (drift answers, held-out log-probs), once
-        run_jobs(score_into_cache, [(ev, [label]) for label in labels], cfg.workers, Path(cfg.out) / "logs",
-                 "models scored")
-    return evaluate(ev, console)
+    if cfg.workers == 1 or distributed.world_size() > 1:  # under torchrun the processes split the models already
+        return evaluate(ev, console)
+    with scoring_threads(cfg.workers):  # every model at the workers' thread count, this process's reading included
+        labels = unscored(ev)
+        if labels:
+            prepare(ev, Console(quiet=True))  # what the reference prepares (drift answers, held-out log-probs), once
+            run_jobs(score_into_cache, [(ev, [label]) for label in labels], cfg.workers, Path(cfg.out) / "logs",
+                     "models scored", threads=torch.get_num_threads())
+        return evaluate(ev, console)
 
 
 def train_config(cfg: StudyConfig, cell: Cell, out: Path) -> TrainConfig:
