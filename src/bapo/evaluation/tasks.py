@@ -200,9 +200,8 @@ def generates(task: Task) -> bool:
 def generation_key(generated: bool, batch_size: int, device: str = "cpu") -> list[tuple[str, int]]:
     """The part of a cache key that a task's greedy answers depend on besides the weights: the generation batch
     (length-sorted; in bfloat16 an answer depends on the prompts batched with it) and, on a CPU, torch's thread count
-    where it is not one thread per CPU (in bfloat16 a greedy answer also depends on it: SmolLM2 with a DPO adapter
-    answered 1 of 192 prompts otherwise at 1 thread than at 2, the same at every run of either,
-    benchmarks/bench_eval_workers.py; one thread per CPU, a plain run's setting, is left out, so caches from before
+    where it is not one thread per CPU (in bfloat16 a greedy answer also depends on it: docs/PERFORMANCE.md, "--workers
+    in bfloat16"; one thread per CPU, a plain run's setting, is left out, so caches from before
     it was keyed stay valid). Empty for a task that generates nothing (``generated`` False, :func:`generates`).
     ``bapo eval``'s scores and the forgetting budget's base probe are keyed with it alike."""
     if not generated:

@@ -93,8 +93,9 @@ class StudyConfig:
                                    "with thousands of long pairs is judged in minutes, within its standard error.")
     workers: int = option(1, "Processes that score the study's models side by side, each with an equal share of "
                              "the CPU threads (for machines with more cores than one process uses well; 0.95-1.16x on a "
-                             "2-core CPU; scores are bit-identical at any thread count). Cells still train one after another. 1 = all "
-                             "in this process.")
+                             "2-core CPU; log-prob scores are the same at any thread count, greedy answers in "
+                             "bfloat16 not: keep one setting through a study). Cells still train one after another. "
+                             "1 = all in this process.")
     sources: Sources = section(Sources, cli=("data_dir",), panel="Data")
     # Every cell trains with this config; the study sets its out, data.path, data.eval_path, loss.method and seed.
     # Its model, cache, device, dtype and length limits are the whole study's, evaluation included.
