@@ -123,3 +123,11 @@ def test_the_trend_is_each_arms_slope_over_its_adapters():
     assert (dpo.slope, dpo.lo, dpo.hi, dpo.adapters, dpo.levels) == (ref.slope, ref.lo, ref.hi, 4, 3)
     assert got[("bapo", "knowledge")].slope == pytest.approx(-0.05)
     assert "| dpo | knowledge |" in trend_markdown(list(got.values())) and trend_markdown([]) == ""
+
+
+def test_the_table_gives_each_seeds_own_difference_beside_the_mean():
+    from bapo.studies.matched import MatchedRow, matched_markdown
+
+    row = MatchedRow("u", "bapo", "knowledge", "full DPO", 0.015, -0.01, 0.04, 2, 3, [0.01, None, 0.02], 0.005, 0.004)
+    line = matched_markdown([row]).splitlines()[-1]
+    assert line.endswith("| 2/3 | +0.010, -, +0.020 |") and "| +0.015 | [-0.010, +0.040] |" in line

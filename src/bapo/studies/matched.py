@@ -284,13 +284,16 @@ def matched_markdown(rows: Sequence[MatchedRow]) -> str:
     lines = ["Retention at matched personalization: each method's frontier (its knob's settings) read at the held-out "
              "margin of full DPO and of DPO at scale 0.5, seed by seed, minus DPO's own frontier there (positive = "
              "kept more than DPO at the same personalization); 95% t interval over the seeds in reach and the items "
-             "(its standard error's two parts beside it; no items' part: over seeds only).", "",
-             "| user | method | measure | at | difference | 95% interval | se: seeds | se: items | seeds in reach |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "(its standard error's two parts beside it; no items' part: over seeds only); each seed's own "
+             "difference last (- where the level is beyond that seed's reach).", "",
+             "| user | method | measure | at | difference | 95% interval | se: seeds | se: items | seeds in reach | "
+             "per seed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ci = "" if r.lo is None else f"[{r.lo:+.3f}, {r.hi:+.3f}]"
+        per_seed = ", ".join("-" if d is None else f"{d:+.3f}" for d in r.per_seed)
         lines.append(f"| {r.user} | {r.method} | {r.measure} | {r.level} | {num(r.delta)} | {ci} | {se(r.seed_se)} | "
-                     f"{se(r.item_se)} | {r.seeds_in_reach}/{r.seeds} |")
+                     f"{se(r.item_se)} | {r.seeds_in_reach}/{r.seeds} | {per_seed} |")
     return "\n".join(lines) + "\n"
 
 
