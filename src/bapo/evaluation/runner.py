@@ -122,8 +122,8 @@ def eval_key(cache_id: str, cand: Candidate, task_name: str, task_key: str, cfg:
     """Where one candidate's scores on one task are cached: the reference's weights and dtype, the adapter's
     weights, its scale, the task and what it reads, and the settings that change a score: the scoring batch (in
     bfloat16 a log-prob depends on its batch; left out at the default, 16, so caches from before it was keyed stay
-    valid) and, for a task that generates, its generation batch (greedy answers depend on the prompts batched
-    with them)."""
+    valid) and, for a task that generates, what its greedy answers depend on besides the weights
+    (:func:`~bapo.evaluation.tasks.generation_key`: the generation batch, and on a CPU the thread count)."""
     batch = [("scoring batch", cfg.batch_size)] if cfg.batch_size != 16 else []
     gen = generation_key(generated, cfg.generate_batch_size, str(resolve_device(cfg.device)))
     return make_key("eval", cache_id, cand.digest, cand.scale, task_name, task_key, cfg.max_length,

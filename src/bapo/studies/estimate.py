@@ -11,10 +11,10 @@ from rich.console import Console
 
 from bapo.data.users import user_name
 from bapo.evaluation.runner import unscored
-from bapo.runtime.workers import scoring_threads
 from bapo.evaluation.tasks import KINDS, load_suite, spec_items
 from bapo.runtime.config import DEFAULT_MODEL
 from bapo.runtime.models import dtype_name, resolve_device, resolve_dtype, resolve_model
+from bapo.runtime.workers import scoring_threads
 from bapo.studies.config import StudyConfig
 from bapo.studies.plan import Cell, balance_dir, cell_dir, eval_config, frontier_config, frontier_models
 
