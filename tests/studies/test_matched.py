@@ -131,3 +131,28 @@ def test_the_table_gives_each_seeds_own_difference_beside_the_mean():
     row = MatchedRow("u", "bapo", "knowledge", "full DPO", 0.015, -0.01, 0.04, 2, 3, [0.01, None, 0.02], 0.005, 0.004)
     line = matched_markdown([row]).splitlines()[-1]
     assert line.endswith("| 2/3 | +0.010, -, +0.020 |") and "| +0.015 | [-0.010, +0.040] |" in line
+
+
+def test_a_family_is_also_read_at_its_own_default_settings_personalization():
+    """BAPO's lambda may reach neither full DPO's margin nor DPO@0.5's; DPO's frontier read where bapo (lambda 1)
+    landed still compares the two at equal personalization."""
+    from types import SimpleNamespace
+
+    from bapo.studies.matched import matched_rows
+
+    def row(method, seed, margin, knowledge):
+        values = {f"{m}_delta": None for m in ("generative_knowledge", "alignment", "refusal_harmful", "drift")}
+        return SimpleNamespace(user="u", method=method, seed=seed, personal_margin=margin, knowledge_delta=knowledge,
+                               **values)
+
+    rows = [row("dpo", 0, 80.0, -0.08), row("dpo", 1, 100.0, -0.10),
+            row("bapo", 0, 20.0, -0.01), row("bapo", 1, 30.0, -0.02),
+            row("bapo:0.1", 0, 25.0, -0.02), row("bapo:0.1", 1, 28.0, -0.02)]
+    scaled = {0.25: [row("dpo@0.25", 0, 10.0, -0.01), row("dpo@0.25", 1, 10.0, -0.01)],
+              0.5: [row("dpo@0.5", 0, 40.0, -0.04), row("dpo@0.5", 1, 50.0, -0.05)]}
+    got = {r.level: r for r in matched_rows(rows, scaled)}
+    assert set(got) == {"full DPO", "DPO@0.5", "bapo's own"}
+    assert got["full DPO"].seeds_in_reach == 0 and got["DPO@0.5"].seeds_in_reach == 0
+    own = got["bapo's own"]  # DPO's frontier at 20: -0.01 + (-0.04 + 0.01) / 3 = -0.02; at 30: -0.01 - 0.04 / 2
+    assert own.per_seed == pytest.approx([-0.01 + 0.02, -0.02 + 0.03]) and own.seeds_in_reach == 2
+    assert own.delta == pytest.approx(0.01)

@@ -5,7 +5,8 @@ the held-out personalization it reached and what it kept of a retention measure.
 defaults mixes "forgets less" with "personalizes less"; reading each method's retention at the *same*
 personalization, interpolated along its own frontier, separates them. Here the personalization levels are those of
 full DPO and of DPO at scale 0.5, seed by seed, and the reading is a difference from DPO's own frontier at that
-level. Intervals are over seeds and items: a seed-to-seed part (the spread of the seeds' differences) and, where the
+level; a third level, where the method's own default setting landed, compares a method whose knob reaches neither
+(BAPO's lambda, at ``flip:0.5``) with DPO weakened to the personalization it does reach. Intervals are over seeds and items: a seed-to-seed part (the spread of the seeds' differences) and, where the
 per-item scores are given, an item part (the spread over items of the seed-averaged per-item difference: every model
 meets the same items, so the seeds' spread alone says nothing of which items were drawn), combined with
 Welch-Satterthwaite's degrees of freedom for a t quantile (with 3 to 5 seeds a normal one would be too narrow).
@@ -232,7 +233,9 @@ def retention_items(scores: Mapping[str, Mapping[str, Sequence[float]]], kinds: 
 
 def matched_rows(rows: Sequence, scaled: dict[float, Sequence], items: ItemScores | None = None) -> list[MatchedRow]:
     """Every non-DPO family's retention against DPO's frontier, per user and measure, at the personalization of
-    full DPO and of DPO at scale 0.5 (when the study evaluated that scale). ``rows`` are the study's
+    full DPO, of DPO at scale 0.5 (when the study evaluated that scale) and of the family's own default setting
+    (``bapo`` for ``bapo:0.1``'s family: DPO's frontier read where that setting landed, so a family whose knob
+    reaches neither DPO level is still compared at equal personalization). ``rows`` are the study's
     :class:`~bapo.studies.tables.StudyRow` objects; ``scaled`` the DPO adapters' rows at each frontier scale;
     ``items`` each model's per-item scores (:func:`retention_items`), for the items' part of the interval."""
     items = items or {}
@@ -262,7 +265,8 @@ def matched_rows(rows: Sequence, scaled: dict[float, Sequence], items: ItemScore
                        for s in seeds]
                 if not any(arm) or not any(ref):
                     continue
-                for level, target in levels.items():
+                own = {r.seed: r.personal_margin for r in mine if r.method == fam and r.seed in dpo}
+                for level, target in {**levels, **({f"{fam}'s own": own} if own else {})}.items():
                     idx = [i for i, s in enumerate(seeds) if s in target]
                     m = matched([arm[i] for i in idx], [ref[i] for i in idx], [target[seeds[i]] for i in idx], level)
                     out.append(MatchedRow(user, fam, measure, level, m.delta, m.lo, m.hi, m.seeds_in_reach,
@@ -282,7 +286,8 @@ def matched_markdown(rows: Sequence[MatchedRow]) -> str:
         return "" if v is None else f"{v:.3f}"
 
     lines = ["Retention at matched personalization: each method's frontier (its knob's settings) read at the held-out "
-             "margin of full DPO and of DPO at scale 0.5, seed by seed, minus DPO's own frontier there (positive = "
+             "margin of full DPO, of DPO at scale 0.5 and of the method's own default setting (\"bapo's own\"), seed "
+             "by seed, minus DPO's frontier there (positive = "
              "kept more than DPO at the same personalization); 95% t interval over the seeds in reach and the items "
              "(its standard error's two parts beside it; no items' part: over seeds only); each seed's own "
              "difference last (- where the level is beyond that seed's reach).", "",
