@@ -215,9 +215,9 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
     table = (out / "table.md").read_text()
     # 4 cells and the 2 DPO cells at scales 0 and 0.5; 7 measures x (2 users x 2 methods against the base model + 2
     # users x bapo against dpo, dpo@0 and dpo@0.5) contrasts
-    matched = summary["matched"]  # BAPO read along its own frontier at DPO's and DPO@0.5's personalization
+    matched = summary["matched"]  # BAPO read along its own frontier at DPO's, DPO@0.5's and its own personalization
     assert {(m["user"], m["method"], m["level"]) for m in matched} == {
-        (u, "bapo", lv) for u in ("flip:0", "flip:1") for lv in ("full DPO", "DPO@0.5")}
+        (u, "bapo", lv) for u in ("flip:0", "flip:1") for lv in ("full DPO", "DPO@0.5", "bapo's own")}
     assert all(m["seeds"] == 1 and m["seeds_in_reach"] == (m["delta"] is not None) for m in matched)
     # the per-item scores behind the readings' intervals: every cell, and every DPO cell at each frontier scale; their
     # mean less the base model's is the table's change
