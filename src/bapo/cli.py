@@ -157,7 +157,7 @@ def _eval(cfg: EvalConfig, more: list[str] | None = None) -> None:
     evaluate(cfg, console=out)
 
 
-def _study(cfg: StudyConfig, flip_rate: str | None = None, dry_run: bool = False) -> None:
+def _study(cfg: StudyConfig, flip_rate: str | None = None, dry_run: bool = False, so_far: bool = False) -> None:
     from bapo.studies.run import run_study
 
     if flip_rate:
@@ -170,7 +170,7 @@ def _study(cfg: StudyConfig, flip_rate: str | None = None, dry_run: bool = False
         # alone, the flip users are the study's users; beside --users (or a config's users), they are added
         given = [] if cfg.users == StudyConfig().users else cfg.users
         cfg.users = given + [u for u in (f"flip:{float(h):g}" for h in rates) if u not in given]
-    run_study(cfg, dry_run=dry_run, console=out)
+    run_study(cfg, dry_run=dry_run, console=out, so_far=so_far)
 
 
 def _balance(cfg: BalanceConfig) -> None:
@@ -225,7 +225,10 @@ config_command("study", StudyConfig, _study, """One adapter per (user, method, s
                                                          "Added to --users, or alone the study's users.")),
     _param("dry_run", bool, typer.Option("--dry-run", help="Print the plan, sizes and an estimated run time (from "
                                                           "nothing, and what the study's cache leaves); train nothing."),
-           False)))
+           False),
+    _param("so_far", bool, typer.Option("--so-far", help="The tables and figures of the adapters already scored "
+                                                         "(from the cache; nothing trained or scored): a long study "
+                                                         "read while it runs."), False)))
 config_command("balance", BalanceConfig, _balance, """Spend a budget of B pairs between prompts (breadth) and pairs per prompt (depth).
 
     Strategies: none (B prompts, one pair each), uniform (P prompts x D pairs) and bpo (after BPO, Wang et al., NAACL 2025: representative prompts by embedding clusters, pairs by gradient clusters).

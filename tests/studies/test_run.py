@@ -695,3 +695,40 @@ def test_a_contrast_of_one_seed_has_an_interval_over_items_only():
     # differences [1, 1, 0, 0]: sd 0.5774 over 4 items, a normal interval; the seeds' spread is unknown
     assert k.seed_se is None and k.delta == 0.5 and k.stderr == pytest.approx(0.5774 / 2, abs=1e-4)
     assert k.lo == pytest.approx(0.5 - 1.96 * 0.5774 / 2, abs=1e-3) and not k.clear  # [-0.066, +1.066]
+
+
+def test_so_far_reads_the_scored_adapters_and_trains_or_scores_nothing(study_cfg, monkeypatch):
+    from bapo.errors import ConfigError
+
+    study_cfg.users = ["flip:1"]
+    with pytest.raises(ConfigError, match="--so-far: .* no scored adapter yet"):
+        run_study(study_cfg, so_far=True)
+    run_study(study_cfg)
+    study_cfg.methods = ["dpo", "bapo", "bapo:0.1"]  # an arm added: its cell is neither trained nor scored
+    monkeypatch.setattr("bapo.studies.run.train_cell", lambda *a: pytest.fail("--so-far trained a cell"))
+    monkeypatch.setattr("bapo.runtime.store.Store.put_eval", lambda *a: pytest.fail("--so-far scored a model"))
+    res = run_study(study_cfg, so_far=True)
+    assert [r.method for r in res.rows] == ["dpo", "bapo"]
+    assert not (Path(study_cfg.out) / "cells" / "flip-1__bapo-0.1__s0").exists()
+    assert "| bapo |" in (Path(study_cfg.out) / "table.md").read_text()
+
+
+def test_so_far_leaves_out_an_adapter_missing_any_score_its_frontier_included(study_cfg, tmp_path, monkeypatch):
+    from bapo.studies import estimate
+
+    out = tmp_path / "s"
+    cells = [Cell("u", "flip:1", m, 0) for m in ("dpo", "bapo", "kl")]
+    for c in cells[:2] + [Cell("u", "flip:1", "dpo", 1)]:
+        (out / "cells" / c.name).mkdir(parents=True)
+        (out / "cells" / c.name / "run.json").write_text("{}")
+    cells.append(Cell("u", "flip:1", "dpo", 1))
+    left = {"base": False}
+
+    def unscored_labels(cfg, done, suite, out_):
+        assert [c.name for c in done] == ["u__dpo__s0", "u__bapo__s0", "u__dpo__s1"]  # kl is not trained
+        return (["base"] if left["base"] else []) + ["u__bapo__s0"], ["u__dpo__s1@0.5"]
+
+    monkeypatch.setattr(estimate, "unscored_labels", unscored_labels)
+    assert [c.name for c in estimate.scored_cells(study_cfg, cells, tmp_path / "suite.yaml", out)] == ["u__dpo__s0"]
+    left["base"] = True
+    assert estimate.scored_cells(study_cfg, cells, tmp_path / "suite.yaml", out) == []

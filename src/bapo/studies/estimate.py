@@ -82,13 +82,31 @@ def work_left(cfg: StudyConfig, cells: list[Cell], suite: Path, out: Path) -> Wo
                 {u for u in map(user_name, cfg.users) if not (out / "users" / f"{u}.json").exists()},
                 {(c.user, c.balance, c.seed) for c in todo if c.balance and c.spec.startswith("psoups:")
                  and not (balance_dir(out, c) / "report.json").exists()})
+    left, left_scaled = unscored_labels(cfg, done, suite, out)
+    work.base_model = "base" in left
+    work.models = len(left) + len(todo) + frontier_models(cfg, todo) + len(left_scaled)
+    return work
+
+
+def unscored_labels(cfg: StudyConfig, done: list[Cell], suite: Path, out: Path) -> tuple[list[str], list[str]]:
+    """The models of these trained cells whose scores the cache does not hold yet: the base model and adapters
+    (``base``, a cell's name), and the DPO adapters at the frontier's scales (``NAME@SCALE``)."""
     with scoring_threads(cfg.workers):  # the cache read as the study's run reads it (bapo.studies.run)
         left = unscored(eval_config(cfg, done, suite, out))
         scaled = frontier_config(cfg, done, suite, out)
         left_scaled = [label for label in unscored(scaled) if label != "base"] if scaled else []
-    work.base_model = "base" in left
-    work.models = len(left) + len(todo) + frontier_models(cfg, todo) + len(left_scaled)
-    return work
+    return left, left_scaled
+
+
+def scored_cells(cfg: StudyConfig, cells: list[Cell], suite: Path, out: Path) -> list[Cell]:
+    """The cells whose every model the cache holds (the adapter, and a DPO adapter at each frontier scale too), for
+    ``bapo study --so-far``; none while the base model is not scored."""
+    done = [c for c in cells if (cell_dir(out, c) / "run.json").exists()]
+    left, left_scaled = unscored_labels(cfg, done, suite, out)
+    if "base" in left:
+        return []
+    missing = set(left) | {label.rsplit("@", 1)[0] for label in left_scaled}
+    return [c for c in done if c.name not in missing]
 
 
 def price(cfg: StudyConfig, work: Work, eval_seconds_per_model: float) -> float:

@@ -37,7 +37,7 @@ from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
 from bapo.studies.figures import study_figures
 from bapo.studies.matched import (ItemScores, matched_markdown, matched_rows, retention_items, trend_markdown,
                                   trend_rows)
-from bapo.studies.estimate import Estimate, estimate, eval_size, prices, print_estimate
+from bapo.studies.estimate import Estimate, estimate, eval_size, prices, print_estimate, scored_cells
 from bapo.studies.plan import (Cell, balance_dir, cell_dir, eval_config, frontier_config, frontier_scales, plan,
                                print_plan, study_suite)
 from bapo.studies.tables import BalanceWork, StudyRow, cost_markdown, markdown, study_rows
@@ -175,8 +175,10 @@ def train_config(cfg: StudyConfig, cell: Cell, out: Path) -> TrainConfig:
     return tc
 
 
-def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None = None) -> StudyResult:
-    """Build users, train every cell, evaluate all, write the table and figures."""
+def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None = None,
+              so_far: bool = False) -> StudyResult:
+    """Build users, train every cell, evaluate all, write the table and figures. ``so_far``: the tables and figures
+    of the cells the cache already holds every score of, training and scoring nothing (a long study read part way)."""
     console = console or Console()
     t0 = time.time()
     cfg.validate()
@@ -190,6 +192,14 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
     print_estimate(cfg, cells, est, console)
     if dry_run:
         return StudyResult(cells, est, [], [], out)
+    if so_far:
+        scored = scored_cells(cfg, cells, suite, out)
+        if not scored:
+            raise ConfigError(f"--so-far: {out} has no scored adapter yet (nor, perhaps, the base model); run the "
+                              "study first, at the thread count it runs at (answers are cached by it on a CPU)")
+        console.print(f"so far: the {len(scored)} of {len(cells)} adapters whose every score is cached; nothing is "
+                      "trained or scored")
+        cells = scored
 
     users = prepare_users(cfg, out, console)
     # Cells train one after another in this process even with several workers: training is not bit-identical across
