@@ -710,7 +710,9 @@ def test_so_far_reads_the_scored_adapters_and_trains_or_scores_nothing(study_cfg
     res = run_study(study_cfg, so_far=True)
     assert [r.method for r in res.rows] == ["dpo", "bapo"]
     assert not (Path(study_cfg.out) / "cells" / "flip-1__bapo-0.1__s0").exists()
-    assert "| bapo |" in (Path(study_cfg.out) / "table.md").read_text()
+    table = (Path(study_cfg.out) / "table.md").read_text()
+    assert "| bapo |" in table and "the 2 of the study's 3 adapters whose every score was cached" in table
+    assert json.loads((Path(study_cfg.out) / "study.json").read_text())["planned"] == 3
 
 
 def test_so_far_leaves_out_an_adapter_missing_any_score_its_frontier_included(study_cfg, tmp_path, monkeypatch):

@@ -58,6 +58,7 @@ class StudyResult:
     seconds: float = 0.0
     frontier: dict[float, list[StudyRow]] = field(default_factory=dict)  # DPO adapters' rows at each LoRA scale
     items: ItemScores = field(default_factory=dict)  # each model's per-item retention scores (matched readings)
+    planned: int = 0  # the study's adapters; more than ``cells`` when read part way (``so_far``)
 
     @property
     def estimated_seconds(self) -> float:
@@ -192,14 +193,14 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
     print_estimate(cfg, cells, est, console)
     if dry_run:
         return StudyResult(cells, est, [], [], out)
+    planned = len(cells)
     if so_far:
-        scored = scored_cells(cfg, cells, suite, out)
-        if not scored:
+        cells = scored_cells(cfg, cells, suite, out)
+        if not cells:
             raise ConfigError(f"--so-far: {out} has no scored adapter yet (nor, perhaps, the base model); run the "
                               "study first, at the thread count it runs at (answers are cached by it on a CPU)")
-        console.print(f"so far: the {len(scored)} of {len(cells)} adapters whose every score is cached; nothing is "
+        console.print(f"so far: the {len(cells)} of {planned} adapters whose every score is cached; nothing is "
                       "trained or scored")
-        cells = scored
 
     users = prepare_users(cfg, out, console)
     # Cells train one after another in this process even with several workers: training is not bit-identical across
@@ -221,7 +222,7 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
     console.rule("evaluation: the base model and every adapter on the same items")
     evaluation = evaluate_models(cfg, eval_config(cfg, cells, suite, out), console)
     result = StudyResult(cells, est, with_costs(study_rows(cells, users, evaluation.records), cells, out),
-                         versus_baselines(cfg, cells, evaluation), out)
+                         versus_baselines(cfg, cells, evaluation), out, planned=planned)
     scaled = scaled or frontier(cfg, cells, suite, out, console)
     if scaled is not None:
         result.frontier = {s: study_rows(dpo, users, scaled.records, s) for s in frontier_scales(cfg)}
@@ -305,7 +306,7 @@ def write_outputs(cfg: StudyConfig, result: StudyResult, users: dict, n_eval: in
     summary = {"config": asdict(cfg), "users": users, "rows": rows, "contrasts": as_dicts(result.contrasts),
                "frontier": {f"{s:g}": [r.to_dict() for r in rs] for s, rs in result.frontier.items()},
                "matched": as_dicts(readings), "trend": as_dicts(trend), "figures": [str(f) for f in figures],
-               "eval_sequences_per_model": n_eval,
+               "eval_sequences_per_model": n_eval, "adapters": len(result.cells), "planned": result.planned,
                "estimated_seconds": round(result.estimated_seconds), "seconds": result.seconds,
                "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_json(out / "study.json", summary)
@@ -317,6 +318,10 @@ def write_outputs(cfg: StudyConfig, result: StudyResult, users: dict, n_eval: in
     md += ("\n" + matched_markdown(readings)) if readings else ""
     md += ("\n" + trend_markdown(trend)) if trend else ""
     md += "\nWhat each arm cost:\n\n" + cost_markdown(result.rows)
+    if len(result.cells) < result.planned:
+        md = (f"**So far** (`bapo study --so-far`, {time.strftime('%Y-%m-%d %H:%M')}): the {len(result.cells)} of the "
+              f"study's {result.planned} adapters whose every score was cached; the rest are not in these tables.\n\n"
+              + md)
     atomic_write_text(out / "table.md", md)
     console.print(md)
     console.print(f"study: {out / 'study.json'}, {out / 'table.md'}, figures in {out / 'figures'} "
