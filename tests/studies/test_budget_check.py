@@ -21,11 +21,23 @@ def test_the_probe_chooses_a_scale_and_the_full_measure_judges_it():
     # would have kept all of it)
     assert (r.cases, r.holds, r.chose_base) == (2, 0.5, 0.0)
     assert r.binding == 0.5  # only a's full loss at its strongest scale (0.08) exceeds the budget
+    assert r.holds_binding == 0.0  # and there the budget broke
     assert r.kept == pytest.approx((4.0 / 4.0 + 0.5 / 2.0) / 2)
     assert r.kept_full == pytest.approx((1.0 / 4.0 + 2.0 / 2.0) / 2)
     # a budget nothing meets on the probe: scale 0, the base model, which always holds and keeps nothing
     (z,) = hold_rows(points, {k: {"qa": [1.0] * 4} for k in probes}, {"qa": [4]}, {"qa": [0.02]})
-    assert (z.holds, z.kept, z.chose_base) == (1.0, 0.0, 1.0)
+    assert (z.holds, z.holds_binding, z.kept, z.chose_base) == (1.0, 1.0, 0.0, 1.0)
+
+
+def test_adapters_a_budget_does_not_bind_do_not_vouch_for_the_probe():
+    # ten adapters lose nothing at any scale (any probe's choice holds for them); one loses 0.2 at scale 1, which a
+    # blind probe lets through: 10 of 11 hold, over 90%, yet the probe failed the only adapter the budget mattered for
+    points = [Point(f"n{i}", s, {"qa": 0.0}, 1.0) for i in range(10) for s in (1.0, 0.5)]
+    points += [Point("a", 1.0, {"qa": 0.2}, 4.0), Point("a", 0.5, {"qa": 0.0}, 1.0)]
+    probes = {f"{p.cell}@{p.scale:g}": {"qa": [0.0] * 4} for p in points}
+    (r,) = hold_rows(points, probes, {"qa": [4]}, {"qa": [0.1]})
+    assert r.holds == pytest.approx(10 / 11) and r.holds_binding == 0.0 and r.binding == pytest.approx(1 / 11)
+    assert default_probes([r]) == {} and "| 91% | 0% |" in markdown([r])
 
 
 def test_the_cheapest_probe_that_holds_is_the_default():

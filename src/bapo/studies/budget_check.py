@@ -10,7 +10,8 @@ harmful requests for ``refusal``, its drift prompts for ``drift``). Each row als
 held-out margin the choice keeps, against what the full measure itself would have allowed, what ARC-Easy + PIQA lost
 and how many more harmless requests were refused at the choice (measures no probe reads), and how many adapters the
 budget binds at all (whose full measure at their
-strongest scale exceeds it): where it binds none, "holds" is vacuous, and no probe is marked for that budget. A
+strongest scale exceeds it): "holds" is vacuous for the others, so a probe is marked by how often it holds for the
+adapters the budget binds (none where it binds none). A
 probe smaller than the pool is a random draw of it, as a user's probe set would be: each row averages ``draws``
 seeded draws.
 
@@ -67,6 +68,7 @@ class HoldRow:
     binding: float = 1.0  # share of adapters whose full measure at their strongest scale exceeds the budget
     knowledge_lost: float = 0.0  # mean ARC-Easy + PIQA acc_norm lost at the probe's choice (0 at the base model)
     over_refusal: float = 0.0  # mean rise in harmless requests refused at the probe's choice
+    holds_binding: float | None = None  # the same as ``holds`` over the adapters it binds only (None: it binds none)
 
 
 def _harmful(spec: TaskSpec) -> bool:
@@ -159,16 +161,18 @@ def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], si
             k = min(k, n_items)
             subsets = [random.Random(seed + d).sample(range(n_items), k) for d in range(draws if k < n_items else 1)]
             for b in budgets[m]:
-                holds, kept, kept_full, base, lost, over = [], [], [], [], [], []
+                holds, kept, kept_full, base, lost, over, held_binding = [], [], [], [], [], [], []
                 binding = [scales[max(scales)].full[m] > b for scales in cells.values()]
                 for idx in subsets:
-                    for scales in cells.values():
+                    for scales, binds in zip(cells.values(), binding):
                         probe_loss = {s: sum(probes[f"{p.cell}@{s:g}"][m][i] for i in idx) / len(idx)
                                       for s, p in scales.items()}
                         chosen = max((s for s in scales if probe_loss[s] <= b), default=0.0)
                         oracle = max((s for s, p in scales.items() if p.full[m] <= b), default=0.0)
                         top = scales[max(scales)].margin
                         holds.append((scales[chosen].full[m] if chosen else 0.0) <= b)
+                        if binds:
+                            held_binding.append(holds[-1])
                         kept.append(scales[chosen].margin / top if chosen and top > 0 else 0.0)
                         kept_full.append(scales[oracle].margin / top if oracle and top > 0 else 0.0)
                         base.append(chosen == 0.0)
@@ -177,15 +181,19 @@ def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], si
                 n = len(holds)
                 if n:
                     rows.append(HoldRow(m, k, b, len(cells), sum(holds) / n, sum(kept) / n, sum(kept_full) / n,
-                                        sum(base) / n, sum(binding) / len(binding), sum(lost) / n, sum(over) / n))
+                                        sum(base) / n, sum(binding) / len(binding), sum(lost) / n, sum(over) / n,
+                                        sum(held_binding) / len(held_binding) if held_binding else None))
     return rows
 
 
 def default_probes(rows: list[HoldRow], target: float = 0.9) -> dict[tuple[str, float], int]:
-    """Per measure and budget, the fewest probe items whose budget holds in at least ``target`` of the adapters."""
+    """Per measure and budget, the fewest probe items whose budget holds in at least ``target`` of the adapters it
+    binds: where an adapter's full measure is within the budget even at scale 1, any probe's choice holds, so counting
+    those would let the mix of adapters in a study, not the probe, decide (a budget that binds none validates
+    nothing)."""
     out: dict[tuple[str, float], int] = {}
     for r in sorted(rows, key=lambda r: r.items):
-        if r.holds >= target and r.binding > 0:  # a budget that binds no adapter validates nothing
+        if r.holds_binding is not None and r.holds_binding >= target:
             out.setdefault((r.measure, r.budget), r.items)
     return out
 
@@ -193,12 +201,13 @@ def default_probes(rows: list[HoldRow], target: float = 0.9) -> dict[tuple[str, 
 def markdown(rows: list[HoldRow], target: float = 0.9) -> str:
     """The table RESULTS.md reports: a row per probe and budget; the cheapest probe that holds marked."""
     best = default_probes(rows, target)
-    lines = ["| measure | probe items | budget | adapters | budget binds | budget holds | margin kept | kept, full "
-             "measure choosing | only scale 0 | ARC-Easy + PIQA lost | harmless refused more |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| measure | probe items | budget | adapters | budget binds | budget holds | holds where it binds | "
+             "margin kept | kept, full measure choosing | only scale 0 | ARC-Easy + PIQA lost | harmless refused more |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mark = " **(cheapest >= 90%)**" if best.get((r.measure, r.budget)) == r.items else ""
-        lines.append(f"| {r.measure} | {r.items} | {r.budget:g} | {r.cases} | {r.binding:.0%} | {r.holds:.0%}{mark} | "
+        where = "-" if r.holds_binding is None else f"{r.holds_binding:.0%}"
+        lines.append(f"| {r.measure} | {r.items} | {r.budget:g} | {r.cases} | {r.binding:.0%} | {r.holds:.0%} | {where}{mark} | "
                      f"{r.kept:.0%} | {r.kept_full:.0%} | {r.chose_base:.0%} | {100 * r.knowledge_lost:+.1f} pts | "
                      f"{100 * r.over_refusal:+.1f} pts |")
     return "\n".join(lines) + "\n"
