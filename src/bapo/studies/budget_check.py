@@ -9,11 +9,10 @@ the budget *holds* when the full measure at that scale is within it too (TriviaQ
 harmful requests for ``refusal``, its drift prompts for ``drift``). Each row also says how much of the adapter's
 held-out margin the choice keeps, against what the full measure itself would have allowed, what ARC-Easy + PIQA lost
 and how many more harmless requests were refused at the choice (measures no probe reads), and how many adapters the
-budget binds at all (whose full measure at their
-strongest scale exceeds it): "holds" is vacuous for the others, so a probe is marked by how often it holds for the
-adapters the budget binds (none where it binds none). A
-probe smaller than the pool is a random draw of it, as a user's probe set would be: each row averages ``draws``
-seeded draws.
+budget binds at all (whose full measure at their strongest scale exceeds it): "holds" is vacuous for the others, so
+a probe is marked by how often it holds for the adapters the budget binds (none where it binds none). A probe
+smaller than the pool is a random draw of it, as a user's probe set would be: each row averages ``draws`` seeded
+draws.
 
 The probes are cached per adapter and scale in ``STUDY/budget_check/probes.json``: a rerun resumes.
 """

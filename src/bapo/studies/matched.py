@@ -6,9 +6,9 @@ defaults mixes "forgets less" with "personalizes less"; reading each method's re
 personalization, interpolated along its own frontier, separates them. Here the personalization levels are those of
 full DPO and of DPO at scale 0.5, seed by seed, and the reading is a difference from DPO's own frontier at that
 level; a third level, where the method's own default setting landed, compares a method whose knob reaches neither
-(BAPO's lambda, at ``flip:0.5``) with DPO weakened to the personalization it does reach. Intervals are over seeds and items: a seed-to-seed part (the spread of the seeds' differences) and, where the
-per-item scores are given, an item part (the spread over items of the seed-averaged per-item difference: every model
-meets the same items, so the seeds' spread alone says nothing of which items were drawn), combined with
+(BAPO's lambda, at ``flip:0.5``) with DPO weakened to the personalization it does reach. Intervals are over seeds
+and items: a seed-to-seed part (the spread of the seeds' differences) and, where the per-item scores are given, an
+item part (the spread over items of the seed-averaged per-item difference: every model meets the same items, so the seeds' spread alone says nothing of which items were drawn), combined with
 Welch-Satterthwaite's degrees of freedom for a t quantile (with 3 to 5 seeds a normal one would be too narrow).
 """
 
