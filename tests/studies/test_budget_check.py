@@ -123,3 +123,54 @@ def test_probe_study_probes_held_back_items_at_every_measured_scale_and_resumes(
     assert probes["u__dpo__s0@1"] != probes["u__dpo__s0@0.5"]  # the scale applied
     monkeypatch.setattr(budget_check, "open_reference", lambda *a, **k: pytest.fail("the cache was not used"))
     assert budget_check.probe_study(tmp_path, qa_items=6, refusal_items=100) == probes
+
+
+def test_a_measure_is_judged_on_the_adapters_measured_on_it_in_full():
+    # 'a' was measured on everything, 'd' (its study still scoring) on drift alone: qa is judged on 'a' only, drift
+    # on both; what no drift-only adapter measured (ARC-Easy + PIQA) is averaged over those that did
+    points = [Point("a", 1.0, {"drift": 0.3, "qa": 0.2, "knowledge": 0.04}, 4.0),
+              Point("a", 0.5, {"drift": 0.05, "qa": 0.0, "knowledge": 0.01}, 1.0),
+              Point("d", 1.0, {"drift": 0.4}, 3.0), Point("d", 0.5, {"drift": 0.02}, 1.0)]
+    probes = {f"{p.cell}@{p.scale:g}": {"drift": [p.full["drift"]] * 2, "qa": [0.0, 0.0]} for p in points}
+    drift, qa = hold_rows(points, probes, {"drift": [2], "qa": [2]}, {"drift": [0.1], "qa": [0.1]})
+    assert (drift.measure, drift.cases, drift.holds, qa.measure, qa.cases, qa.holds) == ("drift", 2, 1.0, "qa", 1, 0.0)
+    assert drift.knowledge_lost == pytest.approx(0.01)  # 'a' at 0.5; 'd' measured none
+    only_drift = [p for p in points if p.cell == "d"]
+    (r,) = hold_rows(only_drift, probes, {"drift": [2], "qa": [2]}, {"drift": [0.1], "qa": [0.1]})
+    assert r.measure == "drift" and "| 33% | 33% | 0% | - | - |" in markdown([r])  # d at 0.5 keeps 1/3; qa: no row
+
+
+def test_drift_points_measure_every_trained_cell_at_its_study_scales_under_the_study_keys(tmp_path, tiny_model):
+    from bapo.options import dump_yaml
+    from bapo.runtime.store import Store
+    from bapo.studies import budget_check
+    from bapo.studies.config import StudyConfig
+    from bapo.studies.plan import cell_dir, plan
+    from bapo.training.config import TrainConfig
+    from tests.helpers import make_adapter, write_jsonl
+
+    cfg = StudyConfig(users=["flip:0.5"], methods=["dpo", "bapo"], seeds=1, out=str(tmp_path / "s"),
+                      frontier_scales=[0.5], train=TrainConfig(model=tiny_model, device="cpu", dtype="float32"))
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "suite.yaml").write_text(
+        "tasks:\n  - {name: arc, kind: mc, path: nowhere.jsonl}\n"  # not read: drift alone is measured
+        "  - {name: drift, kind: drift, path: package:general_prompts.jsonl, limit: 3, max_new_tokens: 4}\n")
+    dpo, bapo = plan(cfg)
+    for i, cell in enumerate((dpo, bapo)):
+        d = make_adapter(tiny_model, cell_dir(out, cell), seed=i)
+        (d / "config.yaml").write_text(dump_yaml(cfg.train))
+        write_jsonl(d / "holdout.jsonl", [{"prompt": f"Say {w}.", "chosen": w, "rejected": w[::-1] + " no"}
+                                          for w in ("yes", "sure", "fine")])
+        (d / "run.json").write_text("{}")
+    assert budget_check.study_targets(cfg) == [(dpo.name, 1.0), (dpo.name, 0.5), (bapo.name, 1.0)]
+    points = budget_check.drift_points(cfg)
+    assert [(p.cell, p.scale) for p in points] == [(bapo.name, 1.0), (dpo.name, 0.5), (dpo.name, 1.0)]
+    assert all(set(p.full) == {"drift"} and p.full["drift"] > 0 for p in points)  # a random adapter drifts
+    evals = Store(tmp_path / "cache" / "reference.sqlite").db.execute("SELECT COUNT(*) FROM evals").fetchone()[0]
+    # cached: base, the 2 adapters and dpo@0.5, each on drift and on the held-out pairs, and the reference's own
+    # log-probs on each task (logps_as_scored); a second call scores nothing
+    assert evals == 4 * 2 + 2
+    assert budget_check.drift_points(cfg) == points
+    assert Store(tmp_path / "cache" / "reference.sqlite").db.execute("SELECT COUNT(*) FROM evals").fetchone()[0] == 10
+

@@ -20,24 +20,30 @@ The probes are cached per adapter and scale in ``STUDY/budget_check/probes.json`
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
 from bapo import progress
 from bapo.budget.probe import Prober
 from bapo.evaluation.records import Record
 from bapo.evaluation.tasks import TaskSpec, load_suite, spec_items
-from bapo.io import write_json
+from bapo.evaluation.runner import evaluate
+from bapo.io import atomic_write_text, write_json
 from bapo.options import load_yaml
 from bapo.runtime.adapters import applied
 from bapo.runtime.config import BudgetSettings
 from bapo.runtime.reference import open_reference
+from bapo.studies.config import StudyConfig
+from bapo.studies.plan import cell_dir, eval_config, frontier_config, frontier_scales, plan
 from bapo.training.config import TrainConfig
 
 MEASURES = ("drift", "qa", "refusal")
+nan = float("nan")
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,10 @@ class HoldRow:
     kept_full: float  # the same, had the full measure itself chosen
     chose_base: float  # share of adapters for which only scale 0 met the budget on the probe
     binding: float = 1.0  # share of adapters whose full measure at their strongest scale exceeds the budget
-    knowledge_lost: float = 0.0  # mean ARC-Easy + PIQA acc_norm lost at the probe's choice (0 at the base model)
-    over_refusal: float = 0.0  # mean rise in harmless requests refused at the probe's choice
+    # mean ARC-Easy + PIQA acc_norm lost, and mean rise in harmless requests refused, at the probe's choice (0 at the
+    # base model; NaN where no adapter was measured on them)
+    knowledge_lost: float = 0.0
+    over_refusal: float = 0.0
     holds_binding: float | None = None  # the same as ``holds`` over the adapters it binds only (None: it binds none)
 
 
@@ -120,25 +128,67 @@ def probe_pools(study: Path, qa_items: int, refusal_items: int, seed: int = 0) -
     return out
 
 
-def probe_study(study: Path, qa_items: int = 300, refusal_items: int = 100, console: Console | None = None
-                ) -> dict[str, dict[str, list[float]]]:
-    """Each measured adapter and scale (``CELL@SCALE``) -> each measure's per-item probe losses; cached, resumable."""
+def study_targets(cfg: StudyConfig) -> list[tuple[str, float]]:
+    """Every trained cell of the study at every scale the study measures it at: 1, and DPO's ``frontier_scales``."""
+    out = Path(cfg.out)
+    return [(c.name, s) for c in plan(cfg) if (cell_dir(out, c) / "run.json").exists()
+            for s in ([1.0, *frontier_scales(cfg)] if c.method == "dpo" else [1.0])]
+
+
+def drift_points(cfg: StudyConfig, console: Console | None = None) -> list[Point]:
+    """Every trained cell at every scale the study measures it at, measured in full on drift alone (the study's drift
+    prompts, and the held-out margin): ``bapo eval`` with the study's own settings, so what it scores is cached under
+    the keys the study reads, and costs the study nothing later. Minutes, where the study's full evaluation takes ten
+    per adapter: the drift probe can be validated on every adapter while the study still scores them."""
+    out = Path(cfg.out)
+    cells = [c for c in plan(cfg) if (cell_dir(out, c) / "run.json").exists()]
+    if not cells:
+        return []
+    suite = out / "budget_check" / "drift_suite.yaml"
+    tasks = yaml.safe_load((out / "suite.yaml").read_text())["tasks"]
+    atomic_write_text(suite, yaml.safe_dump({"tasks": [t for t in tasks if t["kind"] == "drift"]}, sort_keys=False))
+    ev = replace(eval_config(cfg, cells, suite, out), out=str(out / "budget_check" / "eval_drift"))
+    records = list(evaluate(ev, console).records)
+    scaled = frontier_config(cfg, cells, suite, out)
+    if scaled is not None:
+        records += evaluate(replace(scaled, out=str(out / "budget_check" / "eval_drift_frontier")), console).records
+    by: dict[tuple[str, float], dict[str, Record]] = {}
+    for r in records:
+        if r.adapter:
+            by.setdefault((Path(r.adapter).name, r.scale), {})[r.kind] = r
+    return [Point(cell, scale, {"drift": -recs["drift"].delta}, recs["personal"].value)  # type: ignore[operator]
+            for (cell, scale), recs in sorted(by.items()) if "drift" in recs and "personal" in recs]
+
+
+def study_points(cfg: StudyConfig, console: Console | None = None) -> list[Point]:
+    """The study's adapters at every scale it measures them at: every measure where the study's evaluation has
+    finished (``eval/results.json``), drift alone (:func:`drift_points`) where it has not yet."""
+    complete = {(p.cell, p.scale): p for p in full_points(Path(cfg.out))}
+    drift = {(p.cell, p.scale): p for p in drift_points(cfg, console)}
+    return [complete.get(k, p) for k, p in sorted({**drift, **complete}.items())]
+
+
+def probe_study(study: Path, qa_items: int = 300, refusal_items: int = 100, console: Console | None = None,
+                targets: list[tuple[str, float]] | None = None) -> dict[str, dict[str, list[float]]]:
+    """Each adapter and scale (``CELL@SCALE``) -> each measure's per-item probe losses; cached, resumable. ``targets``:
+    the (cell, scale) to probe (:func:`study_targets`), by default those the study has measured in full."""
     console = console or Console()
     cache = study / "budget_check" / "probes.json"
     done: dict[str, dict[str, list[float]]] = json.loads(cache.read_text()) if cache.exists() else {}
-    todo = [p for p in full_points(study) if f"{p.cell}@{p.scale:g}" not in done]
+    targets = targets if targets is not None else [(p.cell, p.scale) for p in full_points(study)]
+    todo = [(cell, scale) for cell, scale in targets if f"{cell}@{scale:g}" not in done]
     if not todo:
         return done
-    cfg = load_yaml(study / "cells" / todo[0].cell / "config.yaml", TrainConfig)
+    cfg = load_yaml(study / "cells" / todo[0][0] / "config.yaml", TrainConfig)
     ref = open_reference(cfg.model, cfg.data.max_length, cfg.data.max_prompt_length, cfg.cache_dir, cfg.device,
                          cfg.dtype)
     settings = BudgetSettings(spec="drift:0,qa:0,refusal:0", drift_items=0)
     console.print(f"probing {len(todo)} adapter scales ({len(done)} cached)")
     prober = Prober(ref, settings, items=probe_pools(study, qa_items, refusal_items))
     with progress.bar("probes", len(todo)) as advance:
-        for p in todo:
-            with applied(ref.model, study / "cells" / p.cell, p.scale) as model:
-                done[f"{p.cell}@{p.scale:g}"] = prober.item_losses(model)
+        for cell, scale in todo:
+            with applied(ref.model, study / "cells" / cell, scale) as model:
+                done[f"{cell}@{scale:g}"] = prober.item_losses(model)
             write_json(cache, done)
             advance(1)
     return done
@@ -149,12 +199,15 @@ def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], si
     """For each measure, probe size and budget: the budget applied to every adapter by the probe (largest measured
     scale within it, else 0) and checked on the full measure at that scale, averaged over ``draws`` seeded subsets of
     the probed items (one when the size is the whole pool). See the module."""
-    cells: dict[str, dict[float, Point]] = {}
+    probed: dict[str, dict[float, Point]] = {}
     for p in points:
         if f"{p.cell}@{p.scale:g}" in probes:
-            cells.setdefault(p.cell, {})[p.scale] = p
+            probed.setdefault(p.cell, {})[p.scale] = p
     rows = []
-    for m in sizes:
+    for m in sizes:  # each measure over the adapters measured on it in full at every scale (drift: every adapter)
+        cells = {c: scales for c, scales in probed.items() if all(m in p.full for p in scales.values())}
+        if not cells:
+            continue
         n_items = min(len(next(iter(probes.values()))[m]), max(sizes[m]))
         for k in sizes[m]:
             k = min(k, n_items)
@@ -175,14 +228,20 @@ def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], si
                         kept.append(scales[chosen].margin / top if chosen and top > 0 else 0.0)
                         kept_full.append(scales[oracle].margin / top if oracle and top > 0 else 0.0)
                         base.append(chosen == 0.0)
-                        lost.append(scales[chosen].full.get("knowledge", 0.0) if chosen else 0.0)
-                        over.append(scales[chosen].full.get("over_refusal", 0.0) if chosen else 0.0)
+                        lost.append(scales[chosen].full.get("knowledge", nan) if chosen else 0.0)
+                        over.append(scales[chosen].full.get("over_refusal", nan) if chosen else 0.0)
                 n = len(holds)
                 if n:
                     rows.append(HoldRow(m, k, b, len(cells), sum(holds) / n, sum(kept) / n, sum(kept_full) / n,
-                                        sum(base) / n, sum(binding) / len(binding), sum(lost) / n, sum(over) / n,
+                                        sum(base) / n, sum(binding) / len(binding), _mean(lost), _mean(over),
                                         sum(held_binding) / len(held_binding) if held_binding else None))
     return rows
+
+
+def _mean(xs: list[float]) -> float:
+    """The mean of what was measured (NaN where none was: an adapter measured on drift alone)."""
+    kept = [x for x in xs if not math.isnan(x)]
+    return sum(kept) / len(kept) if kept else nan
 
 
 def default_probes(rows: list[HoldRow], target: float = 0.9) -> dict[tuple[str, float], int]:
@@ -197,6 +256,10 @@ def default_probes(rows: list[HoldRow], target: float = 0.9) -> dict[tuple[str, 
     return out
 
 
+def _pts(x: float) -> str:
+    return "-" if math.isnan(x) else f"{100 * x:+.1f} pts"
+
+
 def markdown(rows: list[HoldRow], target: float = 0.9) -> str:
     """The table RESULTS.md reports: a row per probe and budget; the cheapest probe that holds marked."""
     best = default_probes(rows, target)
@@ -207,6 +270,5 @@ def markdown(rows: list[HoldRow], target: float = 0.9) -> str:
         mark = " **(cheapest >= 90%)**" if best.get((r.measure, r.budget)) == r.items else ""
         where = "-" if r.holds_binding is None else f"{r.holds_binding:.0%}"
         lines.append(f"| {r.measure} | {r.items} | {r.budget:g} | {r.cases} | {r.binding:.0%} | {r.holds:.0%} | {where}{mark} | "
-                     f"{r.kept:.0%} | {r.kept_full:.0%} | {r.chose_base:.0%} | {100 * r.knowledge_lost:+.1f} pts | "
-                     f"{100 * r.over_refusal:+.1f} pts |")
+                     f"{r.kept:.0%} | {r.kept_full:.0%} | {r.chose_base:.0%} | {_pts(r.knowledge_lost)} | {_pts(r.over_refusal)} |")
     return "\n".join(lines) + "\n"
