@@ -12,6 +12,6 @@ left() {  # NAME ARGS...: the dry run's "left" line (or its estimate from nothin
   line=$(COLUMNS=200 OMP_NUM_THREADS=2 "$BAPO" study "$@" --dry-run 2>&1 | grep -E "^(left after|estimated run time|error)" | tail -1)
   printf '%-26s %s\n' "$name" "$line"
 }
-for study in frontier feedback frontier_flip1 heterogeneity_hash; do
+for study in frontier_rivals frontier feedback frontier_flip1 heterogeneity_hash; do
   left "$study" --config "studies/$study.yaml"
 done

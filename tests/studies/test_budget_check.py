@@ -121,8 +121,13 @@ def test_probe_study_probes_held_back_items_at_every_measured_scale_and_resumes(
     assert [len(probes["u__dpo__s0@1"][m]) for m in ("qa", "refusal")] == [6, 6]
     assert len(probes["u__dpo__s0@1"]["drift"]) == 40  # the default drift probe: the package's 40 general prompts
     assert probes["u__dpo__s0@1"] != probes["u__dpo__s0@0.5"]  # the scale applied
-    monkeypatch.setattr(budget_check, "open_reference", lambda *a, **k: pytest.fail("the cache was not used"))
-    assert budget_check.probe_study(tmp_path, qa_items=6, refusal_items=100) == probes
+    with monkeypatch.context() as m:
+        m.setattr(budget_check, "open_reference", lambda *a, **k: pytest.fail("the cache was not used"))
+        assert budget_check.probe_study(tmp_path, qa_items=6, refusal_items=100) == probes
+    # the adapter trained again with other weights (a lost study folder): its probes are not its own any more
+    make_adapter(tiny_model, cell, seed=1)
+    again = budget_check.probe_study(tmp_path, qa_items=6, refusal_items=100)
+    assert again["u__dpo__s0@1"] != probes["u__dpo__s0@1"]
 
 
 def test_a_measure_is_judged_on_the_adapters_measured_on_it_in_full():

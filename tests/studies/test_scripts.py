@@ -77,3 +77,39 @@ def test_trend_table_without_any_finished_study_says_so(tmp_path):
     out = subprocess.run([sys.executable, str(STUDIES / "trend_table.py"), str(tmp_path)], capture_output=True,
                          text=True)
     assert out.returncode == 1 and "no finished study" in out.stderr
+
+
+def test_carry_packs_a_study_s_scores_and_probes_and_a_new_machine_gets_them_back(tmp_path, monkeypatch):
+    from bapo.runtime.store import Store
+
+    carry = script("carry")
+    monkeypatch.setattr(carry, "carried", lambda config: tmp_path / "carried" / f"{config.stem}.jsonl.gz")
+    config = tmp_path / "study.yaml"
+    config.write_text(f"out: {tmp_path / 'out'}\ntrain:\n  cache_dir: {tmp_path / 'cache'}\n")
+    store = Store(tmp_path / "cache" / "reference.sqlite")
+    store.put_eval("k1", {"acc": [1.0, 0.0]})
+    store.put_eval("k2", {"margin": [0.5]})
+    store.close()
+    probes = tmp_path / "out" / "budget_check" / "probes.json"
+    probes.parent.mkdir(parents=True)
+    probes.write_text(json.dumps({"cell@1": {"drift": [0.1]}}))
+    (probes.parent / "digests.json").write_text(json.dumps({"cell": "abc"}))
+    carry.pack(config)
+    first = (tmp_path / "carried" / "study.jsonl.gz").read_bytes()
+    carry.pack(config)
+    assert (tmp_path / "carried" / "study.jsonl.gz").read_bytes() == first  # byte-stable: no noise in git
+
+    # the next session's machine: no cache, no study folder, except what it has already scored again
+    import shutil
+
+    shutil.rmtree(tmp_path / "cache")
+    shutil.rmtree(tmp_path / "out")
+    store = Store(tmp_path / "cache" / "reference.sqlite")
+    store.put_eval("k2", {"margin": [0.7]})
+    store.close()
+    carry.unpack(config)
+    store = Store(tmp_path / "cache" / "reference.sqlite")
+    assert store.get_eval("k1") == {"acc": [1.0, 0.0]}
+    assert store.get_eval("k2") == {"margin": [0.7]}  # what the cache holds is kept
+    assert json.loads(probes.read_text()) == {"cell@1": {"drift": [0.1]}}
+    assert json.loads((probes.parent / "digests.json").read_text()) == {"cell": "abc"}

@@ -35,7 +35,7 @@ from bapo.evaluation.tasks import TaskSpec, load_suite, spec_items
 from bapo.evaluation.runner import evaluate
 from bapo.io import atomic_write_text, write_json
 from bapo.options import load_yaml
-from bapo.runtime.adapters import applied
+from bapo.runtime.adapters import applied, read_adapter
 from bapo.runtime.config import BudgetSettings
 from bapo.runtime.reference import open_reference
 from bapo.studies.config import StudyConfig
@@ -173,10 +173,15 @@ def probe_study(study: Path, qa_items: int = 300, refusal_items: int = 100, cons
     """Each adapter and scale (``CELL@SCALE``) -> each measure's per-item probe losses; cached, resumable. ``targets``:
     the (cell, scale) to probe (:func:`study_targets`), by default those the study has measured in full."""
     console = console or Console()
-    cache = study / "budget_check" / "probes.json"
+    cache, weights = study / "budget_check" / "probes.json", study / "budget_check" / "digests.json"
     done: dict[str, dict[str, list[float]]] = json.loads(cache.read_text()) if cache.exists() else {}
+    probed: dict[str, str] = json.loads(weights.read_text()) if weights.exists() else {}
     targets = targets if targets is not None else [(p.cell, p.scale) for p in full_points(study)]
-    todo = [(cell, scale) for cell, scale in targets if f"{cell}@{scale:g}" not in done]
+    digest = {cell: read_adapter(study / "cells" / cell).digest for cell in {c for c, _ in targets}}
+    # a probe serves the weights it probed: an adapter trained again (a study's folder lost, studies/carry.py) whose
+    # weights differ is probed again
+    todo = [(cell, scale) for cell, scale in targets
+            if f"{cell}@{scale:g}" not in done or probed.get(cell, digest[cell]) != digest[cell]]
     if not todo:
         return done
     cfg = load_yaml(study / "cells" / todo[0][0] / "config.yaml", TrainConfig)
@@ -189,7 +194,9 @@ def probe_study(study: Path, qa_items: int = 300, refusal_items: int = 100, cons
         for cell, scale in todo:
             with applied(ref.model, study / "cells" / cell, scale) as model:
                 done[f"{cell}@{scale:g}"] = prober.item_losses(model)
+            probed[cell] = digest[cell]
             write_json(cache, done)
+            write_json(weights, probed)
             advance(1)
     return done
 
