@@ -383,3 +383,21 @@ def test_on_a_cpu_another_thread_count_is_another_cache_entry_for_generated_answ
         assert tasks.generation_key(False, 32, "cpu") == []
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_same_user_s_other_held_out_pairs_are_a_task_of_their_own(setup, tiny_model, tmp_path):
+    """Two adapters of one user with different held-out pairs (another split) each keep their own: the second's task
+    is named after its adapter, where it used to replace the first's under the user's name."""
+    from bapo.evaluation.runner import candidates
+
+    root, adapters = setup
+    other = tmp_path / "dpo_other_split"
+    shutil.copytree(adapters[0], other)
+    lines = (other / "holdout.jsonl").read_text().splitlines()
+    (other / "holdout.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    cands, personal = candidates(EvalConfig(model=tiny_model, adapters=[adapters[0], adapters[1], str(other)],
+                                            suite=str(root / "suite.yaml")))
+    assert set(personal) == {"personal:ann", "personal:ann@dpo_other_split"}
+    assert (len(personal["personal:ann"].items), len(personal["personal:ann@dpo_other_split"].items)) == (
+        len(lines), len(lines) - 1)
+    assert [c.personal for c in cands[1:]] == [["personal:ann"], ["personal:ann"], ["personal:ann@dpo_other_split"]]

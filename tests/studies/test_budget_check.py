@@ -145,10 +145,9 @@ def test_a_measure_is_judged_on_the_adapters_measured_on_it_in_full():
     assert r.measure == "drift" and "| 33% | 33% | 0% | - | - |" in markdown([r])  # d at 0.5 keeps 1/3; qa: no row
 
 
-def test_drift_points_measure_every_trained_cell_at_its_study_scales_under_the_study_keys(tmp_path, tiny_model):
+def _study(tmp_path, tiny_model, suite: str):
+    """A study of a dpo and a bapo cell (random adapters with held-out pairs), DPO also at scale 0.5."""
     from bapo.options import dump_yaml
-    from bapo.runtime.store import Store
-    from bapo.studies import budget_check
     from bapo.studies.config import StudyConfig
     from bapo.studies.plan import cell_dir, plan
     from bapo.training.config import TrainConfig
@@ -158,24 +157,62 @@ def test_drift_points_measure_every_trained_cell_at_its_study_scales_under_the_s
                       frontier_scales=[0.5], train=TrainConfig(model=tiny_model, device="cpu", dtype="float32"))
     out = tmp_path / "s"
     out.mkdir()
-    (out / "suite.yaml").write_text(
-        "tasks:\n  - {name: arc, kind: mc, path: nowhere.jsonl}\n"  # not read: drift alone is measured
-        "  - {name: drift, kind: drift, path: package:general_prompts.jsonl, limit: 3, max_new_tokens: 4}\n")
-    dpo, bapo = plan(cfg)
-    for i, cell in enumerate((dpo, bapo)):
+    (out / "suite.yaml").write_text(suite)
+    for i, cell in enumerate(plan(cfg)):
         d = make_adapter(tiny_model, cell_dir(out, cell), seed=i)
         (d / "config.yaml").write_text(dump_yaml(cfg.train))
-        write_jsonl(d / "holdout.jsonl", [{"prompt": f"Say {w}.", "chosen": w, "rejected": w[::-1] + " no"}
-                                          for w in ("yes", "sure", "fine")])
+        write_jsonl(d / "holdout.jsonl", [{"prompt": f"Say {w}.", "chosen": w, "rejected": w[::-1] + " no",
+                                           "user_id": "u"} for w in ("yes", "sure", "fine")])
         (d / "run.json").write_text("{}")
+    return cfg, plan(cfg)
+
+
+def _evals(tmp_path) -> int:
+    from bapo.runtime.store import Store
+
+    return Store(tmp_path / "cache" / "reference.sqlite").db.execute("SELECT COUNT(*) FROM evals").fetchone()[0]
+
+
+def test_drift_points_measure_every_trained_cell_at_its_study_scales_under_the_study_keys(tmp_path, tiny_model):
+    from bapo.studies import budget_check
+
+    cfg, (dpo, bapo) = _study(tmp_path, tiny_model, (
+        "tasks:\n  - {name: arc, kind: mc, path: nowhere.jsonl}\n"  # not read: drift alone is measured
+        "  - {name: drift, kind: drift, path: package:general_prompts.jsonl, limit: 3, max_new_tokens: 4}\n"))
     assert budget_check.study_targets(cfg) == [(dpo.name, 1.0), (dpo.name, 0.5), (bapo.name, 1.0)]
     points = budget_check.drift_points(cfg)
     assert [(p.cell, p.scale) for p in points] == [(bapo.name, 1.0), (dpo.name, 0.5), (dpo.name, 1.0)]
     assert all(set(p.full) == {"drift"} and p.full["drift"] > 0 for p in points)  # a random adapter drifts
-    evals = Store(tmp_path / "cache" / "reference.sqlite").db.execute("SELECT COUNT(*) FROM evals").fetchone()[0]
     # cached: base, the 2 adapters and dpo@0.5, each on drift and on the held-out pairs, and the reference's own
     # log-probs on each task (logps_as_scored); a second call scores nothing
-    assert evals == 4 * 2 + 2
+    assert _evals(tmp_path) == 4 * 2 + 2
     assert budget_check.drift_points(cfg) == points
-    assert Store(tmp_path / "cache" / "reference.sqlite").db.execute("SELECT COUNT(*) FROM evals").fetchone()[0] == 10
+    assert _evals(tmp_path) == 10
 
+
+def test_scored_points_read_what_the_study_has_scored_and_score_nothing(tmp_path, tiny_model):
+    from dataclasses import replace
+
+    from bapo.evaluation.runner import evaluate
+    from bapo.studies import budget_check
+    from bapo.studies.plan import eval_config
+    from tests.helpers import write_jsonl
+
+    write_jsonl(tmp_path / "qa.jsonl", [{"question": f"Capital {i}?", "answer": f"city {i}"} for i in range(4)])
+    write_jsonl(tmp_path / "harm.jsonl", [{"prompt": f"Do harm {i}"} for i in range(3)])
+    cfg, (dpo, bapo) = _study(tmp_path, tiny_model, (
+        "tasks:\n  - {name: drift, kind: drift, path: package:general_prompts.jsonl, limit: 2, max_new_tokens: 4}\n"
+        f"  - {{name: triviaqa, kind: qa, path: {tmp_path / 'qa.jsonl'}, max_new_tokens: 4}}\n"
+        f"  - {{name: refusal_harmful, kind: refusal, path: {tmp_path / 'harm.jsonl'}, max_new_tokens: 4}}\n"))
+    assert budget_check.scored_points(cfg) == [] and _evals(tmp_path) == 0
+    out = tmp_path / "s"
+    evaluate(replace(eval_config(cfg, [dpo, bapo], out / "suite.yaml", out), out=str(out / "eval")))  # scale 1
+    scored = _evals(tmp_path)
+    points = budget_check.scored_points(cfg)
+    assert [(p.cell, p.scale) for p in points] == [(bapo.name, 1.0), (dpo.name, 1.0)]  # dpo@0.5: not scored yet
+    assert set(points[0].full) >= {"drift", "qa", "refusal"} and _evals(tmp_path) == scored
+    # with DPO's frontier scored too, every target is a full point; budget_check reads drift-only points for none
+    evaluate(replace(eval_config(cfg, [dpo], out / "suite.yaml", out), adapter_scales=[0.5], out=str(out / "f")))
+    full = budget_check.study_points(cfg)
+    assert [(p.cell, p.scale) for p in full] == [(bapo.name, 1.0), (dpo.name, 0.5), (dpo.name, 1.0)]
+    assert all("qa" in p.full for p in full)

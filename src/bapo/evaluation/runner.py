@@ -88,8 +88,11 @@ def candidates(cfg: EvalConfig) -> tuple[list[Candidate], dict[str, Task]]:
             if key not in by_digest:
                 pairs = load_feedback(str(holdout)) if holds_feedback(str(holdout)) else load_pairs(str(holdout))
                 who = _personal_who(info.path, pairs)
-                by_digest[key] = f"personal:{who}"
-                personal[by_digest[key]] = personal_task(by_digest[key], pairs, who, TIE_NATS)
+                name = f"personal:{who}"
+                if name in personal:  # the same user's other held-out pairs (another split): named by this adapter
+                    name = f"personal:{who}@{info.path.name}"
+                by_digest[key] = name
+                personal[name] = personal_task(name, pairs, who, TIE_NATS)
             own = [by_digest[key]]
         for s in cfg.adapter_scales:
             label = info.path.name if cfg.adapter_scales == [1.0] else f"{info.path.name}@{s:g}"

@@ -32,14 +32,14 @@ from bapo import progress
 from bapo.budget.probe import Prober
 from bapo.evaluation.records import Record
 from bapo.evaluation.tasks import TaskSpec, load_suite, spec_items
-from bapo.evaluation.runner import evaluate
+from bapo.evaluation.runner import evaluate, unscored
 from bapo.io import atomic_write_text, write_json
 from bapo.options import load_yaml
 from bapo.runtime.adapters import applied, read_adapter
 from bapo.runtime.config import BudgetSettings
 from bapo.runtime.reference import open_reference
 from bapo.studies.config import StudyConfig
-from bapo.studies.plan import cell_dir, eval_config, frontier_config, frontier_scales, plan
+from bapo.studies.plan import Cell, cell_dir, eval_config, frontier_config, frontier_scales, plan
 from bapo.training.config import TrainConfig
 
 MEASURES = ("drift", "qa", "refusal")
@@ -88,14 +88,16 @@ def _full_specs(study: Path) -> dict[str, TaskSpec]:
             "refusal": next(t for t in tasks if _harmful(t))}
 
 
-def full_points(study: Path) -> list[Point]:
-    """Every adapter at every scale the study evaluated (``eval/`` and ``eval_frontier/``), as :class:`Point`."""
+def full_points(study: Path, records: list[Record] | None = None) -> list[Point]:
+    """Every adapter at every scale the study evaluated (``eval/`` and ``eval_frontier/``, or ``records``), as
+    :class:`Point`."""
     specs = _full_specs(study)
-    records: list[Record] = []
-    for folder in ("eval", "eval_frontier"):
-        f = study / folder / "results.json"
-        if f.exists():
-            records += [Record.from_dict(r) for r in json.loads(f.read_text())["records"]]
+    if records is None:
+        records = []
+        for folder in ("eval", "eval_frontier"):
+            f = study / folder / "results.json"
+            if f.exists():
+                records += [Record.from_dict(r) for r in json.loads(f.read_text())["records"]]
     loss = {"drift": (specs["drift"].name, "logp_change_per_token"), "qa": (specs["qa"].name, "acc"),
             "refusal": (specs["refusal"].name, "refusal")}
     by: dict[tuple[str, float], dict[tuple[str, str], Record]] = {}
@@ -128,11 +130,31 @@ def probe_pools(study: Path, qa_items: int, refusal_items: int, seed: int = 0) -
     return out
 
 
+def _trained(cfg: StudyConfig) -> list[Cell]:
+    return [c for c in plan(cfg) if (cell_dir(Path(cfg.out), c) / "run.json").exists()]
+
+
+def _scales(cfg: StudyConfig, cell: Cell) -> list[float]:
+    return [1.0, *frontier_scales(cfg)] if cell.method == "dpo" else [1.0]
+
+
 def study_targets(cfg: StudyConfig) -> list[tuple[str, float]]:
     """Every trained cell of the study at every scale the study measures it at: 1, and DPO's ``frontier_scales``."""
-    out = Path(cfg.out)
-    return [(c.name, s) for c in plan(cfg) if (cell_dir(out, c) / "run.json").exists()
-            for s in ([1.0, *frontier_scales(cfg)] if c.method == "dpo" else [1.0])]
+    return [(c.name, s) for c in _trained(cfg) for s in _scales(cfg, c)]
+
+
+def scored_points(cfg: StudyConfig, console: Console | None = None) -> list[Point]:
+    """Every trained cell at every scale the study measures it at whose every score the study's cache already holds
+    (the base model's too), read from it with ``bapo eval`` scoring nothing: what a study part way through its
+    evaluation has measured in full, one adapter and scale at a time."""
+    out, records = Path(cfg.out), []
+    for cell in _trained(cfg):
+        for scale in _scales(cfg, cell):
+            ev = replace(eval_config(cfg, [cell], out / "suite.yaml", out), adapter_scales=[scale],
+                         out=str(out / "budget_check" / "full" / f"{cell.name}@{scale:g}"))
+            if not unscored(ev):
+                records += evaluate(ev, console).records
+    return full_points(out, records)
 
 
 def drift_points(cfg: StudyConfig, console: Console | None = None) -> list[Point]:
@@ -140,8 +162,7 @@ def drift_points(cfg: StudyConfig, console: Console | None = None) -> list[Point
     prompts, and the held-out margin): ``bapo eval`` with the study's own settings, so what it scores is cached under
     the keys the study reads, and costs the study nothing later. Minutes, where the study's full evaluation takes ten
     per adapter: the drift probe can be validated on every adapter while the study still scores them."""
-    out = Path(cfg.out)
-    cells = [c for c in plan(cfg) if (cell_dir(out, c) / "run.json").exists()]
+    out, cells = Path(cfg.out), _trained(cfg)
     if not cells:
         return []
     suite = out / "budget_check" / "drift_suite.yaml"
@@ -161,9 +182,9 @@ def drift_points(cfg: StudyConfig, console: Console | None = None) -> list[Point
 
 
 def study_points(cfg: StudyConfig, console: Console | None = None) -> list[Point]:
-    """The study's adapters at every scale it measures them at: every measure where the study's evaluation has
-    finished (``eval/results.json``), drift alone (:func:`drift_points`) where it has not yet."""
-    complete = {(p.cell, p.scale): p for p in full_points(Path(cfg.out))}
+    """The study's adapters at every scale it measures them at: every measure where the study has scored them
+    (:func:`scored_points`), drift alone (:func:`drift_points`) where it has not yet."""
+    complete = {(p.cell, p.scale): p for p in scored_points(cfg, console)}
     drift = {(p.cell, p.scale): p for p in drift_points(cfg, console)}
     return [complete.get(k, p) for k, p in sorted({**drift, **complete}.items())]
 
@@ -276,6 +297,7 @@ def markdown(rows: list[HoldRow], target: float = 0.9) -> str:
     for r in rows:
         mark = " **(cheapest >= 90%)**" if best.get((r.measure, r.budget)) == r.items else ""
         where = "-" if r.holds_binding is None else f"{r.holds_binding:.0%}"
-        lines.append(f"| {r.measure} | {r.items} | {r.budget:g} | {r.cases} | {r.binding:.0%} | {r.holds:.0%} | {where}{mark} | "
-                     f"{r.kept:.0%} | {r.kept_full:.0%} | {r.chose_base:.0%} | {_pts(r.knowledge_lost)} | {_pts(r.over_refusal)} |")
+        lines.append(f"| {r.measure} | {r.items} | {r.budget:g} | {r.cases} | {r.binding:.0%} | {r.holds:.0%} | "
+                     f"{where}{mark} | {r.kept:.0%} | {r.kept_full:.0%} | {r.chose_base:.0%} | "
+                     f"{_pts(r.knowledge_lost)} | {_pts(r.over_refusal)} |")
     return "\n".join(lines) + "\n"
