@@ -23,7 +23,10 @@ from bapo.studies.budget_check import Point, hold_rows, markdown, probe_study, s
 from bapo.studies.config import StudyConfig
 
 SIZES = {"drift": [10, 20, 40], "qa": [50, 100, 300], "refusal": [25, 50, 100]}
-BUDGETS = {"drift": [0.05, 0.1, 0.2], "qa": [0.01, 0.02, 0.05], "refusal": [0.02, 0.05, 0.1]}
+# drift 0.5, 0.75 and 1 were added on 2026-12-06 after the first table: every DPO adapter drifted more than 0.2
+# nats/token even at scale 0.25 on the study's prompts, so below 0.2 the probe and the full measure both chose the
+# base model and the check tested nothing between scales; from 0.5 up their choices fall between 0.25 and 0.75.
+BUDGETS = {"drift": [0.05, 0.1, 0.2, 0.5, 0.75, 1.0], "qa": [0.01, 0.02, 0.05], "refusal": [0.02, 0.05, 0.1]}
 
 
 def main() -> None:

@@ -92,6 +92,10 @@ def test_the_chosen_scale_is_built_into_a_standard_adapter_and_recorded(tmp_path
     assert set(rec["probe"][0]["losses"]) == {"drift", "qa", "refusal"}
     drift = {r["scale"]: r["losses"]["drift"] for r in rec["probe"]}
     assert drift[1.0] > 0 and drift[0.0] == 0.0  # the trained adapter moved away from the reference's answers
+    from bapo.budget.run import describe
+
+    said = " ".join(str(x) for x in describe(res.out))
+    assert "the qa and refusal probes are not validated" in said  # the user is told what the budget can promise
 
     # a limit between the losses of two scales: the largest scale within it is built in
     limit = (drift[0.5] + drift[0.75]) / 2 if drift[0.5] < drift[0.75] else drift[0.25]

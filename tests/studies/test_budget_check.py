@@ -143,6 +143,11 @@ def test_a_measure_is_judged_on_the_adapters_measured_on_it_in_full():
     only_drift = [p for p in points if p.cell == "d"]
     (r,) = hold_rows(only_drift, probes, {"drift": [2], "qa": [2]}, {"drift": [0.1], "qa": [0.1]})
     assert r.measure == "drift" and "| 33% | 33% | 0% | - | - |" in markdown([r])  # d at 0.5 keeps 1/3; qa: no row
+    # a budget only the base model meets: it lost nothing of ARC-Easy + PIQA, but 'd' was never measured on them
+    (z,) = hold_rows(only_drift, probes, {"drift": [2]}, {"drift": [0.01]})
+    assert z.chose_base == 1.0 and "| 100% | - | - |" in markdown([z])
+    (a,) = hold_rows(points[:2], probes, {"drift": [2]}, {"drift": [0.01]})
+    assert a.chose_base == 1.0 and a.knowledge_lost == 0.0
 
 
 def _study(tmp_path, tiny_model, suite: str):

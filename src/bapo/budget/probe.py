@@ -22,6 +22,12 @@ from bapo.runtime.config import BudgetSettings
 from bapo.runtime.reference import Reference
 from bapo.runtime.store import make_key
 
+# The measures whose probe was checked against the full measures and held, where its budget binds, for at least 90%
+# of a study's adapters (docs/RESULTS.md, "Which forgetting-budget probe can be trusted"; 2026-12-06: drift at 10
+# prompts and every budget from 0.05 to 1 nats/token). The qa and refusal probes are not validated: their budget holds
+# on the probe's own items, and bapo train says so.
+VALIDATED = ("drift",)
+
 # measure -> (task kind, its headline metric, sign: loss = sign * (base - adapter))
 PROBES = {"drift": ("drift", "logp_change_per_token"), "qa": ("qa", "acc"), "refusal": ("refusal", "refusal")}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from bapo.budget.probe import Prober, ProbeRow, choose
+from bapo.budget.probe import VALIDATED, Prober, ProbeRow, choose
 from bapo.data.config import renderer
 from bapo.io import atomic_write_text, csv_text, write_json
 from bapo.runtime import distributed
@@ -143,6 +143,12 @@ def describe(adapter: Path) -> list:
                       "yes" if row["within"] else "no")
     head = (f"forgetting budget: {', '.join(f'{m} <= {v:g}' for m, v in limits.items())} (losses against the base "
             f"model; positive = lost)")
+    unchecked = [m for m in limits if m not in VALIDATED]
+    if unchecked:
+        many = len(unchecked) > 1
+        head += (f"\n[yellow]note:[/] the {' and '.join(unchecked)} probe{'s are' if many else ' is'} not validated "
+                 f"against the full measure{'s' if many else ''} (docs/budget.md): within the budget on the probe's "
+                 "own items, the adapter may lose more elsewhere")
     if rec["scale"] == 0.0:
         tail = ("[yellow]warning:[/] only the base model (scale 0) met the forgetting budget: nothing of the user's "
                 "taste survives; the adapter written is the base model's")

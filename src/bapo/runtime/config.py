@@ -106,7 +106,9 @@ class BudgetSettings:
                                  flag="budget-scales")
     drift_prompts: str = option("package:general_prompts.jsonl", "Prompts of the drift probe (the reference answers "
                                 "them once, cached).", flag="budget-drift-prompts")
-    drift_items: int = option(40, "Prompts in the drift probe (a seeded subset; 0 = all).", flag="budget-drift-items")
+    # 10: the cheapest drift probe that held wherever its budget bound on the frontier study's adapters (40 and 20
+    # held as well; docs/RESULTS.md, 2026-12-06)
+    drift_items: int = option(10, "Prompts in the drift probe (a seeded subset; 0 = all).", flag="budget-drift-items")
     qa_path: str = option("", "Questions of the qa probe (TriviaQA-style JSONL); needed by a qa budget.",
                           flag="budget-qa-data")
     qa_items: int = option(100, "Questions in the qa probe (0 = all).", flag="budget-qa-items")

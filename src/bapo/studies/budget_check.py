@@ -256,8 +256,10 @@ def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], si
                         kept.append(scales[chosen].margin / top if chosen and top > 0 else 0.0)
                         kept_full.append(scales[oracle].margin / top if oracle and top > 0 else 0.0)
                         base.append(chosen == 0.0)
-                        lost.append(scales[chosen].full.get("knowledge", nan) if chosen else 0.0)
-                        over.append(scales[chosen].full.get("over_refusal", nan) if chosen else 0.0)
+                        # the base model loses nothing, but counts only where the adapter was measured on them
+                        lost.append(scales[chosen if chosen else max(scales)].full.get("knowledge", nan) * bool(chosen))
+                        over.append(scales[chosen if chosen else max(scales)].full.get("over_refusal", nan)
+                                    * bool(chosen))
                 n = len(holds)
                 if n:
                     rows.append(HoldRow(m, k, b, len(cells), sum(holds) / n, sum(kept) / n, sum(kept_full) / n,
