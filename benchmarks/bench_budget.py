@@ -54,7 +54,7 @@ def main() -> None:
         del lora
         settings = BudgetSettings(spec=args.budget)
         if args.drift_items is not None:
-            settings = BudgetSettings(spec=args.budget, drift_items=args.drift_items)
+            settings.drift_items = args.drift_items
         t0 = time.perf_counter()
         ref = load_reference(path, renderer(load_tokenizer(path), DataConfig()), device="auto", dtype=args.dtype)
         loading = time.perf_counter() - t0
