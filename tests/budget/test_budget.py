@@ -13,6 +13,7 @@ import bapo
 from bapo.budget.probe import ProbeRow, choose
 from bapo.data.config import DataConfig
 from bapo.errors import ConfigError
+from bapo.io import write_json
 from bapo.runtime.adapters import applied
 from bapo.runtime.config import BudgetSettings
 from bapo.runtime.models import load_model
@@ -63,6 +64,27 @@ def test_the_largest_scale_within_every_limit_is_chosen():
         BudgetSettings(spec="drift:0.1", scales=[1.5, 0.0]).validate()
 
 
+@pytest.mark.parametrize("limits,items,unchecked", [
+    ({"drift": 0.1}, {"drift": 10}, None),
+    ({"drift": 0.1, "refusal": 0.05}, {"drift": 40, "refusal": 50}, None),
+    ({"refusal": 0.02}, {"refusal": 50}, "the refusal probe is not validated"),  # a budget below the checked range
+    ({"refusal": 0.1}, {"refusal": 25}, "the refusal probe is not validated"),  # fewer requests than were checked
+    ({"drift": 0.1, "qa": 0.05}, {"drift": 10, "qa": 300}, "the qa probe is not validated"),  # qa never held
+    # drift below its checked budgets, and qa
+    ({"drift": 0.01, "qa": 0.05}, {"drift": 10, "qa": 300}, "the drift and qa probes are not validated"),
+])
+def test_the_user_is_told_which_probes_were_not_validated_at_their_size_and_budget(tmp_path, limits, items, unchecked):
+    from bapo.budget.run import BudgetChoice, describe
+
+    rows = [ProbeRow(1.0, {m: 0.0 for m in limits}, True)]
+    write_json(tmp_path / "run.json", {"forgetting_budget": BudgetChoice(limits, rows, 1.0, 3.0, items).record([1.0])})
+    said = " ".join(str(x) for x in describe(tmp_path))
+    if unchecked is None:
+        assert "not validated" not in said
+    else:
+        assert unchecked in said
+
+
 def test_the_base_models_probe_scores_are_cached_across_probers(tmp_path, tiny_model, monkeypatch):
     from bapo.budget.probe import Prober
     from bapo.runtime.reference import open_reference
@@ -94,8 +116,10 @@ def test_the_chosen_scale_is_built_into_a_standard_adapter_and_recorded(tmp_path
     assert drift[1.0] > 0 and drift[0.0] == 0.0  # the trained adapter moved away from the reference's answers
     from bapo.budget.run import describe
 
+    assert rec["items"] == {"drift": 8, "qa": 6, "refusal": 6}  # the probe sizes, which say what was validated
     said = " ".join(str(x) for x in describe(res.out))
-    assert "the qa and refusal probes are not validated" in said  # the user is told what the budget can promise
+    # the user is told what the budget can promise: no probe this small was validated
+    assert "the drift, qa and refusal probes are not validated" in said
 
     # a limit between the losses of two scales: the largest scale within it is built in
     limit = (drift[0.5] + drift[0.75]) / 2 if drift[0.5] < drift[0.75] else drift[0.25]
@@ -154,7 +178,8 @@ def test_an_adapter_trained_again_into_its_folder_is_the_one_probed(tmp_path, ti
 
     out = make_adapter(tiny_model, tmp_path / "out", seed=0)
     probed = []
-    prober = SimpleNamespace(limits={"drift": 1.0}, table=lambda path: probed.append(path) or [
+    prober = SimpleNamespace(limits={"drift": 1.0}, sizes=lambda: {"drift": 10},
+                             table=lambda path: probed.append(path) or [
         ProbeRow(1.0, {"drift": 2.0}, False), ProbeRow(0.5, {"drift": 0.5}, True), ProbeRow(0.0, {"drift": 0.0}, True)])
     first = load_file(str(out / "adapter_model.safetensors"))
     assert apply_budget(out, prober, [1.0, 0.5, 0.0]).scale == 0.5

@@ -22,11 +22,20 @@ from bapo.runtime.config import BudgetSettings
 from bapo.runtime.reference import Reference
 from bapo.runtime.store import make_key
 
-# The measures whose probe was checked against the full measures and held, where its budget binds, for at least 90%
-# of a study's adapters (docs/RESULTS.md, "Which forgetting-budget probe can be trusted"; 2026-12-06: drift at 10
-# prompts and every budget from 0.05 to 1 nats/token). The qa and refusal probes are not validated: their budget holds
-# on the probe's own items, and bapo train says so.
-VALIDATED = ("drift",)
+# Where each measure's probe was checked against the full measures and held, where its budget binds, for at least 90%
+# of a study's adapters (docs/RESULTS.md, "Which forgetting-budget probe can be trusted"; 2026-12-06, DPO's frontier
+# at flip:0.5): measure -> (fewest probe items, smallest budget) from which it held. drift held at 10-40 prompts and
+# every budget from 0.05 to 1 nats/token; refusal at 50 requests from budget 0.05 up (and 100); qa held at no size or
+# budget (the share a probe loses is capped by the base model's own accuracy on its questions, which differs from set
+# to set). Outside these a budget holds on the probe's own items, and bapo train says so.
+VALIDATED: dict[str, tuple[int, float]] = {"drift": (10, 0.05), "refusal": (50, 0.05)}
+
+
+def validated(measure: str, items: int, budget: float) -> bool:
+    """Whether a probe of ``items`` items at ``budget`` lies in the range its validation held in (:data:`VALIDATED`)."""
+    least = VALIDATED.get(measure)
+    return least is not None and items >= least[0] and budget >= least[1]
+
 
 # measure -> (task kind, its headline metric, sign: loss = sign * (base - adapter))
 PROBES = {"drift": ("drift", "logp_change_per_token"), "qa": ("qa", "acc"), "refusal": ("refusal", "refusal")}
@@ -91,6 +100,10 @@ class Prober:
     def losses(self, model) -> dict[str, float]:
         """Each measure's loss of ``model`` against the base model (drift's base value is 0 by definition)."""
         return {m: statistics.fmean(v) for m, v in self.item_losses(model).items()}
+
+    def sizes(self) -> dict[str, int]:
+        """How many items each measure's probe has."""
+        return {m: len(t.items) for m, t in self.tasks.items()}
 
     def table(self, adapter: str) -> list[ProbeRow]:
         """The adapter at every scale of the settings, largest first; scale 0 is the base model (no loss)."""

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.table import Table
 
-from bapo.budget.probe import VALIDATED, Prober, ProbeRow, choose
+from bapo.budget.probe import Prober, ProbeRow, choose, validated
 from bapo.data.config import renderer
 from bapo.io import atomic_write_text, csv_text, write_json
 from bapo.runtime import distributed
@@ -31,12 +31,14 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 @dataclass(frozen=True)
 class BudgetChoice:
-    """A probed adapter: the budget, the probe's table (largest scale first), the scale built in, the probe's time."""
+    """A probed adapter: the budget, the probe's table (largest scale first), the scale built in, the probe's time,
+    and how many items each measure's probe had."""
 
     limits: dict[str, float]
     rows: list[ProbeRow]
     scale: float
     seconds: float
+    items: dict[str, int] = field(default_factory=dict)
 
     @property
     def nothing_survives(self) -> bool:
@@ -45,7 +47,7 @@ class BudgetChoice:
 
     def record(self, scales: list[float]) -> dict:
         return {"limits": self.limits, "scales": scales, "scale": self.scale, "seconds": round(self.seconds, 1),
-                "probe": [asdict(r) for r in self.rows]}
+                "items": self.items, "probe": [asdict(r) for r in self.rows]}
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -99,7 +101,7 @@ def apply_budget(adapter: Path, prober: Prober, scales: list[float]) -> BudgetCh
             shutil.copy2(adapter / name, staging / name)
         staging.rename(trained)
     rows = prober.table(str(trained))
-    choice = BudgetChoice(prober.limits, rows, choose(rows), time.time() - t0)
+    choice = BudgetChoice(prober.limits, rows, choose(rows), time.time() - t0, prober.sizes())
     write_scaled(trained, adapter, choice.scale, {"source": AS_TRAINED, "scale": choice.scale,
                                                   "budget": prober.limits})
     run_file = adapter / "run.json"
@@ -127,7 +129,8 @@ def _earlier(cfg: TrainConfig, adapter: Path) -> BudgetChoice | None:
     rec = json.loads(run_file.read_text()).get("forgetting_budget")
     if not rec or rec.get("limits") != cfg.budget.limits() or rec.get("scales") != cfg.budget.scales:
         return None
-    return BudgetChoice(rec["limits"], [ProbeRow(**r) for r in rec["probe"]], rec["scale"], rec["seconds"])
+    return BudgetChoice(rec["limits"], [ProbeRow(**r) for r in rec["probe"]], rec["scale"], rec["seconds"],
+                        rec.get("items", {}))
 
 
 def describe(adapter: Path) -> list:
@@ -143,12 +146,13 @@ def describe(adapter: Path) -> list:
                       "yes" if row["within"] else "no")
     head = (f"forgetting budget: {', '.join(f'{m} <= {v:g}' for m, v in limits.items())} (losses against the base "
             f"model; positive = lost)")
-    unchecked = [m for m in limits if m not in VALIDATED]
+    unchecked = [m for m, b in limits.items() if not validated(m, rec.get("items", {}).get(m, 0), b)]
     if unchecked:
         many = len(unchecked) > 1
-        head += (f"\n[yellow]note:[/] the {' and '.join(unchecked)} probe{'s are' if many else ' is'} not validated "
-                 f"against the full measure{'s' if many else ''} (docs/budget.md): within the budget on the probe's "
-                 "own items, the adapter may lose more elsewhere")
+        names = " and ".join([", ".join(unchecked[:-1]), unchecked[-1]] if many else unchecked)
+        head += (f"\n[yellow]note:[/] the {names} probe{'s are' if many else ' is'} not validated "
+                 f"against the full measure{'s' if many else ''} at {'these' if many else 'this'} size and budget "
+                 "(docs/budget.md): within the budget on the probe's own items, the adapter may lose more elsewhere")
     if rec["scale"] == 0.0:
         tail = ("[yellow]warning:[/] only the base model (scale 0) met the forgetting budget: nothing of the user's "
                 "taste survives; the adapter written is the base model's")
