@@ -22,11 +22,14 @@ from bapo.options import load_yaml
 from bapo.studies.budget_check import Point, hold_rows, markdown, probe_study, study_points, study_targets
 from bapo.studies.config import StudyConfig
 
-SIZES = {"drift": [10, 20, 40], "qa": [50, 100, 300], "refusal": [25, 50, 100]}
+SIZES = {"drift": [10, 20, 40], "qa": [50, 100, 300], "refusal": [25, 50, 100], "qa_share": [50, 100, 300]}
 # drift 0.5, 0.75 and 1 were added on 2026-12-06 after the first table: every DPO adapter drifted more than 0.2
 # nats/token even at scale 0.25 on the study's prompts, so below 0.2 the probe and the full measure both chose the
 # base model and the check tested nothing between scales; from 0.5 up their choices fall between 0.25 and 0.75.
-BUDGETS = {"drift": [0.05, 0.1, 0.2, 0.5, 0.75, 1.0], "qa": [0.01, 0.02, 0.05], "refusal": [0.02, 0.05, 0.1]}
+# qa_share (a candidate, added 2026-12-06 after qa failed: the share of the base model's right answers lost) at budgets
+# chosen, before reading it, to fall between DPO's full losses at scales 0.25 (~0.4) and 1 (~0.9).
+BUDGETS = {"drift": [0.05, 0.1, 0.2, 0.5, 0.75, 1.0], "qa": [0.01, 0.02, 0.05], "refusal": [0.02, 0.05, 0.1],
+           "qa_share": [0.2, 0.4, 0.6]}
 
 
 def main() -> None:

@@ -90,7 +90,27 @@ def test_full_points_read_the_study_records(tmp_path):
     (tmp_path / "eval" / "results.json").write_text(json.dumps({"records": recs}))
     (p,) = full_points(tmp_path)
     assert (p.cell, p.scale, p.margin) == ("c", 1.0, 3.0)
-    assert p.full == pytest.approx({"drift": 0.3, "qa": 0.04, "refusal": 0.2, "knowledge": 0.02, "over_refusal": 0.5})
+    # qa_share: 0.04 of all questions lost, where the base model answered 0.05 + 0.04 = 0.09 right
+    assert p.full == pytest.approx({"drift": 0.3, "qa": 0.04, "refusal": 0.2, "knowledge": 0.02, "over_refusal": 0.5,
+                                    "qa_share": 0.04 / 0.09})
+
+
+def test_the_qa_share_probe_divides_what_was_lost_by_what_the_base_model_knew_on_the_same_items():
+    # the base model answered items 0 and 1 of four right; at scale 1 the adapter lost item 0 (half of what it knew),
+    # a quarter of all items; at 0.5 it lost nothing and got item 3 right as well (a gain: loss -1)
+    points = [Point("a", 1.0, {"qa": 0.25, "qa_share": 0.5}, 4.0), Point("a", 0.5, {"qa": 0.0, "qa_share": 0.0}, 1.0)]
+    probes = {"a@1": {"qa": [1.0, 0.0, 0.0, 0.0], "qa_base": [1.0, 1.0, 0.0, 0.0]},
+              "a@0.5": {"qa": [0.0, 0.0, 0.0, -1.0], "qa_base": [1.0, 1.0, 0.0, 0.0]}}
+    # a budget of 0.3: qa reads 0.25 at scale 1 and keeps it, qa_share reads 0.5 and steps down to 0.5
+    qa, share = hold_rows(points, probes, {"qa": [4], "qa_share": [4]}, {"qa": [0.3], "qa_share": [0.3]})
+    assert (qa.measure, qa.kept) == ("qa", 1.0) and (share.measure, share.kept, share.holds) == ("qa_share", 0.25, 1.0)
+    # two items drawn: a draw without items 0 or 1 holds nothing the base model knew, so reads no loss
+    import random
+
+    rows = hold_rows(points, probes, {"qa_share": [2, 4]}, {"qa_share": [0.3]}, seed=0)
+    draws = [random.Random(d).sample(range(4), 2) for d in range(20)]
+    lost = [(1 if 0 in idx else 0) / sum(i in (0, 1) for i in idx) if set(idx) & {0, 1} else 0.0 for idx in draws]
+    assert rows[0].holds == pytest.approx(sum(x > 0.3 for x in lost) / 20)
 
 
 def test_probe_study_probes_held_back_items_at_every_measured_scale_and_resumes(tmp_path, tiny_model, monkeypatch):
@@ -121,9 +141,16 @@ def test_probe_study_probes_held_back_items_at_every_measured_scale_and_resumes(
     assert [len(probes["u__dpo__s0@1"][m]) for m in ("qa", "refusal")] == [6, 6]
     assert len(probes["u__dpo__s0@1"]["drift"]) == 40  # the default drift probe: the package's 40 general prompts
     assert probes["u__dpo__s0@1"] != probes["u__dpo__s0@0.5"]  # the scale applied
+    # the base model's own score on each probed question, the same for every scale (what qa_share divides by)
+    base = probes["u__dpo__s0@1"]["qa_base"]
+    assert len(base) == 6 and set(base) <= {0.0, 1.0} and probes["u__dpo__s0@0.5"]["qa_base"] == base
     with monkeypatch.context() as m:
         m.setattr(budget_check, "open_reference", lambda *a, **k: pytest.fail("the cache was not used"))
         assert budget_check.probe_study(tmp_path, qa_items=6, refusal_items=100) == probes
+    # a cache written before the base model's scores were kept gets them, and keeps its probes
+    cache = tmp_path / "budget_check" / "probes.json"
+    cache.write_text(json.dumps({k: {m: v for m, v in p.items() if m != "qa_base"} for k, p in probes.items()}))
+    assert budget_check.probe_study(tmp_path, qa_items=6, refusal_items=100) == probes
     # the adapter trained again with other weights (a lost study folder): its probes are not its own any more
     make_adapter(tiny_model, cell, seed=1)
     again = budget_check.probe_study(tmp_path, qa_items=6, refusal_items=100)

@@ -42,7 +42,10 @@ from bapo.studies.config import StudyConfig
 from bapo.studies.plan import Cell, cell_dir, eval_config, frontier_config, frontier_scales, plan
 from bapo.training.config import TrainConfig
 
-MEASURES = ("drift", "qa", "refusal")
+# A candidate measure no budget offers yet: ``qa_share``, the share of the questions the base model answered right that
+# the adapter lost (``qa``'s loss over the base model's accuracy on the same questions). ``qa`` did not hold because
+# the share of all questions lost is capped by the base model's accuracy, which differs from question set to question
+# set (6.0% on the probe pool against 10.3% on the study's 1,000, 2026-12-06); a share of what it knew should not be.
 nan = float("nan")
 
 
@@ -109,6 +112,9 @@ def full_points(study: Path, records: list[Record] | None = None) -> list[Point]
         if not all(k in recs and recs[k].delta is not None for k in loss.values()):
             continue
         full = {m: -recs[k].delta for m, k in loss.items()}  # type: ignore[operator]
+        qa = recs[loss["qa"]]
+        base_acc = qa.value - qa.delta  # type: ignore[operator]
+        full["qa_share"] = full["qa"] / base_acc if base_acc > 0 else nan
         mc = [r.delta for (t, metric), r in recs.items() if r.kind == "mc" and metric == "acc_norm"]
         full["knowledge"] = -sum(mc) / len(mc) if mc else float("nan")
         harmless = [r.delta for (t, metric), r in recs.items() if r.kind == "refusal" and metric == "refusal"
@@ -191,8 +197,9 @@ def study_points(cfg: StudyConfig, console: Console | None = None) -> list[Point
 
 def probe_study(study: Path, qa_items: int = 300, refusal_items: int = 100, console: Console | None = None,
                 targets: list[tuple[str, float]] | None = None) -> dict[str, dict[str, list[float]]]:
-    """Each adapter and scale (``CELL@SCALE``) -> each measure's per-item probe losses; cached, resumable. ``targets``:
-    the (cell, scale) to probe (:func:`study_targets`), by default those the study has measured in full."""
+    """Each adapter and scale (``CELL@SCALE``) -> each measure's per-item probe losses, and under ``qa_base`` the base
+    model's own per-item qa scores; cached, resumable. ``targets``: the (cell, scale) to probe
+    (:func:`study_targets`), by default those the study has measured in full."""
     console = console or Console()
     cache, weights = study / "budget_check" / "probes.json", study / "budget_check" / "digests.json"
     done: dict[str, dict[str, list[float]]] = json.loads(cache.read_text()) if cache.exists() else {}
@@ -203,18 +210,21 @@ def probe_study(study: Path, qa_items: int = 300, refusal_items: int = 100, cons
     # weights differ is probed again
     todo = [(cell, scale) for cell, scale in targets
             if f"{cell}@{scale:g}" not in done or probed.get(cell, digest[cell]) != digest[cell]]
-    if not todo:
+    if not targets or (not todo and all("qa_base" in v for v in done.values())):
         return done
-    cfg = load_yaml(study / "cells" / todo[0][0] / "config.yaml", TrainConfig)
+    cfg = load_yaml(study / "cells" / (todo or targets)[0][0] / "config.yaml", TrainConfig)
     ref = open_reference(cfg.model, cfg.data.max_length, cfg.data.max_prompt_length, cfg.cache_dir, cfg.device,
                          cfg.dtype)
     settings = BudgetSettings(spec="drift:0,qa:0,refusal:0", drift_items=0)
     console.print(f"probing {len(todo)} adapter scales ({len(done)} cached)")
     prober = Prober(ref, settings, items=probe_pools(study, qa_items, refusal_items))
+    for v in done.values():  # the base model's own score on each qa probe item (for qa_share), probed before it was kept
+        v["qa_base"] = prober.base_items["qa"]
+    write_json(cache, done)
     with progress.bar("probes", len(todo)) as advance:
         for cell, scale in todo:
             with applied(ref.model, study / "cells" / cell, scale) as model:
-                done[f"{cell}@{scale:g}"] = prober.item_losses(model)
+                done[f"{cell}@{scale:g}"] = {**prober.item_losses(model), "qa_base": prober.base_items["qa"]}
             probed[cell] = digest[cell]
             write_json(cache, done)
             write_json(weights, probed)
@@ -236,7 +246,7 @@ def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], si
         cells = {c: scales for c, scales in probed.items() if all(m in p.full for p in scales.values())}
         if not cells:
             continue
-        n_items = min(len(next(iter(probes.values()))[m]), max(sizes[m]))
+        n_items = min(len(next(iter(probes.values()))[_items_of(m)]), max(sizes[m]))
         for k in sizes[m]:
             k = min(k, n_items)
             subsets = [random.Random(seed + d).sample(range(n_items), k) for d in range(draws if k < n_items else 1)]
@@ -245,8 +255,7 @@ def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], si
                 binding = [scales[max(scales)].full[m] > b for scales in cells.values()]
                 for idx in subsets:
                     for scales, binds in zip(cells.values(), binding):
-                        probe_loss = {s: sum(probes[f"{p.cell}@{s:g}"][m][i] for i in idx) / len(idx)
-                                      for s, p in scales.items()}
+                        probe_loss = {s: _probe_loss(probes[f"{p.cell}@{s:g}"], m, idx) for s, p in scales.items()}
                         chosen = max((s for s in scales if probe_loss[s] <= b), default=0.0)
                         oracle = max((s for s, p in scales.items() if p.full[m] <= b), default=0.0)
                         top = scales[max(scales)].margin
@@ -266,6 +275,20 @@ def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], si
                                         sum(base) / n, sum(binding) / len(binding), _mean(lost), _mean(over),
                                         sum(held_binding) / len(held_binding) if held_binding else None))
     return rows
+
+
+def _items_of(measure: str) -> str:
+    """The probe whose items a measure reads (``qa_share`` reads qa's)."""
+    return "qa" if measure == "qa_share" else measure
+
+
+def _probe_loss(probe: dict[str, list[float]], measure: str, idx: list[int]) -> float:
+    """A probe's loss on the items ``idx``: the mean per-item loss, or for ``qa_share`` the questions lost over those
+    the base model answered right (0 where it answered none: nothing there to lose)."""
+    if measure == "qa_share":
+        right = sum(probe["qa_base"][i] for i in idx)
+        return sum(probe["qa"][i] for i in idx) / right if right else 0.0
+    return sum(probe[measure][i] for i in idx) / len(idx)
 
 
 def _mean(xs: list[float]) -> float:
