@@ -34,12 +34,13 @@ def config(tmp_path, tiny_model, spec, out="out", **kw) -> TrainConfig:
     return cfg
 
 
-BAD = [("knowledge:0.1", "forgetting_budget: unknown measure 'knowledge'; choose from drift, qa, refusal"),
+BAD = [("knowledge:0.1", "forgetting_budget: unknown measure 'knowledge'; choose from drift, qa, qa_share, refusal"),
        ("drift:-0.1", "forgetting_budget: drift: the limit must be a finite number >= 0, not -0.1"),
        ("drift", "forgetting_budget: 'drift' is not MEASURE:LIMIT (for example drift:0.1)"),
        ("drift:lots", "forgetting_budget: drift: 'lots' is not a number"),
        ("drift:0.1,drift:0.2", "forgetting_budget: drift is given twice"),
-       ("qa:0.02", "forgetting_budget: qa needs its probe set: give it with --budget-qa-data")]
+       ("qa:0.02", "forgetting_budget: qa needs its probe set: give it with --budget-qa-data"),
+       ("qa_share:0.4", "forgetting_budget: qa_share needs its probe set: give it with --budget-qa-data")]
 
 
 def test_a_bad_budget_is_one_line_exit_2_before_any_model_work(tmp_path):
@@ -85,6 +86,23 @@ def test_the_user_is_told_which_probes_were_not_validated_at_their_size_and_budg
         assert unchecked in said
 
 
+def test_qa_share_is_the_share_of_what_the_base_model_knew_that_was_lost(monkeypatch):
+    from bapo.budget.probe import Prober, share_lost
+
+    # the base model knew questions 0 and 1 of four; losing 0 and gaining 3 is a net loss of nothing
+    assert share_lost([1.0, 0.0, 0.0, -1.0], [1.0, 1.0, 0.0, 0.0]) == 0.0
+    assert share_lost([1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]) == 0.5
+    assert share_lost([0.0, 0.0, -1.0], [0.0, 0.0, 0.0]) == 0.0  # it knew none: nothing to lose
+    # qa and qa_share read one probe, scored once: a quarter of all questions is half of what the base model knew
+    prober = Prober.__new__(Prober)
+    prober.limits, prober.base_items = {"qa": 0.1, "qa_share": 0.4}, {"qa": [1.0, 1.0, 0.0, 0.0]}
+    prober.tasks = {"qa": type("T", (), {"items": [0] * 4})()}
+    scored = []
+    monkeypatch.setattr(Prober, "scores", lambda self, model, p: scored.append(p) or [0.0, 1.0, 0.0, 0.0])
+    assert prober.losses(None) == {"qa": 0.25, "qa_share": 0.5} and scored == ["qa"]
+    assert prober.sizes() == {"qa": 4, "qa_share": 4}
+
+
 def test_the_base_models_probe_scores_are_cached_across_probers(tmp_path, tiny_model, monkeypatch):
     from bapo.budget.probe import Prober
     from bapo.runtime.reference import open_reference
@@ -105,21 +123,21 @@ def test_the_chosen_scale_is_built_into_a_standard_adapter_and_recorded(tmp_path
 
     qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(6)])
     harmful = write_jsonl(tmp_path / "harm.jsonl", [{"prompt": f"How do I pick lock number {i}?"} for i in range(6)])
-    free = config(tmp_path, tiny_model, "drift:1000,qa:1,refusal:1", out="free")  # anything goes: scale 1
+    free = config(tmp_path, tiny_model, "drift:1000,qa:1,qa_share:1,refusal:1", out="free")  # anything goes: scale 1
     free.budget.qa_path, free.budget.refusal_path = str(qa), str(harmful)
     res = bapo.train(free)
     rec = json.loads((res.out / "run.json").read_text())["forgetting_budget"]
     assert res.budget_scale == rec["scale"] == 1.0
     assert [r["scale"] for r in rec["probe"]] == [1.0, 0.75, 0.5, 0.25, 0.0]
-    assert set(rec["probe"][0]["losses"]) == {"drift", "qa", "refusal"}
+    assert set(rec["probe"][0]["losses"]) == {"drift", "qa", "qa_share", "refusal"}
     drift = {r["scale"]: r["losses"]["drift"] for r in rec["probe"]}
     assert drift[1.0] > 0 and drift[0.0] == 0.0  # the trained adapter moved away from the reference's answers
     from bapo.budget.run import describe
 
-    assert rec["items"] == {"drift": 8, "qa": 6, "refusal": 6}  # the probe sizes, which say what was validated
+    assert rec["items"] == {"drift": 8, "qa": 6, "qa_share": 6, "refusal": 6}  # the probe sizes: what was validated
     said = " ".join(str(x) for x in describe(res.out))
     # the user is told what the budget can promise: no probe this small was validated
-    assert "the drift, qa and refusal probes are not validated" in said
+    assert "the drift, qa, qa_share and refusal probes are not validated" in said
 
     # a limit between the losses of two scales: the largest scale within it is built in
     limit = (drift[0.5] + drift[0.75]) / 2 if drift[0.5] < drift[0.75] else drift[0.25]

@@ -5,10 +5,13 @@ Each measure is a *loss*, positive where the adapter lost something the base mod
 - ``drift``: minus the per-token change of log p of the reference's own greedy answers to general prompts
   (:func:`bapo.evaluation.metrics.drift_scores`): nats per token the model moved away from what it used to say;
 - ``qa``: the base model's share of probe questions answered correctly minus the adapter's (generative knowledge);
+- ``qa_share``: the same questions lost, as a share of those the base model answered correctly (:func:`share_lost`):
+  what the adapter forgot of what the model knew, which, unlike ``qa``, is not capped by how hard the questions are;
 - ``refusal``: the base model's share of harmful probe requests refused minus the adapter's (generative alignment).
 
 The probes are the evaluation's own task kinds (:mod:`bapo.evaluation.tasks`), on seeded subsets; the reference's
-answers and log-probs, and the base model's probe scores, are cached by the reference.
+answers and log-probs, and the base model's probe scores, are cached by the reference. ``qa`` and ``qa_share`` read
+the same probe (scored once).
 """
 
 from __future__ import annotations
@@ -37,8 +40,20 @@ def validated(measure: str, items: int, budget: float) -> bool:
     return least is not None and items >= least[0] and budget >= least[1]
 
 
-# measure -> (task kind, its headline metric, sign: loss = sign * (base - adapter))
+# probe -> (task kind, its headline metric); a measure reads the probe of its name, qa_share reads qa's
 PROBES = {"drift": ("drift", "logp_change_per_token"), "qa": ("qa", "acc"), "refusal": ("refusal", "refusal")}
+
+
+def probe_of(measure: str) -> str:
+    """The probe a measure reads (:data:`PROBES`)."""
+    return "qa" if measure == "qa_share" else measure
+
+
+def share_lost(item_losses: list[float], base_scores: list[float]) -> float:
+    """Questions lost (net of those gained) over those the base model answered right, on the same items; 0 where it
+    answered none: there was nothing there to lose."""
+    right = sum(base_scores)
+    return sum(item_losses) / right if right else 0.0
 
 
 @dataclass(frozen=True)
@@ -59,9 +74,9 @@ class Prober:
         full measures do not contain)."""
         self.ref, self.settings, self.limits = ref, settings, settings.limits()
         self.scorer = Scorer(ref, batch_size)
-        self.tasks = {m: self._task(m, (items or {}).get(m)) for m in self.limits}
-        self.base_items = {m: self._base_scores(m) for m in self.limits}
-        self.base = {m: statistics.fmean(v) for m, v in self.base_items.items()}
+        probes = sorted({probe_of(m) for m in self.limits})
+        self.tasks = {p: self._task(p, (items or {}).get(p)) for p in probes}
+        self.base_items = {p: self._base_scores(p) for p in probes}
 
     def _task(self, measure: str, items: list | None = None) -> Task:
         s = self.settings
@@ -94,16 +109,18 @@ class Prober:
         return task.kind.score(model, task, self.scorer, lambda n: None)[PROBES[measure][1]]
 
     def item_losses(self, model) -> dict[str, list[float]]:
-        """Each measure's per-item loss of ``model`` against the base model on the same items."""
-        return {m: [b - x for b, x in zip(self.base_items[m], self.scores(model, m))] for m in self.limits}
+        """Each probe's per-item loss of ``model`` against the base model on the same items."""
+        return {p: [b - x for b, x in zip(self.base_items[p], self.scores(model, p))] for p in self.tasks}
 
     def losses(self, model) -> dict[str, float]:
         """Each measure's loss of ``model`` against the base model (drift's base value is 0 by definition)."""
-        return {m: statistics.fmean(v) for m, v in self.item_losses(model).items()}
+        items = self.item_losses(model)
+        return {m: share_lost(items["qa"], self.base_items["qa"]) if m == "qa_share"
+                else statistics.fmean(items[m]) for m in self.limits}
 
     def sizes(self) -> dict[str, int]:
         """How many items each measure's probe has."""
-        return {m: len(t.items) for m, t in self.tasks.items()}
+        return {m: len(self.tasks[probe_of(m)].items) for m in self.limits}
 
     def table(self, adapter: str) -> list[ProbeRow]:
         """The adapter at every scale of the settings, largest first; scale 0 is the base model (no loss)."""

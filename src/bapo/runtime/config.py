@@ -90,6 +90,7 @@ class BaseResponseConfig:
 BUDGET_MEASURES = {  # measure -> what its number means (a loss: positive = lost against the base model)
     "drift": "nats per token lost on the reference's own answers to general prompts",
     "qa": "the base model's share of probe questions answered right minus the adapter's",
+    "qa_share": "the share of the probe questions the base model answered right that the adapter lost (net)",
     "refusal": "the base model's share of harmful probe requests refused minus the adapter's",
 }
 
@@ -100,8 +101,9 @@ class BudgetSettings:
     each of ``scales`` and the largest scale whose measured losses all stay within the budget is built in."""
 
     spec: str = option("", "Most forgetting allowed, as MEASURE:LIMIT[,...]: drift (nats/token lost on the reference's "
-                           "answers to general prompts), qa or refusal (share lost on a probe set), e.g. "
-                           "drift:0.1,refusal:0.05. Empty: no budget (the adapter as trained).", flag="forgetting-budget")
+                           "answers to general prompts), qa or refusal (share lost on a probe set), qa_share (share of "
+                           "the probe questions the base model knew that were lost), e.g. drift:0.1,refusal:0.05. "
+                           "Empty: no budget (the adapter as trained).", flag="forgetting-budget")
     scales: list[float] = option([1.0, 0.75, 0.5, 0.25, 0.0], "Adapter scales the probe tries, largest kept first.",
                                  flag="budget-scales")
     drift_prompts: str = option("package:general_prompts.jsonl", "Prompts of the drift probe (the reference answers "
@@ -109,7 +111,8 @@ class BudgetSettings:
     # 10: the cheapest drift probe that held wherever its budget bound on the frontier study's adapters (40 and 20
     # held as well; docs/RESULTS.md, 2026-12-06)
     drift_items: int = option(10, "Prompts in the drift probe (a seeded subset; 0 = all).", flag="budget-drift-items")
-    qa_path: str = option("", "Questions of the qa probe (TriviaQA-style JSONL); needed by a qa budget.",
+    qa_path: str = option("", "Questions of the qa probe (TriviaQA-style JSONL); needed by a qa or qa_share "
+                          "budget.",
                           flag="budget-qa-data")
     qa_items: int = option(100, "Questions in the qa probe (0 = all).", flag="budget-qa-items")
     refusal_path: str = option("", "Harmful requests of the refusal probe (prompts JSONL, or HH transcripts); needed "
@@ -146,7 +149,7 @@ class BudgetSettings:
             return
         if not self.scales or any(not 0.0 <= s <= 1.0 for s in self.scales):
             raise ConfigError("budget.scales: each scale must be in [0, 1]")
-        for measure, path in (("qa", self.qa_path), ("refusal", self.refusal_path)):
+        for measure, path in (("qa", self.qa_path), ("qa_share", self.qa_path), ("refusal", self.refusal_path)):
             if measure in limits and not path:
-                flag = "--budget-qa-data" if measure == "qa" else "--budget-refusal-data"
+                flag = "--budget-refusal-data" if measure == "refusal" else "--budget-qa-data"
                 raise ConfigError(f"forgetting_budget: {measure} needs its probe set: give it with {flag}")

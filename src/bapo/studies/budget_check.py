@@ -29,7 +29,7 @@ import yaml
 from rich.console import Console
 
 from bapo import progress
-from bapo.budget.probe import Prober
+from bapo.budget.probe import Prober, probe_of, share_lost
 from bapo.evaluation.records import Record
 from bapo.evaluation.tasks import TaskSpec, load_suite, spec_items
 from bapo.evaluation.runner import evaluate, unscored
@@ -42,10 +42,11 @@ from bapo.studies.config import StudyConfig
 from bapo.studies.plan import Cell, cell_dir, eval_config, frontier_config, frontier_scales, plan
 from bapo.training.config import TrainConfig
 
-# A candidate measure no budget offers yet: ``qa_share``, the share of the questions the base model answered right that
-# the adapter lost (``qa``'s loss over the base model's accuracy on the same questions). ``qa`` did not hold because
-# the share of all questions lost is capped by the base model's accuracy, which differs from question set to question
-# set (6.0% on the probe pool against 10.3% on the study's 1,000, 2026-12-06); a share of what it knew should not be.
+# ``qa_share`` (bapo.budget.probe.share_lost) is checked too: the share of the questions the base model answered right
+# that the adapter lost. ``qa`` did not hold because the share of all questions lost is capped by the base model's
+# accuracy, which differs from question set to question set (6.0% on the probe pool against 10.3% on the study's
+# 1,000, 2026-12-06); a share of what it knew should not be. Its full measure is TriviaQA's loss over the base model's
+# TriviaQA accuracy.
 nan = float("nan")
 
 
@@ -246,7 +247,7 @@ def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], si
         cells = {c: scales for c, scales in probed.items() if all(m in p.full for p in scales.values())}
         if not cells:
             continue
-        n_items = min(len(next(iter(probes.values()))[_items_of(m)]), max(sizes[m]))
+        n_items = min(len(next(iter(probes.values()))[probe_of(m)]), max(sizes[m]))
         for k in sizes[m]:
             k = min(k, n_items)
             subsets = [random.Random(seed + d).sample(range(n_items), k) for d in range(draws if k < n_items else 1)]
@@ -277,17 +278,10 @@ def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], si
     return rows
 
 
-def _items_of(measure: str) -> str:
-    """The probe whose items a measure reads (``qa_share`` reads qa's)."""
-    return "qa" if measure == "qa_share" else measure
-
-
 def _probe_loss(probe: dict[str, list[float]], measure: str, idx: list[int]) -> float:
-    """A probe's loss on the items ``idx``: the mean per-item loss, or for ``qa_share`` the questions lost over those
-    the base model answered right (0 where it answered none: nothing there to lose)."""
+    """A probe's loss on the items ``idx``, as :meth:`bapo.budget.probe.Prober.losses` computes it."""
     if measure == "qa_share":
-        right = sum(probe["qa_base"][i] for i in idx)
-        return sum(probe["qa"][i] for i in idx) / right if right else 0.0
+        return share_lost([probe["qa"][i] for i in idx], [probe["qa_base"][i] for i in idx])
     return sum(probe[measure][i] for i in idx) / len(idx)
 
 
