@@ -156,3 +156,27 @@ def test_a_family_is_also_read_at_its_own_default_settings_personalization():
     own = got["bapo's own"]  # DPO's frontier at 20: -0.01 + (-0.04 + 0.01) / 3 = -0.02; at 30: -0.01 - 0.04 / 2
     assert own.per_seed == pytest.approx([-0.01 + 0.02, -0.02 + 0.03]) and own.seeds_in_reach == 2
     assert own.delta == pytest.approx(0.01)
+
+
+def test_dpos_frontier_starts_at_the_base_model():
+    """A method personalizing less than DPO's weakest measured scale (KL at flip:0.5) is read on the line from the
+    base model (scale 0: margin 0, no change) to that scale; below the base model's margin it is beyond reach."""
+    from types import SimpleNamespace
+
+    from bapo.studies.matched import matched_rows
+
+    def row(method, seed, margin, knowledge):
+        values = {f"{m}_delta": None for m in ("generative_knowledge", "alignment", "refusal_harmful", "drift")}
+        return SimpleNamespace(user="u", method=method, seed=seed, personal_margin=margin, knowledge_delta=knowledge,
+                               **values)
+
+    rows = [row("dpo", 0, 80.0, -0.08), row("dpo", 1, 100.0, -0.10), row("kl", 0, 2.5, 0.0), row("kl", 1, -1.0, 0.0)]
+    scaled = {0.25: [row("dpo@0.25", 0, 10.0, -0.02), row("dpo@0.25", 1, 10.0, -0.02)]}
+    # per-item scores: the base model knew items 0 and 1 of 4; DPO@0.25 (seed 0) forgot item 1; KL forgot nothing
+    base, weak, kl = (1.0, 1.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0), (1.0, 1.0, 0.0, 0.0)
+    items = {("u", "base", 0, 0.0): {"knowledge": base}, ("u", "dpo", 0, 0.25): {"knowledge": weak},
+             ("u", "kl", 0, 1.0): {"knowledge": kl}}
+    (own,) = [r for r in matched_rows(rows, scaled, items) if r.level == "kl's own"]
+    # seed 0: DPO's frontier at margin 2.5 is a quarter of the way from the base model (0) to DPO@0.25 (-0.02)
+    assert own.per_seed[0] == pytest.approx(0.0 - (-0.02 * 0.25))
+    assert own.per_seed[1] is None and own.seeds_in_reach == 1  # seed 1's KL margin is below the base model's

@@ -219,10 +219,11 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
     assert {(m["user"], m["method"], m["level"]) for m in matched} == {
         (u, "bapo", lv) for u in ("flip:0", "flip:1") for lv in ("full DPO", "DPO@0.5", "bapo's own")}
     assert all(m["seeds"] == 1 and m["seeds_in_reach"] == (m["delta"] is not None) for m in matched)
-    # the per-item scores behind the readings' intervals: every cell, and every DPO cell at each frontier scale; their
-    # mean less the base model's is the table's change
+    # the per-item scores behind the readings' intervals: every cell, every DPO cell at each frontier scale, and the
+    # base model (DPO's frontier at scale 0) for each user; their mean less the base model's is the table's change
     assert set(result.items) == {(u, m, 0, 1.0) for u in ("flip:0", "flip:1") for m in ("dpo", "bapo")} | {
-        (u, "dpo", 0, s) for u in ("flip:0", "flip:1") for s in (0.0, 0.5)}
+        (u, "dpo", 0, s) for u in ("flip:0", "flip:1") for s in (0.0, 0.5)} | {(u, "base", 0, 0.0) for u in
+                                                                              ("flip:0", "flip:1")}
     base = json.loads((out / "eval" / "item_scores.json").read_text())["base"]
     base_knowledge = [x for task in ("arc_easy", "piqa") if task in base for x in base[task]["acc_norm"]]
     for key, row in (((("flip:1", "dpo", 0, 1.0)), rows[2]), (("flip:1", "dpo", 0, 0.5), half[1])):

@@ -237,7 +237,9 @@ def matched_rows(rows: Sequence, scaled: dict[float, Sequence], items: ItemScore
     (``bapo`` for ``bapo:0.1``'s family: DPO's frontier read where that setting landed, so a family whose knob
     reaches neither DPO level is still compared at equal personalization). ``rows`` are the study's
     :class:`~bapo.studies.tables.StudyRow` objects; ``scaled`` the DPO adapters' rows at each frontier scale;
-    ``items`` each model's per-item scores (:func:`retention_items`), for the items' part of the interval."""
+    ``items`` each model's per-item scores (:func:`retention_items`; the base model's under ``(user, "base", 0,
+    0.0)``), for the items' part of the interval. DPO's frontier includes scale 0, the base model (margin 0, no
+    change)."""
     items = items or {}
     out = []
     for user in dict.fromkeys(r.user for r in rows):
@@ -265,6 +267,11 @@ def matched_rows(rows: Sequence, scaled: dict[float, Sequence], items: ItemScore
                        for s in seeds]
                 if not any(arm) or not any(ref):
                     continue
+                # DPO's frontier starts at scale 0, the base model: no personalization (its margin is 0 by
+                # definition, the policy being the reference) and no change; so a method personalizing less than
+                # DPO's weakest measured scale is read on the line from the base model to that scale
+                base = items.get((user, "base", 0, 0.0), {}).get(measure)
+                ref = [pts + [FrontierPoint(0.0, 0.0, None if base is None else tuple(base))] for pts in ref]
                 own = {r.seed: r.personal_margin for r in mine if r.method == fam and r.seed in dpo}
                 for level, target in {**levels, **({f"{fam}'s own": own} if own else {})}.items():
                     idx = [i for i, s in enumerate(seeds) if s in target]
@@ -287,7 +294,7 @@ def matched_markdown(rows: Sequence[MatchedRow]) -> str:
 
     lines = ["Retention at matched personalization: each method's frontier (its knob's settings) read at the held-out "
              "margin of full DPO, of DPO at scale 0.5 and of the method's own default setting (\"bapo's own\"), seed "
-             "by seed, minus DPO's frontier there (positive = "
+             "by seed, minus DPO's frontier there (from the base model at scale 0 to full DPO; positive = "
              "kept more than DPO at the same personalization); 95% t interval over the seeds in reach and the items "
              "(its standard error's two parts beside it; no items' part: over seeds only); each seed's own "
              "difference last (- where the level is beyond that seed's reach).", "",

@@ -272,12 +272,15 @@ def versus_scaled_dpo(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResul
 
 
 def model_items(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResult, scaled: EvalResult) -> ItemScores:
-    """Every adapter's per-item retention scores, and every DPO adapter's at each frontier scale: the items' part of
-    the matched readings' intervals."""
+    """Every adapter's per-item retention scores, every DPO adapter's at each frontier scale, and the base model's
+    (DPO's frontier at scale 0): the items' part of the matched readings' intervals."""
     kinds = {r.task: r.kind for r in evaluation.records}
     items = {(c.spec, c.method, c.seed, 1.0): retention_items(evaluation.item_scores[c.name], kinds) for c in cells}
     items.update({(c.spec, c.method, c.seed, s): retention_items(scaled.item_scores[f"{c.name}@{s:g}"], kinds)
                   for c in cells if c.method == "dpo" for s in frontier_scales(cfg)})
+    if "base" in evaluation.item_scores:  # DPO's frontier at scale 0
+        items.update({(spec, "base", 0, 0.0): retention_items(evaluation.item_scores["base"], kinds)
+                      for spec in {c.spec for c in cells}})
     return items
 
 
