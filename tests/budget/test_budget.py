@@ -73,6 +73,9 @@ def test_the_largest_scale_within_every_limit_is_chosen():
     ({"drift": 0.1, "qa": 0.05}, {"drift": 10, "qa": 300}, "the qa probe is not validated"),  # qa never held
     # drift below its checked budgets, and qa
     ({"drift": 0.01, "qa": 0.05}, {"drift": 10, "qa": 300}, "the drift and qa probes are not validated"),
+    ({"qa_share": 0.4}, {"qa_share": 300}, None),  # the share of what the base model knew: validated from 300, 0.4
+    ({"qa_share": 0.2}, {"qa_share": 300}, "the qa_share probe is not validated"),
+    ({"qa_share": 0.5}, {"qa_share": 100}, "the qa_share probe is not validated"),
 ])
 def test_the_user_is_told_which_probes_were_not_validated_at_their_size_and_budget(tmp_path, limits, items, unchecked):
     from bapo.budget.run import BudgetChoice, describe

@@ -27,11 +27,12 @@ from bapo.runtime.store import make_key
 
 # Where each measure's probe was checked against the full measures and held, where its budget binds, for at least 90%
 # of a study's adapters (docs/RESULTS.md, "Which forgetting-budget probe can be trusted"; 2026-12-06, DPO's frontier
-# at flip:0.5): measure -> (fewest probe items, smallest budget) from which it held. drift held at 10-40 prompts and
-# every budget from 0.05 to 1 nats/token; refusal at 50 requests from budget 0.05 up (and 100); qa held at no size or
+# at flip:0.5, and its rivals' adapters): measure -> (fewest probe items, smallest budget) from which it held. drift
+# held at 10-40 prompts and every budget from 0.05 to 1 nats/token; refusal at 50 requests from budget 0.05 up (and
+# 100); qa_share at 300 questions from budget 0.4 up (not at 0.2, nor at 50 or 100 questions); qa held at no size or
 # budget (the share a probe loses is capped by the base model's own accuracy on its questions, which differs from set
 # to set). Outside these a budget holds on the probe's own items, and bapo train says so.
-VALIDATED: dict[str, tuple[int, float]] = {"drift": (10, 0.05), "refusal": (50, 0.05)}
+VALIDATED: dict[str, tuple[int, float]] = {"drift": (10, 0.05), "refusal": (50, 0.05), "qa_share": (300, 0.4)}
 
 
 def validated(measure: str, items: int, budget: float) -> bool:

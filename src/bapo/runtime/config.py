@@ -114,7 +114,8 @@ class BudgetSettings:
     qa_path: str = option("", "Questions of the qa probe (TriviaQA-style JSONL); needed by a qa or qa_share "
                           "budget.",
                           flag="budget-qa-data")
-    qa_items: int = option(100, "Questions in the qa probe (0 = all).", flag="budget-qa-items")
+    # 300: the size qa_share's probe was validated at (docs/RESULTS.md, 2026-12-06; at 100 it held for 77-80%)
+    qa_items: int = option(300, "Questions in the qa probe (0 = all).", flag="budget-qa-items")
     refusal_path: str = option("", "Harmful requests of the refusal probe (prompts JSONL, or HH transcripts); needed "
                                "by a refusal budget.", flag="budget-refusal-data")
     refusal_items: int = option(50, "Requests in the refusal probe (0 = all).", flag="budget-refusal-items")
