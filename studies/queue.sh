@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# What docs/RESULTS.md still waits for, one after another on this 2-core machine (one at a time, both cores):
-# issue 29's replay and KL arms of the frontier (studies/frontier_rivals.yaml: the frontier's cache was lost with its
-# machine on 2026-12-06), then issue 30's validation of the forgetting-budget probes on its adapters
-# (studies/budget_check.py). Issue 29's parts 2 and 3 (studies/frontier_flip1.yaml, studies/heterogeneity_hash.yaml)
+# What docs/RESULTS.md read last (finished 2026-12-06 13:59), one after another on this 2-core machine (one at a
+# time, both cores): issue 29's BAPO, replay and KL arms beside DPO's frontier (studies/frontier_rivals.yaml: the
+# frontier's cache was lost with its machine on 2026-12-06), then issue 30's validation of the forgetting-budget
+# probes on its adapters (studies/budget_check.py). Issue 29's parts 2 and 3 (studies/frontier_flip1.yaml, studies/heterogeneity_hash.yaml)
 # were cut by its 12-hour rule. Each step resumes from its own cache, and a finished one only reads its cache back and
 # rewrites its tables, so after an interruption rerun:
 #   OMP_NUM_THREADS=2 nohup studies/queue.sh >> study_queue.log 2>&1 &
