@@ -231,15 +231,20 @@ def retention_items(scores: Mapping[str, Mapping[str, Sequence[float]]], kinds: 
     return out
 
 
+def base_key(user: str) -> tuple[str, str, int, float]:
+    """Where :data:`ItemScores` holds the base model's per-item scores for ``user``: DPO's frontier at scale 0."""
+    return (user, "base", 0, 0.0)
+
+
 def matched_rows(rows: Sequence, scaled: dict[float, Sequence], items: ItemScores | None = None) -> list[MatchedRow]:
     """Every non-DPO family's retention against DPO's frontier, per user and measure, at the personalization of
     full DPO, of DPO at scale 0.5 (when the study evaluated that scale) and of the family's own default setting
     (``bapo`` for ``bapo:0.1``'s family: DPO's frontier read where that setting landed, so a family whose knob
     reaches neither DPO level is still compared at equal personalization). ``rows`` are the study's
     :class:`~bapo.studies.tables.StudyRow` objects; ``scaled`` the DPO adapters' rows at each frontier scale;
-    ``items`` each model's per-item scores (:func:`retention_items`; the base model's under ``(user, "base", 0,
-    0.0)``), for the items' part of the interval. DPO's frontier includes scale 0, the base model (margin 0, no
-    change)."""
+    ``items`` each model's per-item scores (:func:`retention_items`; the base model's under
+    :func:`base_key`), for the items' part of the interval. DPO's frontier includes scale 0, the base model (margin 0,
+    no change)."""
     items = items or {}
     out = []
     for user in dict.fromkeys(r.user for r in rows):
@@ -270,7 +275,7 @@ def matched_rows(rows: Sequence, scaled: dict[float, Sequence], items: ItemScore
                 # DPO's frontier starts at scale 0, the base model: no personalization (its margin is 0 by
                 # definition, the policy being the reference) and no change; so a method personalizing less than
                 # DPO's weakest measured scale is read on the line from the base model to that scale
-                base = items.get((user, "base", 0, 0.0), {}).get(measure)
+                base = items.get(base_key(user), {}).get(measure)
                 ref = [pts + [FrontierPoint(0.0, 0.0, None if base is None else tuple(base))] for pts in ref]
                 own = {r.seed: r.personal_margin for r in mine if r.method == fam and r.seed in dpo}
                 for level, target in {**levels, **({f"{fam}'s own": own} if own else {})}.items():

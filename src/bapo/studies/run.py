@@ -35,8 +35,8 @@ from bapo.runtime.workers import run_jobs, scoring_threads
 from bapo.studies.config import StudyConfig
 from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
 from bapo.studies.figures import study_figures
-from bapo.studies.matched import (ItemScores, matched_markdown, matched_rows, retention_items, trend_markdown,
-                                  trend_rows)
+from bapo.studies.matched import (ItemScores, base_key, matched_markdown, matched_rows, retention_items,
+                                  trend_markdown, trend_rows)
 from bapo.studies.estimate import Estimate, estimate, eval_size, prices, print_estimate, scored_cells
 from bapo.studies.plan import (Cell, balance_dir, cell_dir, eval_config, frontier_config, frontier_scales, plan,
                                print_plan, study_suite)
@@ -279,7 +279,7 @@ def model_items(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResult, sca
     items.update({(c.spec, c.method, c.seed, s): retention_items(scaled.item_scores[f"{c.name}@{s:g}"], kinds)
                   for c in cells if c.method == "dpo" for s in frontier_scales(cfg)})
     if "base" in evaluation.item_scores:  # DPO's frontier at scale 0
-        items.update({(spec, "base", 0, 0.0): retention_items(evaluation.item_scores["base"], kinds)
+        items.update({base_key(spec): retention_items(evaluation.item_scores["base"], kinds)
                       for spec in {c.spec for c in cells}})
     return items
 
