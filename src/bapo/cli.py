@@ -11,11 +11,12 @@ import ctypes
 import inspect
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
-import click
 import typer
 from rich.console import Console
 
@@ -73,6 +74,19 @@ def _param(name: str, tp: Any, info: Any, default: Any = None) -> inspect.Parame
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[tp, info])
 
 
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C in a command exits 130 saying "interrupted" (click would turn it into "Aborted!" and exit 1)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted() from None
+
+
+class Interrupted(Exception):
+    """Ctrl-C inside a command, carried past click to :func:`run_command`."""
+
+
 def config_command(name: str, cls: type, run: Callable[..., None], doc: str,
                    extra: tuple[inspect.Parameter, ...] = (), config: bool = True) -> None:
     """Register command ``name``: one option per exposed field of ``cls`` (plus ``--config`` and ``--set``), then
@@ -98,7 +112,8 @@ def config_command(name: str, cls: type, run: Callable[..., None], doc: str,
             flag, value = hit
             shown = ",".join(map(str, value)) if flag.is_list else value
             raise ConfigError(f"{flag.flags[0].split('/')[0]} {shown}: {e}") from None
-        run(cfg, **kw)
+        with interruptible():
+            run(cfg, **kw)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
@@ -257,7 +272,8 @@ def report(
     """Plots and one self-contained HTML page from bapo eval's results."""
     from bapo.evaluation.report import write_report
 
-    page = write_report(results, out_dir, samples)
+    with interruptible():
+        page = write_report(results, out_dir, samples)
     out.print(f"[green]report written to[/] {page}")
 
 
@@ -276,7 +292,8 @@ def export_model_command(
     """The model bapo loads (the embedded one included) as a plain Hugging Face model directory."""
     from bapo.runtime.export import export_model
 
-    done = export_model(model, out_dir, cache_dir)
+    with interruptible():
+        done = export_model(model, out_dir, cache_dir)
     out.print(f"[green]model written to[/] {done.out}")
 
 
@@ -294,7 +311,8 @@ def export_adapter_command(
     """A standard PEFT adapter with its scale built in (or, with --merge, a merged model directory)."""
     from bapo.runtime.export import export_adapter
 
-    done = export_adapter(adapter, out_dir, scale, merge, model, cache_dir)
+    with interruptible():
+        done = export_adapter(adapter, out_dir, scale, merge, model, cache_dir)
     what = "merged model" if done.kind == "model" else "adapter"
     out.print(f"[green]{what} at scale {scale:g} written to[/] {done.out}")
 
@@ -322,7 +340,8 @@ def data_fetch_command(
         out.print(f"{mark} {d.path}  ({status if status in ('ok', 'cached') else 'see below'}; license: {d.license})",
                   highlight=False)
 
-    results = fetch(target, mirror, names, progress=show)
+    with interruptible():
+        results = fetch(target, mirror, names, progress=show)
     failed = [r for r in results if not r.ok]
     if not failed:
         out.print(f"[green]{len(results)} data sets in[/] {target}")
@@ -363,15 +382,15 @@ def main() -> None:
 def run_command() -> None:
     keep_freed_memory()
     try:
-        code = app(standalone_mode=False)
+        # Standalone mode: typer reports its own usage errors (the usage line and one error line, exit 2) and exits.
+        # bapo does not catch click's exception classes itself: typer >= 0.29 carries a private copy of click whose
+        # classes the click package's do not match, and catching the wrong ones printed a traceback.
+        app()
     except BapoError as e:
         for line in str(e).splitlines():
             err.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (Interrupted, KeyboardInterrupt):
         err.print("interrupted")
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - only errors of the environment are turned into one line
@@ -380,7 +399,6 @@ def run_command() -> None:
             raise
         err.print(f"[red]error:[/] {problem}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
