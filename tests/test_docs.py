@@ -1,6 +1,7 @@
 """The documentation site: ``mkdocs build --strict`` (a broken link, page or API reference fails it), the README
 short enough to be a front door, and the home page rendered in headless Chromium where it is installed."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,57 @@ def test_the_site_builds_strictly_with_every_page_and_the_api_reference(site):
         assert (site / page).is_file(), page
     api = (site / "api" / "index.html").read_text()
     assert "TrainConfig" in api and "forgetting" in api.lower()  # rendered from the docstrings
+
+
+def page_text(site: Path, page: str) -> str:
+    """A built page's article as text: tags dropped, entities read, runs of whitespace one space."""
+    import html
+    import re
+
+    raw = (site / page / "index.html").read_text()
+    article = raw[raw.index("<article"):raw.index("</article>")]
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", "", article)))
+
+
+def test_the_api_page_shows_every_exported_name_with_its_signature(site):
+    import inspect
+
+    import bapo
+
+    text = page_text(site, "api")
+    for name in bapo.__all__:
+        obj = getattr(bapo, name)
+        assert f"bapo.{name}" in text, f"bapo.{name} has no heading"
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            continue  # an error's signature is Exception's
+        first = next(iter(inspect.signature(obj).parameters), None)
+        # the signature as rendered: the real name, then its first parameter
+        assert re.search(rf"{obj.__name__}\( ?{first or ''}", text), f"bapo.{name}: no signature"
+    # a config field shows its type, its default and its help, read from the option's declaration
+    assert "beta: float = 0.1" in text and "Output directory for the adapter" in text
+    # Sphinx roles became links, not literal text
+    assert ":func:" not in text and ":class:" not in text
+    raw = (site / "api" / "index.html").read_text()
+    assert 'href="#bapo.core.losses.preference_loss"' in raw
+
+
+def test_the_configuration_reference_lists_every_field_of_every_command(site):
+    import dataclasses
+
+    from bapo.cli import CONFIG_COMMANDS
+    from bapo.options import cli_fields, field_docs
+
+    text = page_text(site, "configuration")
+    for name, cls in CONFIG_COMMANDS.items():
+        section = text[text.index(f"bapo {name}¶ Config:"):]
+        for d in field_docs(cls):
+            assert d.path in section, (name, d.path)
+        for f in cli_fields(cls):  # every flag the command takes, beside its YAML field
+            assert f"{' '.join(f.flags)} {f.path} " in section, (name, f.flags, f.path)
+    # a field reached by YAML alone is listed too (a section the command line leaves out)
+    assert all(dataclasses.is_dataclass(c) for c in CONFIG_COMMANDS.values())
+    for hand in ("bapo report", "bapo export adapter", "bapo data fetch"):
+        assert hand in text
 
 
 def test_the_readme_is_a_front_door():

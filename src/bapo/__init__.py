@@ -28,6 +28,7 @@ _API = {
     "BalanceConfig": ("bapo.balancing.config", "BalanceConfig"),
     "BaseResponseConfig": ("bapo.runtime.config", "BaseResponseConfig"),
     "BaseRunConfig": ("bapo.training.config", "BaseRunConfig"),
+    "BudgetSettings": ("bapo.runtime.config", "BudgetSettings"),
     "DataConfig": ("bapo.data.config", "DataConfig"),
     "EvalConfig": ("bapo.evaluation.config", "EvalConfig"),
     "LoraSettings": ("bapo.runtime.config", "LoraSettings"),
@@ -65,7 +66,7 @@ def __dir__() -> list[str]:
 
 __version__ = "0.1.0"
 
-__all__ = ["BalanceConfig", "BalanceResult", "balance", "BaseResponseConfig", "BaseRunConfig", "DataConfig", "EvalConfig", "LoraSettings", "LossConfig",
+__all__ = ["BalanceConfig", "BalanceResult", "balance", "BaseResponseConfig", "BaseRunConfig", "BudgetSettings", "DataConfig", "EvalConfig", "LoraSettings", "LossConfig",
            "StudyConfig", "TrainConfig", "BaseResult", "EvalResult", "Record", "StudyResult", "TrainResult",
            "BapoError", "ConfigError", "DataError", "ModelError", "base_responses", "evaluate", "report", "study",
            "train"]

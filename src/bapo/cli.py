@@ -87,17 +87,22 @@ class Interrupted(Exception):
     """Ctrl-C inside a command, carried past click to :func:`run_command`."""
 
 
+# command name -> its config class: every command built from a config takes --config and --set (the configuration
+# reference, docs/configuration.md, is generated from this table)
+CONFIG_COMMANDS: dict[str, type] = {}
+
+
 def config_command(name: str, cls: type, run: Callable[..., None], doc: str,
-                   extra: tuple[inspect.Parameter, ...] = (), config: bool = True) -> None:
+                   extra: tuple[inspect.Parameter, ...] = ()) -> None:
     """Register command ``name``: one option per exposed field of ``cls`` (plus ``--config`` and ``--set``), then
     ``run(cfg, **extra)`` with the config built from defaults < YAML < options < ``--set``."""
     fields = cli_fields(cls)
     params = [*extra, *map(_option, fields)]
-    if config:
-        params.append(_param("config", Optional[Path], typer.Option(
-            "--config", help=f"YAML config file ({cls.__name__}); options given here override it.")))
-        params.append(_param("set_", Optional[list[str]], typer.Option(
-            "--set", help="Any config field, e.g. --set loss.beta=0.2 (repeatable).")))
+    params.append(_param("config", Optional[Path], typer.Option(
+        "--config", help=f"YAML config file ({cls.__name__}); options given here override it.")))
+    params.append(_param("set_", Optional[list[str]], typer.Option(
+        "--set", help="Any config field, e.g. --set loss.beta=0.2 (repeatable).")))
+    CONFIG_COMMANDS[name] = cls
 
     def command(**kw: Any) -> None:
         given = [(f, kw.pop(f.param)) for f in fields]
@@ -219,7 +224,7 @@ config_command("base", BaseRunConfig, _base, """The reference model answers ever
     """)
 config_command("validate", ValidateConfig, _validate, """Check a preference file without training.
 
-    Every problem is one line, FILE:LINE: field: what is wrong, and the exit code is 2.""", config=False)
+    Every problem is one line, FILE:LINE: field: what is wrong, and the exit code is 2.""")
 config_command("eval", EvalConfig, _eval, """The base model and adapters side by side: what was gained and kept.
 
     Every metric comes with n and a standard error; adapters also with the paired change against the base model
@@ -259,8 +264,7 @@ config_command("serve", ServeConfig, _serve, """Serve the base model and every u
     """)
 config_command("demo", DemoConfig, _demo, """DPO and two BAPO adapters for a user who loves bullet lists (6.9 min on a 2-core CPU, bfloat16).
 
-    Trains the three on the same pairs, compares them on held-out prompts, runs bapo eval and writes a report.""",
-               config=False)
+    Trains the three on the same pairs, compares them on held-out prompts, runs bapo eval and writes a report.""")
 
 
 @app.command()

@@ -237,6 +237,40 @@ def cli_fields(cls: type, prefix: str = "", path: str = "", cli: bool | tuple[st
     return out
 
 
+@dataclass(frozen=True)
+class FieldDoc:
+    """One field of a config for the configuration reference: its YAML path, its flags (none when only YAML and
+    ``--set`` reach it), type, default and help."""
+
+    path: str
+    flags: tuple[str, ...]
+    type: str
+    default: Any
+    help: str
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) if typing.get_origin(tp) is None else str(tp).replace("typing.", "")
+
+
+def field_docs(cls: type, path: str = "", defaults: Any = None) -> list[FieldDoc]:
+    """Every field of config class ``cls``, nested sections flattened to dotted paths, with the flags
+    :func:`cli_fields` gives it on the command line."""
+    defaults = cls() if defaults is None else defaults
+    flags = {c.path: c.flags for c in cli_fields(cls)} if not path else {}
+    hints = typing.get_type_hints(cls)
+    out: list[FieldDoc] = []
+    for f in dataclasses.fields(cls):
+        tp, value = hints[f.name], getattr(defaults, f.name)
+        if dataclasses.is_dataclass(tp):
+            out += field_docs(tp, f"{path}{f.name}.", value)
+        else:
+            out.append(FieldDoc(f"{path}{f.name}", (), _type_name(tp) or str(tp), value, f.metadata.get("help", "")))
+    if not path:
+        out = [dataclasses.replace(d, flags=flags.get(d.path, ())) for d in out]
+    return out
+
+
 def cli_value(field: CliField, value: Any) -> Any:
     """A parsed command-line value as an override: repeated and comma-separated list values joined into one list."""
     if value is None or not field.is_list:
