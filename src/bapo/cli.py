@@ -11,8 +11,6 @@ import ctypes
 import inspect
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -21,9 +19,9 @@ import typer
 from rich.console import Console
 
 from bapo.balancing.config import BalanceConfig
-from bapo.core.fields import option, section
-from bapo.data.config import DataConfig
-from bapo.errors import BapoError, ConfigError, environment_problem
+from bapo.core.fields import option
+from bapo.data.config import ValidateConfig
+from bapo.errors import BapoError, ConfigError, Interrupted, environment_problem, interruptible
 from bapo.evaluation.config import EvalConfig
 from bapo.options import CliField, cli_fields, cli_value, load_config, parse_sets
 from bapo.runtime.config import cache_dir_option, model_option
@@ -37,14 +35,6 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 out = Console(quiet=os.environ.get("RANK", "0") != "0")  # under torchrun / accelerate launch, the main process reports
-
-
-@dataclass
-class ValidateConfig:
-    """A ``bapo validate`` run: check a file of pairs or thumbs, and with a model its token lengths."""
-
-    data: DataConfig = section(DataConfig, cli=("path", "split", "user", "max_length", "max_prompt_length"))
-    model: str = option("", "Also check token lengths with this model's tokenizer (no model: records only).")
 
 
 @dataclass
@@ -72,19 +62,6 @@ def _option(f: CliField) -> inspect.Parameter:
 
 def _param(name: str, tp: Any, info: Any, default: Any = None) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[tp, info])
-
-
-@contextmanager
-def interruptible() -> Iterator[None]:
-    """Ctrl-C in a command exits 130 saying "interrupted" (click would turn it into "Aborted!" and exit 1)."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise Interrupted() from None
-
-
-class Interrupted(Exception):
-    """Ctrl-C inside a command, carried past click to :func:`run_command`."""
 
 
 # command name -> its config class: every command built from a config takes --config and --set (the configuration

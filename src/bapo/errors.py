@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -75,3 +77,17 @@ def environment_problem(e: BaseException) -> str | None:
         return (f"{kind}: cannot write: {str(e).splitlines()[0][:200]} (is the disk full, a file size limit set, or "
                 f"the folder not writable? set --cache-dir or --out elsewhere)")
     return None
+
+
+class Interrupted(Exception):
+    """Ctrl-C inside a command, carried past click (which would print "Aborted!" and exit 1) to the command line's
+    handler, which says "interrupted" and exits 130."""
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn Ctrl-C inside the block into :class:`Interrupted`."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted() from None

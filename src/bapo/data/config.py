@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bapo.core.fields import option
+from bapo.core.fields import option, section
 from bapo.core.tokens import Renderer
 from bapo.errors import ConfigError
 
@@ -51,3 +51,11 @@ class DataConfig:
 def renderer(tokenizer, data: DataConfig) -> Renderer:
     """The :class:`~bapo.core.tokens.Renderer` that cuts texts to ``data``'s limits the way ``data`` asks."""
     return Renderer(tokenizer, data.max_length, data.max_prompt_length, truncate=data.on_overlong == "truncate")
+
+
+@dataclass
+class ValidateConfig:
+    """A ``bapo validate`` run: check a file of pairs or thumbs, and with a model its token lengths."""
+
+    data: DataConfig = section(DataConfig, cli=("path", "split", "user", "max_length", "max_prompt_length"))
+    model: str = option("", "Also check token lengths with this model's tokenizer (no model: records only).")
