@@ -123,3 +123,30 @@ def test_the_home_follows_the_readme_as_it_changes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     home = (tmp_path / "site" / "index.html").read_text()
     assert "A sentence written today." in home and 'href="guide/"' in home
+
+
+USER_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_user_pages_name_no_issue_numbers():
+    """Pages are written for users, who cannot see this project's tracker."""
+    hits = [f"{p.name}:{i}" for p in USER_PAGES for i, line in enumerate(p.read_text().splitlines(), 1)
+            if re.search(r"\bissues? \d+", line, re.IGNORECASE)]
+    assert not hits, hits
+
+
+def test_results_and_performance_open_with_a_table_of_what_holds_now():
+    for page, header in (("RESULTS.md", "| question | finding | strength of evidence | section |"),
+                         ("PERFORMANCE.md", "| what | peer | bapo's speed-up (min / med / max) | dtype | date | command |")):
+        text = (ROOT / "docs" / page).read_text()
+        first_section = text.index("\n## ")
+        assert text.index(header) < text.index("\n## ", first_section + 1), f"{page}: the table is not first"
+
+
+def test_the_readmes_python_example_does_what_its_cli_lines_do():
+    text = (ROOT / "README.md").read_text()
+    cli = re.search(r"bapo train --data alice.jsonl --out adapters/alice --forgetting-budget (\S+)", text)
+    python = text[text.index("```python"):]
+    python = python[:python.index("```", 3)]
+    assert cli and f'spec="{cli[1]}"' in python and 'path="alice.jsonl"' in python and '"adapters/alice"' in python
+    assert "bapo.evaluate(" in python and "bapo.report(" in python
