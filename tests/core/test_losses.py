@@ -165,11 +165,11 @@ def test_replay_and_kl_pull_where_the_hinge_has_let_go():
 
     ref_base = T([[-5.0]])
     base = T([[-4.0]], requires_grad=True)  # already above the reference
-    hinge = BASE_TERMS["bapo"](base, ref_base, None, LossConfig()).sum()
+    hinge = BASE_TERMS["bapo"](base, ref_base, None, 0.0, LossConfig()).sum()
     hinge.backward()
     assert base.grad.abs().sum().item() == 0.0
     base.grad = None
-    BASE_TERMS["replay"](base, ref_base, None, LossConfig()).sum().backward()
+    BASE_TERMS["replay"](base, ref_base, None, 0.0, LossConfig()).sum().backward()
     assert base.grad.item() == pytest.approx(-1.0)
     # the token said got likelier (0.6 -> 0.8), but the distribution moved: the KL still pulls it back
     ref = torch.log(T([[0.6, 0.3, 0.1]]))
@@ -249,3 +249,33 @@ def test_kto_refuses_an_nll_term_and_bad_weights():
     with pytest.raises(ConfigError, match="desirable_weight"):
         LossConfig(method="kto", undesirable_weight=0.0).validate()
     assert LossConfig(method="bapo", pref_loss="kto").unpaired and not LossConfig(method="dpo").unpaired
+
+
+def test_the_anchor_tolerance_absorbs_rounding_and_nothing_more():
+    """A cached reference differs from the policy at step 0 by rounding alone; a hinge has its full gradient for any
+    positive gap, so without a tolerance it pushes on every base response from the first step."""
+    from bapo.core.losses import PairLogps
+
+    n = T([[40.0], [80.0]])
+    policy = T([[-30.0], [-70.0]], requires_grad=True)
+    rounding = T([[3e-6 * 40], [-2e-6 * 80]])  # the cached reference's rounding: 3e-6 and -2e-6 nats per token
+    ref = policy.detach() + rounding
+
+    def anchor(tolerance, ref_base):
+        p = PairLogps(T([-1.0, -1.0]), T([-2.0, -2.0]), T([-1.0, -1.0]), T([-2.0, -2.0]), T([5.0, 5.0]),
+                      T([5.0, 5.0]), base=policy, ref_base=ref_base, base_len=n)
+        policy.grad = None
+        cfg = LossConfig(method="bapo", anchor_lambda=1.0, anchor_tolerance=tolerance)
+        loss, metrics = preference_loss(p, cfg)
+        loss.backward()
+        return metrics["loss/anchor"].item(), policy.grad.abs().sum().item()
+
+    assert anchor(0.0, ref)[1] == pytest.approx(0.5)  # the paper's hinge: seq 1's gradient, full size, from rounding
+    assert anchor(1e-5, ref) == (0.0, 0.0)  # float32's tolerance: nothing
+    # a real loss still counts, less the tolerance: 0.5 nats per token below the reference over 40 tokens
+    value, grad = anchor(1e-5, policy.detach() + T([[0.5 * 40], [0.0]]))
+    assert value == pytest.approx((20.0 - 1e-5 * 40) / 2) and grad == pytest.approx(0.5)
+    from bapo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="anchor_tolerance"):
+        LossConfig(anchor_tolerance=-0.5).validate()

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from bapo.core.tokens import Encoded
+from bapo.errors import ModelError
 
 
 def pad_batch(seqs: Sequence[Encoded], pad_id: int) -> dict[str, Tensor]:
@@ -150,13 +151,46 @@ def pack_groups(groups: Sequence[Sequence[Encoded]], pad_id: int,
 def packed_logits(model, batch: dict[str, Tensor], select: Tensor | None = None) -> Tensor:
     """Float logits at every position of a :func:`pack_groups` batch that predicts a response token, ``(N, V)``;
     with ``select`` (a boolean mask over those N positions) at the selected ones only."""
-    kw = dict(input_ids=batch["input_ids"], attention_mask=additive_mask(batch["attention_mask"],
-                                                                       model_dtype(unwrapped(model))),
+    kw = dict(input_ids=batch["input_ids"], attention_mask=attention_masks(unwrapped(model), batch["attention_mask"],
+                                                                         batch["position_ids"]),
               position_ids=batch["position_ids"], use_cache=False)
     rows, cols = batch["rows"], batch["cols"]
     if select is not None:
         rows, cols = rows[select], cols[select]
     return _logits_at(model, kw, rows, cols)
+
+
+def _config(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, "config", None)
+
+
+def attention_masks(model, allowed: Tensor, position_ids: Tensor) -> Tensor | dict[str, Tensor]:
+    """The additive attention mask of a packed batch for ``model``, with the model's sliding window where it has one.
+
+    transformers passes a ready 4D mask through unchanged, to full and sliding layers alike, so a packed batch must
+    carry the window itself: a token sees another only if their positions differ by less than ``sliding_window``
+    (transformers' ``sliding_window_overlay``; positions, not columns, since responses restart after the prompt).
+    A model whose layers mix full and sliding attention (``config.layer_types``: Gemma 2 and 3, Qwen 2 and 3 with
+    ``use_sliding_window``) takes one mask per layer type, as a dict; one whose every layer slides (Mistral, Phi-3)
+    takes the windowed mask alone. ``allowed`` is :func:`pack_groups`'s boolean ``(B, 1, L, L)`` mask.
+    """
+    cfg = _config(model)
+    dtype = model_dtype(model)
+    window = getattr(cfg, "sliding_window", None)
+    types = set(getattr(cfg, "layer_types", None) or ())
+    full = additive_mask(allowed, dtype)
+    if not window or (types and "sliding_attention" not in types):
+        return full
+    unknown = types - {"full_attention", "sliding_attention"}
+    if unknown:
+        raise ModelError(f"{type(model).__name__}: its layers use {', '.join(sorted(unknown))} attention, for which "
+                         f"bapo builds no mask (it handles full and sliding-window attention)")
+    near = (position_ids.unsqueeze(2) - position_ids.unsqueeze(1)) < window  # (B, L, L)
+    sliding = additive_mask(allowed & near.unsqueeze(1), dtype)
+    if types == {"full_attention", "sliding_attention"}:
+        return {"full_attention": full, "sliding_attention": sliding}
+    return sliding
 
 
 def unwrapped(model):

@@ -44,6 +44,11 @@ class LossConfig:
                                   flag=("lambda", "anchor-lambda"))
     anchor: str = option("hinge", "BAPO anchor shape: hinge (the paper's max(0, gap)), abs or squared.")
     anchor_reduction: str = option("sum", "Base-response term over tokens: sum (the paper's anchor) or per-token mean.")
+    anchor_tolerance: float = option(
+        -1.0, "Gap, in nats per token, that BAPO's anchor reads as rounding rather than loss: max(0, gap - tolerance). "
+              "-1 (auto): 0 where the reference is computed in the training batch (then it equals the policy bit for "
+              "bit at step 0), 1e-5 with a cached float32 reference, 0.05 with a cached 16-bit one (see "
+              "docs/losses.md).")
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -64,6 +69,8 @@ class LossConfig:
             raise ConfigError("loss.discopop_tau: must be positive")
         if self.anchor_lambda < 0:
             raise ConfigError("loss.anchor_lambda: must be non-negative")
+        if self.anchor_tolerance < 0 and self.anchor_tolerance != -1:
+            raise ConfigError("loss.anchor_tolerance: must be >= 0, or -1 (auto)")
         if self.desirable_weight <= 0 or self.undesirable_weight <= 0:
             raise ConfigError("loss.desirable_weight, loss.undesirable_weight: must be positive")
         if self.unpaired and self.nll_weight > 0:
@@ -192,7 +199,8 @@ def anchor_gap(policy_base_logps: Tensor, ref_base_logps: Tensor) -> Tensor:
     return ref_base_logps - policy_base_logps
 
 
-def base_anchor(policy_base_logps: Tensor, ref_base_logps: Tensor, kind: str = "hinge") -> Tensor:
+def base_anchor(policy_base_logps: Tensor, ref_base_logps: Tensor, kind: str = "hinge",
+                tolerance: Tensor | float = 0.0) -> Tensor:
     """BAPO's base anchor (Lee et al., Findings of EMNLP 2024, arXiv 2407.00693).
 
     Before training, the reference model answers each prompt (its base response ``y_b``). Personalizing must not make
@@ -200,15 +208,20 @@ def base_anchor(policy_base_logps: Tensor, ref_base_logps: Tensor, kind: str = "
     below the reference's: ``max(0, log pi_ref(y_b|x) - log pi_theta(y_b|x))`` (``kind="hinge"``, the paper's form).
     Once the policy is at or above the reference the penalty and its gradient are zero, so the anchor never pulls
     the policy *down* towards the reference. ``abs`` and ``squared`` are two-sided alternatives.
-    Inputs may have a trailing dimension of base responses per prompt; the result is averaged over it.
+
+    ``tolerance`` (same shape as the log-probs, or a number) is the gap read as rounding: ``max(0, gap - tolerance)``.
+    A hinge has its full gradient for any positive gap, so a reference cached from other batch shapes, which differs
+    from the policy at step 0 by rounding alone, would push on every base response from the first step; the paper's
+    form is ``tolerance = 0``. Inputs may have a trailing dimension of base responses per prompt; the result is
+    averaged over it.
     """
     gap = anchor_gap(policy_base_logps, ref_base_logps)
     if kind == "hinge":
-        pen = torch.relu(gap)
+        pen = torch.relu(gap - tolerance)
     elif kind == "abs":
-        pen = gap.abs()
+        pen = torch.relu(gap.abs() - tolerance)
     elif kind == "squared":
-        pen = gap**2
+        pen = torch.relu(gap.abs() - tolerance) ** 2
     else:
         raise ValueError(f"unknown anchor kind {kind!r}; choose one of {sorted(ANCHORS)}")
     return pen.mean(dim=-1) if pen.dim() > 1 else pen
@@ -295,13 +308,14 @@ def _z0(p: PairLogps) -> Tensor:
 
 
 # The term on the reference's base responses of each method that has one: a function of the policy's and the
-# reference's log-probs of each base response and the policy's KL from the reference summed over its tokens, all
-# ``(B, K)`` (divided by the response length under per-token reduction); returns ``(B,)``.
-BaseTermFn = Callable[[Tensor, Tensor, "Tensor | None", LossConfig], Tensor]
+# reference's log-probs of each base response, the policy's KL from the reference summed over its tokens and the
+# gap read as rounding (BAPO's anchor_tolerance over the response's tokens), all ``(B, K)`` (divided by the response
+# length under per-token reduction); returns ``(B,)``.
+BaseTermFn = Callable[[Tensor, Tensor, "Tensor | None", "Tensor | float", LossConfig], Tensor]
 BASE_TERMS: dict[str, BaseTermFn] = {
-    "bapo": lambda base, ref_base, kl, c: base_anchor(base, ref_base, c.anchor),
-    "replay": lambda base, ref_base, kl, c: replay_loss(base),
-    "kl": lambda base, ref_base, kl, c: kl.mean(dim=-1) if kl.dim() > 1 else kl,
+    "bapo": lambda base, ref_base, kl, tol, c: base_anchor(base, ref_base, c.anchor, tol),
+    "replay": lambda base, ref_base, kl, tol, c: replay_loss(base),
+    "kl": lambda base, ref_base, kl, tol, c: kl.mean(dim=-1) if kl.dim() > 1 else kl,
 }
 METHODS = (*BASE_TERMS, "dpo+nll", *PREFERENCE_LOSSES)
 
@@ -347,15 +361,20 @@ def preference_loss(p: PairLogps, cfg: LossConfig) -> tuple[Tensor, dict[str, Te
         metrics["loss/nll"] = nll.detach()
     if p.base is not None and p.ref_base is not None:
         base, ref_base, kl = p.base, p.ref_base, p.base_kl
+        per_token = max(cfg.anchor_tolerance, 0.0)  # -1 (auto) is resolved by the trainer; unresolved, the paper's 0
+        tol: Tensor | float = per_token
         if cfg.anchor_reduction == "mean":
             assert p.base_len is not None, "a per-token base term needs base_len"
             n = p.base_len.clamp(min=1)
             base, ref_base, kl = base / n, ref_base / n, None if kl is None else kl / n
+        elif per_token > 0:
+            assert p.base_len is not None, "a tolerance per token needs base_len"
+            tol = per_token * p.base_len
         metrics["anchor/gap"] = anchor_gap(base, ref_base).detach().mean()
         if cfg.uses_anchor:
             if cfg.needs_token_kl and kl is None:
                 raise ValueError("method kl needs base_kl: the policy's KL from the reference on the base responses")
-            term = BASE_TERMS[cfg.method](base, ref_base, kl, cfg).mean()
+            term = BASE_TERMS[cfg.method](base, ref_base, kl, tol, cfg).mean()
             loss = loss + cfg.anchor_lambda * term
             metrics[f"loss/{'anchor' if cfg.method == 'bapo' else cfg.method}"] = term.detach()
     metrics["loss/total"] = loss.detach()

@@ -39,6 +39,8 @@ class DataConfig:
     max_prompt_length: int = max_prompt_length_option()
     on_overlong: str = option("truncate", "Over-long texts: truncate (prompt from the left, response from the right) "
                                           "or reject.")
+    enable_thinking: bool = option(False, "Passed to the chat template: Qwen 3's thinking mode (off: an empty <think> "
+                                          "block before each answer); templates without it ignore it.")
 
     def validate(self) -> None:
         if not 0 <= self.holdout < 1:
@@ -50,7 +52,8 @@ class DataConfig:
 
 def renderer(tokenizer, data: DataConfig) -> Renderer:
     """The :class:`~bapo.core.tokens.Renderer` that cuts texts to ``data``'s limits the way ``data`` asks."""
-    return Renderer(tokenizer, data.max_length, data.max_prompt_length, truncate=data.on_overlong == "truncate")
+    return Renderer(tokenizer, data.max_length, data.max_prompt_length, truncate=data.on_overlong == "truncate",
+                    enable_thinking=data.enable_thinking)
 
 
 @dataclass

@@ -234,10 +234,14 @@ def reward_of(reward_model, reward_tokenizer, messages: list[dict[str, str]], re
     """A sequence-classification reward model's score of ``response`` to the conversation ``messages``."""
     conv = [*messages, {"role": "assistant", "content": response}]
     if getattr(reward_tokenizer, "chat_template", None):
+        # The template writes the special tokens (BOS included) itself: tokenized without adding them again, as the
+        # policy's prompts are (bapo.core.tokens), or a BOS-adding tokenizer gives the reward model two BOS tokens.
         inp = reward_tokenizer.apply_chat_template(conv, tokenize=False)
+        special = False
     else:
-        inp = "\n\n".join(m["content"] for m in conv)
-    enc = reward_tokenizer(inp, return_tensors="pt", truncation=True, max_length=1024).to(reward_model.device)
+        inp, special = "\n\n".join(m["content"] for m in conv), True
+    enc = reward_tokenizer(inp, return_tensors="pt", truncation=True, max_length=1024,
+                           add_special_tokens=special).to(reward_model.device)
     return reward_model(**enc).logits[0, 0].float().item()
 
 

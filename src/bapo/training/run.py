@@ -12,7 +12,7 @@ import json
 import resource
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -95,6 +95,21 @@ def reference_in_batch(cfg: TrainConfig) -> bool:
     return cfg.finetune == "lora" and compute_dtype(cfg) != torch.float32 and cfg.loss.reads_reference_base
 
 
+# The gap, in nats per token, between a cached reference's log-prob of a base response and the policy's at step 0:
+# rounding from other batch shapes alone. Measured 2026-12-06 (docs/losses.md): largest batch mean over 16 steps of
+# 4 pairs, float32 8.8e-7 (SmolLM2-135M; up to 1.2e-7 on tiny Llama 3, Qwen 2.5/3, Mistral, Gemma 2/3, Phi-3, OLMo 2
+# models), bfloat16 2.0e-2 (SmolLM2-135M; 5.4e-5 on the tiny ones). The tolerances are ~10x and ~2.5x those.
+ROUNDING_PER_TOKEN = {torch.float32: 1e-5, torch.bfloat16: 5e-2, torch.float16: 5e-2}
+
+
+def anchor_tolerance(cfg: TrainConfig) -> float:
+    """``loss.anchor_tolerance`` resolved: as given, or (auto) 0 where the reference is computed in the training
+    batch, which makes it equal the policy bit for bit at step 0, and the dtype's rounding where it is cached."""
+    if cfg.loss.anchor_tolerance >= 0:
+        return cfg.loss.anchor_tolerance
+    return 0.0 if reference_in_batch(cfg) else ROUNDING_PER_TOKEN.get(compute_dtype(cfg), 5e-2)
+
+
 def lora_autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
     """bfloat16 where LoRA trains over a bfloat16 model (its branch then computes in bfloat16, see
     :func:`bapo.training.trainer.lora_autocast`); None elsewhere. Not float16: its narrow range would need a loss
@@ -146,7 +161,8 @@ def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[Item], held_pairs: l
     resume_step = int(Path(last).name.split("-")[-1]) if last else 0
     trainer = PreferenceTrainer(model=model, args=training_arguments(cfg, ckpt_dir), train_dataset=examples,
                                 data_collator=PairCollator(ref.pad_id, with_base, cfg.pack_prompts),
-                                loss_config=cfg.loss, ref_in_batch=reference_in_batch(cfg),
+                                loss_config=replace(cfg.loss, anchor_tolerance=anchor_tolerance(cfg)),
+                                ref_in_batch=reference_in_batch(cfg),
                                 autocast_dtype=lora_autocast_dtype(cfg), callbacks=[MetricsFile(out / "metrics.jsonl", resume_step)])
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(BarWithMetrics())
@@ -178,7 +194,8 @@ def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[Item], held_pairs: l
         "holdout_pairs": result.holdout_examples, "steps": result.steps, "seconds": round(result.seconds, 1),
         "processes": distributed.world_size(), "reference_work_by_rank": computed,
         "dtype": dtype_name(compute_dtype(cfg)), "dtype_asked": cfg.dtype,
-        "reference_logps": "in-batch" if reference_in_batch(cfg) else "cached",
+        "reference_logps": "in-batch" if reference_in_batch(cfg) else "cached", "anchor_tolerance": anchor_tolerance(cfg),
+        "chat_template": {"enable_thinking": cfg.data.enable_thinking, "system_folded": ref.renderer.fold_system},
     })
     return result
 
