@@ -67,6 +67,9 @@ class Family:
     kwargs: dict = field(default_factory=dict)
     system_role: bool = True
     windowed: bool = True
+    # AutoTokenizer loads Qwen's own tokenizer class (by the model type), which reads byte-level tokens: a space in the
+    # vocabulary must be written "Ġ"
+    byte_level: bool = False
 
 
 FAMILIES = {f.name: f for f in [
@@ -74,9 +77,9 @@ FAMILIES = {f.name: f for f in [
            ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), "<|eot_id|>",
            "<|begin_of_text|>", adds_bos=True, windowed=False),
     Family("qwen2.5", "Qwen2Config", "Qwen2ForCausalLM", QWEN2, ("<|im_start|>", "<|im_end|>"), "<|im_end|>",
-           kwargs=dict(use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1)),
+           byte_level=True, kwargs=dict(use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1)),
     Family("qwen3", "Qwen3Config", "Qwen3ForCausalLM", QWEN3, ("<|im_start|>", "<|im_end|>", "<think>", "</think>"),
-           "<|im_end|>", kwargs=dict(use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1, head_dim=8)),
+           "<|im_end|>", byte_level=True, kwargs=dict(use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1, head_dim=8)),
     Family("mistral", "MistralConfig", "MistralForCausalLM", MISTRAL, ("<s>", "</s>", "[INST]", "[/INST]"), "</s>",
            "<s>", adds_bos=True, kwargs=dict(sliding_window=WINDOW), system_role=False),
     Family("gemma2", "Gemma2Config", "Gemma2ForCausalLM", GEMMA2, ("<bos>", "<eos>", "<start_of_turn>",
@@ -96,19 +99,35 @@ FAMILIES = {f.name: f for f in [
 ]}
 
 
+def _byte_char(c: str) -> str:
+    """The character GPT-2's byte-level alphabet writes for the one-byte character ``c``."""
+    b = ord(c)
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    if b in printable:
+        return c
+    return chr(256 + [x for x in range(256) if x not in printable].index(b))
+
+
 def build_family_model(family: str, path: Path, seed: int = 0, template: str | None = None) -> Path:
     """Save a tiny random model of ``family`` and its tokenizer (with the family's chat format) to ``path``."""
     import torch
     import transformers
-    from tokenizers import Tokenizer, decoders, models, processors
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     f = FAMILIES[family]
     specials = ["<pad>", "<unk>", *dict.fromkeys(f.specials)]
-    vocab = {t: i for i, t in enumerate(specials + sorted(set(string.printable)))}
+    chars = sorted(set(string.printable))
+    if f.byte_level:  # GPT-2's byte-to-character map: a space is "Ġ", a newline "Ċ"
+        chars = [_byte_char(c) for c in chars]
+    vocab = {t: i for i, t in enumerate(specials + chars)}
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))  # one token per character
     tk.add_special_tokens(specials)
-    tk.decoder = decoders.Fuse()
+    if f.byte_level:
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+    else:
+        tk.decoder = decoders.Fuse()
     if f.adds_bos:
         tk.post_processor = processors.TemplateProcessing(single=f"{f.bos} $A", pair=f"{f.bos} $A $B",
                                                           special_tokens=[(f.bos, vocab[f.bos])])
