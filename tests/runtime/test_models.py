@@ -3,6 +3,7 @@
 import time
 
 import pytest
+import torch
 
 from bapo.runtime.config import LoraSettings
 from bapo.errors import ModelError
@@ -120,3 +121,26 @@ def test_processes_starting_on_an_empty_cache_convert_the_embedded_model_once(tm
     assert [p.returncode for p in procs] == [0, 0, 0], [e[-1500:] for _, e in outs]
     assert sum(o.count("converting the embedded") for o, _ in outs) == 1  # one converted, the others waited
     assert len({o.splitlines()[-1] for o, _ in outs}) == 1
+
+
+def test_the_reward_models_input_has_one_bos_with_a_bos_adding_tokenizer(tmp_path):
+    """The template writes BOS itself; tokenizing its text with special tokens again gave the reward model two."""
+    from types import SimpleNamespace
+
+    from bapo.runtime.models import load_tokenizer, reward_of
+    from tests.families import build_family_model
+
+    tok = load_tokenizer(str(build_family_model("llama3", tmp_path / "llama3")))
+    bos = tok.convert_tokens_to_ids("<|begin_of_text|>")
+    assert tok("hi")["input_ids"][0] == bos  # the tokenizer adds BOS by itself
+    seen = []
+
+    class Reward(torch.nn.Module):
+        device = torch.device("cpu")
+
+        def forward(self, input_ids, attention_mask=None):
+            seen.append(input_ids[0].tolist())
+            return SimpleNamespace(logits=torch.tensor([[0.25]]))
+
+    assert reward_of(Reward(), tok, [{"role": "user", "content": "Hi?"}], "Hello.") == 0.25
+    assert seen[0][0] == bos and seen[0].count(bos) == 1
