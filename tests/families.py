@@ -108,8 +108,10 @@ def _byte_char(c: str) -> str:
     return chr(256 + [x for x in range(256) if x not in printable].index(b))
 
 
-def build_family_model(family: str, path: Path, seed: int = 0, template: str | None = None) -> Path:
-    """Save a tiny random model of ``family`` and its tokenizer (with the family's chat format) to ``path``."""
+def build_family_model(family: str, path: Path, seed: int = 0, template: str | None = None,
+                       head_dim: int = 8) -> Path:
+    """Save a tiny random model of ``family`` and its tokenizer (with the family's chat format) to ``path``: 4 heads
+    of ``head_dim`` (vLLM's CPU attention takes 32 and up, benchmarks/vllm_check.py)."""
     import torch
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
@@ -135,11 +137,14 @@ def build_family_model(family: str, path: Path, seed: int = 0, template: str | N
                                   bos_token=f.bos, clean_up_tokenization_spaces=False)
     tok.chat_template = template or f.template
     torch.manual_seed(seed)
+    kwargs = {**f.kwargs, **({"head_dim": head_dim} if "head_dim" in f.kwargs else {}),
+              **({"query_pre_attn_scalar": head_dim} if "query_pre_attn_scalar" in f.kwargs else {})}
     cfg = getattr(transformers, f.config)(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(vocab), hidden_size=4 * head_dim, intermediate_size=8 * head_dim, num_hidden_layers=2,
+        num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False,
         eos_token_id=vocab[f.eos], pad_token_id=vocab["<pad>"], bos_token_id=vocab[f.bos] if f.bos else None,
-        **f.kwargs)
+        **kwargs)
     model = getattr(transformers, f.model)(cfg)
     model.generation_config.eos_token_id = vocab[f.eos]
     model.generation_config.pad_token_id = vocab["<pad>"]
