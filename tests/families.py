@@ -109,9 +109,9 @@ def _byte_char(c: str) -> str:
 
 
 def build_family_model(family: str, path: Path, seed: int = 0, template: str | None = None,
-                       head_dim: int = 8) -> Path:
+                       head_dim: int = 8, **overrides) -> Path:
     """Save a tiny random model of ``family`` and its tokenizer (with the family's chat format) to ``path``: 4 heads
-    of ``head_dim`` (vLLM's CPU attention takes 32 and up, benchmarks/vllm_check.py)."""
+    of ``head_dim`` (vLLM's CPU attention takes 32 and up, benchmarks/vllm_check.py); ``overrides`` set config fields."""
     import torch
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
@@ -138,7 +138,7 @@ def build_family_model(family: str, path: Path, seed: int = 0, template: str | N
     tok.chat_template = template or f.template
     torch.manual_seed(seed)
     kwargs = {**f.kwargs, **({"head_dim": head_dim} if "head_dim" in f.kwargs else {}),
-              **({"query_pre_attn_scalar": head_dim} if "query_pre_attn_scalar" in f.kwargs else {})}
+              **({"query_pre_attn_scalar": head_dim} if "query_pre_attn_scalar" in f.kwargs else {}), **overrides}
     cfg = getattr(transformers, f.config)(
         vocab_size=len(vocab), hidden_size=4 * head_dim, intermediate_size=8 * head_dim, num_hidden_layers=2,
         num_attention_heads=4,

@@ -217,3 +217,31 @@ def test_an_adapter_trained_again_into_its_folder_is_the_one_probed(tmp_path, ti
     new = load_file(str(tmp_path / "again" / "adapter_model.safetensors"))
     assert all(load_file(str(out / AS_TRAINED / "adapter_model.safetensors"))[k].equal(v) for k, v in new.items())
     assert probed == [str(out / AS_TRAINED)] * 3
+
+
+def test_the_budget_chooses_among_methods_the_largest_held_out_margin_within_it(tmp_path, tiny_model):
+    from bapo.budget.run import CANDIDATES, held_out
+
+    cfg = config(tmp_path, tiny_model, "drift:10")  # a budget every scale meets: the margins decide
+    cfg.loss.method = "dpo,replay"
+    result = bapo.train(cfg)
+    out = Path(cfg.out)
+    choice = json.loads((out / "run.json").read_text())["method_choice"]
+    margins = {c["method"]: c["margin"] for c in choice["candidates"]}
+    assert set(margins) == {"dpo", "replay"} and all(c["scale"] == 1.0 for c in choice["candidates"])
+    winner = max(margins, key=margins.get)
+    assert choice["chosen"] == winner and result.budget_scale == 1.0 and margins["dpo"] != margins["replay"]
+    # OUT is the winner's adapter, as a standard PEFT folder, and the candidates' margins are what they score
+    assert adapter_of(out) == adapter_of(out / CANDIDATES / winner)
+    again = {c.method: c.margin for c in held_out(cfg, {m: out / CANDIDATES / m for m in margins})}
+    assert again == pytest.approx(margins)
+    # a rerun reads the trained candidates back instead of training them again
+    first = (out / CANDIDATES / "dpo" / "adapter_model.safetensors").stat().st_mtime_ns
+    bapo.train(cfg)
+    assert (out / CANDIDATES / "dpo" / "adapter_model.safetensors").stat().st_mtime_ns == first
+    with pytest.raises(ConfigError, match="several methods"):
+        TrainConfig(out="x", data=DataConfig(path="d.jsonl")).for_method("dpo,bapo", "x").validate()
+
+
+def adapter_of(folder: Path) -> dict:
+    return {k: v.tolist() for k, v in load_file(str(folder / "adapter_model.safetensors")).items()}

@@ -2,12 +2,18 @@
 budget. The adapter as trained is kept in ``OUT/as_trained/``; ``OUT`` itself holds the standard PEFT adapter with the
 chosen scale built in (:func:`bapo.runtime.export.write_scaled`), and ``run.json`` the probe's table and the choice.
 A rerun with the same budget and scales leaves a probed adapter as it is.
+
+With several methods (``--method dpo,replay,bapo``) the budget also chooses among them: each is trained into
+``OUT/candidates/METHOD/`` (sharing the base responses and reference log-probs, which the cache holds once) and
+probed, and ``OUT`` receives the one with the largest held-out margin at its chosen scale; ``run.json`` records every
+candidate and why the winner won.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,12 +21,16 @@ from pathlib import Path
 from rich.table import Table
 
 from bapo.budget.probe import Prober, ProbeRow, choose, validated
+from bapo.core.tokens import encode_pairs
 from bapo.data.config import renderer
-from bapo.io import atomic_write_text, csv_text, write_json
+from bapo.data.pairs import load_pairs
+from bapo.evaluation.metrics import as_scored, personal_scores
+from bapo.io import atomic_write_text, csv_text, move_files_into, write_json
 from bapo.runtime import distributed
+from bapo.runtime.adapters import applied
 from bapo.runtime.export import write_scaled
 from bapo.runtime.models import load_tokenizer, resolve_model
-from bapo.runtime.reference import load_reference
+from bapo.runtime.reference import build_examples, load_reference
 from bapo.training.config import TrainConfig
 from bapo.training.per_user import PerUserResult, train_per_user, user_run
 from bapo.training.run import TrainResult, train as train_adapter
@@ -52,7 +62,10 @@ class BudgetChoice:
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train one adapter and, with a forgetting budget, build in its largest scale within it; the Python twin of
-    ``bapo train`` (``TrainResult.budget_scale`` is the scale built in)."""
+    ``bapo train`` (``TrainResult.budget_scale`` is the scale built in). With several methods, the budget chooses
+    among them too (:func:`train_methods`)."""
+    if len(cfg.methods) > 1:
+        return train_methods(cfg)
     result = train_adapter(cfg)
     if cfg.budget.limits():
         result.budget_scale = probed(cfg, [result.out])[0].scale
@@ -133,10 +146,92 @@ def _earlier(cfg: TrainConfig, adapter: Path) -> BudgetChoice | None:
                         rec.get("items", {}))
 
 
+CANDIDATES = "candidates"  # OUT/candidates/METHOD/: each method's adapter when the budget chooses among methods
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One method's adapter under the budget: the scale built in, and its held-out personalization there."""
+
+    method: str
+    scale: float
+    margin: float  # mean implicit-reward margin on the held-out pairs, nats
+    reward_acc: float
+
+
+def train_methods(cfg: TrainConfig) -> TrainResult:
+    """Train each of ``cfg.methods``, build the budget's scale into each, and ship the one with the largest held-out
+    margin within every limit (an adapter at scale 0 is the base model: it qualifies only when none other does)."""
+    out, t0 = Path(cfg.out), time.time()
+    runs = {}
+    for method in cfg.methods:
+        sub = cfg.for_method(method, str(out / CANDIDATES / method))
+        runs[method] = _finished(Path(sub.out)) or train_adapter(sub)
+        probed(sub, [Path(sub.out)])
+    candidates = held_out(cfg, {m: Path(r.out) for m, r in runs.items()})
+    winner = max(candidates, key=lambda c: (c.scale > 0, c.margin))
+    why = (f"the largest held-out margin ({winner.margin:.2f} nats) among the methods within the budget"
+           if winner.scale > 0 else "no method met the budget above scale 0: the base model")
+    if distributed.is_main():
+        _ship(Path(runs[winner.method].out), out, {"chosen": winner.method, "why": why,
+                                                   "candidates": [asdict(c) for c in candidates]})
+    distributed.barrier()
+    best = runs[winner.method]
+    return TrainResult(out, best.train_examples, best.holdout_examples, best.steps, time.time() - t0, winner.scale)
+
+
+def _finished(adapter: Path) -> TrainResult | None:
+    """A candidate trained by an earlier run (its run.json is written last), read back instead of trained again."""
+    run_file = adapter / "run.json"
+    if not run_file.exists():
+        return None
+    run = json.loads(run_file.read_text())
+    return TrainResult(adapter, run["train_pairs"], run["holdout_pairs"], run["steps"], run["seconds"])
+
+
+def held_out(cfg: TrainConfig, adapters: dict[str, Path]) -> list[Candidate]:
+    """Each adapter (its chosen scale built in) on the held-out pairs they share (one seed, one split)."""
+    path = resolve_model(cfg.model, cfg.cache_dir)
+    ref = load_reference(path, renderer(load_tokenizer(path), cfg.data), cfg.cache_dir, cfg.device, cfg.dtype)
+    held = load_pairs(str(next(iter(adapters.values())) / "holdout.jsonl"))
+    examples = as_scored(ref, build_examples(ref, held, encode_pairs(held, ref.renderer), cfg.base, False))
+    out = []
+    for method, adapter in adapters.items():
+        with applied(ref.model, adapter, 1.0, merge=False) as policy:
+            s = personal_scores(policy, examples, ref.pad_id)
+        scale = json.loads((adapter / "run.json").read_text())["forgetting_budget"]["scale"]
+        out.append(Candidate(method, scale, statistics.fmean(s["margin"]), statistics.fmean(s["reward_acc"])))
+    return out
+
+
+def _ship(winner: Path, out: Path, choice: dict) -> None:
+    """The winner's adapter, split and run files into ``out`` (each file renamed in whole), ``run.json`` last."""
+    staging = out / ".shipping"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for f in winner.iterdir():
+        if f.is_file() and f.name != "run.json":
+            shutil.copy2(f, staging / f.name)
+    move_files_into(staging, out)
+    run = json.loads((winner / "run.json").read_text())
+    write_json(out / "run.json", {**run, "method_choice": choice})
+
+
 def describe(adapter: Path) -> list:
     """What ``bapo train`` prints after a budget: the budget, the probe's table, and the scale built in (or the
-    warning that only the base model met it), from the adapter's ``run.json``."""
-    rec = json.loads((adapter / "run.json").read_text())["forgetting_budget"]
+    warning that only the base model met it), from the adapter's ``run.json``; with a choice among methods, each
+    candidate's scale and held-out margin first."""
+    run = json.loads((adapter / "run.json").read_text())
+    if "method_choice" in run:
+        choice = run["method_choice"]
+        table = Table(title="methods within the forgetting budget")
+        for col in ("method", "scale built in", "held-out margin (nats)", "reward acc"):
+            table.add_column(col, justify="right")
+        for c in choice["candidates"]:
+            table.add_row(c["method"], f"{c['scale']:g}", f"{c['margin']:.2f}", f"{c['reward_acc']:.3f}")
+        chosen = adapter / CANDIDATES / choice["chosen"]
+        return [table, f"[green]{choice['chosen']} shipped to[/] {adapter}: {choice['why']}", *describe(chosen)]
+    rec = run["forgetting_budget"]
     limits = rec["limits"]
     table = Table()
     for col in ("scale", *limits, "within"):

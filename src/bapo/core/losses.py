@@ -30,7 +30,9 @@ class LossConfig:
     method: str = option("bapo", "Loss: bapo; its rivals replay, kl, dpo+nll; or a pairwise loss (dpo, cdpo, ipo, "
                                  "hinge, robust, simpo, apo_zero, apo_down, sppo_hard, nca_pair, exo_pair, bco_pair, "
                                  "aot, discopop, sigmoid_norm); or kto, for thumbs up/down (unpaired feedback; pairs "
-                                 "are unpaired: chosen liked, rejected disliked).")
+                                 "are unpaired: chosen liked, rejected disliked). Several, comma-separated "
+                                 "(dpo,replay,bapo), with a forgetting budget: it ships the one that personalizes "
+                                 "most within it.")
     pref_loss: str = option("dpo", "With bapo, replay or kl: the preference loss the base-response term is added to "
                                    "(kto included).")
     beta: float = option(0.1, "Inverse temperature of the implicit reward (DPO's beta).")

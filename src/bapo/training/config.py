@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bapo.core.fields import option, section
 from bapo.core.losses import LossConfig
@@ -59,7 +59,26 @@ class TrainConfig:
             return self.batch_size
         return max(d for d in range(1, self.micro_batch_size + 1) if self.batch_size % d == 0)
 
+    @property
+    def methods(self) -> list[str]:
+        """The methods to train: one, or several (``dpo,replay,bapo``) for the forgetting budget to choose among."""
+        return [m.strip() for m in self.loss.method.split(",") if m.strip()]
+
+    def for_method(self, method: str, out: str) -> "TrainConfig":
+        """This run with one of its methods, into ``out``."""
+        return replace(self, out=out, loss=replace(self.loss, method=method))
+
     def validate(self) -> None:
+        if len(self.methods) > 1:
+            if not self.budget.limits():
+                raise ConfigError(f"loss.method: {self.loss.method} names several methods; a forgetting budget "
+                                  f"(--forgetting-budget) chooses among them, give one")
+            if self.per_user:
+                raise ConfigError("loss.method: choosing among methods is not yet done per user; give --per-user "
+                                  "one method")
+            for method in self.methods:
+                self.for_method(method, self.out).validate()
+            return
         if not self.out:
             raise ConfigError("out: an output directory is required")
         if not self.data.path:
