@@ -12,6 +12,7 @@ VLLM_PY=${VLLM_PY:-.venv-vllm/bin/python}
 FAMILIES=${*:-llama3 qwen2.5 qwen3 mistral gemma2 gemma3 phi3 olmo2 smollm2}
 WORK=${WORK:-$(mktemp -d)}
 PORT=${PORT:-8765}
+mkdir -p "$WORK"
 echo "== $(date '+%F %T') $(uname -m), $(nproc) CPUs; $("$VLLM_PY" -c 'import vllm; print("vllm", vllm.__version__)' 2>/dev/null)"
 for f in $FAMILIES; do
   dir="$WORK/$f"

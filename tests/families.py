@@ -139,12 +139,11 @@ def build_family_model(family: str, path: Path, seed: int = 0, template: str | N
     torch.manual_seed(seed)
     kwargs = {**f.kwargs, **({"head_dim": head_dim} if "head_dim" in f.kwargs else {}),
               **({"query_pre_attn_scalar": head_dim} if "query_pre_attn_scalar" in f.kwargs else {}), **overrides}
-    cfg = getattr(transformers, f.config)(
-        vocab_size=len(vocab), hidden_size=4 * head_dim, intermediate_size=8 * head_dim, num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False,
-        eos_token_id=vocab[f.eos], pad_token_id=vocab["<pad>"], bos_token_id=vocab[f.bos] if f.bos else None,
-        **kwargs)
+    cfg = getattr(transformers, f.config)(**{
+        **dict(vocab_size=len(vocab), hidden_size=4 * head_dim, intermediate_size=8 * head_dim, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False,
+               eos_token_id=vocab[f.eos], pad_token_id=vocab["<pad>"], bos_token_id=vocab[f.bos] if f.bos else None),
+        **kwargs})
     model = getattr(transformers, f.model)(cfg)
     model.generation_config.eos_token_id = vocab[f.eos]
     model.generation_config.pad_token_id = vocab["<pad>"]
