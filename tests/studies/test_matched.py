@@ -109,18 +109,24 @@ def test_the_trend_is_each_arms_slope_over_its_adapters():
 
     from bapo.studies.tables import RETENTION
 
-    def row(arm, h, knowledge):
-        return SimpleNamespace(arm=arm, heterogeneity=h, **{**{f"{m}_delta": None for m in RETENTION},
-                                                            "knowledge_delta": knowledge})
+    def row(arm, h, knowledge, seed):
+        return SimpleNamespace(arm=arm, heterogeneity=h, user=f"flip:{h}", seed=seed,
+                               **{**{f"{m}_delta": None for m in RETENTION}, "knowledge_delta": knowledge})
 
-    rows = [row("dpo", h, -0.1 * h + e) for h, e in ((0.0, 0.01), (0.5, -0.01), (1.0, 0.0), (1.0, 0.02))]
-    rows += [row("bapo", 0.0, 0.0), row("bapo", 0.0, 0.1), row("bapo", 1.0, 0.0)]  # 3 points at 2 levels
-    rows += [row("kl", 0.5, 0.0), row("kl", 0.5, 0.1), row("kl", 0.5, 0.2)]  # one level: no slope
+    rows = [row("dpo", h, -0.1 * h + e, s) for h, e, s in ((0.0, 0.01, 0), (0.5, -0.01, 0), (1.0, 0.0, 0),
+                                                            (1.0, 0.02, 1), (0.0, 0.03, 1))]
+    rows += [row("bapo", 0.0, 0.0, 0), row("bapo", 0.0, 0.1, 1), row("bapo", 1.0, 0.0, 0)]  # 3 points at 2 levels
+    rows += [row("kl", 0.5, 0.0, 0), row("kl", 0.5, 0.1, 1), row("kl", 0.5, 0.2, 2)]  # one level: no slope
     got = {(r.method, r.measure): r for r in trend_rows(rows)}
-    assert set(got) == {("dpo", "knowledge"), ("bapo", "knowledge")}  # no other measure has values
-    ref = slope([r.heterogeneity for r in rows[:4]], [r.knowledge_delta for r in rows[:4]])
+    # no other measure has values; kl - dpo pairs one adapter only (DPO has no seed 1 or 2 at 0.5)
+    assert set(got) == {("dpo", "knowledge"), ("bapo", "knowledge"), ("bapo - dpo", "knowledge")}
+    # bapo - dpo: the seed-matched differences (0.0 - 0.01, 0.1 - 0.03, 0.0 + 0.1) on heterogeneity (0, 0, 1)
+    paired = slope([0.0, 0.0, 1.0], [-0.01, 0.07, 0.1])
+    assert got[("bapo - dpo", "knowledge")].slope == pytest.approx(paired.slope)
+    assert (got[("bapo - dpo", "knowledge")].lo, got[("bapo - dpo", "knowledge")].adapters) == (paired.lo, 3)
+    ref = slope([r.heterogeneity for r in rows[:5]], [r.knowledge_delta for r in rows[:5]])
     dpo = got[("dpo", "knowledge")]
-    assert (dpo.slope, dpo.lo, dpo.hi, dpo.adapters, dpo.levels) == (ref.slope, ref.lo, ref.hi, 4, 3)
+    assert (dpo.slope, dpo.lo, dpo.hi, dpo.adapters, dpo.levels) == (ref.slope, ref.lo, ref.hi, 5, 3)
     assert got[("bapo", "knowledge")].slope == pytest.approx(-0.05)
     assert "| dpo | knowledge |" in trend_markdown(list(got.values())) and trend_markdown([]) == ""
 

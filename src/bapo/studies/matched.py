@@ -332,16 +332,36 @@ def trend_rows(rows: Sequence) -> list[TrendRow]:
     regressed on its users' measured heterogeneity: every adapter (each user and seed) one point, the slope's 95%
     t interval from the residuals (:func:`slope`). Only where the arm has 3 or more adapters at 2 or more
     heterogeneities. The points share the evaluation's items, so the interval treats as independent what is not
-    quite: read it as a seed-level interval."""
+    quite: read it as a seed-level interval.
+
+    Then, for each other arm beside DPO, ``ARM - dpo``: the slope of the seed-matched difference (the arm's change
+    minus DPO's at the same user and seed) on heterogeneity, which is the arm's slope minus DPO's over the adapters
+    both have, with an interval that pairing narrows: does the arm hold the trend down?"""
     out = []
-    for arm in dict.fromkeys(r.arm for r in rows):
-        for measure in RETENTION:
-            pts = [(r.heterogeneity, getattr(r, f"{measure}_delta")) for r in rows
-                   if r.arm == arm and getattr(r, f"{measure}_delta") is not None]
-            levels = len({x for x, _ in pts})
-            if len(pts) >= 3 and levels >= 2:
-                s = slope([x for x, _ in pts], [y for _, y in pts])
-                out.append(TrendRow(arm, measure, s.slope, s.lo, s.hi, s.n, levels))
+    arms = list(dict.fromkeys(r.arm for r in rows))
+    for arm in arms:
+        out += _slopes(arm, [(r.heterogeneity, {m: getattr(r, f"{m}_delta") for m in RETENTION})
+                             for r in rows if r.arm == arm])
+    dpo = {(r.user, r.seed): r for r in rows if r.arm == "dpo"}
+    for arm in (a for a in arms if a != "dpo" and dpo):
+        pairs = [(r, dpo[(r.user, r.seed)]) for r in rows if r.arm == arm and (r.user, r.seed) in dpo]
+        out += _slopes(f"{arm} - dpo", [(r.heterogeneity, {m: _minus(getattr(r, f"{m}_delta"), getattr(d, f"{m}_delta"))
+                                                            for m in RETENTION}) for r, d in pairs])
+    return out
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _slopes(method: str, points: Sequence[tuple[float, dict[str, float | None]]]) -> list[TrendRow]:
+    out = []
+    for measure in RETENTION:
+        pts = [(x, ys[measure]) for x, ys in points if ys[measure] is not None]
+        levels = len({x for x, _ in pts})
+        if len(pts) >= 3 and levels >= 2:
+            s = slope([x for x, _ in pts], [y for _, y in pts])
+            out.append(TrendRow(method, measure, s.slope, s.lo, s.hi, s.n, levels))
     return out
 
 
@@ -350,7 +370,9 @@ def trend_markdown(rows: Sequence[TrendRow]) -> str:
         return ""
     lines = ["Forgetting against heterogeneity: each arm's change against the base model regressed on its users' "
              "measured heterogeneity, every adapter one point; the slope is the change from heterogeneity 0 to 1 "
-             "(negative = loses more as the user departs from general preference), 95% t interval.", "",
+             "(negative = loses more as the user departs from general preference), 95% t interval. A row `ARM - dpo` "
+             "regresses the seed-matched difference (the arm's change minus DPO's, same user and seed): positive = the "
+             "arm holds the trend down.", "",
              "| method | measure | slope | 95% interval | adapters | heterogeneities |", "|---|---|---|---|---|---|"]
     lines += [f"| {r.method} | {r.measure} | {r.slope:+.3f} | [{r.lo:+.3f}, {r.hi:+.3f}] | {r.adapters} | {r.levels} |"
               for r in rows]
