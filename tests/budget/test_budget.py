@@ -245,3 +245,22 @@ def test_the_budget_chooses_among_methods_the_largest_held_out_margin_within_it(
 
 def adapter_of(folder: Path) -> dict:
     return {k: v.tolist() for k, v in load_file(str(folder / "adapter_model.safetensors")).items()}
+
+
+def test_per_user_the_budget_chooses_each_users_method(tmp_path, tiny_model):
+    from bapo.budget.run import CANDIDATES, train_each_user
+
+    rows = make_pairs(8, 1, user="ann") + [{**r, "prompt": r["prompt"] + " (b)"} for r in make_pairs(8, 1, user="bo")]
+    cfg = config(tmp_path, tiny_model, "drift:1000", per_user=True)
+    cfg.data.path = str(write_jsonl(tmp_path / "users.jsonl", rows))
+    cfg.loss.method = "dpo,replay"
+    done = train_each_user(cfg)
+    out = Path(cfg.out)
+    table = {r["user"]: r for r in csv.DictReader(open(out / "users.csv"))}
+    for user in ("ann", "bo"):
+        choice = json.loads((out / user / "run.json").read_text())["method_choice"]
+        margins = {c["method"]: c["margin"] for c in choice["candidates"]}
+        assert set(margins) == {"dpo", "replay"} and choice["chosen"] == max(margins, key=margins.get)
+        assert table[user]["method"] == choice["chosen"]
+        assert adapter_of(out / user) == adapter_of(out / CANDIDATES / choice["chosen"] / user)
+    assert [u.method for u in done.users] == [table["ann"]["method"], table["bo"]["method"]]

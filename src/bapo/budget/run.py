@@ -75,6 +75,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 def train_each_user(cfg: TrainConfig) -> PerUserResult:
     """``bapo train --per-user``, with each user's adapter probed and scaled when there is a budget; ``users.csv``
     then has each user's built-in scale."""
+    if len(cfg.methods) > 1:
+        return train_each_user_methods(cfg)
     done = train_per_user(cfg)
     if cfg.budget.limits():
         probed(cfg, [Path(r.out) for r in done.users])
@@ -168,16 +170,41 @@ def train_methods(cfg: TrainConfig) -> TrainResult:
         sub = cfg.for_method(method, str(out / CANDIDATES / method))
         runs[method] = _finished(Path(sub.out)) or train_adapter(sub)
         probed(sub, [Path(sub.out)])
-    candidates = held_out(cfg, {m: Path(r.out) for m, r in runs.items()})
+    winner = ship_best(cfg, {m: Path(r.out) for m, r in runs.items()}, out)
+    best = runs[winner.method]
+    return TrainResult(out, best.train_examples, best.holdout_examples, best.steps, time.time() - t0, winner.scale)
+
+
+def train_each_user_methods(cfg: TrainConfig) -> PerUserResult:
+    """``--per-user`` with several methods: every method's per-user job into ``OUT/candidates/METHOD/``, each adapter
+    probed, then for each user the method with the largest held-out margin within the budget shipped to
+    ``OUT/USER``; ``users.csv`` names each user's method."""
+    out, t0 = Path(cfg.out), time.time()
+    jobs = {m: train_each_user(cfg.for_method(m, str(out / CANDIDATES / m))) for m in cfg.methods}
+    first = jobs[cfg.methods[0]]
+    path = resolve_model(cfg.model, cfg.cache_dir)
+    ref = load_reference(path, renderer(load_tokenizer(path), cfg.data), cfg.cache_dir, cfg.device, cfg.dtype)
+    for run in first.users:
+        ship_best(cfg, {m: Path(job.out) / run.user for m, job in jobs.items()}, out / run.user, ref)
+    distributed.barrier()
+    runs = [user_run(out / r.user, r.user) for r in first.users]
+    if distributed.is_main():
+        atomic_write_text(out / "users.csv", csv_text(runs))
+    return PerUserResult(runs, first.skipped, out, time.time() - t0)
+
+
+def ship_best(cfg: TrainConfig, adapters: dict[str, Path], out: Path, ref=None) -> Candidate:
+    """Of ``adapters`` (one per method, the budget's scale built in), ship to ``out`` the one with the largest
+    held-out margin among those above scale 0 (the base model only when none is), with every candidate and why."""
+    candidates = held_out(cfg, adapters, ref)
     winner = max(candidates, key=lambda c: (c.scale > 0, c.margin))
     why = (f"the largest held-out margin ({winner.margin:.2f} nats) among the methods within the budget"
            if winner.scale > 0 else "no method met the budget above scale 0: the base model")
     if distributed.is_main():
-        _ship(Path(runs[winner.method].out), out, {"chosen": winner.method, "why": why,
-                                                   "candidates": [asdict(c) for c in candidates]})
+        _ship(adapters[winner.method], out, {"chosen": winner.method, "why": why,
+                                             "candidates": [asdict(c) for c in candidates]})
     distributed.barrier()
-    best = runs[winner.method]
-    return TrainResult(out, best.train_examples, best.holdout_examples, best.steps, time.time() - t0, winner.scale)
+    return winner
 
 
 def _finished(adapter: Path) -> TrainResult | None:
@@ -189,10 +216,12 @@ def _finished(adapter: Path) -> TrainResult | None:
     return TrainResult(adapter, run["train_pairs"], run["holdout_pairs"], run["steps"], run["seconds"])
 
 
-def held_out(cfg: TrainConfig, adapters: dict[str, Path]) -> list[Candidate]:
-    """Each adapter (its chosen scale built in) on the held-out pairs they share (one seed, one split)."""
-    path = resolve_model(cfg.model, cfg.cache_dir)
-    ref = load_reference(path, renderer(load_tokenizer(path), cfg.data), cfg.cache_dir, cfg.device, cfg.dtype)
+def held_out(cfg: TrainConfig, adapters: dict[str, Path], ref=None) -> list[Candidate]:
+    """Each adapter (its chosen scale built in) on the held-out pairs they share (one seed, one split); ``ref``: the
+    reference, when the caller has it loaded."""
+    if ref is None:
+        path = resolve_model(cfg.model, cfg.cache_dir)
+        ref = load_reference(path, renderer(load_tokenizer(path), cfg.data), cfg.cache_dir, cfg.device, cfg.dtype)
     held = load_pairs(str(next(iter(adapters.values())) / "holdout.jsonl"))
     examples = as_scored(ref, build_examples(ref, held, encode_pairs(held, ref.renderer), cfg.base, False))
     out = []

@@ -73,9 +73,6 @@ class TrainConfig:
             if not self.budget.limits():
                 raise ConfigError(f"loss.method: {self.loss.method} names several methods; a forgetting budget "
                                   f"(--forgetting-budget) chooses among them, give one")
-            if self.per_user:
-                raise ConfigError("loss.method: choosing among methods is not yet done per user; give --per-user "
-                                  "one method")
             for method in self.methods:
                 self.for_method(method, self.out).validate()
             return

@@ -43,6 +43,7 @@ class UserRun:
     seconds: float
     out: str
     budget_scale: float | None = None  # the scale a forgetting budget built in (bapo.budget); None without one
+    method: str = ""  # the loss that trained it (with several methods: the one the forgetting budget chose)
 
 
 @dataclass
@@ -128,4 +129,5 @@ def user_run(folder: Path, user: str) -> UserRun:
     last = next((r for r in reversed(rows) if "loss" in r), {})
     return UserRun(user, run["train_pairs"], run["holdout_pairs"], run["steps"], last.get("loss"),
                    last.get("rewards/margins"), last.get("anchor/gap"), run["seconds"], str(folder),
-                   run.get("forgetting_budget", {}).get("scale"))
+                   run.get("forgetting_budget", {}).get("scale"),
+                   run.get("method_choice", {}).get("chosen", run.get("method", "")))
