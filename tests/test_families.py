@@ -196,3 +196,15 @@ def test_train_eval_export_and_serve(family_dir, name, tmp_path):
     # where local generation strips it
     answer = r.choices[0].message.content
     assert (answer.rstrip() if r.choices[0].finish_reason == "length" else answer) == alone
+
+
+def test_the_fold_is_one_note_on_the_command_line(family_dir, tmp_path):
+    from tests.test_cli_usage import script
+
+    data = write_jsonl(tmp_path / "sys.jsonl", [{"prompt": SYSTEM, "chosen": f"Green {i}.", "rejected": "No."}
+                                                for i in range(3)])
+    r = script("validate", "--data", str(data), "--model", family_dir("gemma2"))
+    said = r.stdout + r.stderr
+    assert r.returncode == 0 and "UserWarning" not in said, said
+    assert [line for line in said.splitlines() if line.startswith("note:")] == [
+        line for line in said.splitlines() if "folded into the first user turn" in line] and said.count("note:") == 1

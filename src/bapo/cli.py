@@ -21,7 +21,8 @@ from rich.console import Console
 from bapo.balancing.config import BalanceConfig
 from bapo.core.fields import option
 from bapo.data.config import ValidateConfig
-from bapo.errors import BapoError, ConfigError, Interrupted, environment_problem, interruptible
+from bapo.errors import (BapoError, ConfigError, Interrupted, environment_problem, interruptible,
+                         notes_as_one_line)
 from bapo.evaluation.config import EvalConfig
 from bapo.options import CliField, cli_fields, cli_value, load_config, parse_sets
 from bapo.runtime.config import cache_dir_option, model_option
@@ -362,6 +363,7 @@ def main() -> None:
 
 def run_command() -> None:
     keep_freed_memory()
+    notes_as_one_line(lambda text: err.print(f"[yellow]note:[/] {text}", highlight=False, soft_wrap=True))
     try:
         # Standalone mode: typer reports its own usage errors (the usage line and one error line, exit 2) and exits.
         # bapo does not catch click's exception classes itself: typer >= 0.29 carries a private copy of click whose
