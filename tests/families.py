@@ -99,15 +99,6 @@ FAMILIES = {f.name: f for f in [
 ]}
 
 
-def _byte_char(c: str) -> str:
-    """The character GPT-2's byte-level alphabet writes for the one-byte character ``c``."""
-    b = ord(c)
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    if b in printable:
-        return c
-    return chr(256 + [x for x in range(256) if x not in printable].index(b))
-
-
 def build_family_model(family: str, path: Path, seed: int = 0, template: str | None = None,
                        head_dim: int = 8, **overrides) -> Path:
     """Save a tiny random model of ``family`` and its tokenizer (with the family's chat format) to ``path``: 4 heads
@@ -121,7 +112,10 @@ def build_family_model(family: str, path: Path, seed: int = 0, template: str | N
     specials = ["<pad>", "<unk>", *dict.fromkeys(f.specials)]
     chars = sorted(set(string.printable))
     if f.byte_level:  # GPT-2's byte-to-character map: a space is "Ġ", a newline "Ċ"
-        chars = [_byte_char(c) for c in chars]
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+        byte_char = bytes_to_unicode()
+        chars = [byte_char[ord(c)] for c in chars]
     vocab = {t: i for i, t in enumerate(specials + chars)}
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))  # one token per character
     tk.add_special_tokens(specials)

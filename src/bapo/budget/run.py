@@ -169,7 +169,7 @@ def train_methods(cfg: TrainConfig) -> TrainResult:
     for method in cfg.methods:
         sub = cfg.for_method(method, str(out / CANDIDATES / method))
         runs[method] = _finished(Path(sub.out)) or train_adapter(sub)
-        probed(sub, [Path(sub.out)])
+    probed(cfg, [Path(r.out) for r in runs.values()])  # one reference and one set of probes for every candidate
     winner = ship_best(cfg, {m: Path(r.out) for m, r in runs.items()}, out)
     best = runs[winner.method]
     return TrainResult(out, best.train_examples, best.holdout_examples, best.steps, time.time() - t0, winner.scale)
