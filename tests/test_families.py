@@ -208,3 +208,13 @@ def test_the_fold_is_one_note_on_the_command_line(family_dir, tmp_path):
     assert r.returncode == 0 and "UserWarning" not in said, said
     assert [line for line in said.splitlines() if line.startswith("note:")] == [
         line for line in said.splitlines() if "folded into the first user turn" in line] and said.count("note:") == 1
+
+
+def test_a_conversation_the_template_refuses_is_one_line_naming_file_line_and_field(family_dir, tmp_path):
+    from tests.test_cli_usage import script
+
+    twice = [{"role": "user", "content": "Hi?"}, {"role": "user", "content": "Again?"}]
+    data = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": twice, "chosen": "A.", "rejected": "B."}])
+    r = script("validate", "--data", str(data), "--model", family_dir("mistral"))
+    lines = [x for x in (r.stdout + r.stderr).splitlines() if x.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and f"{data}:1: prompt: the chat template" in lines[0], lines

@@ -40,7 +40,8 @@ class DataError(BapoError):
     MAX_SHOWN = 20
 
     def __init__(self, problems: list[Problem] | Problem):
-        self.problems = [problems] if isinstance(problems, Problem) else list(problems)
+        # the same problem found twice (a prompt a pair's chosen and rejected answers share) is listed once
+        self.problems = [problems] if isinstance(problems, Problem) else list(dict.fromkeys(problems))
         shown = [str(p) for p in self.problems[: self.MAX_SHOWN]]
         more = len(self.problems) - len(shown)
         if more > 0:
