@@ -38,7 +38,7 @@ def leaves(group=None, path=()):
 
 
 COMMANDS = dict(leaves())
-GROUPS = [(), ("export",), ("data",)]
+GROUPS = [(), ("export",), ("data",), ("keys",)]
 
 
 def script(*args: str) -> subprocess.CompletedProcess:
@@ -59,7 +59,8 @@ def usage_error(r: subprocess.CompletedProcess, *expected: str) -> None:
 
 def test_every_command_is_covered():
     assert {" ".join(p) for p in COMMANDS} >= {"train", "base", "validate", "eval", "study", "balance", "serve",
-                                               "demo", "report", "export model", "export adapter", "data fetch"}
+                                               "demo", "report", "export model", "export adapter", "data fetch",
+                                               "keys add"}
 
 
 @pytest.mark.parametrize("path", sorted(COMMANDS), ids=" ".join)
@@ -111,7 +112,7 @@ ENTRY_POINTS = [("bapo.budget.run", "train"), ("bapo.budget.run", "train_each_us
                 ("bapo.evaluation.runner", "evaluate"), ("bapo.studies.run", "run_study"),
                 ("bapo.balancing.run", "balance"), ("bapo.serve.server", "serve"), ("bapo.demo", "run_demo"),
                 ("bapo.evaluation.report", "write_report"), ("bapo.runtime.export", "export_model"),
-                ("bapo.runtime.export", "export_adapter"), ("bapo.data.fetch", "fetch"),
+                ("bapo.runtime.export", "export_adapter"), ("bapo.data.fetch", "fetch"), ("bapo.serve.keys", "add_key"),
                 ("bapo.runtime.models", "load_tokenizer")]
 
 

@@ -299,6 +299,28 @@ def export_adapter_command(
     out.print(f"[green]{what} at scale {scale:g} written to[/] {done.out}")
 
 
+keys_app = typer.Typer(help="Per-user API keys for bapo serve --keys: each key uses only its own adapters.",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("add")
+def keys_add_command(
+    file: Annotated[Path, typer.Argument(help="The keys file (YAML), created if missing.")],
+    name: Annotated[str, typer.Option(help="Who holds the key.")],
+    adapters: Annotated[str, typer.Option(help="Comma-separated adapter names or patterns the key may use "
+                                               "(alice,alice-*).")] = "",
+    base: Annotated[bool, typer.Option(help="May the key ask the base model.")] = True,
+) -> None:
+    """Make a new random key, add its sha256 to FILE and print the key once (it is stored nowhere)."""
+    from bapo.serve.keys import add_key
+
+    key = add_key(file, name, [a.strip() for a in adapters.split(",") if a.strip()], base)
+    err.print(f"[green]key for {name} added to[/] {file} [dim](shown once: give it to {name}, it is not stored)[/]",
+              highlight=False)
+    print(key)
+
+
 data_app = typer.Typer(help="The public data sets the studies read.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

@@ -4,6 +4,7 @@ and ``/v1/models`` on FastAPI. Every error is OpenAI's envelope with a 4xx or 5x
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException
 from bapo.runtime.export import export_info
 from bapo.serve.config import ServeConfig
 from bapo.serve.engine import Engine, Reply, Request
+from bapo.serve.keys import Grant, Keys
 from bapo.serve.pool import AdapterLoadError, AdapterPool, ModelNotFound
 from bapo.serve.schemas import ChatRequest, Usage, chunk, completion, completion_id, error
 
@@ -39,10 +41,17 @@ def _reply_error(e: Exception) -> ApiError:
     return ApiError(500, "the server failed to answer this request", kind="server_error")
 
 
-def create_app(cfg: ServeConfig, engine: Engine, pool: AdapterPool, base_name: str) -> FastAPI:
-    """The FastAPI application over ``engine``; ``base_name`` is the base model's id in the API."""
+def create_app(cfg: ServeConfig, engine: Engine, pool: AdapterPool, base_name: str,
+               keys: Keys | None = None) -> FastAPI:
+    """The FastAPI application over ``engine``; ``base_name`` is the base model's id in the API. With ``keys``, each
+    request's key decides which adapters it may see and use (another user's adapter is as unknown as a missing one);
+    otherwise one shared key (or none) opens everything."""
     app = FastAPI(title="bapo serve", docs_url=None, redoc_url=None, openapi_url=None)
-    api_key = cfg.api_key or os.environ.get("BAPO_API_KEY", "")
+    api_key = "" if keys is not None else (cfg.api_key or os.environ.get("BAPO_API_KEY", ""))
+
+    def unauthorized() -> JSONResponse:
+        return JSONResponse(error("Incorrect API key provided", "invalid_request_error", code="invalid_api_key"),
+                            status_code=401)
 
     @app.exception_handler(ApiError)
     async def api_error(request: HttpRequest, e: ApiError) -> JSONResponse:
@@ -54,9 +63,14 @@ def create_app(cfg: ServeConfig, engine: Engine, pool: AdapterPool, base_name: s
 
     @app.middleware("http")
     async def guard(request: HttpRequest, call_next: Any) -> Any:
-        if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
-            return JSONResponse(error("Incorrect API key provided", "invalid_request_error", code="invalid_api_key"),
-                                status_code=401)
+        given = request.headers.get("authorization", "")
+        request.state.grant = None
+        if keys is not None:
+            request.state.grant = keys.find(given[7:]) if given.startswith("Bearer ") else None
+            if request.state.grant is None:
+                return unauthorized()
+        elif api_key and not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+            return unauthorized()
         try:
             return await call_next(request)
         except Exception as e:  # the last line of defence: log it here, never send it
@@ -68,11 +82,12 @@ def create_app(cfg: ServeConfig, engine: Engine, pool: AdapterPool, base_name: s
         return {"status": "ok"}
 
     @app.get("/v1/models")
-    async def models() -> dict:
-        now = int(time.time())
+    async def models(request: HttpRequest) -> dict:
+        now, grant = int(time.time()), request.state.grant
         data = [{"id": base_name, "object": "model", "created": now, "owned_by": "bapo", "parent": None}]
+        data = data if grant is None or grant.base else []
         data += [{"id": n, "object": "model", "created": now, "owned_by": "bapo", "parent": base_name,
-                  "bapo": export_info(pool.path(n))} for n in pool.names()]
+                  "bapo": export_info(pool.path(n))} for n in pool.names() if grant is None or grant.allows(n)]
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
@@ -82,7 +97,7 @@ def create_app(cfg: ServeConfig, engine: Engine, pool: AdapterPool, base_name: s
         if max_tokens > cfg.max_tokens:
             raise ApiError(400, f"max_tokens: {max_tokens} is over this server's limit of {cfg.max_tokens}",
                            param="max_tokens")
-        adapter, served = _route(req.model, pool, base_name, cfg.fallback_to_base)
+        adapter, served = _route(req.model, pool, base_name, cfg.fallback_to_base, request.state.grant)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         job = Request([m.as_chat() for m in req.messages], adapter, req.adapter_scale, max_tokens,
@@ -127,15 +142,20 @@ async def _parse(request: HttpRequest, limit: int) -> ChatRequest:
     return req
 
 
-def _route(model: str, pool: AdapterPool, base_name: str, fallback: bool) -> tuple[str | None, str]:
-    """(adapter to use or None for the base model, the model id the response names)."""
-    if model == base_name:
+def _route(model: str, pool: AdapterPool, base_name: str, fallback: bool,
+           grant: Grant | None) -> tuple[str | None, str]:
+    """(adapter to use or None for the base model, the model id the response names). An adapter the request's key
+    may not use is treated exactly as one that does not exist."""
+    base_ok = grant is None or grant.base
+    if model == base_name and base_ok:
         return None, base_name
     try:
+        if model == base_name or not (grant is None or grant.allows(model)):
+            raise ModelNotFound(model)
         pool.path(model)
         return model, model
     except ModelNotFound:
-        if fallback:
+        if fallback and base_ok:
             return None, base_name
         raise ApiError(404, f"The model '{model}' does not exist", param="model", code="model_not_found") from None
 

@@ -22,7 +22,10 @@ class ServeConfig:
                                "its folder name; folders added later are served too.")
     host: str = option("127.0.0.1", "Address to listen on (127.0.0.1: this machine only).")
     port: int = option(8000, "Port to listen on.")
-    api_key: str = option("", "Require 'Authorization: Bearer KEY' (default: $BAPO_API_KEY; empty: no key).")
+    api_key: str = option("", "Require 'Authorization: Bearer KEY' (default: $BAPO_API_KEY; empty: no key). One "
+                              "key for everything: use --keys to give each user their own.")
+    keys: str = option("", "A keys file (YAML; bapo keys add writes it): each key sees and uses only the adapters its "
+                           "entry names, another user's adapter is a 404 as an unknown one is, a bad key a 401.")
     max_adapters: int = option(8, "Adapters kept loaded at once; the least recently used leaves first.")
     fallback_to_base: bool = option(False, "Answer a request for an unknown adapter with the base model (the "
                                            "response's model says so) instead of a 404.")
@@ -40,6 +43,8 @@ class ServeConfig:
         if not self.adapters:
             raise ConfigError("adapters: give the folder of adapters to serve (--adapters DIR)")
         check_device(self.device, self.dtype)
+        if self.keys and self.api_key:
+            raise ConfigError("api_key: give one shared --api-key or per-user --keys, not both")
         for name in ("max_adapters", "max_tokens", "default_max_tokens", "max_body_kb", "max_batch",
                      "max_prompt_length"):
             if getattr(self, name) < 1:

@@ -12,6 +12,7 @@ from bapo.runtime.models import load_model, load_tokenizer, resolve_model
 from bapo.serve.app import create_app
 from bapo.serve.config import ServeConfig
 from bapo.serve.engine import Engine
+from bapo.serve.keys import load_keys
 from bapo.serve.pool import AdapterPool
 
 
@@ -25,13 +26,14 @@ def build(cfg: ServeConfig):
     cfg.validate()
     if not Path(cfg.adapters).is_dir():
         raise ConfigError(f"adapters: {cfg.adapters} is not a directory")
+    keys = load_keys(cfg.keys) if cfg.keys else None  # before the model loads: a bad file fails at once
     path = resolve_model(cfg.model, cfg.cache_dir)
     tok = load_tokenizer(path)
     model = load_model(path, cfg.device, cfg.dtype)
     pool = AdapterPool(model, cfg.adapters, cfg.max_adapters)
     renderer = Renderer(tok, cfg.max_prompt_length + cfg.max_tokens, cfg.max_prompt_length)
     engine = Engine(pool, tok, renderer, cfg.max_batch, cfg.batch_wait_ms / 1000)
-    return create_app(cfg, engine, pool, base_name(cfg.model)), engine
+    return create_app(cfg, engine, pool, base_name(cfg.model), keys), engine
 
 
 def serve(cfg: ServeConfig) -> None:
