@@ -52,7 +52,7 @@ def pack(config: Path) -> None:
     out.parent.mkdir(exist_ok=True)
     tmp = out.with_suffix(".tmp")
     with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:  # the same scores, the same bytes
-        f.write(("\n".join(lines) + "\n").encode())
+        f.write("".join(line + "\n" for line in lines).encode())
     tmp.replace(out)
     print(f"{out}: {len(rows)} evaluation entries, {', '.join(f.name for f in files if f.exists()) or 'no probes'} "
           f"({out.stat().st_size / 1e6:.1f} MB)")
@@ -65,7 +65,7 @@ def unpack(config: Path) -> None:
         raise SystemExit(f"{src}: nothing carried for this study")
     evals, found = [], {}
     with gzip.open(src, "rt") as f:
-        for line in f:
+        for line in filter(str.strip, f):  # an empty carry (nothing scored yet) is an empty file
             entry = json.loads(line)
             if "eval" in entry:
                 evals.append((entry["eval"], json.dumps(entry["scores"])))
