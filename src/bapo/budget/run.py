@@ -93,7 +93,8 @@ def probed(cfg: TrainConfig, adapters: list[Path]) -> list[BudgetChoice]:
     todo = [a for a in adapters if a not in choices]
     if todo and distributed.is_main():
         path = resolve_model(cfg.model, cfg.cache_dir)
-        ref = load_reference(path, renderer(load_tokenizer(path), cfg.data), cfg.cache_dir, cfg.device, cfg.dtype)
+        ref = load_reference(path, renderer(load_tokenizer(path), cfg.data), cfg.cache_dir, cfg.device, cfg.dtype,
+                             cfg.engine)
         prober = Prober(ref, cfg.budget)
         for a in todo:
             choices[a] = apply_budget(a, prober, cfg.budget.scales)
@@ -183,7 +184,8 @@ def train_each_user_methods(cfg: TrainConfig) -> PerUserResult:
     jobs = {m: train_each_user(cfg.for_method(m, str(out / CANDIDATES / m))) for m in cfg.methods}
     first = jobs[cfg.methods[0]]
     path = resolve_model(cfg.model, cfg.cache_dir)
-    ref = load_reference(path, renderer(load_tokenizer(path), cfg.data), cfg.cache_dir, cfg.device, cfg.dtype)
+    ref = load_reference(path, renderer(load_tokenizer(path), cfg.data), cfg.cache_dir, cfg.device, cfg.dtype,
+                         cfg.engine)
     for run in first.users:
         ship_best(cfg, {m: Path(job.out) / run.user for m, job in jobs.items()}, out / run.user, ref)
     distributed.barrier()
@@ -221,7 +223,8 @@ def held_out(cfg: TrainConfig, adapters: dict[str, Path], ref=None) -> list[Cand
     reference, when the caller has it loaded."""
     if ref is None:
         path = resolve_model(cfg.model, cfg.cache_dir)
-        ref = load_reference(path, renderer(load_tokenizer(path), cfg.data), cfg.cache_dir, cfg.device, cfg.dtype)
+        ref = load_reference(path, renderer(load_tokenizer(path), cfg.data), cfg.cache_dir, cfg.device, cfg.dtype,
+                             cfg.engine)
     held = load_pairs(str(next(iter(adapters.values())) / "holdout.jsonl"))
     examples = as_scored(ref, build_examples(ref, held, encode_pairs(held, ref.renderer), cfg.base, False))
     out = []

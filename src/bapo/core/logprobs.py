@@ -57,7 +57,7 @@ def sequence_logps(model, batch: dict[str, Tensor], fast: bool = True) -> tuple[
         return token_logps.sum(-1), tmask.sum(-1)
     rows, cols = tmask.nonzero(as_tuple=True)
     # (N, V) only where a response token is predicted
-    logits = _logits_at(model, dict(input_ids=ids, attention_mask=attn, use_cache=False), rows, cols)
+    logits = _logits_at(model, dict(input_ids=ids, attention_mask=attn, use_cache=False), [(rows, cols)])[0]
     token_logps = label_logps(logits, labels[rows, cols])
     sums = torch.zeros(ids.shape[0], dtype=token_logps.dtype, device=ids.device).index_add(0, rows, token_logps)
     return sums, tmask.sum(-1)
@@ -151,13 +151,19 @@ def pack_groups(groups: Sequence[Sequence[Encoded]], pad_id: int,
 def packed_logits(model, batch: dict[str, Tensor], select: Tensor | None = None) -> Tensor:
     """Float logits at every position of a :func:`pack_groups` batch that predicts a response token, ``(N, V)``;
     with ``select`` (a boolean mask over those N positions) at the selected ones only."""
+    return packed_logits_parts(model, batch, [select])[0]
+
+
+def packed_logits_parts(model, batch: dict[str, Tensor], parts: Sequence[Tensor | None]) -> list[Tensor]:
+    """:func:`packed_logits` at each of ``parts`` (boolean masks over the N scored positions; None: all of them),
+    the transformer body run once. Each part's logits come from the output head over that part alone, so they are
+    the same bits as another pass's at the same part wherever the hidden states are (the in-batch reference,
+    :func:`bapo.training.trainer.batch_pair_logps`): a matmul's rounding can depend on its shape."""
     kw = dict(input_ids=batch["input_ids"], attention_mask=attention_masks(unwrapped(model), batch["attention_mask"],
                                                                          batch["position_ids"]),
               position_ids=batch["position_ids"], use_cache=False)
     rows, cols = batch["rows"], batch["cols"]
-    if select is not None:
-        rows, cols = rows[select], cols[select]
-    return _logits_at(model, kw, rows, cols)
+    return _logits_at(model, kw, [(rows, cols) if m is None else (rows[m], cols[m]) for m in parts])
 
 
 def _config(model):
@@ -208,21 +214,23 @@ def _sharded(model) -> bool:
             for m in (model, unwrapped(model))) or (callable(stage) and stage() == 3))
 
 
-def _logits_at(model, kw: dict, rows: Tensor, cols: Tensor) -> Tensor:
-    """Float logits at positions (rows, cols) only: the transformer body runs on every position, the output head on
-    these. A data-parallel wrapper's own forward must run (it is what synchronises gradients across processes), so
-    there the body's last hidden state is taken from the wrapped call (``hidden_states[-1]`` is the final-normed
-    state in transformers) with the head's logits computed at one position only."""
+def _logits_at(model, kw: dict, at: Sequence[tuple[Tensor, Tensor]]) -> list[Tensor]:
+    """Float logits at each list of positions (rows, cols) in ``at``: the transformer body runs once on every
+    position, the output head on each list's positions. A data-parallel wrapper's own forward must run (it is what
+    synchronises gradients across processes), so there the body's last hidden state is taken from the wrapped call
+    (``hidden_states[-1]`` is the final-normed state in transformers) with the head's logits computed at one position
+    only."""
     inner = unwrapped(model)
     parts = None if _sharded(model) else _split_head(inner)
     if parts is None:
-        return model(**kw).logits[rows, cols].float()
+        logits = model(**kw).logits
+        return [logits[rows, cols].float() for rows, cols in at]
     body, head = parts
     if inner is not model:
         hidden = model(**kw, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
     else:
         hidden = body(**kw).last_hidden_state
-    return head(hidden[rows, cols]).float()
+    return [head(hidden[rows, cols]).float() for rows, cols in at]
 
 
 def per_sequence(token_values: Tensor, batch: dict[str, Tensor], select: Tensor | None = None) -> Tensor:
@@ -237,12 +245,17 @@ def packed_logps(model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     return logps_of(packed_logits(model, batch), batch)
 
 
-def logps_of(logits: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Per-sequence sums of the labels' log-probs under ``logits`` (from :func:`packed_logits`), and token counts."""
-    labels, seq = batch["labels"], batch["seq"]
-    token_logps = label_logps(logits, labels)
-    counts = torch.zeros(int(batch["n_seqs"]), dtype=torch.long, device=seq.device).index_add(0, seq, torch.ones_like(seq))
-    return per_sequence(token_logps, batch), counts
+def logps_of(logits: Tensor, batch: dict[str, Tensor], select: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-sequence sums of the labels' log-probs under ``logits`` (from :func:`packed_logits`, at the ``select``
+    positions where given: sequences with none sum to 0), and every sequence's token count."""
+    labels = batch["labels"] if select is None else batch["labels"][select]
+    return per_sequence(label_logps(logits, labels), batch, select), token_counts(batch)
+
+
+def token_counts(batch: dict[str, Tensor]) -> Tensor:
+    """Scored tokens per sequence of a :func:`pack_groups` batch."""
+    seq = batch["seq"]
+    return torch.zeros(int(batch["n_seqs"]), dtype=torch.long, device=seq.device).index_add(0, seq, torch.ones_like(seq))
 
 
 def label_logps(logits: Tensor, labels: Tensor) -> Tensor:

@@ -87,6 +87,24 @@ class BaseResponseConfig:
         return d
 
 
+@dataclass
+class EngineSettings:
+    """Where the reference model generates: here (transformers' ``generate``), or on a server that runs it."""
+
+    url: str = option("", "Generate base responses on this OpenAI-compatible server (vLLM, SGLang, bapo serve: "
+                          "http://HOST:PORT/v1) instead of here. It must serve the same model (bapo checks a few greedy "
+                          "answers first); answers land in the same cache as local ones.", flag="generate-with")
+    model: str = option("", "The model's id on that server (default: the first base model it lists).",
+                        flag="generate-model")
+    concurrency: int = option(8, "Requests to the server in flight at once.", flag="generate-concurrency")
+
+    def validate(self) -> None:
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"engine.url: '{self.url}' is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
+        if self.concurrency < 1:
+            raise ConfigError("engine.concurrency: must be at least 1")
+
+
 BUDGET_MEASURES = {  # measure -> what its number means (a loss: positive = lost against the base model)
     "drift": "nats per token lost on the reference's own answers to general prompts",
     "qa": "the base model's share of probe questions answered right minus the adapter's",

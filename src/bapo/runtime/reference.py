@@ -19,7 +19,7 @@ from bapo.core.logprobs import score
 from bapo.core.tokens import Encoded, Renderer
 from bapo.data.feedback import Feedback
 from bapo.runtime import distributed
-from bapo.runtime.config import BaseResponseConfig
+from bapo.runtime.config import BaseResponseConfig, EngineSettings
 from bapo.runtime.generate import generate_batch, stop_ids
 from bapo.runtime.models import cache_root, dtype_name, load_model, load_tokenizer, model_fingerprint, resolve_model
 from bapo.runtime.store import Store, make_key
@@ -41,6 +41,8 @@ class Reference:
     store: Store
     fingerprint: str  # of the weights on disk: what an adapter was trained from
     computed: Counter = field(default_factory=Counter)  # what this process computed itself (not read from the cache)
+    engine: EngineSettings = field(default_factory=EngineSettings)  # where it generates: here, or on a server
+    _remote: object = None  # the server's client, once opened and checked (on the first prompt not in the cache)
 
     @property
     def pad_id(self) -> int:
@@ -64,7 +66,9 @@ class Reference:
         # as one process would make, so the same texts) and all of them get the merged result.
         batches = distributed.shard([todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)])
         mine: dict[str, list[str]] = {}
-        if batches:
+        if batches and self.engine.url:
+            mine = self._generate_remote([item for chunk in batches for item in chunk], cfg, show)
+        elif batches:
             stop = stop_ids(self.model, self.tokenizer)
             with progress.bar("base responses", sum(map(len, batches)), show) as advance, torch.no_grad():
                 for chunk in batches:
@@ -76,6 +80,54 @@ class Reference:
         self.computed["generations"] += len(mine)
         found.update(self._merged(mine, self.store.put_generations))
         return [found[k] for k in keys]
+
+    def _generate_remote(self, todo: list[tuple[str, tuple[int, ...]]], cfg: BaseResponseConfig,
+                         show: bool) -> dict[str, list[str]]:
+        """:meth:`generate` on the server of ``self.engine`` (:mod:`bapo.runtime.remote`): the same prompt ids, the
+        answers cached under the same keys as local ones, every few as they arrive."""
+        from bapo.runtime.remote import Completion, RemoteEngine, check_serves
+
+        stop = stop_ids(self.model, self.tokenizer)
+        if self._remote is None:
+            remote = RemoteEngine(self.engine.url, self.engine.model, concurrency=self.engine.concurrency)
+            agreement = check_serves(remote, self.model, self.renderer, stop)
+            print(f"generating on {remote.url} ({remote.model}: {agreement:.0%} of its greedy tokens are this "
+                  f"model's choice too)", flush=True)
+            self._remote = remote
+        n = cfg.num_responses
+        parts: dict[str, dict[int, str]] = {}
+        mine: dict[str, list[str]] = {}
+        ready: dict[str, list[str]] = {}
+
+        def requests():
+            for key, ids in todo:
+                for j in range(n):
+                    # Seeded by the prompt, as local sampling is: a rerun asks for the same text.
+                    seed = cfg.seed * 1_000_003 + int(key[:12], 16) % 1_000_003 + j if cfg.do_sample else None
+                    yield (key, j), Completion(ids, cfg.max_new_tokens, cfg.temperature if cfg.do_sample else 0.0,
+                                               cfg.top_p if cfg.do_sample else 1.0, seed)
+
+        def flush() -> None:
+            if ready:
+                self.store.put_generations(ready)
+                mine.update(ready)
+                ready.clear()
+
+        with progress.bar("base responses", len(todo), show) as advance:
+            def done(item: tuple[str, int], text: str) -> None:
+                key, j = item
+                parts.setdefault(key, {})[j] = text
+                if len(parts[key]) == n:
+                    ready[key] = [parts.pop(key)[i] for i in range(n)]
+                    advance(1)
+                    if len(ready) >= 16:
+                        flush()
+
+            try:
+                self._remote.complete_many(requests(), done)
+            finally:  # what arrived before an error or Ctrl-C stays cached
+                flush()
+        return mine
 
     def _consistent(self, get, keys: list[str]) -> dict:
         """What the cache holds, read by every process before any of them writes (so all split the same work)."""
@@ -192,18 +244,18 @@ class LazyReference:
 
 
 def open_reference(model: str, max_length: int, max_prompt_length: int, cache_dir: str = "", device: str = "auto",
-                   dtype: str = "auto") -> Reference:
+                   dtype: str = "auto", engine: EngineSettings | None = None) -> Reference:
     """Resolve, load and fingerprint a reference model, with the shared cache; texts are cut (never rejected) to the
     given limits."""
     path = resolve_model(model, cache_dir)
     renderer = Renderer(load_tokenizer(path), max_length, max_prompt_length)
-    return load_reference(path, renderer, cache_dir, device, dtype)
+    return load_reference(path, renderer, cache_dir, device, dtype, engine)
 
 
 def load_reference(path: str, renderer: Renderer, cache_dir: str = "", device: str = "auto",
-                   dtype: str = "auto") -> Reference:
+                   dtype: str = "auto", engine: EngineSettings | None = None) -> Reference:
     """The reference for a resolved model whose tokenizer (in ``renderer``) is already loaded: callers validate and
-    tokenize their data first, then pay for the model."""
+    tokenize their data first, then pay for the model. With ``engine.url`` it generates on that server."""
     model = load_model(path, device, dtype)
     return Reference(model, renderer.tok, renderer, Store(cache_root(cache_dir) / "reference.sqlite"),
-                     model_fingerprint(path))
+                     model_fingerprint(path), engine=engine or EngineSettings())

@@ -1,5 +1,5 @@
-"""The HTTP face of ``bapo serve``: OpenAI's ``/v1/chat/completions`` (plain and streamed as server-sent events)
-and ``/v1/models`` on FastAPI. Every error is OpenAI's envelope with a 4xx or 5xx; no traceback reaches a client."""
+"""The HTTP face of ``bapo serve``: OpenAI's ``/v1/chat/completions`` (plain and streamed as server-sent events),
+``/v1/completions`` (a raw prompt or token ids: what ``--generate-with`` sends) and ``/v1/models`` on FastAPI. Every error is OpenAI's envelope with a 4xx or 5xx; no traceback reaches a client."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from bapo.serve.config import ServeConfig
 from bapo.serve.engine import Engine, Reply, Request
 from bapo.serve.keys import Grant, Keys
 from bapo.serve.pool import AdapterLoadError, AdapterPool, ModelNotFound
-from bapo.serve.schemas import ChatRequest, Usage, chunk, completion, completion_id, error
+from bapo.serve.schemas import (ChatRequest, CompletionRequest, Usage, chunk, completion, completion_id, error,
+                                text_completion)
 
 
 class ApiError(Exception):
@@ -92,7 +93,7 @@ def create_app(cfg: ServeConfig, engine: Engine, pool: AdapterPool, base_name: s
 
     @app.post("/v1/chat/completions")
     async def chat(request: HttpRequest) -> Any:
-        req = await _parse(request, cfg.max_body_kb * 1024)
+        req = await _parse(request, cfg.max_body_kb * 1024, ChatRequest)
         max_tokens = req.max_completion_tokens or req.max_tokens or cfg.default_max_tokens
         if max_tokens > cfg.max_tokens:
             raise ApiError(400, f"max_tokens: {max_tokens} is over this server's limit of {cfg.max_tokens}",
@@ -117,10 +118,45 @@ def create_app(cfg: ServeConfig, engine: Engine, pool: AdapterPool, base_name: s
             raise _reply_error(reply.error)
         return completion(cid, served, reply.text, reply.finish_reason, _usage(reply))
 
+    @app.post("/v1/completions")
+    async def complete(request: HttpRequest) -> Any:
+        req = await _parse(request, cfg.max_body_kb * 1024, CompletionRequest)
+        max_tokens = req.max_tokens or cfg.default_max_tokens
+        if max_tokens > cfg.max_tokens:
+            raise ApiError(400, f"max_tokens: {max_tokens} is over this server's limit of {cfg.max_tokens}",
+                           param="max_tokens")
+        prompts = [p if isinstance(p, list) else engine.tok(p)["input_ids"] for p in req.prompts]
+        vocab = len(engine.tok)
+        if not prompts or any(not p for p in prompts):
+            raise ApiError(400, "prompt: must not be empty", param="prompt")
+        if any(not 0 <= t < vocab for p in prompts for t in p):
+            raise ApiError(400, f"prompt: token ids must be in 0..{vocab - 1}", param="prompt")
+        adapter, served = _route(req.model, pool, base_name, cfg.fallback_to_base, request.state.grant)
+        loop = asyncio.get_running_loop()
+        queues = [asyncio.Queue() for _ in prompts]
+        jobs = [Request([], adapter, req.adapter_scale, max_tokens, req.temperature, req.top_p, req.stops, req.seed,
+                        emit=lambda ev, q=q: loop.call_soon_threadsafe(q.put_nowait, ev), prompt_ids=list(p))
+                for p, q in zip(prompts, queues)]
+        for job in jobs:
+            engine.submit(job)
+        try:
+            replies = [await _done(q) for q in queues]
+        except asyncio.CancelledError:
+            for job in jobs:
+                job.cancelled.set()
+            raise
+        failed = next((r.error for r in replies if r.error is not None), None)
+        if failed is not None:
+            raise _reply_error(failed)
+        usage = Usage(prompt_tokens=sum(r.prompt_tokens for r in replies),
+                      completion_tokens=sum(r.completion_tokens for r in replies),
+                      total_tokens=sum(r.prompt_tokens + r.completion_tokens for r in replies))
+        return text_completion(served, [(r.text, r.finish_reason) for r in replies], usage)
+
     return app
 
 
-async def _parse(request: HttpRequest, limit: int) -> ChatRequest:
+async def _parse(request: HttpRequest, limit: int, schema: type[ChatRequest] | type[CompletionRequest]) -> Any:
     body = b""
     async for part in request.stream():
         body += part
@@ -131,12 +167,12 @@ async def _parse(request: HttpRequest, limit: int) -> ChatRequest:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, f"malformed JSON: {e}", code="invalid_json") from None
     try:
-        req = ChatRequest.model_validate(data)
+        req = schema.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         param = ".".join(str(x) for x in first["loc"]) or None
         raise ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
-    part = req.unsupported_part()
+    part = req.unsupported_part() if isinstance(req, ChatRequest) else None
     if part is not None:
         raise ApiError(400, f"{part}: only text parts are supported (type 'text' with a 'text' field)", param=part)
     return req

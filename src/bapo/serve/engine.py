@@ -28,7 +28,8 @@ from bapo.serve.pool import BASE, AdapterLoadError, AdapterPool, ModelNotFound
 
 @dataclass
 class Request:
-    """One chat completion to produce; ``emit`` receives ``("delta", text)`` events, then ``("done", Reply)``."""
+    """One chat completion to produce; ``emit`` receives ``("delta", text)`` events, then ``("done", Reply)``.
+    ``prompt_ids`` (a text completion) replaces the chat template's rendering of ``messages``."""
 
     messages: list[dict[str, str]]
     adapter: str | None  # None: the base model
@@ -40,6 +41,7 @@ class Request:
     seed: int | None = None
     emit: Callable[[tuple[str, Any]], None] = lambda event: None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    prompt_ids: list[int] | None = None
 
     @property
     def decoding(self) -> tuple:
@@ -215,7 +217,8 @@ class Engine:
         self.batches.append(len(reqs))
         if len(self.batches) > 10_000:  # a long-running server keeps only the recent sizes
             del self.batches[:5_000]
-        prompts = [self.renderer.prompt_ids(r.messages)[-self.renderer.max_prompt_length:] for r in reqs]
+        prompts = [(self.renderer.prompt_ids(r.messages) if r.prompt_ids is None else r.prompt_ids)
+                   [-self.renderer.max_prompt_length:] for r in reqs]
         pad = self.tok.pad_token_id
         ids, attn = left_pad(prompts, pad)
         model = self.pool.current

@@ -74,6 +74,40 @@ class ChatRequest(BaseModel):
         return [s for s in stops if s]
 
 
+class CompletionRequest(BaseModel):
+    """``POST /v1/completions`` (OpenAI's legacy text completions): a raw prompt, no chat template. ``prompt`` is a
+    string (tokenized as the tokenizer does by default) or token ids, or a list of either (one choice each), as vLLM
+    and SGLang take it; bapo's own ``--generate-with`` sends token ids."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    prompt: str | list[int] | list[str] | list[list[int]]
+    max_tokens: int | None = Field(default=16, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(default=1, ge=1, le=1)
+    stream: Literal[False] = False
+    echo: Literal[False] = False
+    logprobs: None = None
+    adapter_scale: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per choice."""
+        p = self.prompt
+        if isinstance(p, str) or (p and isinstance(p[0], int)):
+            return [p]
+        return list(p)
+
+    @property
+    def stops(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [s for s in stops if s]
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
@@ -88,6 +122,14 @@ def completion(cid: str, model: str, text: str, finish: str, usage: Usage) -> di
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
                          "logprobs": None}],
+            "usage": usage.model_dump()}
+
+
+def text_completion(model: str, choices: list[tuple[str, str]], usage: Usage) -> dict:
+    """``/v1/completions``' answer: one choice per prompt, ``(text, finish_reason)`` each."""
+    return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+            "model": model, "choices": [{"index": i, "text": t, "finish_reason": f, "logprobs": None}
+                                        for i, (t, f) in enumerate(choices)],
             "usage": usage.model_dump()}
 
 

@@ -32,7 +32,7 @@ def base_responses(cfg: BaseRunConfig) -> BaseResult:
     path = resolve_model(cfg.model, cfg.cache_dir)
     render = renderer(load_tokenizer(path), cfg.data)
     encoded = encode_pairs(pairs, render)  # every problem reported before the model is loaded
-    ref = load_reference(path, render, cfg.cache_dir, cfg.device, cfg.dtype)
+    ref = load_reference(path, render, cfg.cache_dir, cfg.device, cfg.dtype, cfg.engine)
     examples = build_examples(ref, pairs, encoded, cfg.generation, with_base=True)
     if not distributed.is_main():  # under torchrun each process made a share; the main one writes the whole
         return BaseResult(Path(cfg.out), len(pairs), len({p.prompt_key for p in pairs}))

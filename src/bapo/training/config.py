@@ -8,7 +8,7 @@ from bapo.core.fields import option, section
 from bapo.core.losses import LossConfig
 from bapo.data.config import DataConfig
 from bapo.errors import ConfigError
-from bapo.runtime.config import (BaseResponseConfig, BudgetSettings, LoraSettings, cache_dir_option, check_device, device_option,
+from bapo.runtime.config import (BaseResponseConfig, BudgetSettings, EngineSettings, LoraSettings, cache_dir_option, check_device, device_option,
                                  dtype_option, model_option)
 
 
@@ -27,6 +27,7 @@ class TrainConfig:
     loss: LossConfig = section(LossConfig, panel="Loss")
     lora: LoraSettings = section(LoraSettings, prefix="lora-", panel="LoRA")
     base: BaseResponseConfig = section(BaseResponseConfig, prefix="base-", panel="Base responses")
+    engine: EngineSettings = section(EngineSettings, panel="Base responses")
     budget: BudgetSettings = section(BudgetSettings, panel="Forgetting budget")
     epochs: float = option(1.0, "Passes over the training pairs.")
     max_steps: int = option(-1, "Stop after this many optimizer steps (-1 = use epochs).")
@@ -80,7 +81,7 @@ class TrainConfig:
             raise ConfigError("out: an output directory is required")
         if not self.data.path:
             raise ConfigError("data.path: preference data is required")
-        for sub in (self.data, self.loss, self.base, self.budget):
+        for sub in (self.data, self.loss, self.base, self.engine, self.budget):
             sub.validate()
         if self.budget.limits() and self.finetune != "lora":
             raise ConfigError("forgetting_budget: needs finetune lora (its scale is the adapter's)")
@@ -119,6 +120,7 @@ class BaseRunConfig:
     device: str = device_option()
     dtype: str = dtype_option()
     generation: BaseResponseConfig = section(BaseResponseConfig, panel="Generation")
+    engine: EngineSettings = section(EngineSettings, panel="Generation")
 
     def validate(self) -> None:
         if not self.out:
@@ -127,4 +129,5 @@ class BaseRunConfig:
             raise ConfigError("data.path: preference data is required")
         self.data.validate()
         self.generation.validate()
+        self.engine.validate()
         check_device(self.device, self.dtype)

@@ -103,7 +103,7 @@ def train_per_user(cfg: TrainConfig) -> PerUserResult:
         raise DataError(problems)
     todo = distributed.agreed([u for u in splits if not (out / u / "run.json").exists()])
     if todo:
-        ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, cfg.dtype)
+        ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, cfg.dtype, cfg.engine)
         every = [p for u in todo for p in splits[u][0]]  # all users' pairs: full batches for the reference
         examples = build_examples(ref, every, [e for u in todo for e in encoded[u]], cfg.base, cfg.loss.uses_anchor,
                                   batch_size=cfg.batch_size * 2)

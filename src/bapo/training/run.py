@@ -136,7 +136,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     check_encodable(held_pairs, render)  # fail now, not at evaluation time
 
     # 2. The reference model: base responses and reference log-probs, cached.
-    ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, "float32" if cfg.finetune == "full" else cfg.dtype)
+    ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, "float32" if cfg.finetune == "full" else cfg.dtype,
+                         cfg.engine)
     examples = build_examples(ref, train_pairs, train_enc, cfg.base, cfg.loss.uses_anchor,
                               batch_size=cfg.batch_size * 2)
     return fit(cfg, ref, train_pairs, held_pairs, examples, t0)

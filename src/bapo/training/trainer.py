@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from bapo.core.logprobs import logps_of, pack_groups, packed_logits, packed_logps, pad_batch, per_sequence, sequence_logps
+from bapo.core.logprobs import (logps_of, pack_groups, packed_logits, packed_logits_parts, packed_logps, pad_batch,
+                                per_sequence, sequence_logps)
 from bapo.core.losses import LossConfig, PairLogps, preference_loss, token_kl
 from bapo.core.losses_more import kto_reference_point
 from bapo.io import write_jsonl
@@ -57,50 +58,49 @@ def batch_pair_logps(model, batch: dict[str, torch.Tensor], with_token_kl: bool 
                      ref_in_batch: bool = False) -> PairLogps:
     """Run the policy over a collated batch and split its per-sequence log-probs into a :class:`PairLogps`.
 
-    ``ref_in_batch`` takes the reference's log-probs of chosen, rejected and base responses from the same batch: the
-    model with its LoRA adapter disabled, run once more without gradients. In bfloat16 the cached reference log-probs
-    (computed before training, in other batch shapes) differ from the policy's by rounding: at step 0, where the
-    policy is the reference, BAPO's hinge already fired on SmolLM2-135M (0.18 nats on average) and pushed on noise.
-    The same batch through the same kernels gives the same numbers: the anchor is exactly zero at step 0.
+    ``ref_in_batch`` takes the reference's log-probs of the base responses from the same batch: the model with its
+    LoRA adapter disabled, run once more without gradients (chosen and rejected come from the cache, as for DPO). In
+    bfloat16 the cached reference log-probs (computed before training, in other batch shapes) differ from the
+    policy's by rounding: at step 0, where the policy is the reference, BAPO's hinge already fired on SmolLM2-135M
+    (0.18 nats on average) and pushed on noise. The same batch through the same kernels gives the same numbers: the
+    anchor is exactly zero at step 0. The output head runs at the base responses' positions only, in both passes
+    (:func:`bapo.core.logprobs.packed_logits_parts`: the same shape, so the same rounding); the reference's head and
+    log-softmax over chosen and rejected, which the hinge never reads, are not computed.
 
     ``with_token_kl`` (method ``kl``; packed batches only) also fills ``base_kl``: the KL of the reference's
-    next-token distributions from the policy's, summed over each base response, from that same adapter-disabled pass
-    (with the output head at base-response positions only, unless ``ref_in_batch`` needs every position). Either
-    way: one extra forward pass per step, no second model in memory.
+    next-token distributions from the policy's, summed over each base response, from that same adapter-disabled pass.
+    Either way: one extra forward pass per step, no second model in memory.
     """
     b = batch["ref_chosen"].shape[0]
     packed = "seq" in batch
-    base_kl = ref_sums = None
-    if with_token_kl or ref_in_batch:
-        if packed:
-            logits = packed_logits(model, batch)
-            sums, lens = logps_of(logits, batch)
-            at_base = batch["seq"] >= 2 * b
-            with torch.no_grad(), getattr(model, "module", model).disable_adapter():
-                ref_logits = packed_logits(model, batch, select=None if ref_in_batch else at_base)
-            if ref_in_batch:
-                ref_sums = logps_of(ref_logits, batch)[0]
-                ref_logits = ref_logits[at_base]
-            if with_token_kl:
-                kl = token_kl(torch.log_softmax(ref_logits, -1), torch.log_softmax(logits[at_base], -1))
-                base_kl = per_sequence(kl, batch, select=at_base)
-        else:
-            sums, lens = sequence_logps(model, batch)
-            with torch.no_grad(), getattr(model, "module", model).disable_adapter():
-                ref_sums = sequence_logps(model, batch)[0]
+    base_kl = ref_base = None
+    if (with_token_kl or ref_in_batch) and packed:
+        at_base = batch["seq"] >= 2 * b
+        pair_logits, base_logits = packed_logits_parts(model, batch, [~at_base, at_base])
+        with torch.no_grad(), getattr(model, "module", model).disable_adapter():
+            ref_logits = packed_logits(model, batch, select=at_base)
+        sums, lens = logps_of(pair_logits, batch, ~at_base)
+        sums = sums + logps_of(base_logits, batch, at_base)[0]  # disjoint sequences: each sum is one part's, exactly
+        if ref_in_batch:
+            ref_base = logps_of(ref_logits, batch, at_base)[0][2 * b :]
+        if with_token_kl:
+            kl = token_kl(torch.log_softmax(ref_logits, -1), torch.log_softmax(base_logits, -1))
+            base_kl = per_sequence(kl, batch, select=at_base)
+    elif ref_in_batch:  # unpacked rows: the whole batch once more (the rows' shapes are the batch's)
+        sums, lens = sequence_logps(model, batch)
+        with torch.no_grad(), getattr(model, "module", model).disable_adapter():
+            ref_base = sequence_logps(model, batch)[0][2 * b :]
     else:
         sums, lens = packed_logps(model, batch) if packed else sequence_logps(model, batch)
     lens = lens.to(sums.dtype)
-    ref_chosen, ref_rejected = ((batch["ref_chosen"], batch["ref_rejected"]) if ref_sums is None else
-                                (ref_sums[:b], ref_sums[b : 2 * b]))
-    p = PairLogps(sums[:b], sums[b : 2 * b], ref_chosen, ref_rejected, lens[:b], lens[b : 2 * b],
+    p = PairLogps(sums[:b], sums[b : 2 * b], batch["ref_chosen"], batch["ref_rejected"], lens[:b], lens[b : 2 * b],
                   liked=batch.get("liked"))
     if "ref_base" in batch:
         k = batch["ref_base"].shape[1]
         # base sequences come response-major (all first base responses, then all second...): (K, B) -> (B, K)
         p.base, p.ref_base = sums[2 * b :].view(k, b).T, batch["ref_base"]
-        if ref_sums is not None:
-            p.ref_base = ref_sums[2 * b :].view(k, b).T
+        if ref_base is not None:
+            p.ref_base = ref_base.view(k, b).T
         p.base_len = lens[2 * b :].view(k, b).T
         if base_kl is not None:
             p.base_kl = base_kl[2 * b :].view(k, b).T

@@ -1,0 +1,178 @@
+"""Generation on an OpenAI-compatible server (vLLM, SGLang, ``bapo serve``) instead of transformers' ``generate``.
+
+bapo sends the prompt as the token ids it would generate from itself (the legacy ``/v1/completions`` endpoint takes
+a list of ids in vLLM, SGLang and ``bapo serve``), so the server's own chat-template handling never enters: the
+answer is the one the same model would give here, up to the engine's rounding. Requests run concurrently (at most
+``concurrency`` in flight), a dropped connection or a 5xx is retried with backoff, and every answer is handed back as
+it arrives so that the caller can cache it (a server killed mid-run loses only the answers in flight).
+
+Before any work, :func:`check_serves` asks the server for a few greedy answers and scores them with the local model
+(teacher forcing): a server that runs another model, or the same one with another chat template, picks tokens the
+local model would not, and the run stops with one line instead of caching another model's answers.
+
+Written on the standard library (``urllib`` in a thread pool) rather than the openai client: it is one POST per
+prompt, and bapo's installs stay free of an HTTP stack for this alone.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from bapo.errors import BapoError, ConfigError
+
+RETRIED_STATUS = {408, 429, 500, 502, 503, 504}
+PROBES = ["What is the capital of France?", "Write one sentence about the sea.", "Name three prime numbers."]
+
+
+class RemoteError(BapoError):
+    """The server answered with an error bapo cannot retry away, or stayed unreachable."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One request: prompt token ids and how to decode."""
+
+    prompt_ids: tuple[int, ...]
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+class RemoteEngine:
+    """An OpenAI-compatible server at ``url`` (``http://host:port/v1``) answering for ``model`` (its id there)."""
+
+    def __init__(self, url: str, model: str = "", api_key: str = "", concurrency: int = 8, timeout_s: float = 600.0,
+                 retries: int = 6):
+        self.url = url.rstrip("/")
+        self.api_key = api_key or os.environ.get("BAPO_GENERATE_API_KEY", "")
+        self.concurrency, self.timeout_s, self.retries = concurrency, timeout_s, retries
+        self.model = model or self.base_model()
+
+    def _request(self, path: str, body: dict | None = None) -> dict:
+        """One HTTP exchange, retried on a dropped connection, a timeout or a 5xx / 429 (exponential backoff with
+        jitter, up to ``retries`` times)."""
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = None if body is None else json.dumps(body).encode()
+        for attempt in range(self.retries + 1):
+            req = urllib.request.Request(self.url + path, data=data, headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
+                    return json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                if e.code not in RETRIED_STATUS or attempt == self.retries:
+                    raise RemoteError(f"generate_with: {self.url}{path} answered {e.code}: {_message(e)}") from None
+                problem = f"{e.code}"
+            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
+                problem = str(getattr(e, "reason", e))
+                if attempt == self.retries:
+                    raise RemoteError(f"generate_with: cannot reach {self.url} ({problem}) after {self.retries + 1} "
+                                      f"tries: is the server running?") from None
+            time.sleep(min(30.0, 0.5 * 2**attempt) * (0.5 + random.random() / 2))
+        raise AssertionError("unreachable")
+
+    def base_model(self) -> str:
+        """The first model the server lists that is not an adapter of another (no ``parent``)."""
+        models = self._request("/models").get("data", [])
+        bases = [m["id"] for m in models if not m.get("parent")]
+        if not bases:
+            raise ConfigError(f"generate_with: {self.url} lists no base model; name it with --generate-model")
+        return bases[0]
+
+    def complete(self, c: Completion) -> str:
+        """The answer to one prompt, stripped of surrounding whitespace as local generation strips it."""
+        body = {"model": self.model, "prompt": list(c.prompt_ids), "max_tokens": c.max_tokens,
+                "temperature": c.temperature, "top_p": c.top_p}
+        if c.seed is not None:
+            body["seed"] = c.seed
+        answer = self._request("/completions", body)
+        try:
+            return answer["choices"][0]["text"].strip()
+        except (KeyError, IndexError, TypeError):
+            raise RemoteError(f"generate_with: {self.url}/completions answered without choices[0].text") from None
+
+    def complete_many(self, items: Iterable[tuple[str, Completion]],
+                      done: Callable[[str, str], None]) -> None:
+        """Answer every ``(key, completion)``, at most ``concurrency`` in flight, calling ``done(key, text)`` in this
+        thread as each arrives. The first error cancels what has not started and is raised."""
+        items = iter(items)
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="bapo-remote") as pool:
+            running = {}
+            for key, c in items:
+                running[pool.submit(self.complete, c)] = key
+                if len(running) >= self.concurrency:
+                    break
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    key = running.pop(f)
+                    try:
+                        text = f.result()
+                    except BaseException:
+                        for other in running:
+                            other.cancel()
+                        raise
+                    done(key, text)
+                    nxt = next(items, None)
+                    if nxt is not None:
+                        running[pool.submit(self.complete, nxt[1])] = nxt[0]
+
+
+def _message(e: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(e.read())
+        return str(body.get("error", {}).get("message") or body.get("message") or body)[:300]
+    except (ValueError, AttributeError, OSError):
+        return e.reason if isinstance(e.reason, str) else "error"
+
+
+# A server's greedy token "agrees" with the local model where it is within NEAR_TIE nats of the local best choice
+# (0: the argmax; a near-tie that another dtype's or engine's rounding flips stays within). The same model agrees on
+# nearly every token (a token lost to decoding and re-encoding the text, such as a special one, aside); another
+# model, or the same one behind another chat template, on few.
+NEAR_TIE = 0.5
+SAME_MODEL_AGREEMENT = 0.75
+
+
+@torch.no_grad()
+def teacher_forced_gap(model, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> list[float]:
+    """For each answer token: the local model's best log-prob there minus the token's (0 where it is the argmax)."""
+    ids = torch.tensor([list(prompt_ids) + list(answer_ids)], device=model.device)
+    logits = model(input_ids=ids, use_cache=False).logits[0, len(prompt_ids) - 1 : -1].float()
+    logp = torch.log_softmax(logits, -1)
+    picked = logp.gather(-1, torch.tensor(list(answer_ids), device=logp.device).unsqueeze(-1)).squeeze(-1)
+    return (logp.max(-1).values - picked).tolist()
+
+
+def check_serves(engine: RemoteEngine, model, renderer, stop: Sequence[int], max_tokens: int = 12) -> float:
+    """Greedy answers to :data:`PROBES` from the server, scored by the local ``model`` under teacher forcing: the share
+    of their tokens that the local model would pick too (up to a near-tie, :data:`NEAR_TIE`). A
+    :class:`ConfigError` where it is under :data:`SAME_MODEL_AGREEMENT`."""
+    gaps: list[float] = []
+    tok = renderer.tok
+    for q in PROBES:
+        prompt = renderer.prompt_ids([{"role": "user", "content": q}])[-renderer.max_prompt_length:]
+        text = engine.complete(Completion(tuple(prompt), max_tokens))
+        answer = tok(text, add_special_tokens=False)["input_ids"] if text else []
+        answer = answer or list(stop[:1])  # an empty answer: the server ended at once; was that the best here too?
+        gaps += teacher_forced_gap(model, prompt, answer)
+    agreement = sum(g <= NEAR_TIE for g in gaps) / len(gaps)
+    if agreement < SAME_MODEL_AGREEMENT:
+        raise ConfigError(f"generate_with: {engine.url} serves '{engine.model}', whose greedy answers agree with this "
+                          f"model's on {agreement:.0%} of their tokens (the same model: over "
+                          f"{SAME_MODEL_AGREEMENT:.0%}): serve the model bapo scores with, or name it with "
+                          f"--generate-model")
+    return agreement
