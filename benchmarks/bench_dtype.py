@@ -14,6 +14,8 @@ runs, on the seeded synthetic pairs of ``bench_train.py`` (prompts of ~30 words,
 - ``train-dpo`` / ``train-bapo``: optimizer steps of 4 pairs (forward, backward, AdamW) as ``bapo train`` runs them:
   the trainer's ``batch_pair_logps`` under its LoRA autocast, the reference's log-probs where ``--reference-logps
   auto`` takes them (cached, or for BAPO in bfloat16 from the batch itself); s/step, the first step untimed.
+  ``train-bapo-cached`` (not run by default): BAPO with every reference log-prob from the cache, which prices the
+  in-batch reference pass.
 
 Prints the machine, the command, each dtype's min / median / max, and bfloat16's speed-up per repeat (min / median /
 max of the paired ratios), with the measured matmul peak of each dtype (2048 x 2048, the threads torch uses).
@@ -33,7 +35,7 @@ from pathlib import Path
 
 CASES = ("score", "generate", "generate-adapter", "train-dpo", "train-bapo")
 UNITS = {"score": "items/s", "generate": "tokens/s", "generate-adapter": "tokens/s", "train-dpo": "s/step",
-         "train-bapo": "s/step"}
+         "train-bapo": "s/step", "train-bapo-cached": "s/step"}
 
 
 def matmul_peak(dtype, n: int = 2048, seconds: float = 2.0) -> float:
@@ -95,7 +97,7 @@ def worker(case: str, model_name: str, dtype: str) -> float:
             wall = time.perf_counter() - t
         return (out.shape[1] - ids.shape[1]) * ids.shape[0] / wall
     if case.startswith("train"):
-        return _train_step_seconds(path, render, rows[:20], case.split("-")[1], dtype, model)
+        return _train_step_seconds(path, render, rows[:20], case.split("-")[1], dtype, model, case.endswith("cached"))
     raise ValueError(case)
 
 
@@ -117,7 +119,7 @@ def _random_adapter(model_name: str) -> str:
     return out
 
 
-def _train_step_seconds(path, render, rows, method: str, dtype: str, model) -> float:
+def _train_step_seconds(path, render, rows, method: str, dtype: str, model, cached: bool = False) -> float:
     import torch
 
     from bapo.core.losses import preference_loss
@@ -137,6 +139,8 @@ def _train_step_seconds(path, render, rows, method: str, dtype: str, model) -> f
     cfg = TrainConfig(model=str(path), data=DataConfig(path=str(data), holdout=0.0), lora=LoraSettings(r=16, alpha=32, dropout=0.0), batch_size=4, dtype=dtype,
         device="cpu", cache_dir=str(tmp / "cache"))
     cfg.loss.method = method
+    if cached:
+        cfg.reference_logps = "cached"
     pairs = load_pairs(str(data))
     del model  # the reference loads its own
     ref = load_reference(path, render, cfg.cache_dir, "cpu", dtype)

@@ -2,7 +2,7 @@
 lm-eval`` runs this). The harness reads the same questions from a local task file (the context bapo scores, the
 choices, the gold index; " " before each choice), through its ``hf`` model with the same weights and batch size.
 
-    python benchmarks/lm_eval_peer.py worker {bapo|lm-eval} MODEL TASK_DIR TASK BATCH OUT.json
+    python benchmarks/lm_eval_peer.py worker {bapo|lm-eval} MODEL TASK_DIR TASK BATCH OUT.json [DTYPE]
 """
 
 from __future__ import annotations
@@ -31,21 +31,22 @@ def write_task(folder: Path, name: str, items) -> None:
         "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}]}))
 
 
-def run_side(side: str, model: str, task_dir: Path, task: str, batch: int, out: Path) -> tuple[float, float, dict]:
+def run_side(side: str, model: str, task_dir: Path, task: str, batch: int, out: Path,
+             dtype: str = "float32") -> tuple[float, float, dict]:
     """(wall seconds, peak MiB, the worker's JSON) of one side in a fresh process."""
     wall, peak = run_measured([sys.executable, str(HERE / "lm_eval_peer.py"), "worker", side, model, str(task_dir),
-                               task, str(batch), str(out)], {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+                               task, str(batch), str(out), dtype], {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
     return wall, peak, json.loads(out.read_text())
 
 
-def worker(side: str, model_path: str, task_dir: str, task: str, batch: int, out: str) -> None:
+def worker(side: str, model_path: str, task_dir: str, task: str, batch: int, out: str, dtype: str) -> None:
     import torch
 
     from bapo.data.readers import McItem
     from bapo.evaluation.metrics import mc_scores
     from bapo.runtime.models import load_model, load_tokenizer
 
-    model, tok = load_model(model_path, "cpu", "float32"), load_tokenizer(model_path)
+    model, tok = load_model(model_path, "cpu", dtype), load_tokenizer(model_path)  # the same weights for both sides
     rows = [json.loads(x) for x in (Path(task_dir) / f"{task}.jsonl").read_text().splitlines()]
     items = [McItem(r["context"], r["choices"], r["gold"]) for r in rows]
     t0 = time.perf_counter()
@@ -66,7 +67,7 @@ def worker(side: str, model_path: str, task_dir: str, task: str, batch: int, out
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 8 and sys.argv[1] == "worker":
-        worker(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]), sys.argv[7])
+    if len(sys.argv) in (8, 9) and sys.argv[1] == "worker":
+        worker(*sys.argv[2:6], int(sys.argv[6]), sys.argv[7], sys.argv[8] if len(sys.argv) == 9 else "float32")
     else:
         sys.exit(__doc__)

