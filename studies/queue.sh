@@ -7,6 +7,11 @@
 # On a new machine (no study folder, no bapo cache) it first takes back what studies/carry.py carried in git; at the
 # end of a session, pause it and carry what it has scored:
 #   pkill -STOP -f "bapo study"; .venv/bin/python studies/carry.py pack studies/heterogeneity_hash.yaml; git add ...
+# Every cell of a study must train with the same code: heterogeneity_hash's first 15 cells trained at commit 1435876,
+# and training changed after it (BAPO's in-batch reference, 2026-12-06), so the queue runs from a checkout of that
+# commit beside the repository:
+#   git worktree add ../study-code 1435876   # once per machine
+#   PYTHONPATH=../study-code/src OMP_NUM_THREADS=2 nohup studies/queue.sh >> study_queue.log 2>&1 &
 # (studies/status.sh prints what each study still has left, from its cache.) The rivals' study that RESULTS.md read
 # on 2026-12-06 (studies/frontier_rivals.yaml) and its budget-probe check are done; their scores are carried in git.
 set -euo pipefail
