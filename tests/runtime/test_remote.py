@@ -51,10 +51,11 @@ def models(tmp_path_factory):
 
 
 @contextmanager
-def server(model: str, tmp_path: Path, port: int | None = None):
+def server(model: str, tmp_path: Path, port: int | None = None, adapters: Path | None = None):
     """A real bapo serve (float32) on 127.0.0.1: yields (url, a function that stops it, engine)."""
-    (tmp_path / "adapters").mkdir(exist_ok=True)
-    cfg = ServeConfig(model=model, adapters=str(tmp_path / "adapters"), port=port or free_port(), device="cpu",
+    adapters = adapters or tmp_path / "adapters"
+    adapters.mkdir(exist_ok=True)
+    cfg = ServeConfig(model=model, adapters=str(adapters), port=port or free_port(), device="cpu",
                       dtype="float32", batch_wait_ms=20, cache_dir=str(tmp_path / "serve-cache"))
     app, engine = build(cfg)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=cfg.port, log_level="warning"))
@@ -184,3 +185,33 @@ def test_bapo_base_with_generate_with_writes_what_a_local_run_writes(models, tmp
         assert run("remote", url) == local
         distinct = len({json.dumps(r["prompt"]) for r in make_pairs(6)})
         assert sum(engine.batches) == len(remote_mod.PROBES) + distinct  # one request per distinct prompt
+
+
+def test_eval_answers_on_the_server_equal_local_ones_adapters_and_scales_included(models, tmp_path):
+    """bapo eval --generate-with: the base model and an adapter (under its folder's name, at scales 0.5 and 1
+    through bapo serve's adapter_scale) answer on the server; the answers, and so the scores, are those of a local
+    run, and they land in its cache."""
+    from bapo.evaluation.config import EvalConfig
+    from bapo.evaluation.runner import evaluate
+    from tests.helpers import make_adapter, write_jsonl
+
+    a, _ = models
+    make_adapter(a, tmp_path / "adapters" / "alice", seed=3, std=0.3)
+    write_jsonl(tmp_path / "qa.jsonl", [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)])
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Tell me about {w}."} for w in ("cats", "rain", "tea")])
+    (tmp_path / "s.yaml").write_text("tasks:\n  - {name: trivia, kind: qa, path: qa.jsonl, max_new_tokens: 6}\n"
+                                     "  - {name: harmful, kind: refusal, path: p.jsonl, max_new_tokens: 6}\n")
+
+    def run(name: str, url: str = "") -> str:
+        cfg = EvalConfig(model=a, adapters=[str(tmp_path / "adapters" / "alice")], adapter_scales=[0.5, 1.0],
+                         suite=str(tmp_path / "s.yaml"), out=str(tmp_path / name), cache_dir=str(tmp_path / name),
+                         device="cpu", dtype="float32", engine=EngineSettings(url=url))
+        evaluate(cfg)
+        return (tmp_path / name / "samples.jsonl").read_text()
+
+    local = run("local")
+    with server(a, tmp_path, adapters=tmp_path / "adapters") as (url, _, engine):
+        assert run("remote", url) == local
+        # 7 answers for each of base, alice@0.5, alice@1, plus each one's check of the server
+        assert sum(engine.batches) == 3 * (7 + len(remote_mod.PROBES))
+    assert "alice@0.5" in local

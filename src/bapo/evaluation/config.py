@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bapo.core.fields import option
+from bapo.core.fields import option, section
 from bapo.data.config import check_lengths, max_length_option, max_prompt_length_option
 from bapo.errors import ConfigError
-from bapo.runtime.config import cache_dir_option, check_device, device_option, dtype_option, model_option
+from bapo.runtime.config import (EngineSettings, cache_dir_option, check_device, device_option, dtype_option,
+                                 model_option)
 
 
 @dataclass
@@ -29,6 +30,7 @@ class EvalConfig:
                              "answer is in samples.jsonl).")
     merge_adapters: bool = option(True, "Merge each adapter into the weights while scoring it (faster; holds a "
                                         "copy of the weights it changes).", flag="merge/no-merge")
+    engine: EngineSettings = section(EngineSettings, panel="Generation on a server")
     max_length: int = max_length_option()
     max_prompt_length: int = max_prompt_length_option()
     cache_dir: str = cache_dir_option()
@@ -42,6 +44,7 @@ class EvalConfig:
             raise ConfigError("batch_size: must be at least 1")
         if self.generate_batch_size < 1:
             raise ConfigError("generate_batch_size: must be at least 1")
+        self.engine.validate()
         if self.samples < 0:
             raise ConfigError("samples: must be 0 or more")
         if not self.adapter_scales:

@@ -35,6 +35,7 @@ from bapo.runtime.adapters import AdapterInfo, applied, check_same_model, read_a
 from bapo.runtime.models import (cache_root, dtype_name, load_reward_model, model_fingerprint, resolve_device,
                                  resolve_dtype, resolve_model)
 from bapo.runtime.reference import Reference, open_reference, weights_cache_id
+from bapo.runtime.remote import RemoteModel
 from bapo.runtime.store import Store, make_key
 
 Scores = dict[str, dict[str, dict[str, list[float]]]]  # model label -> task -> metric -> per-item values
@@ -173,11 +174,24 @@ def score_one(cfg: EvalConfig, cand: Candidate, tasks: list[Task], personal: dic
     mine = [personal[n] for n in personal if cand.adapter is None or n in cand.personal]
     with applied(scorer.ref.model, cand.adapter.path if cand.adapter else None, cand.scale,
                  cfg.merge_adapters) as model:
-        scores = score_candidate(model, cand, tasks + mine, scorer, cfg, title)
+        scores = score_candidate(model, cand, tasks + mine, on_server(scorer, cand, model), cfg, title)
         if cfg.lm_eval_tasks:
             scores.update(lm_eval_scores(model, scorer.ref.tokenizer, cfg.lm_eval_tasks, cfg.batch_size, cand.label,
                                          console))
     return scores
+
+
+def on_server(scorer: Scorer, cand: Candidate, model) -> Scorer:
+    """``scorer`` with the candidate's answers generated on the server of ``--generate-with`` where there is one: an
+    adapter under its folder's name (bapo serve --adapters PARENT serves it so; vLLM --lora-modules NAME=PATH), at
+    its scale through bapo serve's ``adapter_scale``; the base model under the server's base model id. The server
+    is checked against ``model`` (the same adapter applied here) before its first answer."""
+    engine = scorer.ref.remote_engine()
+    if engine is None:
+        return scorer
+    name = Path(cand.adapter.path).name if cand.adapter is not None else engine.model
+    scale = cand.scale if cand.adapter is not None else 1.0
+    return replace(scorer, generate_on=RemoteModel(engine, name, model, scale))
 
 
 def score_all(cfg: EvalConfig, cands: list[Candidate], tasks: list[Task], personal: dict[str, Task], scorer: Scorer,
@@ -200,7 +214,8 @@ def prepare(cfg: EvalConfig, console: Console) -> tuple[list[Task], list[Candida
     cfg.validate()
     tasks = suite_tasks(cfg, console)
     cands, personal = candidates(cfg)
-    ref = open_reference(cfg.model, cfg.max_length, cfg.max_prompt_length, cfg.cache_dir, cfg.device, cfg.dtype)
+    ref = open_reference(cfg.model, cfg.max_length, cfg.max_prompt_length, cfg.cache_dir, cfg.device, cfg.dtype,
+                         cfg.engine)
     for c in cands:
         if c.adapter is not None:
             check_same_model(c.adapter, ref.fingerprint)

@@ -83,6 +83,11 @@ class Scorer:
     batch_size: int = 16  # sequences per scoring batch
     reward: tuple | None = None  # (model, tokenizer) of a sequence-classification reward model
     generate_batch_size: int = 32  # prompts per generation batch (length-sorted)
+    generate_on: Any = None  # a RemoteModel: the model being scored, answering on a server (--generate-with)
+
+    def answering(self, model):
+        """What generates the answers of ``model``: the server's copy where there is one, else ``model``."""
+        return model if self.generate_on is None else self.generate_on
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,8 @@ def _profile_prompts(task: Task) -> list[list[dict[str, str]]]:
 def _score_personal(model, task: Task, s: Scorer, advance) -> dict[str, list]:
     out: dict[str, list] = metrics.personal_scores(model, task.prepared, s.ref.pad_id, s.batch_size, advance)
     if task.rule:  # the user's own rule, applied to what the model now writes for held-out prompts
-        out.update(metrics.profile_scores(model, s.ref.renderer, _profile_prompts(task), PROFILES[task.rule],
+        out.update(metrics.profile_scores(s.answering(model), s.ref.renderer, _profile_prompts(task),
+                                          PROFILES[task.rule],
                                           batch_size=s.generate_batch_size))
     return out
 
@@ -147,7 +153,7 @@ def _asked(prompts: list[list[dict[str, str]]]) -> list[str]:
 
 def _score_reward(model, task: Task, s: Scorer, advance) -> dict[str, list[float]]:
     rm, rtok = s.reward
-    return metrics.reward_scores(model, s.ref.renderer, task.items, rm, rtok, task.spec.max_new_tokens,
+    return metrics.reward_scores(s.answering(model), s.ref.renderer, task.items, rm, rtok, task.spec.max_new_tokens,
                                  s.generate_batch_size)
 
 
@@ -172,12 +178,14 @@ KINDS: dict[str, TaskKind] = {k.name: k for k in [
     TaskKind("reward", "reward", "score", _load_spec(load_prompts), _score_reward, sequences=len,
              prompts=lambda t: _asked(t.items), answered=("score",), generates=True),
     TaskKind("qa", "generative knowledge", "acc", _load_spec(load_qa),
-             lambda model, t, s, adv: metrics.qa_scores(model, s.ref.renderer, t.items, t.spec.max_new_tokens,
+             lambda model, t, s, adv: metrics.qa_scores(s.answering(model), s.ref.renderer, t.items,
+                                                        t.spec.max_new_tokens,
                                                         s.generate_batch_size, adv), sequences=len,
              prompts=lambda t: [it.question + metrics.QA_INSTRUCTION for it in t.items], answered=("acc", "unjudged"),
              generates=True),
     TaskKind("refusal", "refusal", "refusal", _load_spec(load_prompts),
-             lambda model, t, s, adv: metrics.refusal_scores(model, s.ref.renderer, t.items, t.spec.max_new_tokens,
+             lambda model, t, s, adv: metrics.refusal_scores(s.answering(model), s.ref.renderer, t.items,
+                                                             t.spec.max_new_tokens,
                                                              s.generate_batch_size, adv), sequences=len,
              prompts=lambda t: _asked(t.items), answered=("refusal", "unjudged"), generates=True),
     TaskKind("personal", "personalization", "reward_acc", lambda spec: [], _score_personal,

@@ -91,9 +91,10 @@ class BaseResponseConfig:
 class EngineSettings:
     """Where the reference model generates: here (transformers' ``generate``), or on a server that runs it."""
 
-    url: str = option("", "Generate base responses on this OpenAI-compatible server (vLLM, SGLang, bapo serve: "
-                          "http://HOST:PORT/v1) instead of here. It must serve the same model (bapo checks a few greedy "
-                          "answers first); answers land in the same cache as local ones.", flag="generate-with")
+    url: str = option("", "Generate on this OpenAI-compatible server (vLLM, SGLang, bapo serve: http://HOST:PORT/v1) "
+                          "instead of here: base responses, and bapo eval's answers (each adapter served under its "
+                          "folder's name). It must serve the same models (bapo checks a few greedy answers of each "
+                          "first); answers land in the same cache as local ones.", flag="generate-with")
     model: str = option("", "The model's id on that server (default: the first base model it lists).",
                         flag="generate-model")
     concurrency: int = option(8, "Requests to the server in flight at once.", flag="generate-concurrency")

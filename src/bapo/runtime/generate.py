@@ -64,10 +64,13 @@ def generate_answers(model, renderer: Renderer, prompts: Sequence[list[dict[str,
 
     Prompts are generated in batches of similar length (sorted, the order restored after), so little of a batch is
     padding; each answer depends only on the prompts of its batch, hence on ``batch_size`` (in 16-bit dtypes greedy
-    decoding can turn on the rounding that padding rows bring)."""
+    decoding can turn on the rounding that padding rows bring). ``model`` may be a
+    :class:`~bapo.runtime.remote.RemoteModel`: then a server answers, the same prompt ids sent."""
+    ids = [renderer.prompt_ids(m)[-renderer.max_prompt_length:] for m in prompts]
+    if hasattr(model, "answers"):  # a RemoteModel (not imported here: this module needs no HTTP client)
+        return model.answers(renderer, ids, max_new_tokens, progress)
     cfg = BaseResponseConfig(max_new_tokens=max_new_tokens)
     stop = stop_ids(model, renderer.tok)
-    ids = [renderer.prompt_ids(m)[-renderer.max_prompt_length:] for m in prompts]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # stable: equal lengths keep the items' order
     out: list[str] = [""] * len(ids)
     for start in range(0, len(order), batch_size):

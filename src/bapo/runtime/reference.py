@@ -42,7 +42,8 @@ class Reference:
     fingerprint: str  # of the weights on disk: what an adapter was trained from
     computed: Counter = field(default_factory=Counter)  # what this process computed itself (not read from the cache)
     engine: EngineSettings = field(default_factory=EngineSettings)  # where it generates: here, or on a server
-    _remote: object = None  # the server's client, once opened and checked (on the first prompt not in the cache)
+    _remote: object = None  # the server's client (RemoteEngine), once opened
+    _checked: bool = False  # whether the server was checked against this model (on the first prompt not cached)
 
     @property
     def pad_id(self) -> int:
@@ -85,15 +86,15 @@ class Reference:
                          show: bool) -> dict[str, list[str]]:
         """:meth:`generate` on the server of ``self.engine`` (:mod:`bapo.runtime.remote`): the same prompt ids, the
         answers cached under the same keys as local ones, every few as they arrive."""
-        from bapo.runtime.remote import Completion, RemoteEngine, check_serves
+        from bapo.runtime.remote import Completion, check_serves
 
         stop = stop_ids(self.model, self.tokenizer)
-        if self._remote is None:
-            remote = RemoteEngine(self.engine.url, self.engine.model, concurrency=self.engine.concurrency)
+        remote = self.remote_engine()
+        if not self._checked:
             agreement = check_serves(remote, self.model, self.renderer, stop)
             print(f"generating on {remote.url} ({remote.model}: {agreement:.0%} of its greedy tokens are this "
                   f"model's choice too)", flush=True)
-            self._remote = remote
+            self._checked = True
         n = cfg.num_responses
         parts: dict[str, dict[int, str]] = {}
         mine: dict[str, list[str]] = {}
@@ -124,10 +125,21 @@ class Reference:
                         flush()
 
             try:
-                self._remote.complete_many(requests(), done)
+                remote.complete_many(requests(), done)
             finally:  # what arrived before an error or Ctrl-C stays cached
                 flush()
         return mine
+
+    def remote_engine(self):
+        """The client of ``engine.url`` (:class:`~bapo.runtime.remote.RemoteEngine`; it contacts the server only
+        when asked for something), or None where the reference generates here."""
+        if not self.engine.url:
+            return None
+        if self._remote is None:
+            from bapo.runtime.remote import RemoteEngine
+
+            self._remote = RemoteEngine(self.engine.url, self.engine.model, concurrency=self.engine.concurrency)
+        return self._remote
 
     def _consistent(self, get, keys: list[str]) -> dict:
         """What the cache holds, read by every process before any of them writes (so all split the same work)."""

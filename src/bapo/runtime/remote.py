@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from bapo.errors import BapoError, ConfigError
+from bapo.runtime.generate import stop_ids
 
 RETRIED_STATUS = {408, 429, 500, 502, 503, 504}
 PROBES = ["What is the capital of France?", "Write one sentence about the sea.", "Name three prime numbers."]
@@ -48,6 +49,8 @@ class Completion:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    model: str = ""  # the model's id on the server (default: the engine's)
+    adapter_scale: float = 1.0  # bapo serve's own field: an adapter dialled down (other servers ignore it)
 
 
 class RemoteEngine:
@@ -58,7 +61,15 @@ class RemoteEngine:
         self.url = url.rstrip("/")
         self.api_key = api_key or os.environ.get("BAPO_GENERATE_API_KEY", "")
         self.concurrency, self.timeout_s, self.retries = concurrency, timeout_s, retries
-        self.model = model or self.base_model()
+        self._model = model
+
+    @property
+    def model(self) -> str:
+        """The base model's id on the server: as given, else asked of it on first use (so that a run whose answers
+        are all cached never contacts the server)."""
+        if not self._model:
+            self._model = self.base_model()
+        return self._model
 
     def _request(self, path: str, body: dict | None = None) -> dict:
         """One HTTP exchange, retried on a dropped connection, a timeout or a 5xx / 429 (exponential backoff with
@@ -94,10 +105,12 @@ class RemoteEngine:
 
     def complete(self, c: Completion) -> str:
         """The answer to one prompt, stripped of surrounding whitespace as local generation strips it."""
-        body = {"model": self.model, "prompt": list(c.prompt_ids), "max_tokens": c.max_tokens,
+        body = {"model": c.model or self.model, "prompt": list(c.prompt_ids), "max_tokens": c.max_tokens,
                 "temperature": c.temperature, "top_p": c.top_p}
         if c.seed is not None:
             body["seed"] = c.seed
+        if c.adapter_scale != 1.0:
+            body["adapter_scale"] = c.adapter_scale
         answer = self._request("/completions", body)
         try:
             return answer["choices"][0]["text"].strip()
@@ -157,7 +170,40 @@ def teacher_forced_gap(model, prompt_ids: Sequence[int], answer_ids: Sequence[in
     return (logp.max(-1).values - picked).tolist()
 
 
-def check_serves(engine: RemoteEngine, model, renderer, stop: Sequence[int], max_tokens: int = 12) -> float:
+@dataclass
+class RemoteModel:
+    """A model to generate with on a server: the server's id for it (an adapter's name, or the base model's), the
+    scale of its adapter, and the local copy it must match (checked on first use,
+    :func:`check_serves`). :func:`bapo.runtime.generate.generate_answers` takes one in place of a model."""
+
+    engine: RemoteEngine
+    name: str
+    local: object  # the same model here (the adapter applied at the same scale)
+    scale: float = 1.0
+    checked: bool = False
+
+    def answers(self, renderer, prompt_ids: list[list[int]], max_new_tokens: int,
+                progress: Callable[[int], None] | None = None) -> list[str]:
+        """Greedy answers to each prompt (token ids), in order."""
+        if not self.checked:
+            check_serves(self.engine, self.local, renderer, stop_ids(self.local, renderer.tok), name=self.name,
+                         scale=self.scale)
+            self.checked = True
+        out: list[str] = [""] * len(prompt_ids)
+
+        def done(i: int, text: str) -> None:
+            out[i] = text
+            if progress is not None:
+                progress(1)
+
+        self.engine.complete_many(((i, Completion(tuple(ids), max_new_tokens, model=self.name,
+                                                  adapter_scale=self.scale)) for i, ids in enumerate(prompt_ids)),
+                                  done)
+        return out
+
+
+def check_serves(engine: RemoteEngine, model, renderer, stop: Sequence[int], max_tokens: int = 12, name: str = "",
+                 scale: float = 1.0) -> float:
     """Greedy answers to :data:`PROBES` from the server, scored by the local ``model`` under teacher forcing: the share
     of their tokens that the local model would pick too (up to a near-tie, :data:`NEAR_TIE`). A
     :class:`ConfigError` where it is under :data:`SAME_MODEL_AGREEMENT`."""
@@ -165,14 +211,15 @@ def check_serves(engine: RemoteEngine, model, renderer, stop: Sequence[int], max
     tok = renderer.tok
     for q in PROBES:
         prompt = renderer.prompt_ids([{"role": "user", "content": q}])[-renderer.max_prompt_length:]
-        text = engine.complete(Completion(tuple(prompt), max_tokens))
+        text = engine.complete(Completion(tuple(prompt), max_tokens, model=name, adapter_scale=scale))
         answer = tok(text, add_special_tokens=False)["input_ids"] if text else []
         answer = answer or list(stop[:1])  # an empty answer: the server ended at once; was that the best here too?
         gaps += teacher_forced_gap(model, prompt, answer)
     agreement = sum(g <= NEAR_TIE for g in gaps) / len(gaps)
     if agreement < SAME_MODEL_AGREEMENT:
-        raise ConfigError(f"generate_with: {engine.url} serves '{engine.model}', whose greedy answers agree with this "
-                          f"model's on {agreement:.0%} of their tokens (the same model: over "
-                          f"{SAME_MODEL_AGREEMENT:.0%}): serve the model bapo scores with, or name it with "
-                          f"--generate-model")
+        at = f" at scale {scale:g}" if scale != 1.0 else ""
+        raise ConfigError(f"generate_with: {engine.url} serves '{name or engine.model}'{at}, whose greedy answers "
+                          f"agree with this model's on {agreement:.0%} of their tokens (the same model: over "
+                          f"{SAME_MODEL_AGREEMENT:.0%}): serve the model bapo scores with (an adapter under its folder's "
+                          f"name; scales other than 1 need bapo serve), or name the base model with --generate-model")
     return agreement
