@@ -7,7 +7,6 @@ Errors a user can fix are printed as one line each (``FILE:LINE: field: what is 
 
 from __future__ import annotations
 
-import ctypes
 import inspect
 import os
 import sys
@@ -26,6 +25,7 @@ from bapo.errors import (BapoError, ConfigError, Interrupted, environment_proble
 from bapo.evaluation.config import EvalConfig
 from bapo.options import CliField, cli_fields, cli_value, load_config, parse_sets
 from bapo.runtime.config import cache_dir_option, model_option
+from bapo.runtime.process import keep_freed_memory
 from bapo.serve.config import ServeConfig
 from bapo.studies.config import StudyConfig
 from bapo.training.config import BaseRunConfig, TrainConfig
@@ -354,23 +354,6 @@ def data_fetch_command(
         raise BapoError(f"data fetch: {len(failed)} of {len(results)} data sets could not be downloaded (offline? "
                         f"first: {failed[0].status})")
     raise BapoError("\n".join(f"data fetch: {r.data.path}: {r.status}" for r in failed))
-
-
-def keep_freed_memory() -> None:
-    """Ask glibc to keep freed memory instead of returning large blocks to the OS at once.
-
-    Every training step frees and re-allocates the same activation-sized buffers; by default glibc unmaps blocks above
-    a dynamic threshold and the next step pays page faults to map them again (measured: half the minor faults and a
-    few percent of step time on CPU). Same effect as ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``. Called by
-    the command line only: importing or calling bapo as a library changes no process-wide setting. A no-op where the
-    C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of free heap
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve blocks below 1 GiB from the heap
-    except (OSError, AttributeError):
-        pass
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from bapo.runtime import distributed
 from bapo.runtime.config import BaseResponseConfig, EngineSettings
 from bapo.runtime.generate import generate_batch, stop_ids
 from bapo.runtime.models import cache_root, dtype_name, load_model, load_tokenizer, model_fingerprint, resolve_model
+from bapo.runtime.remote import Completion, RemoteEngine, check_serves
 from bapo.runtime.store import Store, make_key
 
 
@@ -86,8 +87,6 @@ class Reference:
                          show: bool) -> dict[str, list[str]]:
         """:meth:`generate` on the server of ``self.engine`` (:mod:`bapo.runtime.remote`): the same prompt ids, the
         answers cached under the same keys as local ones, every few as they arrive."""
-        from bapo.runtime.remote import Completion, check_serves
-
         stop = stop_ids(self.model, self.tokenizer)
         remote = self.remote_engine()
         if not self._checked:
@@ -136,8 +135,6 @@ class Reference:
         if not self.engine.url:
             return None
         if self._remote is None:
-            from bapo.runtime.remote import RemoteEngine
-
             self._remote = RemoteEngine(self.engine.url, self.engine.model, concurrency=self.engine.concurrency)
         return self._remote
 

@@ -34,6 +34,14 @@ class ApiError(Exception):
         self.status, self.body = status, error(message, kind, param, code)
 
 
+def _authorized(given: str, keys: Keys | None, api_key: str) -> tuple[bool, Grant | None]:
+    """Whether the ``Authorization`` header ``given`` opens the server, and with per-user ``keys`` the key's grant."""
+    if keys is not None:
+        grant = keys.find(given[7:]) if given.startswith("Bearer ") else None
+        return grant is not None, grant
+    return not api_key or hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()), None
+
+
 def _reply_error(e: Exception) -> ApiError:
     if isinstance(e, ModelNotFound):
         return ApiError(404, f"The model '{e}' does not exist", param="model", code="model_not_found")
@@ -50,10 +58,6 @@ def create_app(cfg: ServeConfig, engine: Engine, pool: AdapterPool, base_name: s
     app = FastAPI(title="bapo serve", docs_url=None, redoc_url=None, openapi_url=None)
     api_key = "" if keys is not None else (cfg.api_key or os.environ.get("BAPO_API_KEY", ""))
 
-    def unauthorized() -> JSONResponse:
-        return JSONResponse(error("Incorrect API key provided", "invalid_request_error", code="invalid_api_key"),
-                            status_code=401)
-
     @app.exception_handler(ApiError)
     async def api_error(request: HttpRequest, e: ApiError) -> JSONResponse:
         return JSONResponse(e.body, status_code=e.status)
@@ -64,14 +68,10 @@ def create_app(cfg: ServeConfig, engine: Engine, pool: AdapterPool, base_name: s
 
     @app.middleware("http")
     async def guard(request: HttpRequest, call_next: Any) -> Any:
-        given = request.headers.get("authorization", "")
-        request.state.grant = None
-        if keys is not None:
-            request.state.grant = keys.find(given[7:]) if given.startswith("Bearer ") else None
-            if request.state.grant is None:
-                return unauthorized()
-        elif api_key and not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-            return unauthorized()
+        ok, request.state.grant = _authorized(request.headers.get("authorization", ""), keys, api_key)
+        if not ok:
+            return JSONResponse(error("Incorrect API key provided", "invalid_request_error", code="invalid_api_key"),
+                                status_code=401)
         try:
             return await call_next(request)
         except Exception as e:  # the last line of defence: log it here, never send it
@@ -120,40 +120,47 @@ def create_app(cfg: ServeConfig, engine: Engine, pool: AdapterPool, base_name: s
 
     @app.post("/v1/completions")
     async def complete(request: HttpRequest) -> Any:
-        req = await _parse(request, cfg.max_body_kb * 1024, CompletionRequest)
-        max_tokens = req.max_tokens or cfg.default_max_tokens
-        if max_tokens > cfg.max_tokens:
-            raise ApiError(400, f"max_tokens: {max_tokens} is over this server's limit of {cfg.max_tokens}",
-                           param="max_tokens")
-        prompts = [p if isinstance(p, list) else engine.tok(p)["input_ids"] for p in req.prompts]
-        vocab = len(engine.tok)
-        if not prompts or any(not p for p in prompts):
-            raise ApiError(400, "prompt: must not be empty", param="prompt")
-        if any(not 0 <= t < vocab for p in prompts for t in p):
-            raise ApiError(400, f"prompt: token ids must be in 0..{vocab - 1}", param="prompt")
-        adapter, served = _route(req.model, pool, base_name, cfg.fallback_to_base, request.state.grant)
-        loop = asyncio.get_running_loop()
-        queues = [asyncio.Queue() for _ in prompts]
-        jobs = [Request([], adapter, req.adapter_scale, max_tokens, req.temperature, req.top_p, req.stops, req.seed,
-                        emit=lambda ev, q=q: loop.call_soon_threadsafe(q.put_nowait, ev), prompt_ids=list(p))
-                for p, q in zip(prompts, queues)]
-        for job in jobs:
-            engine.submit(job)
-        try:
-            replies = [await _done(q) for q in queues]
-        except asyncio.CancelledError:
-            for job in jobs:
-                job.cancelled.set()
-            raise
-        failed = next((r.error for r in replies if r.error is not None), None)
-        if failed is not None:
-            raise _reply_error(failed)
-        usage = Usage(prompt_tokens=sum(r.prompt_tokens for r in replies),
-                      completion_tokens=sum(r.completion_tokens for r in replies),
-                      total_tokens=sum(r.prompt_tokens + r.completion_tokens for r in replies))
-        return text_completion(served, [(r.text, r.finish_reason) for r in replies], usage)
+        return await _text_completions(request, cfg, engine, pool, base_name)
 
     return app
+
+
+async def _text_completions(request: HttpRequest, cfg: ServeConfig, engine: Engine, pool: AdapterPool,
+                            base_name: str) -> dict:
+    """``POST /v1/completions``: each prompt (text, tokenized as the tokenizer does by default, or token ids) is one
+    request to the engine, answered together as the choices of one response."""
+    req = await _parse(request, cfg.max_body_kb * 1024, CompletionRequest)
+    max_tokens = req.max_tokens or cfg.default_max_tokens
+    if max_tokens > cfg.max_tokens:
+        raise ApiError(400, f"max_tokens: {max_tokens} is over this server's limit of {cfg.max_tokens}",
+                       param="max_tokens")
+    prompts = [p if isinstance(p, list) else engine.tok(p)["input_ids"] for p in req.prompts]
+    vocab = len(engine.tok)
+    if not prompts or any(not p for p in prompts):
+        raise ApiError(400, "prompt: must not be empty", param="prompt")
+    if any(not 0 <= t < vocab for p in prompts for t in p):
+        raise ApiError(400, f"prompt: token ids must be in 0..{vocab - 1}", param="prompt")
+    adapter, served = _route(req.model, pool, base_name, cfg.fallback_to_base, request.state.grant)
+    loop = asyncio.get_running_loop()
+    queues = [asyncio.Queue() for _ in prompts]
+    jobs = [Request([], adapter, req.adapter_scale, max_tokens, req.temperature, req.top_p, req.stops, req.seed,
+                    emit=lambda ev, q=q: loop.call_soon_threadsafe(q.put_nowait, ev), prompt_ids=list(p))
+            for p, q in zip(prompts, queues)]
+    for job in jobs:
+        engine.submit(job)
+    try:
+        replies = [await _done(q) for q in queues]
+    except asyncio.CancelledError:
+        for job in jobs:
+            job.cancelled.set()
+        raise
+    failed = next((r.error for r in replies if r.error is not None), None)
+    if failed is not None:
+        raise _reply_error(failed)
+    usage = Usage(prompt_tokens=sum(r.prompt_tokens for r in replies),
+                  completion_tokens=sum(r.completion_tokens for r in replies),
+                  total_tokens=sum(r.prompt_tokens + r.completion_tokens for r in replies))
+    return text_completion(served, [(r.text, r.finish_reason) for r in replies], usage)
 
 
 async def _parse(request: HttpRequest, limit: int, schema: type[ChatRequest] | type[CompletionRequest]) -> Any:
