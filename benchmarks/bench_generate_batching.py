@@ -4,7 +4,8 @@ several sizes, with transformers' static KV cache, and transformers' continuous 
     python benchmarks/bench_generate_batching.py MODE [--prompts 200] [--data PAIRS.jsonl ...] [--dtype bfloat16]
 
 MODE: ``static16`` (bapo's default: batches of 16), ``staticN`` (batches of N), ``staticNs`` (the same with
-``cache_implementation="static"``) or ``cb`` (``model.generate_batch``). One mode per process, one run: call it
+``cache_implementation="static"``), ``staticNsc`` (that, and the forward compiled with ``torch.compile``, its
+compilation timed in) or ``cb`` (``model.generate_batch``). One mode per process, one run: call it
 alternately for a comparison, nothing else running. The prompts: the distinct prompts of ``--data`` pair files (a
 study user), else the first AlpacaEval instructions (../shared/data/prompts). Prints one JSON line: wall seconds of
 the generation alone, tokens (the answers re-encoded), tokens/s.
@@ -42,9 +43,13 @@ def main() -> None:
     stop = stop_ids(model, tok)
     t = time.perf_counter()
     if a.mode.startswith("static"):
-        size = int(a.mode[6:].rstrip("s") or 16)
-        if a.mode.endswith("s"):
+        size = int(a.mode[6:].rstrip("sc") or 16)
+        if a.mode[6:].lstrip("0123456789").startswith("s"):
             model.generation_config.cache_implementation = "static"
+        if a.mode.endswith("c"):
+            import torch
+
+            model.forward = torch.compile(model.forward, dynamic=True)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         texts = [""] * len(ids)
         for s in range(0, len(order), size):
