@@ -34,6 +34,11 @@ def left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return input_ids, attn
 
 
+def sampling_seed(cfg: BaseResponseConfig, key: str) -> int:
+    """The seed of sampled base responses for a prompt's cache key (a hex digest): the run's seed and the prompt."""
+    return cfg.seed * 1_000_003 + int(key[:12], 16) % 1_000_003
+
+
 @torch.no_grad()
 def generate_batch(model, tokenizer, batch: Sequence[Sequence[int]], cfg: BaseResponseConfig, stop: list[int],
                    seed_key: str = "0") -> list[str]:
@@ -46,7 +51,7 @@ def generate_batch(model, tokenizer, batch: Sequence[Sequence[int]], cfg: BaseRe
     if cfg.do_sample:
         kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
         # Seeded by the batch's first prompt: a rerun that regenerates this batch samples the same text.
-        torch.manual_seed(cfg.seed * 1_000_003 + int(seed_key[:12], 16) % 1_000_003)
+        torch.manual_seed(sampling_seed(cfg, seed_key))
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     was_training = model.training

@@ -20,7 +20,7 @@ from bapo.core.tokens import Encoded, Renderer
 from bapo.data.feedback import Feedback
 from bapo.runtime import distributed
 from bapo.runtime.config import BaseResponseConfig, EngineSettings
-from bapo.runtime.generate import generate_batch, stop_ids
+from bapo.runtime.generate import generate_batch, sampling_seed, stop_ids
 from bapo.runtime.models import cache_root, dtype_name, load_model, load_tokenizer, model_fingerprint, resolve_model
 from bapo.runtime.remote import Completion, RemoteEngine, check_serves
 from bapo.runtime.store import Store, make_key
@@ -103,7 +103,7 @@ class Reference:
             for key, ids in todo:
                 for j in range(n):
                     # Seeded by the prompt, as local sampling is: a rerun asks for the same text.
-                    seed = cfg.seed * 1_000_003 + int(key[:12], 16) % 1_000_003 + j if cfg.do_sample else None
+                    seed = sampling_seed(cfg, key) + j if cfg.do_sample else None
                     yield (key, j), Completion(ids, cfg.max_new_tokens, cfg.temperature if cfg.do_sample else 0.0,
                                                cfg.top_p if cfg.do_sample else 1.0, seed)
 

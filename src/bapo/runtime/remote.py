@@ -87,7 +87,7 @@ class RemoteEngine:
                 if e.code not in RETRIED_STATUS or attempt == self.retries:
                     raise RemoteError(f"generate_with: {self.url}{path} answered {e.code}: {_message(e)}") from None
                 problem = f"{e.code}"
-            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
+            except (http.client.HTTPException, OSError) as e:  # URLError, timeouts, resets: all OSError
                 problem = str(getattr(e, "reason", e))
                 if attempt == self.retries:
                     raise RemoteError(f"generate_with: cannot reach {self.url} ({problem}) after {self.retries + 1} "

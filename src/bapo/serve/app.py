@@ -1,5 +1,6 @@
 """The HTTP face of ``bapo serve``: OpenAI's ``/v1/chat/completions`` (plain and streamed as server-sent events),
-``/v1/completions`` (a raw prompt or token ids: what ``--generate-with`` sends) and ``/v1/models`` on FastAPI. Every error is OpenAI's envelope with a 4xx or 5xx; no traceback reaches a client."""
+``/v1/completions`` (a raw prompt or token ids: what ``--generate-with`` sends) and ``/v1/models`` on FastAPI.
+Every error is OpenAI's envelope with a 4xx or 5xx; no traceback reaches a client."""
 
 from __future__ import annotations
 
@@ -192,15 +193,19 @@ def _route(model: str, pool: AdapterPool, base_name: str, fallback: bool,
     base_ok = grant is None or grant.base
     if model == base_name and base_ok:
         return None, base_name
-    try:
-        if model == base_name or not (grant is None or grant.allows(model)):
-            raise ModelNotFound(model)
-        pool.path(model)
+    if model != base_name and (grant is None or grant.allows(model)) and _serves(pool, model):
         return model, model
+    if fallback and base_ok:
+        return None, base_name
+    raise ApiError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
+
+
+def _serves(pool: AdapterPool, name: str) -> bool:
+    try:
+        pool.path(name)
+        return True
     except ModelNotFound:
-        if fallback and base_ok:
-            return None, base_name
-        raise ApiError(404, f"The model '{model}' does not exist", param="model", code="model_not_found") from None
+        return False
 
 
 async def _done(events: asyncio.Queue) -> Reply:
