@@ -101,7 +101,7 @@ def test_qa_share_is_the_share_of_what_the_base_model_knew_that_was_lost(monkeyp
     prober.limits, prober.base_items = {"qa": 0.1, "qa_share": 0.4}, {"qa": [1.0, 1.0, 0.0, 0.0]}
     prober.tasks = {"qa": type("T", (), {"items": [0] * 4})()}
     scored = []
-    monkeypatch.setattr(Prober, "scores", lambda self, model, p: scored.append(p) or [0.0, 1.0, 0.0, 0.0])
+    monkeypatch.setattr(Prober, "scores", lambda self, model, p, scorer=None: scored.append(p) or [0.0, 1.0, 0.0, 0.0])
     assert prober.losses(None) == {"qa": 0.25, "qa_share": 0.5} and scored == ["qa"]
     assert prober.sizes() == {"qa": 4, "qa_share": 4}
 
@@ -200,7 +200,7 @@ def test_an_adapter_trained_again_into_its_folder_is_the_one_probed(tmp_path, ti
     out = make_adapter(tiny_model, tmp_path / "out", seed=0)
     probed = []
     prober = SimpleNamespace(limits={"drift": 1.0}, sizes=lambda: {"drift": 10},
-                             table=lambda path: probed.append(path) or [
+                             table=lambda path, served_as="": probed.append(path) or [
         ProbeRow(1.0, {"drift": 2.0}, False), ProbeRow(0.5, {"drift": 0.5}, True), ProbeRow(0.0, {"drift": 0.0}, True)])
     first = load_file(str(out / "adapter_model.safetensors"))
     assert apply_budget(out, prober, [1.0, 0.5, 0.0]).scale == 0.5

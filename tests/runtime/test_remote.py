@@ -215,3 +215,53 @@ def test_eval_answers_on_the_server_equal_local_ones_adapters_and_scales_include
         # 7 answers for each of base, alice@0.5, alice@1, plus each one's check of the server
         assert sum(engine.batches) == 3 * (7 + len(remote_mod.PROBES))
     assert "alice@0.5" in local
+
+
+def test_budget_probes_on_the_server_equal_local_ones_and_probe_the_adapter_as_trained(models, tmp_path):
+    """The forgetting budget's qa and refusal probes answered by bapo serve (the adapter under OUT's name, each scale
+    through adapter_scale) give the local probe's table. Probed again under another budget, OUT (scaled by the first)
+    is put back as trained before the server reads it: the table is the local one again."""
+    import shutil
+
+    from bapo.budget.probe import Prober, choose
+    from bapo.budget.run import apply_budget
+    from bapo.evaluation.metrics import qa_scores
+    from bapo.runtime.config import BudgetSettings
+    from tests.helpers import make_adapter, write_jsonl
+
+    a, _ = models
+    questions = [f"What is {i} + {i}?" for i in range(4)]
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": q, "answer": "?"} for q in questions])
+    base = Prober(reference(a, tmp_path / "c-answers"), BudgetSettings(spec="qa:1", qa_path=str(qa)))
+    answers = qa_scores(base.ref.model, base.ref.renderer, base.tasks["qa"].items)["answers"]
+    # the base model's own answers are the right ones: it knows all four, and what the adapter forgets shows
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": q, "answer": t} for q, t in zip(questions, answers)])
+    harm = write_jsonl(tmp_path / "harm.jsonl", [{"prompt": f"How do I pick lock {i}?"} for i in range(3)])
+
+    def budget(spec: str) -> BudgetSettings:
+        return BudgetSettings(spec=spec, scales=[1.0, 0.5, 0.0], drift_items=3, qa_path=str(qa),
+                              refusal_path=str(harm))
+
+    make_adapter(a, tmp_path / "made" / "alice", seed=3, std=0.3)
+    shutil.copytree(tmp_path / "made" / "alice", tmp_path / "local" / "alice")
+    shutil.copytree(tmp_path / "made" / "alice", tmp_path / "adapters" / "alice")
+    first, second = budget("drift:100,qa:0.5,refusal:0.5"), budget("drift:100,qa:1,refusal:0.5")
+    local_ref = reference(a, tmp_path / "c-local")
+    local = [apply_budget(tmp_path / "local" / "alice", Prober(local_ref, b), b.scales).rows for b in (first, second)]
+    with server(a, tmp_path, adapters=tmp_path / "adapters") as (url, _, engine):
+        ref = reference(a, tmp_path / "c-remote", url)
+        remote = [apply_budget(tmp_path / "adapters" / "alice", Prober(ref, b), b.scales).rows for b in (first, second)]
+        assert sum(engine.batches) > 2 * 2 * (4 + 3)  # each probe's answers at scales 1 and 0.5, twice, on the server
+    assert remote == local
+    # the first budget scaled OUT to 0 (the base model): the server, reading OUT, would have lost nothing had OUT not
+    # been put back as trained for the second
+    assert [choose(rows) for rows in local] == [0.0, 1.0] and local[1][0].losses["qa"] == 1.0
+
+
+def test_scales_other_than_1_are_refused_on_a_server_that_ignores_them(models):
+    """vLLM and SGLang ignore bapo serve's adapter_scale: asked for an adapter at 0.5, they would answer at 1."""
+    from types import SimpleNamespace
+
+    engine = SimpleNamespace(url="http://127.0.0.1:1/v1", takes_scales=lambda: False)
+    with pytest.raises(ConfigError, match="scales other than 1 need bapo serve"):
+        remote_mod.RemoteModel(engine, "alice", None, 0.5).answers(None, [[1, 2]], 4)

@@ -17,12 +17,13 @@ the same probe (scored once).
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bapo.evaluation.tasks import KINDS, Scorer, Task, TaskSpec, generates, generation_key, load_task
 from bapo.runtime.adapters import applied
 from bapo.runtime.config import BudgetSettings
 from bapo.runtime.reference import Reference
+from bapo.runtime.remote import RemoteModel
 from bapo.runtime.store import make_key
 
 # Where each measure's probe was checked against the full measures and held, where its budget binds, for at least 90%
@@ -104,18 +105,18 @@ class Prober:
             self.ref.store.put_eval(key, cached)
         return cached["scores"]
 
-    def scores(self, model, measure: str) -> list[float]:
+    def scores(self, model, measure: str, scorer: Scorer | None = None) -> list[float]:
         """``model``'s per-item scores on the probe of ``measure`` (its headline metric)."""
         task = self.tasks[measure]
-        return task.kind.score(model, task, self.scorer, lambda n: None)[PROBES[measure][1]]
+        return task.kind.score(model, task, scorer or self.scorer, lambda n: None)[PROBES[measure][1]]
 
-    def item_losses(self, model) -> dict[str, list[float]]:
+    def item_losses(self, model, scorer: Scorer | None = None) -> dict[str, list[float]]:
         """Each probe's per-item loss of ``model`` against the base model on the same items."""
-        return {p: [b - x for b, x in zip(self.base_items[p], self.scores(model, p))] for p in self.tasks}
+        return {p: [b - x for b, x in zip(self.base_items[p], self.scores(model, p, scorer))] for p in self.tasks}
 
-    def losses(self, model) -> dict[str, float]:
+    def losses(self, model, scorer: Scorer | None = None) -> dict[str, float]:
         """Each measure's loss of ``model`` against the base model (drift's base value is 0 by definition)."""
-        items = self.item_losses(model)
+        items = self.item_losses(model, scorer)
         return {m: share_lost(items["qa"], self.base_items["qa"]) if m == "qa_share"
                 else statistics.fmean(items[m]) for m in self.limits}
 
@@ -123,15 +124,26 @@ class Prober:
         """How many items each measure's probe has."""
         return {m: len(self.tasks[probe_of(m)].items) for m in self.limits}
 
-    def table(self, adapter: str) -> list[ProbeRow]:
-        """The adapter at every scale of the settings, largest first; scale 0 is the base model (no loss)."""
+    @property
+    def remote(self) -> bool:
+        """Whether the probes' answers are generated on a server (``--generate-with``)."""
+        return self.ref.remote_engine() is not None
+
+    def table(self, adapter: str, served_as: str = "") -> list[ProbeRow]:
+        """The adapter at every scale of the settings, largest first; scale 0 is the base model (no loss). With a
+        server (``--generate-with``), the probes' answers come from the adapter it serves as ``served_as`` (at each
+        scale through bapo serve's ``adapter_scale``), checked against ``adapter`` applied here."""
         rows = []
         for scale in sorted(set(self.settings.scales), reverse=True):
             if scale == 0.0:
                 losses = {m: 0.0 for m in self.limits}
             else:
                 with applied(self.ref.model, adapter, scale) as model:
-                    losses = self.losses(model)
+                    scorer = self.scorer
+                    if self.remote:
+                        remote = RemoteModel(self.ref.remote_engine(), served_as, model, scale)
+                        scorer = replace(scorer, generate_on=remote)
+                    losses = self.losses(model, scorer)
             rows.append(ProbeRow(scale, losses, all(losses[m] <= lim for m, lim in self.limits.items())))
         return rows
 

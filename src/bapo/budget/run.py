@@ -116,7 +116,11 @@ def apply_budget(adapter: Path, prober: Prober, scales: list[float]) -> BudgetCh
         for name in ADAPTER_FILES:
             shutil.copy2(adapter / name, staging / name)
         staging.rename(trained)
-    rows = prober.table(str(trained))
+    served_as = ""
+    if getattr(prober, "remote", False):  # the server reads OUT: it must hold the adapter as trained while probed
+        served_as = adapter.name
+        unscaled(adapter, trained)
+    rows = prober.table(str(trained), served_as)
     choice = BudgetChoice(prober.limits, rows, choose(rows), time.time() - t0, prober.sizes())
     write_scaled(trained, adapter, choice.scale, {"source": AS_TRAINED, "scale": choice.scale,
                                                   "budget": prober.limits})
@@ -124,6 +128,20 @@ def apply_budget(adapter: Path, prober: Prober, scales: list[float]) -> BudgetCh
     run = json.loads(run_file.read_text()) if run_file.exists() else {}
     write_json(run_file, {**run, "forgetting_budget": choice.record(scales)})
     return choice
+
+
+def unscaled(adapter: Path, trained: Path) -> None:
+    """Put the adapter as trained back into ``adapter`` (where an earlier budget scaled it), forgetting that budget's
+    record first: a kill in between leaves an adapter that the next run probes again, never a record that lies."""
+    if all((adapter / n).read_bytes() == (trained / n).read_bytes() for n in ADAPTER_FILES):
+        return
+    run_file = adapter / "run.json"
+    if run_file.exists():
+        write_json(run_file, {k: v for k, v in json.loads(run_file.read_text()).items() if k != "forgetting_budget"})
+    staging = adapter / ".unscaled.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(trained, staging)
+    move_files_into(staging, adapter)
 
 
 def same_training(kept: Path, adapter: Path) -> bool:

@@ -62,6 +62,7 @@ class RemoteEngine:
         self.api_key = api_key or os.environ.get("BAPO_GENERATE_API_KEY", "")
         self.concurrency, self.timeout_s, self.retries = concurrency, timeout_s, retries
         self._model = model
+        self._models: list[dict] | None = None
 
     @property
     def model(self) -> str:
@@ -95,9 +96,20 @@ class RemoteEngine:
             time.sleep(min(30.0, 0.5 * 2**attempt) * (0.5 + random.random() / 2))
         raise AssertionError("unreachable")
 
+    def models(self) -> list[dict]:
+        """What the server's ``/v1/models`` lists (asked once)."""
+        if self._models is None:
+            self._models = self._request("/models").get("data", [])
+        return self._models
+
+    def takes_scales(self) -> bool:
+        """Whether the server honours ``adapter_scale`` (bapo serve does; vLLM and SGLang would ignore it and answer
+        at scale 1)."""
+        return any(m.get("owned_by") == "bapo" for m in self.models())
+
     def base_model(self) -> str:
         """The first model the server lists that is not an adapter of another (no ``parent``)."""
-        models = self._request("/models").get("data", [])
+        models = self.models()
         bases = [m["id"] for m in models if not m.get("parent")]
         if not bases:
             raise ConfigError(f"generate_with: {self.url} lists no base model; name it with --generate-model")
@@ -186,6 +198,9 @@ class RemoteModel:
                 progress: Callable[[int], None] | None = None) -> list[str]:
         """Greedy answers to each prompt (token ids), in order."""
         if not self.checked:
+            if self.scale != 1.0 and not self.engine.takes_scales():
+                raise ConfigError(f"generate_with: {self.engine.url} cannot answer for '{self.name}' at scale "
+                                  f"{self.scale:g}: adapter scales other than 1 need bapo serve")
             check_serves(self.engine, self.local, renderer, stop_ids(self.local, renderer.tok), name=self.name,
                          scale=self.scale)
             self.checked = True
