@@ -106,6 +106,27 @@ class EngineSettings:
             raise ConfigError("engine.concurrency: must be at least 1")
 
 
+@dataclass
+class ClusterSettings:
+    """Where independent jobs run: here, one after another (local), or each as a Ray task on a cluster (ray)."""
+
+    executor: str = option("local", "local (here, as always) or ray: each user a Ray task on a cluster (outputs, data "
+                                    "and cache on a filesystem every node sees, given as absolute paths).")
+    ray_address: str = option("", "The Ray cluster to join (auto: the one running on this machine, or "
+                                  "ray://HOST:10001); empty: start one here.")
+    task_cpus: float = option(1.0, "CPUs each Ray task takes (its torch threads).")
+    task_gpus: float = option(0.0, "GPUs each Ray task takes (a fraction shares one).")
+    task_memory_gb: float = option(0.0, "Memory each Ray task reserves, in GiB (0: no reservation).")
+    task_retries: int = option(3, "Times a task whose worker or node died is run again (it resumes from its "
+                                  "checkpoints and the cache).")
+
+    def validate(self) -> None:
+        if self.executor not in ("local", "ray"):
+            raise ConfigError(f"cluster.executor: '{self.executor}' is not one of local, ray")
+        if self.task_cpus < 0 or self.task_gpus < 0 or self.task_memory_gb < 0 or self.task_retries < 0:
+            raise ConfigError("cluster: task_cpus, task_gpus, task_memory_gb and task_retries must not be negative")
+
+
 BUDGET_MEASURES = {  # measure -> what its number means (a loss: positive = lost against the base model)
     "drift": "nats per token lost on the reference's own answers to general prompts",
     "qa": "the base model's share of probe questions answered right minus the adapter's",

@@ -8,7 +8,7 @@ from bapo.core.fields import option, section
 from bapo.core.losses import LossConfig
 from bapo.data.config import DataConfig
 from bapo.errors import ConfigError
-from bapo.runtime.config import (BaseResponseConfig, BudgetSettings, EngineSettings, LoraSettings, cache_dir_option, check_device, device_option,
+from bapo.runtime.config import (BaseResponseConfig, BudgetSettings, ClusterSettings, EngineSettings, LoraSettings, cache_dir_option, check_device, device_option,
                                  dtype_option, model_option)
 
 
@@ -29,6 +29,7 @@ class TrainConfig:
     base: BaseResponseConfig = section(BaseResponseConfig, prefix="base-", panel="Base responses")
     engine: EngineSettings = section(EngineSettings, panel="Base responses")
     budget: BudgetSettings = section(BudgetSettings, panel="Forgetting budget")
+    cluster: ClusterSettings = section(ClusterSettings, panel="Cluster (--per-user on Ray)")
     epochs: float = option(1.0, "Passes over the training pairs.")
     max_steps: int = option(-1, "Stop after this many optimizer steps (-1 = use epochs).")
     batch_size: int = option(4, "Pairs per device per step.")
@@ -81,8 +82,15 @@ class TrainConfig:
             raise ConfigError("out: an output directory is required")
         if not self.data.path:
             raise ConfigError("data.path: preference data is required")
-        for sub in (self.data, self.loss, self.base, self.engine, self.budget):
+        for sub in (self.data, self.loss, self.base, self.engine, self.budget, self.cluster):
             sub.validate()
+        if self.cluster.executor == "ray":
+            if not self.per_user:
+                raise ConfigError("cluster.executor: ray spreads --per-user's users over a cluster; one adapter "
+                                  "trains here (or under torchrun / accelerate launch)")
+            from bapo.runtime.cluster import require_absolute
+
+            require_absolute(out=self.out, **{"data.path": self.data.path, "cache_dir": self.cache_dir})
         if self.budget.limits() and self.finetune != "lora":
             raise ConfigError("forgetting_budget: needs finetune lora (its scale is the adapter's)")
         check_device(self.device, self.dtype)

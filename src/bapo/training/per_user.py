@@ -19,10 +19,10 @@ from pathlib import Path
 from bapo.data.config import renderer
 from bapo.data.feedback import validate_feedback
 from bapo.data.pairs import load_pairs_by_user, split_holdout, validate_record
-from bapo.errors import DataError, Problem
+from bapo.errors import BapoError, DataError, Problem
 from bapo.io import atomic_write_text, csv_text
 from bapo.runtime import distributed
-from bapo.runtime.models import load_tokenizer, resolve_model
+from bapo.runtime.models import cache_root, load_tokenizer, resolve_model
 from bapo.runtime.reference import build_examples, load_reference
 from bapo.training.config import TrainConfig
 from bapo.training.items import Item, as_trained, check_encodable, encode_items, is_feedback_data, thumbs_balance
@@ -102,7 +102,10 @@ def train_per_user(cfg: TrainConfig) -> PerUserResult:
     if problems:
         raise DataError(problems)
     todo = distributed.agreed([u for u in splits if not (out / u / "run.json").exists()])
-    if todo:
+    failed: dict[str, str] = {}
+    if todo and cfg.cluster.executor == "ray":
+        failed = train_on_ray(cfg, todo, {u: splits[u] for u in todo}, {u: encoded[u] for u in todo})
+    elif todo:
         ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, cfg.dtype, cfg.engine)
         every = [p for u in todo for p in splits[u][0]]  # all users' pairs: full batches for the reference
         examples = build_examples(ref, every, [e for u in todo for e in encoded[u]], cfg.base, cfg.loss.uses_anchor,
@@ -113,13 +116,64 @@ def train_per_user(cfg: TrainConfig) -> PerUserResult:
             fit(user_config(cfg, u), ref, splits[u][0], splits[u][1], examples[start:start + n], time.time())
             start += n
     distributed.barrier()  # every run.json written (by the main process) before anyone reads them
-    runs = [user_run(out / u, u) for u in splits]
+    runs = [user_run(out / u, u) for u in splits if u not in failed]
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "users.csv", csv_text(runs))
         if skipped:
             atomic_write_text(out / "skipped.txt", "".join(f"{u}: {why}\n" for u, why in skipped.items()))
+    if failed:
+        raise TrainingFailed(failed, out)
     return PerUserResult(runs, skipped, out, time.time() - t0)
+
+
+class TrainingFailed(BapoError):
+    """Users whose training failed on a cluster (each alone: the others finished and are in users.csv)."""
+
+    def __init__(self, failed: dict[str, str], out: Path):
+        self.failed = failed
+        lines = [f"user {u}: {why}" for u, why in failed.items()]
+        super().__init__(f"{len(failed)} user(s) failed; the others are in {out / 'users.csv'} (a rerun trains only "
+                         f"what is missing):\n" + "\n".join(lines))
+
+
+def train_on_ray(cfg: TrainConfig, users: list[str], splits: dict, encoded: dict) -> dict[str, str]:
+    """``--executor ray``: the reference's work for every user at once as one task (full batches, the same batches
+    as a local run, so the same numbers; ``--generate-with`` spreads its generation over a server), then each user's
+    training as its own task, reading the reference's results from the driver's cache. Returns the users that failed
+    on their own input, with why."""
+    from bapo.runtime import cluster
+
+    cluster.connect(cfg.cluster)
+    cache = cluster.cache_actor(cache_root(cfg.cache_dir) / "reference.sqlite")
+    every = [p for u in users for p in splits[u][0]]
+    step = cluster.run_tasks(_reference_task, [("reference", (cfg, every, [e for u in users for e in encoded[u]],
+                                                               cache))], cfg.cluster, "reference step")
+    if step.failed:
+        raise BapoError(f"the reference step failed on the cluster: {step.failed['reference']}")
+    return cluster.run_tasks(_user_task, [(u, (cfg, u, *splits[u], encoded[u], cache)) for u in users], cfg.cluster,
+                             f"{len(users)} users").failed
+
+
+def _task_reference(cfg: TrainConfig, cache):
+    from bapo.runtime.cluster import task_reference
+
+    return task_reference(cfg.model, cfg.cache_dir, cfg.data, cfg.device, cfg.dtype, cfg.engine, cache,
+                          cfg.cluster.task_cpus)
+
+
+def _reference_task(cfg: TrainConfig, items: list[Item], encoded: list, cache) -> None:
+    """A Ray task: base responses and reference log-probs of every user's pairs, into the driver's cache."""
+    build_examples(_task_reference(cfg, cache), items, encoded, cfg.base, cfg.loss.uses_anchor,
+                   batch_size=cfg.batch_size * 2, show=False)
+
+
+def _user_task(cfg: TrainConfig, user: str, train: list[Item], held: list[Item], encoded: list, cache) -> None:
+    """A Ray task: one user's adapter into ``OUT/<user>`` (resuming its checkpoints where a first try left some)."""
+    ref = _task_reference(cfg, cache)
+    examples = build_examples(ref, train, encoded, cfg.base, cfg.loss.uses_anchor, batch_size=cfg.batch_size * 2,
+                              show=False)  # read from the cache: the reference step computed them
+    fit(user_config(cfg, user), ref, train, held, examples, time.time())
 
 
 def user_run(folder: Path, user: str) -> UserRun:
