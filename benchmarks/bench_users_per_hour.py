@@ -9,8 +9,9 @@ Arms, each a fresh ``bapo train`` process with a fresh, empty bapo cache (the mo
 timing; every arm trains from the same safetensors folder):
 
 - ``before``: bapo at commit ``--before`` (a git worktree of it beside this checkout, made on first use);
-- ``after-local``: this checkout, generating here;
-- ``after-vllm``: this checkout with ``--generate-with`` a vLLM OpenAI server on this machine (started once, before
+- ``after-local``: bapo at commit ``--after`` (default: this checkout's HEAD; a worktree too, so that editing this
+  checkout while the benchmark runs changes nothing), generating here;
+- ``after-vllm``: the same with ``--generate-with`` a vLLM OpenAI server on this machine (started once, before
   anything is timed; idle, it takes no CPU while the other arms run), for the base responses and the reference's
   answers of the drift probe.
 
@@ -38,7 +39,7 @@ from common import print_header, run_measured  # noqa: E402  (benchmarks/common.
 
 def worktree(commit: str) -> Path:
     """A checkout of ``commit`` beside this one (``git worktree``), made once."""
-    path = ROOT.parent / f"bapo-{commit[:12]}"
+    path = ROOT.parent / f"bapo-{commit[:7]}"
     if not (path / "src" / "bapo").exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), commit], check=True,
                        capture_output=True)
@@ -52,8 +53,7 @@ def command(arm: str, a, model: Path, out: Path, cache: Path, url: str) -> tuple
         cmd += ["--eval-data", a.eval_data]
     if arm == "after-vllm":
         cmd += ["--generate-with", url]
-    env = {"PYTHONPATH": str(worktree(a.before) / "src")} if arm == "before" else {}
-    return cmd, env
+    return cmd, {"PYTHONPATH": str(worktree(a.before if arm == "before" else a.after) / "src")}
 
 
 def main() -> None:
@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--budget", default="drift:0.1")
     ap.add_argument("--before", default="1435876", help="the commit before the engine issue (#47)")
+    ap.add_argument("--after", default="", help="the commit measured as now (default: HEAD)")
     ap.add_argument("--arms", nargs="+", default=["before", "after-vllm", "after-local"],
                     choices=["before", "after-vllm", "after-local"])
     ap.add_argument("--repeats", type=int, default=2)
@@ -70,6 +71,8 @@ def main() -> None:
     ap.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
     ap.add_argument("--port", type=int, default=8769)
     a = ap.parse_args()
+    a.after = a.after or subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                        check=True).stdout.strip()
 
     from bench_engine import start_vllm
 
@@ -83,8 +86,8 @@ def main() -> None:
         server, startup = start_vllm(argparse.Namespace(vllm_python=a.vllm_python, dtype=a.dtype), model, a.port,
                                      work / "vllm.log")
         print(f"vLLM started in {startup:.0f} s (not timed)", flush=True)
-    if "before" in a.arms:
-        print(f"before: bapo at {a.before} ({worktree(a.before)})", flush=True)
+    print(f"before: bapo at {a.before} ({worktree(a.before)}); after: at {a.after[:12]} ({worktree(a.after)})",
+          flush=True)
     walls: dict[str, list[float]] = {arm: [] for arm in a.arms}
     try:
         for r in range(a.repeats):
