@@ -154,3 +154,122 @@ def test_relative_paths_are_refused_under_ray_in_one_line(tmp_path, tiny_model):
         cfg.validate()
     with pytest.raises(ConfigError, match="executor: 'slurm' is not one of local, ray"):
         ClusterSettings(executor="slurm").validate()
+
+
+def case_a_study_on_ray_equals_local(tmp_path: Path, tiny_model: str) -> None:
+    import torch
+
+    from bapo.studies.config import StudyConfig, study_training
+    from bapo.data.users import Sources
+    from bapo.studies.run import run_study
+    from tests.studies.test_run import mini_data
+
+    torch.set_num_threads(1)  # the tasks' thread count (task_cpus 1)
+    data = mini_data(tmp_path / "data")
+
+    def study(name: str, executor: str) -> dict:
+        train = study_training()
+        train.model, train.epochs, train.batch_size, train.lr = tiny_model, 1, 4, 5e-3
+        train.base.max_new_tokens, train.data.max_length, train.data.max_prompt_length = 6, 128, 64
+        train.cache_dir, train.device, train.dtype = str(tmp_path / f"cache-{name}"), "cpu", "float32"
+        cfg = StudyConfig(users=["flip:0", "flip:1"], methods=["dpo", "bapo"], seeds=1, out=str(tmp_path / name),
+                          pairs_per_user=8, holdout_pairs=4, eval_items=0, alignment_items=0, drift_prompts=3,
+                          sources=Sources(data_dir=str(data)), train=train,
+                          cluster=ClusterSettings(executor=executor, task_cpus=1))
+        run_study(cfg)
+        return json.loads((tmp_path / name / "study.json").read_text())
+
+    local, on_ray = study("local", "local"), study("ray", "ray")
+    assert len(local["rows"]) == len(on_ray["rows"]) == 4
+    for a, b in zip(local["rows"], on_ray["rows"]):
+        for k, v in a.items():
+            if isinstance(v, float) and "seconds" not in k:
+                assert abs(v - b[k]) <= 1e-6, (a["user"], a["method"], k, v, b[k])
+            elif k not in ("adapter",) and "seconds" not in k:
+                assert v == b[k], (k, v, b[k])
+    print("rows", len(on_ray["rows"]))
+
+
+def test_a_study_on_ray_equals_local(tmp_path, tiny_model):
+    """A miniature study (2 users x DPO, BAPO): its cells trained and its models scored as Ray tasks give the local
+    run's table, every number to 1e-6."""
+    assert "rows 4" in _in_namespace("case_a_study_on_ray_equals_local", tmp_path, tiny_model)
+
+
+def case_budget_probes_on_ray_equal_local(tmp_path: Path, tiny_model: str) -> None:
+    import torch
+
+    from bapo.budget.run import train_each_user
+    from bapo.runtime.config import BudgetSettings
+
+    torch.set_num_threads(1)
+    data = _users(tmp_path)
+    tables = {}
+    for side in ("local", "ray"):
+        cfg = _config(tiny_model, data, tmp_path / side, tmp_path / f"c-{side}", side)
+        cfg.budget = BudgetSettings(spec="drift:0.05", drift_items=3, scales=[1.0, 0.5, 0.0])
+        done = train_each_user(cfg)
+        tables[side] = {u.user: (u.budget_scale, json.loads((tmp_path / side / u.user / "run.json").read_text())
+                                 ["forgetting_budget"]["probe"]) for u in done.users}
+    assert tables["local"].keys() == tables["ray"].keys() == {"ann", "bo", "cy"}
+    for u, (scale, rows) in tables["local"].items():
+        other_scale, other = tables["ray"][u]
+        assert scale == other_scale and [r["within"] for r in rows] == [r["within"] for r in other], u
+        assert all(abs(r["losses"]["drift"] - o["losses"]["drift"]) <= 1e-6 for r, o in zip(rows, other)), u
+    print("scales", sorted((u, s) for u, (s, _) in tables["ray"].items()))
+
+
+def test_budget_probes_on_ray_equal_local(tmp_path, tiny_model):
+    """--per-user --forgetting-budget on Ray: each user's adapter probed by its own task (after the base model's
+    probe), the same tables and scales as a local run."""
+    assert "scales [('ann'" in _in_namespace("case_budget_probes_on_ray_equal_local", tmp_path, tiny_model)
+
+
+def case_a_node_that_dies_mid_training(tmp_path: Path, tiny_model: str) -> None:
+    import threading
+    import time
+
+    import torch
+    from ray.cluster_utils import Cluster
+    from safetensors.torch import load_file
+
+    from bapo.training.per_user import train_per_user
+
+    torch.set_num_threads(1)
+    data = _users(tmp_path)
+    local = _config(tiny_model, data, tmp_path / "local", tmp_path / "c-local", "local")
+    local.max_steps = 12
+    train_per_user(local)
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the driver's node: the cache, no tasks
+    doomed = cluster.add_node(num_cpus=1)
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    cfg = _config(tiny_model, data, tmp_path / "ray", tmp_path / "c-ray", "ray")
+    cfg.max_steps, cfg.cluster.ray_address = 12, cluster.address
+    killed = []
+
+    def kill_when_training() -> None:  # every worker node busy with a user once a first checkpoint is written
+        import ray
+
+        while not (any((tmp_path / "ray" / u / "checkpoints").exists() for u in ("ann", "bo", "cy"))
+                   and ray.is_initialized() and ray.available_resources().get("CPU", 0) == 0):
+            time.sleep(0.02)  # a user training and no CPU free: the doomed node runs a user's task
+        cluster.remove_node(doomed, allow_graceful=False)
+        killed.append(time.time())
+
+    threading.Thread(target=kill_when_training, daemon=True).start()
+    done = train_per_user(cfg)
+    assert killed and [u.user for u in done.users] == ["ann", "bo", "cy"]
+    for u in ("ann", "bo", "cy"):
+        a, b = (load_file(str(tmp_path / side / u / "adapter_model.safetensors")) for side in ("local", "ray"))
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a), u
+    print("survived", len(done.users))
+
+
+def test_a_task_whose_node_dies_is_retried_elsewhere_and_resumes(tmp_path, tiny_model):
+    """Three users on a simulated cluster of three one-CPU nodes (ray.cluster_utils.Cluster); one node is killed
+    while each trains a user. Its user's task is retried on a node that finished its own, resumes from its
+    checkpoints, and every adapter equals the local run's."""
+    assert "survived 3" in _in_namespace("case_a_node_that_dies_mid_training", tmp_path, tiny_model)

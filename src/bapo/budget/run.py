@@ -24,12 +24,13 @@ from bapo.budget.probe import Prober, ProbeRow, choose, validated
 from bapo.core.tokens import encode_pairs
 from bapo.data.config import renderer
 from bapo.data.pairs import load_pairs
+from bapo.errors import BapoError
 from bapo.evaluation.metrics import as_scored, personal_scores
 from bapo.io import atomic_write_text, csv_text, move_files_into, write_json
 from bapo.runtime import distributed
 from bapo.runtime.adapters import applied
 from bapo.runtime.export import write_scaled
-from bapo.runtime.models import load_tokenizer, resolve_model
+from bapo.runtime.models import cache_root, load_tokenizer, resolve_model
 from bapo.runtime.reference import build_examples, load_reference
 from bapo.training.config import TrainConfig
 from bapo.training.per_user import PerUserResult, train_per_user, user_run
@@ -91,6 +92,8 @@ def probed(cfg: TrainConfig, adapters: list[Path]) -> list[BudgetChoice]:
     already probed under the same budget and scales is read back, not probed again."""
     choices: dict[Path, BudgetChoice] = {a: c for a in adapters if (c := _earlier(cfg, a)) is not None}
     todo = [a for a in adapters if a not in choices]
+    if todo and cfg.cluster.executor == "ray":
+        return _probed_on_ray(cfg, adapters, todo)
     if todo and distributed.is_main():
         path = resolve_model(cfg.model, cfg.cache_dir)
         ref = load_reference(path, renderer(load_tokenizer(path), cfg.data), cfg.cache_dir, cfg.device, cfg.dtype,
@@ -100,6 +103,38 @@ def probed(cfg: TrainConfig, adapters: list[Path]) -> list[BudgetChoice]:
             choices[a] = apply_budget(a, prober, cfg.budget.scales)
     distributed.barrier()
     return [choices.get(a) or _earlier(cfg, a) for a in adapters]
+
+
+def _probed_on_ray(cfg: TrainConfig, adapters: list[Path], todo: list[Path]) -> list[BudgetChoice]:
+    """``--executor ray``: the base model's probe scores first (one task), then each adapter probed by its own task;
+    an adapter whose probe fails fails alone, named with the others in one error after the rest are done."""
+    from bapo.runtime.cluster import run_in_tasks
+
+    cache = cache_root(cfg.cache_dir) / "reference.sqlite"
+    base = run_in_tasks(_base_probe, [("base model's probe", (cfg,))], cfg.cluster, cache, "the base model's probe")
+    if base.failed:
+        raise BapoError(f"the base model's probe failed on the cluster: {next(iter(base.failed.values()))}")
+    done = run_in_tasks(_probe_task, [(a.name, (cfg, a)) for a in todo], cfg.cluster, cache,
+                        f"{len(todo)} adapters probed")
+    if done.failed:
+        raise BapoError(f"{len(done.failed)} adapter(s) failed their probe (the others are scaled; a rerun probes only "
+                        "what is missing):\n" + "\n".join(f"{a}: {why}" for a, why in done.failed.items()))
+    return [_earlier(cfg, a) for a in adapters]
+
+
+def _prober(cfg: TrainConfig) -> Prober:
+    path = resolve_model(cfg.model, cfg.cache_dir)
+    ref = load_reference(path, renderer(load_tokenizer(path), cfg.data), cfg.cache_dir, cfg.device, cfg.dtype,
+                         cfg.engine)
+    return Prober(ref, cfg.budget)
+
+
+def _base_probe(cfg: TrainConfig) -> None:
+    _prober(cfg)  # the base model's probe scores, into the cache for every adapter's task
+
+
+def _probe_task(cfg: TrainConfig, adapter: Path) -> None:
+    apply_budget(adapter, _prober(cfg), cfg.budget.scales)
 
 
 def apply_budget(adapter: Path, prober: Prober, scales: list[float]) -> BudgetChoice:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from bapo.core.fields import option, section
 from bapo.data.config import check_lengths, max_length_option, max_prompt_length_option
 from bapo.errors import ConfigError
-from bapo.runtime.config import (EngineSettings, cache_dir_option, check_device, device_option, dtype_option,
+from bapo.runtime.config import (ClusterSettings, EngineSettings, cache_dir_option, check_device, device_option, dtype_option,
                                  model_option)
 
 
@@ -31,6 +31,7 @@ class EvalConfig:
     merge_adapters: bool = option(True, "Merge each adapter into the weights while scoring it (faster; holds a "
                                         "copy of the weights it changes).", flag="merge/no-merge")
     engine: EngineSettings = section(EngineSettings, panel="Generation on a server")
+    cluster: ClusterSettings = section(ClusterSettings, panel="Cluster (each model a Ray task)")
     max_length: int = max_length_option()
     max_prompt_length: int = max_prompt_length_option()
     cache_dir: str = cache_dir_option()
@@ -49,3 +50,10 @@ class EvalConfig:
             raise ConfigError("samples: must be 0 or more")
         if not self.adapter_scales:
             raise ConfigError("adapter_scales: give at least one scale")
+        self.cluster.validate()
+        if self.cluster.executor == "ray":
+            from bapo.runtime.cluster import require_absolute
+
+            require_absolute(out=self.out, cache_dir=self.cache_dir,
+                             **({"suite": self.suite} if self.suite != "default" else {}),
+                             **{f"adapters[{i}]": a for i, a in enumerate(self.adapters)})

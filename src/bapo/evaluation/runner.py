@@ -21,7 +21,7 @@ from rich.console import Console
 from bapo import progress
 from bapo.data.feedback import holds_feedback, load_feedback
 from bapo.data.pairs import PreferencePair, load_pairs
-from bapo.errors import ConfigError
+from bapo.errors import BapoError, ConfigError
 from bapo.evaluation.config import EvalConfig
 from bapo.evaluation.lm_eval import lm_eval_scores
 from bapo.evaluation.metrics import TIE_NATS, Stat, paired_delta
@@ -241,8 +241,43 @@ def candidate_labels(cfg: EvalConfig) -> list[str]:
     return [c.label for c in candidates(cfg)[0]]
 
 
+def score_on_cluster(cfg: EvalConfig) -> None:
+    """``--executor ray``: every model whose scores are not all cached is scored by its own Ray task into the driver's
+    cache, after what the reference prepares for them (drift's answers, held-out log-probs) in one task first. Every
+    task, and the driver's reading after, run at the tasks' thread count: on a CPU greedy answers are keyed by it."""
+    from bapo.runtime.cluster import run_in_tasks
+
+    labels = unscored(cfg)
+    if not labels:
+        return
+    cache = cache_root(cfg.cache_dir) / "reference.sqlite"
+    first = run_in_tasks(_prepare_task, [("prepare", (cfg,))], cfg.cluster, cache, "the reference's preparation")
+    if first.failed:
+        raise BapoError(f"the reference's preparation failed on the cluster: {first.failed['prepare']}")
+    done = run_in_tasks(score_into_cache, [(label, (cfg, [label])) for label in labels], cfg.cluster, cache,
+                        f"{len(labels)} models scored")
+    if done.failed:
+        raise BapoError(f"{len(done.failed)} model(s) failed to score (the others are cached; a rerun scores only "
+                        "what is missing):\n" + "\n".join(f"{m}: {why}" for m, why in done.failed.items()))
+
+
+def _prepare_task(cfg: EvalConfig) -> None:
+    prepare(cfg, Console(quiet=True))
+
+
 def evaluate(cfg: EvalConfig, console: Console | None = None) -> EvalResult:
     """Evaluate the base model and every adapter (at every scale); write results and return them."""
+    if cfg.cluster.executor == "ray":
+        from bapo.runtime.cluster import task_threads
+
+        cfg.validate()
+        with task_threads(cfg.cluster.task_cpus):
+            score_on_cluster(cfg)
+            return _evaluate(cfg, console)
+    return _evaluate(cfg, console)
+
+
+def _evaluate(cfg: EvalConfig, console: Console | None = None) -> EvalResult:
     console = console or Console()
     t0 = time.time()
     tasks, cands, personal, scorer = prepare(cfg, console)

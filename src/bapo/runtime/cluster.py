@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 from bapo import progress
 from bapo.errors import BapoError, ConfigError
@@ -49,7 +50,7 @@ def connect(settings: ClusterSettings) -> None:
     ray = _ray()
     if ray.is_initialized():
         return
-    env = {k: v for k, v in os.environ.items() if k in ("PYTHONPATH", "HF_HOME", "BAPO_CACHE", "OMP_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k in ("PYTHONPATH", "HF_HOME", "BAPO_CACHE_DIR")}
     ray.init(address=settings.ray_address or None, include_dashboard=False, log_to_driver=False,
              configure_logging=False, runtime_env={"env_vars": {**env, "TQDM_DISABLE": "1"}})
 
@@ -104,13 +105,18 @@ class RemoteStore:
         pass
 
 
+_ACTORS: dict[str, Any] = {}  # the driver's cache actors by file, alive as long as the driver
+
+
 def cache_actor(path: Path):
-    """A :class:`CacheActor` over ``path``, pinned to this (the driver's) node, where the file is."""
+    """The :class:`CacheActor` over ``path``, pinned to this (the driver's) node, where the file is; one per file."""
     ray = _ray()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return ray.remote(num_cpus=0)(CacheActor).options(scheduling_strategy=here).remote(str(path))
+    if str(path) not in _ACTORS:
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        _ACTORS[str(path)] = ray.remote(num_cpus=0)(CacheActor).options(scheduling_strategy=here).remote(str(path))
+    return _ACTORS[str(path)]
 
 
 @dataclass
@@ -170,22 +176,45 @@ def _first_line(e: Exception) -> str:
 _MODELS: dict[tuple, Any] = {}  # this worker process's loaded model: loaded once, reused by its next tasks
 
 
-def task_reference(model: str, cache_dir: str, data, device: str, dtype: str, engine, cache, threads: float):
-    """The reference inside a task: the model loaded once per worker process (a worker runs task after task), texts
-    rendered as ``data`` (a :class:`~bapo.data.config.DataConfig`) says, the driver's cache through ``cache`` (a
-    :class:`CacheActor`), ``threads`` torch threads (the task's CPUs)."""
+@contextmanager
+def task_threads(cpus: float) -> Iterator[None]:
+    """This process at a task's torch thread count while inside: where the tasks scored models, the driver reads
+    their answers from the cache (on a CPU greedy answers are keyed by the thread count), and computes what is left
+    the same way."""
     import torch
 
-    from bapo.data.config import renderer
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(cpus)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
-    from bapo.runtime.models import load_model, load_tokenizer, model_fingerprint, resolve_model
-    from bapo.runtime.reference import Reference
 
-    torch.set_num_threads(max(1, int(threads)))
-    path = resolve_model(model, cache_dir)
-    key = (path, device, dtype)
-    if key not in _MODELS:
+def in_task(fn: Callable[..., Any], cache, threads: float, *args) -> Any:
+    """``fn(*args)`` as a Ray task runs it: the driver's cache through ``cache`` (a :class:`CacheActor`) and the
+    worker's loaded model for every reference it opens (:data:`bapo.runtime.reference.IN_TASK`), ``threads`` torch
+    threads (the task's CPUs). A task that raises drops the worker's model: it may have been left with an adapter on."""
+    import torch
+
+    from bapo.runtime import reference
+
+    torch.set_num_threads(max(1, int(threads)))  # the task's CPUs, whatever the worker process started with
+    reference.IN_TASK.update(store=RemoteStore(cache), models=_MODELS)
+    try:
+        return fn(*args)
+    except BaseException:
         _MODELS.clear()
-        _MODELS[key] = load_model(path, device, dtype)
-    render = renderer(load_tokenizer(path), data)
-    return Reference(_MODELS[key], render.tok, render, RemoteStore(cache), model_fingerprint(path), engine=engine)
+        raise
+    finally:
+        reference.IN_TASK.clear()
+
+
+def run_in_tasks(fn: Callable[..., Any], jobs: Iterable[tuple[str, tuple]], settings: ClusterSettings, cache_file: Path,
+                 label: str, show: bool = True) -> Outcome:
+    """:func:`run_tasks` of ``fn`` over ``jobs``, each inside :func:`in_task`: every reference a task opens reads and
+    writes the cache at ``cache_file`` through one :class:`CacheActor` on this node."""
+    connect(settings)
+    cache = cache_actor(cache_file)
+    return run_tasks(in_task, ((name, (fn, cache, settings.task_cpus, *args)) for name, args in jobs), settings,
+                     label, show)

@@ -261,10 +261,22 @@ def open_reference(model: str, max_length: int, max_prompt_length: int, cache_di
     return load_reference(path, renderer, cache_dir, device, dtype, engine)
 
 
+# Set by bapo.runtime.cluster inside a Ray task: "store", the driver's cache (a RemoteStore), and "models", this worker
+# process's loaded models by (path, device, dtype), kept for its next task
+IN_TASK: dict = {}
+
+
 def load_reference(path: str, renderer: Renderer, cache_dir: str = "", device: str = "auto",
                    dtype: str = "auto", engine: EngineSettings | None = None) -> Reference:
     """The reference for a resolved model whose tokenizer (in ``renderer``) is already loaded: callers validate and
-    tokenize their data first, then pay for the model. With ``engine.url`` it generates on that server."""
-    model = load_model(path, device, dtype)
-    return Reference(model, renderer.tok, renderer, Store(cache_root(cache_dir) / "reference.sqlite"),
-                     model_fingerprint(path), engine=engine or EngineSettings())
+    tokenize their data first, then pay for the model. With ``engine.url`` it generates on that server. Inside a
+    Ray task (:data:`IN_TASK`) the model is the worker's, loaded once, and the cache the driver's."""
+    if IN_TASK:
+        models = IN_TASK["models"]
+        if (path, device, dtype) not in models:
+            models.clear()
+            models[(path, device, dtype)] = load_model(path, device, dtype)
+        model, store = models[(path, device, dtype)], IN_TASK["store"]
+    else:
+        model, store = load_model(path, device, dtype), Store(cache_root(cache_dir) / "reference.sqlite")
+    return Reference(model, renderer.tok, renderer, store, model_fingerprint(path), engine=engine or EngineSettings())

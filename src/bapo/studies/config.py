@@ -13,7 +13,7 @@ from bapo.data.config import DataConfig
 from bapo.data.users import Sources, parse_spec, user_name
 from bapo.errors import ConfigError
 from bapo.evaluation.config import EvalConfig
-from bapo.runtime.config import BaseResponseConfig
+from bapo.runtime.config import BaseResponseConfig, ClusterSettings
 from bapo.training.config import TrainConfig
 
 DEFAULT_USERS = ["flip:0", "flip:0.5", "flip:1", "vpl:harmless"]
@@ -96,6 +96,7 @@ class StudyConfig:
                              "2-core CPU; log-prob scores are the same at any thread count, greedy answers in "
                              "bfloat16 not: keep one setting through a study). Cells still train one after another. "
                              "1 = all in this process.")
+    cluster: ClusterSettings = section(ClusterSettings, panel="Cluster (each cell and each model a Ray task)")
     sources: Sources = section(Sources, cli=("data_dir",), panel="Data")
     # Every cell trains with this config; the study sets its out, data.path, data.eval_path, loss.method and seed.
     # Its model, cache, device, dtype and length limits are the whole study's, evaluation included.
@@ -152,6 +153,11 @@ class StudyConfig:
             raise ConfigError("pair_budget: at least 1 pair; balance_responses: at least 2")
         if self.workers < 1:
             raise ConfigError("workers: at least 1")
+        self.cluster.validate()
+        if self.cluster.executor == "ray":
+            from bapo.runtime.cluster import require_absolute
+
+            require_absolute(out=self.out, cache_dir=self.train.cache_dir)
         if self.candidate_samples < 0:
             raise ConfigError("candidate_samples: 0 or more")
         if self.holdout_pairs < 2 or self.pairs_per_user < 0:

@@ -124,7 +124,7 @@ def eval_config(cfg: StudyConfig, cells: list[Cell], suite: Path, out: Path) -> 
     t = cfg.train
     return replace(cfg.eval, model=t.model, adapters=[str(cell_dir(out, c)) for c in cells], suite=str(suite),
                    out=str(out / "eval"), max_length=t.data.max_length, max_prompt_length=t.data.max_prompt_length,
-                   cache_dir=t.cache_dir, device=t.device, dtype=t.dtype)
+                   cache_dir=t.cache_dir, device=t.device, dtype=t.dtype, cluster=cfg.cluster)
 
 
 def frontier_config(cfg: StudyConfig, cells: list[Cell], suite: Path, out: Path) -> EvalConfig | None:

@@ -24,12 +24,12 @@ from bapo.balancing.run import balance
 from bapo.data.pairs import split_holdout
 from bapo.data.readers import load_prompts
 from bapo.data.users import parse_spec, sample, user_name
-from bapo.errors import ConfigError
+from bapo.errors import BapoError, ConfigError
 from bapo.evaluation.config import EvalConfig
 from bapo.evaluation.runner import EvalResult, evaluate, prepare, score_into_cache, unscored
 from bapo.io import as_dicts, atomic_write_text, csv_text, write_json, write_jsonl
 from bapo.runtime import distributed
-from bapo.runtime.models import load_reward_model
+from bapo.runtime.models import cache_root, load_reward_model
 from bapo.runtime.reference import LazyReference, open_reference
 from bapo.runtime.workers import run_jobs, scoring_threads
 from bapo.studies.config import StudyConfig
@@ -147,10 +147,26 @@ def train_cell(cfg: StudyConfig, cell: Cell, out: Path, console: Console) -> Non
     train(tc)
 
 
+def train_cells_on_ray(cfg: StudyConfig, cells: list[Cell], out: Path) -> None:
+    """``--executor ray``: each cell trained by its own Ray task (its balanced pairs first, in a balance study), at
+    the tasks' thread count; a cell that fails fails alone, and the study stops after the others, naming it."""
+    from bapo.runtime.cluster import run_in_tasks
+
+    done = run_in_tasks(_train_cell_task, [(c.name, (cfg, c, out)) for c in cells], cfg.cluster,
+                        cache_root(cfg.train.cache_dir) / "reference.sqlite", f"{len(cells)} cells trained")
+    if done.failed:
+        raise BapoError(f"{len(done.failed)} cell(s) failed to train (the others are trained; a rerun trains only what "
+                        "is missing):\n" + "\n".join(f"{c}: {why}" for c, why in done.failed.items()))
+
+
+def _train_cell_task(cfg: StudyConfig, cell: Cell, out: Path) -> None:
+    train_cell(cfg, cell, out, Console(quiet=True))
+
+
 def evaluate_models(cfg: StudyConfig, ev: EvalConfig, console: Console) -> EvalResult:
     """``bapo eval`` of the study's models; with several workers, the models are first scored into the cache side by
-    side (one job per model), then read back in this process."""
-    if cfg.workers == 1 or distributed.world_size() > 1:  # under torchrun the processes split the models already
+    side (one job per model), then read back in this process; on Ray (``ev.cluster``), each model a task."""
+    if cfg.workers == 1 or distributed.world_size() > 1 or ev.cluster.executor == "ray":
         return evaluate(ev, console)
     with scoring_threads(cfg.workers):  # every model at the workers' thread count, this process's reading included
         labels = unscored(ev)
@@ -206,8 +222,10 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
     # Cells train one after another in this process even with several workers: training is not bit-identical across
     # thread counts (a bapo cell's gradient norm differed in its 7th digit from the second step), scoring is.
     todo = distributed.agreed([c.name for c in cells if not (cell_dir(out, c) / "run.json").exists()])
+    if todo and cfg.cluster.executor == "ray":
+        train_cells_on_ray(cfg, [c for c in cells if c.name in todo], out)
     for i, cell in enumerate(cells, 1):
-        if cell.name in todo:
+        if cell.name in todo and cfg.cluster.executor == "local":
             console.rule(f"cell {i}/{len(cells)}: {cell.spec}, {cell.arm}, seed {cell.seed}")
             train_cell(cfg, cell, out, console)
 

@@ -142,35 +142,33 @@ def train_on_ray(cfg: TrainConfig, users: list[str], splits: dict, encoded: dict
     as a local run, so the same numbers; ``--generate-with`` spreads its generation over a server), then each user's
     training as its own task, reading the reference's results from the driver's cache. Returns the users that failed
     on their own input, with why."""
-    from bapo.runtime import cluster
+    from bapo.runtime.cluster import run_in_tasks
 
-    cluster.connect(cfg.cluster)
-    cache = cluster.cache_actor(cache_root(cfg.cache_dir) / "reference.sqlite")
+    cache = cache_root(cfg.cache_dir) / "reference.sqlite"
     every = [p for u in users for p in splits[u][0]]
-    step = cluster.run_tasks(_reference_task, [("reference", (cfg, every, [e for u in users for e in encoded[u]],
-                                                               cache))], cfg.cluster, "reference step")
+    step = run_in_tasks(_reference_task, [("reference", (cfg, every, [e for u in users for e in encoded[u]]))],
+                        cfg.cluster, cache, "reference step")
     if step.failed:
         raise BapoError(f"the reference step failed on the cluster: {step.failed['reference']}")
-    return cluster.run_tasks(_user_task, [(u, (cfg, u, *splits[u], encoded[u], cache)) for u in users], cfg.cluster,
-                             f"{len(users)} users").failed
+    return run_in_tasks(_user_task, [(u, (cfg, u, *splits[u], encoded[u])) for u in users], cfg.cluster, cache,
+                        f"{len(users)} users").failed
 
 
-def _task_reference(cfg: TrainConfig, cache):
-    from bapo.runtime.cluster import task_reference
+def _task_reference(cfg: TrainConfig):
+    path = resolve_model(cfg.model, cfg.cache_dir)
+    return load_reference(path, renderer(load_tokenizer(path), cfg.data), cfg.cache_dir, cfg.device, cfg.dtype,
+                          cfg.engine)
 
-    return task_reference(cfg.model, cfg.cache_dir, cfg.data, cfg.device, cfg.dtype, cfg.engine, cache,
-                          cfg.cluster.task_cpus)
 
-
-def _reference_task(cfg: TrainConfig, items: list[Item], encoded: list, cache) -> None:
+def _reference_task(cfg: TrainConfig, items: list[Item], encoded: list) -> None:
     """A Ray task: base responses and reference log-probs of every user's pairs, into the driver's cache."""
-    build_examples(_task_reference(cfg, cache), items, encoded, cfg.base, cfg.loss.uses_anchor,
+    build_examples(_task_reference(cfg), items, encoded, cfg.base, cfg.loss.uses_anchor,
                    batch_size=cfg.batch_size * 2, show=False)
 
 
-def _user_task(cfg: TrainConfig, user: str, train: list[Item], held: list[Item], encoded: list, cache) -> None:
+def _user_task(cfg: TrainConfig, user: str, train: list[Item], held: list[Item], encoded: list) -> None:
     """A Ray task: one user's adapter into ``OUT/<user>`` (resuming its checkpoints where a first try left some)."""
-    ref = _task_reference(cfg, cache)
+    ref = _task_reference(cfg)
     examples = build_examples(ref, train, encoded, cfg.base, cfg.loss.uses_anchor, batch_size=cfg.batch_size * 2,
                               show=False)  # read from the cache: the reference step computed them
     fit(user_config(cfg, user), ref, train, held, examples, time.time())
