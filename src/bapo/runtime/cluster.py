@@ -45,13 +45,15 @@ def require_absolute(**paths: str) -> None:
 
 
 def connect(settings: ClusterSettings) -> None:
-    """Join the cluster at ``settings.ray_address`` (``auto``: the one running here), or start a local one; the
+    """Join the cluster at ``settings.ray_address`` (``auto``: the one running here), or start a new local one; the
     workers import bapo as this process does."""
     ray = _ray()
     if ray.is_initialized():
         return
     env = {k: v for k, v in os.environ.items() if k in ("PYTHONPATH", "HF_HOME", "BAPO_CACHE_DIR")}
-    ray.init(address=settings.ray_address or None, include_dashboard=False, log_to_driver=False,
+    # empty: "local", a new instance here; Ray's own default would join whatever /tmp/ray/ray_current_cluster names,
+    # which a cluster that has since died leaves behind (ray.init then waits on it)
+    ray.init(address=settings.ray_address or "local", include_dashboard=False, log_to_driver=False,
              configure_logging=False, runtime_env={"env_vars": {**env, "TQDM_DISABLE": "1"}})
 
 
