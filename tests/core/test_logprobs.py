@@ -1,5 +1,7 @@
 """Tokenization boundaries and per-sequence log-probs: the fast path equals the plain one, padding changes nothing."""
 
+import gc
+
 import pytest
 import torch
 
@@ -100,6 +102,7 @@ def test_a_data_parallel_wrapper_gives_the_same_logps_and_gradients(tiny_model, 
               for q in ("Hi", "Why is the sky blue?")]
     batch = pack_groups(groups, tok.pad_token_id)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    wrapped = None
     try:
         wrapped = DistributedDataParallel(model)
         out = []
@@ -109,6 +112,10 @@ def test_a_data_parallel_wrapper_gives_the_same_logps_and_gradients(tiny_model, 
             sums.sum().backward()
             out.append((sums.detach(), lens, torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])))
     finally:
+        # The wrapper's reducer holds the process group: freed after the group is destroyed, its destructor joins
+        # gloo threads that never return (the suite hung there once, 2026-12-07). Free it first.
+        del wrapped
+        gc.collect()
         dist.destroy_process_group()
     assert torch.allclose(out[0][0], out[1][0], atol=1e-5) and torch.equal(out[0][1], out[1][1])
     assert torch.allclose(out[0][2], out[1][2], atol=1e-6) and out[0][2].abs().sum() > 0
