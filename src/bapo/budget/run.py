@@ -29,6 +29,7 @@ from bapo.evaluation.metrics import as_scored, personal_scores
 from bapo.io import atomic_write_text, csv_text, move_files_into, write_json
 from bapo.runtime import distributed
 from bapo.runtime.adapters import applied
+from bapo.runtime.cluster import run_in_tasks
 from bapo.runtime.export import write_scaled
 from bapo.runtime.models import cache_root, load_tokenizer, resolve_model
 from bapo.runtime.reference import build_examples, load_reference
@@ -108,8 +109,6 @@ def probed(cfg: TrainConfig, adapters: list[Path]) -> list[BudgetChoice]:
 def _probed_on_ray(cfg: TrainConfig, adapters: list[Path], todo: list[Path]) -> list[BudgetChoice]:
     """``--executor ray``: the base model's probe scores first (one task), then each adapter probed by its own task;
     an adapter whose probe fails fails alone, named with the others in one error after the rest are done."""
-    from bapo.runtime.cluster import run_in_tasks
-
     cache = cache_root(cfg.cache_dir) / "reference.sqlite"
     base = run_in_tasks(_base_probe, [("base model's probe", (cfg,))], cfg.cluster, cache, "the base model's probe")
     if base.failed:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from bapo.core.fields import option, section
 from bapo.data.config import check_lengths, max_length_option, max_prompt_length_option
 from bapo.errors import ConfigError
+from bapo.runtime.cluster import require_absolute
 from bapo.runtime.config import (ClusterSettings, EngineSettings, cache_dir_option, check_device, device_option, dtype_option,
                                  model_option)
 
@@ -52,8 +53,6 @@ class EvalConfig:
             raise ConfigError("adapter_scales: give at least one scale")
         self.cluster.validate()
         if self.cluster.executor == "ray":
-            from bapo.runtime.cluster import require_absolute
-
             require_absolute(out=self.out, cache_dir=self.cache_dir,
                              **({"suite": self.suite} if self.suite != "default" else {}),
                              **{f"adapters[{i}]": a for i, a in enumerate(self.adapters)})

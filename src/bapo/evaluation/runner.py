@@ -32,6 +32,7 @@ from bapo.evaluation.tasks import (KINDS, Scorer, Task, TaskSpec, generates, gen
 from bapo.io import as_dicts, atomic_write_text, csv_text, write_json
 from bapo.runtime import distributed
 from bapo.runtime.adapters import AdapterInfo, applied, check_same_model, read_adapter
+from bapo.runtime.cluster import run_in_tasks, task_threads
 from bapo.runtime.models import (cache_root, dtype_name, load_reward_model, model_fingerprint, resolve_device,
                                  resolve_dtype, resolve_model)
 from bapo.runtime.reference import Reference, open_reference, weights_cache_id
@@ -245,8 +246,6 @@ def score_on_cluster(cfg: EvalConfig) -> None:
     """``--executor ray``: every model whose scores are not all cached is scored by its own Ray task into the driver's
     cache, after what the reference prepares for them (drift's answers, held-out log-probs) in one task first. Every
     task, and the driver's reading after, run at the tasks' thread count: on a CPU greedy answers are keyed by it."""
-    from bapo.runtime.cluster import run_in_tasks
-
     labels = unscored(cfg)
     if not labels:
         return
@@ -268,8 +267,6 @@ def _prepare_task(cfg: EvalConfig) -> None:
 def evaluate(cfg: EvalConfig, console: Console | None = None) -> EvalResult:
     """Evaluate the base model and every adapter (at every scale); write results and return them."""
     if cfg.cluster.executor == "ray":
-        from bapo.runtime.cluster import task_threads
-
         cfg.validate()
         with task_threads(cfg.cluster.task_cpus):
             score_on_cluster(cfg)

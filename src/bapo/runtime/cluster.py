@@ -24,7 +24,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 from bapo import progress
 from bapo.errors import BapoError, ConfigError
+from bapo.runtime import reference
 from bapo.runtime.config import ClusterSettings
+from bapo.runtime.store import Store
 
 
 def _ray():
@@ -61,8 +63,6 @@ class CacheActor:
     """The driver's cache (:class:`~bapo.runtime.store.Store`), served to tasks: the one process that writes it."""
 
     def __init__(self, path: str):
-        from bapo.runtime.store import Store
-
         self.store = Store(path)
 
     def call(self, method: str, *args):
@@ -198,8 +198,6 @@ def in_task(fn: Callable[..., Any], cache, threads: float, *args) -> Any:
     worker's loaded model for every reference it opens (:data:`bapo.runtime.reference.IN_TASK`), ``threads`` torch
     threads (the task's CPUs). A task that raises drops the worker's model: it may have been left with an adapter on."""
     import torch
-
-    from bapo.runtime import reference
 
     torch.set_num_threads(max(1, int(threads)))  # the task's CPUs, whatever the worker process started with
     reference.IN_TASK.update(store=RemoteStore(cache), models=_MODELS)

@@ -13,6 +13,7 @@ from bapo.data.config import DataConfig
 from bapo.data.users import Sources, parse_spec, user_name
 from bapo.errors import ConfigError
 from bapo.evaluation.config import EvalConfig
+from bapo.runtime.cluster import require_absolute
 from bapo.runtime.config import BaseResponseConfig, ClusterSettings
 from bapo.training.config import TrainConfig
 
@@ -155,8 +156,6 @@ class StudyConfig:
             raise ConfigError("workers: at least 1")
         self.cluster.validate()
         if self.cluster.executor == "ray":
-            from bapo.runtime.cluster import require_absolute
-
             require_absolute(out=self.out, cache_dir=self.train.cache_dir)
         if self.candidate_samples < 0:
             raise ConfigError("candidate_samples: 0 or more")

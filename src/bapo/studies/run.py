@@ -29,6 +29,7 @@ from bapo.evaluation.config import EvalConfig
 from bapo.evaluation.runner import EvalResult, evaluate, prepare, score_into_cache, unscored
 from bapo.io import as_dicts, atomic_write_text, csv_text, write_json, write_jsonl
 from bapo.runtime import distributed
+from bapo.runtime.cluster import run_in_tasks
 from bapo.runtime.models import cache_root, load_reward_model
 from bapo.runtime.reference import LazyReference, open_reference
 from bapo.runtime.workers import run_jobs, scoring_threads
@@ -150,8 +151,6 @@ def train_cell(cfg: StudyConfig, cell: Cell, out: Path, console: Console) -> Non
 def train_cells_on_ray(cfg: StudyConfig, cells: list[Cell], out: Path) -> None:
     """``--executor ray``: each cell trained by its own Ray task (its balanced pairs first, in a balance study), at
     the tasks' thread count; a cell that fails fails alone, and the study stops after the others, naming it."""
-    from bapo.runtime.cluster import run_in_tasks
-
     done = run_in_tasks(_train_cell_task, [(c.name, (cfg, c, out)) for c in cells], cfg.cluster,
                         cache_root(cfg.train.cache_dir) / "reference.sqlite", f"{len(cells)} cells trained")
     if done.failed:

@@ -8,6 +8,7 @@ from bapo.core.fields import option, section
 from bapo.core.losses import LossConfig
 from bapo.data.config import DataConfig
 from bapo.errors import ConfigError
+from bapo.runtime.cluster import require_absolute
 from bapo.runtime.config import (BaseResponseConfig, BudgetSettings, ClusterSettings, EngineSettings, LoraSettings, cache_dir_option, check_device, device_option,
                                  dtype_option, model_option)
 
@@ -88,8 +89,6 @@ class TrainConfig:
             if not self.per_user:
                 raise ConfigError("cluster.executor: ray spreads --per-user's users over a cluster; one adapter "
                                   "trains here (or under torchrun / accelerate launch)")
-            from bapo.runtime.cluster import require_absolute
-
             require_absolute(out=self.out, **{"data.path": self.data.path, "cache_dir": self.cache_dir})
         if self.budget.limits() and self.finetune != "lora":
             raise ConfigError("forgetting_budget: needs finetune lora (its scale is the adapter's)")

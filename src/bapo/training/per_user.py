@@ -22,6 +22,7 @@ from bapo.data.pairs import load_pairs_by_user, split_holdout, validate_record
 from bapo.errors import BapoError, DataError, Problem
 from bapo.io import atomic_write_text, csv_text
 from bapo.runtime import distributed
+from bapo.runtime.cluster import run_in_tasks
 from bapo.runtime.models import cache_root, load_tokenizer, resolve_model
 from bapo.runtime.reference import build_examples, load_reference
 from bapo.training.config import TrainConfig
@@ -142,8 +143,6 @@ def train_on_ray(cfg: TrainConfig, users: list[str], splits: dict, encoded: dict
     as a local run, so the same numbers; ``--generate-with`` spreads its generation over a server), then each user's
     training as its own task, reading the reference's results from the driver's cache. Returns the users that failed
     on their own input, with why."""
-    from bapo.runtime.cluster import run_in_tasks
-
     cache = cache_root(cfg.cache_dir) / "reference.sqlite"
     every = [p for u in users for p in splits[u][0]]
     step = run_in_tasks(_reference_task, [("reference", (cfg, every, [e for u in users for e in encoded[u]]))],
