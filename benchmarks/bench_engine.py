@@ -57,8 +57,10 @@ def prompts(n: int, data: list[str], trivia: bool = False) -> list[list[dict]]:
     return [r["prompt"] for r in synthetic_pairs(n, 30, 60, seed=0)]
 
 
-def worker(model: str, n: int, dtype: str, max_new: int, url: str, data: list[str], trivia: bool = False) -> dict:
-    """One timed generation in this fresh process."""
+def worker(model: str, n: int, dtype: str, max_new: int, url: str, data: list[str], trivia: bool = False,
+           arm: str = "") -> dict:
+    """One timed generation in this fresh process (``arm``: BATCH/ROWS, the local batch size and prefill groups;
+    empty: bapo's defaults)."""
     from bapo.core.tokens import Renderer
     from bapo.runtime.config import BaseResponseConfig, EngineSettings
     from bapo.runtime.models import load_tokenizer, resolve_model
@@ -69,16 +71,17 @@ def worker(model: str, n: int, dtype: str, max_new: int, url: str, data: list[st
     cache = tempfile.mkdtemp(prefix="bench_engine.")
     ref = load_reference(path, Renderer(tok, 2048, 512), cache, "cpu", dtype, EngineSettings(url=url, concurrency=16))
     t = time.perf_counter()
-    texts = [t[0] for t in ref.generate(prompts(n, data, trivia), BaseResponseConfig(max_new_tokens=max_new),
+    sizes = dict(zip(("batch_size", "prefill_rows"), map(int, arm.split("/")))) if arm else {}
+    texts = [t[0] for t in ref.generate(prompts(n, data, trivia), BaseResponseConfig(max_new_tokens=max_new, **sizes),
                                         show=False)]
     wall = time.perf_counter() - t
     tokens = sum(len(tok(x, add_special_tokens=False)["input_ids"]) for x in texts)
     return {"seconds": wall, "tokens": tokens, "texts": texts}
 
 
-def run_worker(args, url: str) -> dict:
+def run_worker(args, url: str, arm: str = "") -> dict:
     cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--prompts", str(args.prompts),
-           "--dtype", args.dtype, "--max-new-tokens", str(args.max_new_tokens), "--url", url,
+           "--dtype", args.dtype, "--max-new-tokens", str(args.max_new_tokens), "--url", url, "--arm", arm,
            *(["--data", *args.data] if args.data else []), *(["--trivia"] if args.trivia else [])]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if out.returncode:
@@ -122,10 +125,13 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8766)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--url", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--arm", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--before", default="", metavar="BATCH/ROWS", help="also run bapo locally with this generation "
+                    "batch size and prefill groups (16/0: bapo before 2026-12-07), alternating with the others")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.model, args.prompts, args.dtype, args.max_new_tokens, args.url, args.data,
-                                args.trivia)))
+                                args.trivia, args.arm)))
         return
 
     sys.path.insert(0, str(HERE))
@@ -144,9 +150,14 @@ def main() -> None:
     print(f"vLLM {vllm_version} (CPU) started in {startup:.0f} s; {n} prompts ({source}), "
           f"greedy, {args.max_new_tokens} new tokens at most, {args.dtype}", flush=True)
     url = f"http://127.0.0.1:{args.port}/v1"
-    local_tps, vllm_tps, ratios, agree = [], [], [], []
+    local_tps, vllm_tps, ratios, agree, before_tps = [], [], [], [], []
     try:
         for r in range(args.repeats):
+            if args.before:
+                old = run_worker(args, "", args.before)
+                before_tps.append(old["tokens"] / old["seconds"])
+                print(f"repeat {r + 1}: bapo local as before ({args.before}) {old['seconds']:.1f} s "
+                      f"({old['tokens']} tokens, {before_tps[-1]:.0f} tok/s)", flush=True)
             here = run_worker(args, "")
             there = run_worker(args, url)
             lt, vt = here["tokens"] / here["seconds"], there["tokens"] / there["seconds"]
@@ -165,6 +176,11 @@ def main() -> None:
     print(f"\ntokens/s min / median / max: bapo local {mmm(local_tps)}, vLLM {mmm(vllm_tps)}")
     r = sorted(ratios)
     print(f"vLLM / bapo local: {r[0]:.2f}x / {statistics.median(r):.2f}x / {r[-1]:.2f}x")
+    if before_tps:
+        gain = sorted(a / b for a, b in zip(local_tps, before_tps))
+        print(f"bapo local as before ({args.before}): {mmm(before_tps)} tok/s; now / before "
+              f"{gain[0]:.2f}x / {statistics.median(gain):.2f}x / {gain[-1]:.2f}x; vLLM / before "
+              f"{statistics.median(sorted(v / b for v, b in zip(vllm_tps, before_tps))):.2f}x (median)")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,9 @@ class BaseResponseConfig:
     temperature: float = option(0.7, "Sampling temperature (used only with do_sample).")
     top_p: float = option(0.95, "Nucleus sampling mass (used only with do_sample).")
     num_responses: int = option(1, "Base responses per prompt; more than 1 needs do_sample.", flag="num")
-    batch_size: int = option(16, "Prompts per generation batch (left-padded, length-sorted).")
+    batch_size: int = option(64, "Prompts per generation batch (left-padded, length-sorted), decoded together.")
+    prefill_rows: int = option(8, "Prompts per group in a batch's first pass, each group padded only to its own "
+                                  "longest (0: the whole batch in one pass).")
     seed: int = option(0, "Seed for sampled base responses.")
 
     def validate(self) -> None:
@@ -74,13 +76,17 @@ class BaseResponseConfig:
             raise ConfigError("base.num_responses: more than 1 base response per prompt needs base.do_sample: true")
         if self.batch_size < 1:
             raise ConfigError("base.batch_size: must be at least 1")
+        if self.prefill_rows < 0:
+            raise ConfigError("base.prefill_rows: must be 0 or more")
         if self.do_sample and self.temperature <= 0:
             raise ConfigError("base.temperature: must be positive when sampling")
 
     def key(self) -> dict[str, Any]:
-        """The settings that change what is generated (batch size does not, under greedy decoding)."""
+        """The settings that change what is generated (batch size and prefill groups do not, under greedy decoding in
+        float32; in 16-bit dtypes they move the rounding)."""
         d = dataclasses.asdict(self)
         d.pop("batch_size")
+        d.pop("prefill_rows")
         if not self.do_sample:
             for k in ("temperature", "top_p", "seed"):
                 d.pop(k)

@@ -12,6 +12,7 @@ import torch
 
 from bapo.core.tokens import Renderer
 from bapo.runtime.config import BaseResponseConfig
+from bapo.runtime.kv_cache import cache_kwargs, prefilled_cache
 
 
 def stop_ids(model, tokenizer) -> list[int]:
@@ -56,8 +57,12 @@ def generate_batch(model, tokenizer, batch: Sequence[Sequence[int]], cfg: BaseRe
         kwargs.update(temperature=None, top_p=None, top_k=None)
     was_training = model.training
     model.eval()
+    input_ids, attn = input_ids.to(model.device), attn.to(model.device)
     try:
-        out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attn.to(model.device), **kwargs)
+        grouped = cfg.num_responses == 1 and 0 < cfg.prefill_rows < len(batch)
+        cache = (prefilled_cache(model, input_ids, attn, cfg.prefill_rows, cfg.max_new_tokens) if grouped
+                 else {}) or cache_kwargs(model, cfg.max_new_tokens)
+        out = model.generate(input_ids=input_ids, attention_mask=attn, **kwargs, **cache)
     finally:
         model.train(was_training)
     return [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
@@ -74,7 +79,8 @@ def generate_answers(model, renderer: Renderer, prompts: Sequence[list[dict[str,
     ids = [renderer.prompt_ids(m)[-renderer.max_prompt_length:] for m in prompts]
     if hasattr(model, "answers"):  # a RemoteModel (not imported here: this module needs no HTTP client)
         return model.answers(renderer, ids, max_new_tokens, progress)
-    cfg = BaseResponseConfig(max_new_tokens=max_new_tokens)
+    # One pass over each batch's prompts, as before prefill groups existed: cached answers stay what they were.
+    cfg = BaseResponseConfig(max_new_tokens=max_new_tokens, prefill_rows=0)
     stop = stop_ids(model, renderer.tok)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # stable: equal lengths keep the items' order
     out: list[str] = [""] * len(ids)

@@ -23,6 +23,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from bapo.core.tokens import Renderer
 from bapo.runtime.generate import left_pad, stop_ids
+from bapo.runtime.kv_cache import cache_kwargs
 from bapo.serve.pool import BASE, AdapterLoadError, AdapterPool, ModelNotFound
 
 
@@ -236,5 +237,6 @@ class Engine:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if self.pool.model is not None:
             kwargs["adapter_names"] = keys
-        model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device), **kwargs)
+        model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device), **kwargs,
+                       **cache_kwargs(model, kwargs["max_new_tokens"]))
 
