@@ -119,6 +119,9 @@ def prefilled_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     (name, cache), = kwargs.items()
     if not all(type(layer) is GrowingLayer for layer in cache.layers):
         return {}
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # Only the last position's logits would be wanted, and none is used: the head runs on one position where it can.
+    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(inner.forward).parameters else {}
     bufs: list[list[torch.Tensor] | None] = [None] * len(cache.layers)
     for start in range(0, input_ids.shape[0], rows):
         mask = attention_mask[start:start + rows, :width]
@@ -128,8 +131,7 @@ def prefilled_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
         part = generation_cache(model, 0)
         ids, mask = input_ids[start:start + rows, width - own:width], mask[:, width - own:]
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
-              **{name: part})
+        model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **last, **{name: part})
         for i, layer in enumerate(part.layers):
             if bufs[i] is None:
                 bufs[i] = [t.new_zeros((input_ids.shape[0], t.shape[1], width + reserve, t.shape[3]))
