@@ -31,19 +31,6 @@ SYSTEM = [{"role": "system", "content": "Be brief."}, {"role": "user", "content"
 BF16_BOUND = 1e-2
 
 
-@pytest.fixture(scope="session")
-def family_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("families")
-    built: dict[str, str] = {}
-
-    def get(name: str) -> str:
-        if name not in built:
-            built[name] = str(build_family_model(name, root / name))
-        return built[name]
-
-    return get
-
-
 def encoded(path: str, **kw):
     tok = load_tokenizer(path)
     render = Renderer(tok, 512, 256, **kw)

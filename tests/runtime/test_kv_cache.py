@@ -10,7 +10,7 @@ from bapo.runtime.config import BaseResponseConfig
 from bapo.runtime.generate import generate_batch, left_pad, stop_ids
 from bapo.runtime.kv_cache import GrowingLayer, cache_kwargs, prefilled_cache
 from bapo.runtime.models import load_model, load_tokenizer
-from tests.families import FAMILIES, build_family_model
+from tests.families import FAMILIES
 
 TEXTS = ["Hi", "Tell me a long story about the sea and the ships on it", "Why?", "Name three colours of paint",
          "Describe rain in one sentence please, with some detail"]
@@ -46,19 +46,6 @@ def test_transformers_own_edits_of_the_cache_stay_correct():
     k, v = states(1, 1, batch=2)
     got, want = grow.update(k, v), plain.update(k, v)
     assert all(torch.equal(a, b) for a, b in zip(got, want)) and got[0].shape[-2] == 5
-
-
-@pytest.fixture(scope="module")
-def family_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kv-families")
-    built: dict[str, str] = {}
-
-    def get(name: str) -> str:
-        if name not in built:
-            built[name] = str(build_family_model(name, root / name))
-        return built[name]
-
-    return get
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
