@@ -89,12 +89,16 @@ def run_worker(args, url: str, arm: str = "") -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def start_vllm(args, model_dir: Path, port: int, log: Path) -> tuple[subprocess.Popen, float]:
+def start_vllm(args, model_dir: Path, port: int, log: Path, lora_rank: int = 0) -> tuple[subprocess.Popen, float]:
+    """vLLM's OpenAI server on loopback and its start-up seconds; ``lora_rank``: LoRA enabled up to that rank, adapters
+    loaded at run time (``/v1/load_lora_adapter``)."""
     t = time.perf_counter()
+    lora = ["--enable-lora", "--max-lora-rank", str(lora_rank)] if lora_rank else []
     proc = subprocess.Popen([args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                              "--served-model-name", "base", "--dtype", args.dtype, "--max-model-len", "2048",
-                             "--gpu-memory-utilization", "0.15", "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+                             "--gpu-memory-utilization", "0.15", "--host", "127.0.0.1", "--port", str(port), *lora],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, **({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if lora_rank else {})})
     for _ in range(600):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)

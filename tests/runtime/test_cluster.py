@@ -6,6 +6,7 @@ its actor, the output folder on a shared filesystem)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -61,6 +62,21 @@ def _metrics(folder: Path) -> list[dict]:
     return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
 
 
+def _listening() -> set[str]:
+    """The local address of every listening TCP socket in this network namespace (``/proc/net/tcp`` and ``tcp6``
+    list the namespace's own): inside ``unshare -n`` only this test's processes have any."""
+    found = set()
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        for line in table.read_text().splitlines()[1:] if table.exists() else []:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A":  # TCP_LISTEN
+                raw = bytes.fromhex(local.split(":")[0])
+                # the kernel prints the address as 32-bit words in host (little-endian) order
+                addr = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+                found.add(str(getattr(addr, "ipv4_mapped", None) or addr))  # ::ffff:127.0.0.1 is 127.0.0.1
+    return found
+
+
 def case_per_user_on_ray_equals_local(tmp_path: Path, tiny_model: str) -> None:
     import torch
     from safetensors.torch import load_file
@@ -71,6 +87,11 @@ def case_per_user_on_ray_equals_local(tmp_path: Path, tiny_model: str) -> None:
     data = _users(tmp_path)
     local = train_per_user(_config(tiny_model, data, tmp_path / "local", tmp_path / "c-local", "local"))
     on_ray = train_per_user(_config(tiny_model, data, tmp_path / "ray", tmp_path / "c-ray", "ray"))
+    import ray
+
+    assert ray.is_initialized()  # Ray's processes still up: none of them listens beyond loopback
+    listening = _listening()
+    assert listening and all(ipaddress.ip_address(a).is_loopback for a in listening), listening
     assert [(u.user, u.pairs, u.holdout_pairs, u.steps) for u in on_ray.users] == \
         [(u.user, u.pairs, u.holdout_pairs, u.steps) for u in local.users] and len(local.users) == 3
     for u in ("ann", "bo", "cy"):

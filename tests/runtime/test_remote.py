@@ -157,6 +157,33 @@ def test_completions_take_token_ids_through_the_official_client(models, tmp_path
             client.completions.create(model="nobody", prompt=ids[0], max_tokens=2)
 
 
+def test_the_first_failed_request_is_raised_without_waiting_for_those_in_flight(monkeypatch):
+    """A request that fails ends complete_many at once: the others in flight (here held until released, 10 s at
+    most) are not waited for, those not started never start, and answers received before stay delivered."""
+    engine = remote_mod.RemoteEngine("http://127.0.0.1:9/v1", concurrency=3)
+    release, started, finished = threading.Event(), [], []
+
+    def complete(c):
+        started.append(c.prompt_ids)
+        if c.prompt_ids == (1,):
+            return "first"
+        if c.prompt_ids == (2,):
+            time.sleep(0.2)  # after the first answer is delivered
+            raise remote_mod.RemoteError("generate_with: the server answered 400")
+        release.wait(10)
+        finished.append(c.prompt_ids)
+        return "late"
+
+    monkeypatch.setattr(engine, "complete", complete)
+    delivered = {}
+    items = [(k, remote_mod.Completion((k,), 4)) for k in (1, 2, 3, 4, 5, 6)]
+    with pytest.raises(remote_mod.RemoteError, match="400"):
+        engine.complete_many(items, delivered.__setitem__)
+    assert finished == [] and delivered == {1: "first"}
+    release.set()
+    assert sorted(started) == [(1,), (2,), (3,), (4,)]  # 3 in flight, the 4th in the first answer's place
+
+
 def test_engine_settings_are_checked():
     with pytest.raises(ConfigError, match="engine.url"):
         EngineSettings(url="localhost:8000").validate()

@@ -6,6 +6,7 @@ positions that predict response tokens, so prompt positions and padding never co
 
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import torch
@@ -29,9 +30,20 @@ def pad_batch(seqs: Sequence[Encoded], pad_id: int) -> dict[str, Tensor]:
     return {"input_ids": ids, "attention_mask": attn, "target_mask": target}
 
 
+def base_model(model):
+    """The transformers model under a peft wrapper (``get_base_model``), or ``model`` itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def forward_takes(model, name: str) -> bool:
+    """Whether the forward of ``model`` (under a peft wrapper: its base model's) takes the keyword ``name``:
+    transformers versions rename and add them (``past_key_values`` to ``cache``, ``logits_to_keep``)."""
+    return name in inspect.signature(base_model(model).forward).parameters
+
+
 def _split_head(model):
     """(body, head) of a causal LM, or None where logits are not simply head(hidden) (softcapping, scaling)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     cfg = base.config
     if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
         return None
@@ -167,8 +179,7 @@ def packed_logits_parts(model, batch: dict[str, Tensor], parts: Sequence[Tensor 
 
 
 def _config(model):
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(base, "config", None)
+    return getattr(base_model(model), "config", None)
 
 
 def attention_masks(model, allowed: Tensor, position_ids: Tensor) -> Tensor | dict[str, Tensor]:

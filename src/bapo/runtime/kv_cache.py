@@ -12,11 +12,11 @@ as much again here. Sliding-window and other special layers keep transformers' o
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+from bapo.core.logprobs import base_model, forward_takes
 
 
 class GrowingLayer(DynamicLayer):
@@ -79,7 +79,7 @@ def generation_cache(model, reserve: int) -> DynamicCache | None:
     """A cache for one ``generate`` call whose full-attention layers are :class:`GrowingLayer` with room for
     ``reserve`` new tokens, or None (transformers' own choice) for a model that brings its own cache (state-space
     and hybrid models) or is an encoder-decoder."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model(model)
     config = getattr(inner, "config", None)
     # transformers' own test for "a DynamicCache fits this model" (generate asks the same before building one).
     supports = getattr(inner, "_supports_default_dynamic_cache", None)
@@ -96,8 +96,7 @@ def cache_kwargs(model, reserve: int) -> dict:
     cache = generation_cache(model, reserve)
     if cache is None:
         return {}
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    name = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+    name = "cache" if forward_takes(model, "cache") else "past_key_values"
     return {name: cache}
 
 
@@ -119,9 +118,8 @@ def prefilled_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     (name, cache), = kwargs.items()
     if not all(type(layer) is GrowingLayer for layer in cache.layers):
         return {}
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     # Only the last position's logits would be wanted, and none is used: the head runs on one position where it can.
-    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(inner.forward).parameters else {}
+    last = {"logits_to_keep": 1} if forward_takes(model, "logits_to_keep") else {}
     bufs: list[list[torch.Tensor] | None] = [None] * len(cache.layers)
     for start in range(0, input_ids.shape[0], rows):
         mask = attention_mask[start:start + rows, :width]

@@ -132,9 +132,12 @@ class RemoteEngine:
     def complete_many(self, items: Iterable[tuple[str, Completion]],
                       done: Callable[[str, str], None]) -> None:
         """Answer every ``(key, completion)``, at most ``concurrency`` in flight, calling ``done(key, text)`` in this
-        thread as each arrives. The first error cancels what has not started and is raised."""
+        thread as each arrives. The first error is raised at once: what has not started is cancelled, and the
+        requests in flight are left to end on their own (their answers unused; what ``done`` received is kept)."""
         items = iter(items)
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="bapo-remote") as pool:
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="bapo-remote")
+        failed = False
+        try:
             running = {}
             for key, c in items:
                 running[pool.submit(self.complete, c)] = key
@@ -144,16 +147,15 @@ class RemoteEngine:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for f in finished:
                     key = running.pop(f)
-                    try:
-                        text = f.result()
-                    except BaseException:
-                        for other in running:
-                            other.cancel()
-                        raise
-                    done(key, text)
+                    done(key, f.result())
                     nxt = next(items, None)
                     if nxt is not None:
                         running[pool.submit(self.complete, nxt[1])] = nxt[0]
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            pool.shutdown(wait=not failed, cancel_futures=True)
 
 
 def _message(e: urllib.error.HTTPError) -> str:
