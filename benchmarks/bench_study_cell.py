@@ -89,8 +89,7 @@ def worker(a) -> dict:
     from bapo.options import load_config
     from bapo.runtime.config import EngineSettings
     from bapo.studies.config import StudyConfig
-    from bapo.studies.plan import cell_dir, plan, study_suite
-    from bapo.studies.plan import eval_config
+    from bapo.studies.plan import cell_dir, eval_config, plan, study_suite
     from bapo.studies.run import train_config
     from bapo.training.run import train
 
