@@ -17,9 +17,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BAPO=${BAPO:-.venv/bin/bapo}
+# frontier_flip1's DPO and BAPO cells at flip:1 are heterogeneity_hash's: the same user, settings, seeds and code (their
+# training configs differ only in `resume`, checked 2026-12-07), so they are copied with their user's files, not
+# trained again; their scores at scale 1 are cached under their weights' digest, so they are not scored again either.
+reuse_flip1() {
+  local to=study_frontier_flip1
+  mkdir -p "$to/cells" "$to/users"
+  for f in study_hash/users/flip-1.*; do [ -e "$to/users/${f##*/}" ] || cp -a "$f" "$to/users/"; done
+  for cell in study_hash/cells/flip-1__{dpo,bapo}__s{0,1,2}; do
+    [ -f "$cell/run.json" ] && [ ! -e "$to/cells/${cell##*/}" ] && cp -a "$cell" "$to/cells/"
+  done
+  return 0
+}
 for study in heterogeneity_hash frontier_flip1; do
   [ -f "studies/carried/$study.jsonl.gz" ] && .venv/bin/python studies/carry.py unpack "studies/$study.yaml"
+  [ "$study" = frontier_flip1 ] && [ -d study_hash/cells ] && reuse_flip1
   echo "== $(date '+%F %T') studies/$study.yaml"
   "$BAPO" study --config "studies/$study.yaml"
 done
+# Issue 46 part 3 on frontier_flip1's adapters: what the budget gains by choosing among dpo, replay and bapo (with
+# the repository's own code: the study's checkout predates it)
+echo "== $(date '+%F %T') studies/budget_gain.py studies/frontier_flip1.yaml"
+PYTHONPATH= .venv/bin/python studies/budget_gain.py studies/frontier_flip1.yaml --out study_frontier_flip1/budget_gain.md
 echo "== $(date '+%F %T') done"

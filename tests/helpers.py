@@ -127,3 +127,24 @@ def screenshot(page: Path, tmp_path: Path, size: tuple[int, int] = (1200, 1600))
                     f"--screenshot={shot}", f"--window-size={size[0]},{size[1]}", f"file://{page}"],
                    check=True, capture_output=True, timeout=120)
     return mpimg.imread(shot)
+
+
+def tiny_study(tmp_path: Path, tiny_model: str, suite: str):
+    """A study of a dpo and a bapo cell (random adapters with held-out pairs), DPO also at scale 0.5."""
+    from bapo.options import dump_yaml
+    from bapo.studies.config import StudyConfig
+    from bapo.studies.plan import cell_dir, plan
+    from bapo.training.config import TrainConfig
+
+    cfg = StudyConfig(users=["flip:0.5"], methods=["dpo", "bapo"], seeds=1, out=str(tmp_path / "s"),
+                      frontier_scales=[0.5], train=TrainConfig(model=tiny_model, device="cpu", dtype="float32"))
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "suite.yaml").write_text(suite)
+    for i, cell in enumerate(plan(cfg)):
+        d = make_adapter(tiny_model, cell_dir(out, cell), seed=i)
+        (d / "config.yaml").write_text(dump_yaml(cfg.train))
+        write_jsonl(d / "holdout.jsonl", [{"prompt": f"Say {w}.", "chosen": w, "rejected": w[::-1] + " no",
+                                           "user_id": "u"} for w in ("yes", "sure", "fine")])
+        (d / "run.json").write_text("{}")
+    return cfg, plan(cfg)

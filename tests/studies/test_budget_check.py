@@ -5,6 +5,7 @@ import json
 import pytest
 
 from bapo.studies.budget_check import Point, default_probes, full_points, hold_rows, markdown
+from tests.helpers import tiny_study
 
 
 def test_the_probe_chooses_a_scale_and_the_full_measure_judges_it():
@@ -177,28 +178,6 @@ def test_a_measure_is_judged_on_the_adapters_measured_on_it_in_full():
     assert a.chose_base == 1.0 and a.knowledge_lost == 0.0
 
 
-def _study(tmp_path, tiny_model, suite: str):
-    """A study of a dpo and a bapo cell (random adapters with held-out pairs), DPO also at scale 0.5."""
-    from bapo.options import dump_yaml
-    from bapo.studies.config import StudyConfig
-    from bapo.studies.plan import cell_dir, plan
-    from bapo.training.config import TrainConfig
-    from tests.helpers import make_adapter, write_jsonl
-
-    cfg = StudyConfig(users=["flip:0.5"], methods=["dpo", "bapo"], seeds=1, out=str(tmp_path / "s"),
-                      frontier_scales=[0.5], train=TrainConfig(model=tiny_model, device="cpu", dtype="float32"))
-    out = tmp_path / "s"
-    out.mkdir()
-    (out / "suite.yaml").write_text(suite)
-    for i, cell in enumerate(plan(cfg)):
-        d = make_adapter(tiny_model, cell_dir(out, cell), seed=i)
-        (d / "config.yaml").write_text(dump_yaml(cfg.train))
-        write_jsonl(d / "holdout.jsonl", [{"prompt": f"Say {w}.", "chosen": w, "rejected": w[::-1] + " no",
-                                           "user_id": "u"} for w in ("yes", "sure", "fine")])
-        (d / "run.json").write_text("{}")
-    return cfg, plan(cfg)
-
-
 def _evals(tmp_path) -> int:
     from bapo.runtime.store import Store
 
@@ -208,7 +187,7 @@ def _evals(tmp_path) -> int:
 def test_drift_points_measure_every_trained_cell_at_its_study_scales_under_the_study_keys(tmp_path, tiny_model):
     from bapo.studies import budget_check
 
-    cfg, (dpo, bapo) = _study(tmp_path, tiny_model, (
+    cfg, (dpo, bapo) = tiny_study(tmp_path, tiny_model, (
         "tasks:\n  - {name: arc, kind: mc, path: nowhere.jsonl}\n"  # not read: drift alone is measured
         "  - {name: drift, kind: drift, path: package:general_prompts.jsonl, limit: 3, max_new_tokens: 4}\n"))
     assert budget_check.study_targets(cfg) == [(dpo.name, 1.0), (dpo.name, 0.5), (bapo.name, 1.0)]
@@ -232,7 +211,7 @@ def test_scored_points_read_what_the_study_has_scored_and_score_nothing(tmp_path
 
     write_jsonl(tmp_path / "qa.jsonl", [{"question": f"Capital {i}?", "answer": f"city {i}"} for i in range(4)])
     write_jsonl(tmp_path / "harm.jsonl", [{"prompt": f"Do harm {i}"} for i in range(3)])
-    cfg, (dpo, bapo) = _study(tmp_path, tiny_model, (
+    cfg, (dpo, bapo) = tiny_study(tmp_path, tiny_model, (
         "tasks:\n  - {name: drift, kind: drift, path: package:general_prompts.jsonl, limit: 2, max_new_tokens: 4}\n"
         f"  - {{name: triviaqa, kind: qa, path: {tmp_path / 'qa.jsonl'}, max_new_tokens: 4}}\n"
         f"  - {{name: refusal_harmful, kind: refusal, path: {tmp_path / 'harm.jsonl'}, max_new_tokens: 4}}\n"))

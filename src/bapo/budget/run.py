@@ -251,7 +251,7 @@ def ship_best(cfg: TrainConfig, adapters: dict[str, Path], out: Path, ref=None) 
     """Of ``adapters`` (one per method, the budget's scale built in), ship to ``out`` the one with the largest
     held-out margin among those above scale 0 (the base model only when none is), with every candidate and why."""
     candidates = held_out(cfg, adapters, ref)
-    winner = max(candidates, key=lambda c: (c.scale > 0, c.margin))
+    winner = best(candidates)
     why = (f"the largest held-out margin ({winner.margin:.2f} nats) among the methods within the budget"
            if winner.scale > 0 else "no method met the budget above scale 0: the base model")
     if distributed.is_main():
@@ -259,6 +259,12 @@ def ship_best(cfg: TrainConfig, adapters: dict[str, Path], out: Path, ref=None) 
                                              "candidates": [asdict(c) for c in candidates]})
     distributed.barrier()
     return winner
+
+
+def best(candidates: list[Candidate]) -> Candidate:
+    """The candidate to ship: the largest held-out margin among those above scale 0; the base model (scale 0) only
+    when none is. Ties go to the first, in the order the methods were given."""
+    return max(candidates, key=lambda c: (c.scale > 0, c.margin))
 
 
 def _finished(adapter: Path) -> TrainResult | None:

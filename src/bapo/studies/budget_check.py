@@ -256,8 +256,8 @@ def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], si
                 binding = [scales[max(scales)].full[m] > b for scales in cells.values()]
                 for idx in subsets:
                     for scales, binds in zip(cells.values(), binding):
-                        probe_loss = {s: _probe_loss(probes[f"{p.cell}@{s:g}"], m, idx) for s, p in scales.items()}
-                        chosen = max((s for s in scales if probe_loss[s] <= b), default=0.0)
+                        on_probe = {s: probe_loss(probes[f"{p.cell}@{s:g}"], m, idx) for s, p in scales.items()}
+                        chosen = max((s for s in scales if on_probe[s] <= b), default=0.0)
                         oracle = max((s for s, p in scales.items() if p.full[m] <= b), default=0.0)
                         top = scales[max(scales)].margin
                         holds.append((scales[chosen].full[m] if chosen else 0.0) <= b)
@@ -278,7 +278,7 @@ def hold_rows(points: list[Point], probes: dict[str, dict[str, list[float]]], si
     return rows
 
 
-def _probe_loss(probe: dict[str, list[float]], measure: str, idx: list[int]) -> float:
+def probe_loss(probe: dict[str, list[float]], measure: str, idx: list[int]) -> float:
     """A probe's loss on the items ``idx``, as :meth:`bapo.budget.probe.Prober.losses` computes it."""
     if measure == "qa_share":
         return share_lost([probe["qa"][i] for i in idx], [probe["qa_base"][i] for i in idx])
