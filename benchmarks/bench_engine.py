@@ -25,8 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from common import start_vllm  # benchmarks/common.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -89,28 +90,6 @@ def run_worker(args, url: str, arm: str = "") -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def start_vllm(args, model_dir: Path, port: int, log: Path, lora_rank: int = 0) -> tuple[subprocess.Popen, float]:
-    """vLLM's OpenAI server on loopback and its start-up seconds; ``lora_rank``: LoRA enabled up to that rank, adapters
-    loaded at run time (``/v1/load_lora_adapter``)."""
-    t = time.perf_counter()
-    lora = ["--enable-lora", "--max-lora-rank", str(lora_rank)] if lora_rank else []
-    proc = subprocess.Popen([args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-                             "--served-model-name", "base", "--dtype", args.dtype, "--max-model-len", "2048",
-                             "--gpu-memory-utilization", "0.15", "--host", "127.0.0.1", "--port", str(port), *lora],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, **({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if lora_rank else {})})
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-            return proc, time.perf_counter() - t
-        except OSError:
-            if proc.poll() is not None:
-                sys.exit(f"vLLM exited; see {log}")
-            time.sleep(1)
-    proc.kill()
-    sys.exit(f"vLLM did not start in 10 minutes; see {log}")
-
-
 def mmm(values: list[float]) -> str:
     return f"{min(values):.1f} / {statistics.median(values):.1f} / {max(values):.1f}"
 
@@ -148,7 +127,7 @@ def main() -> None:
     export_model(args.model, work / "model")
     vllm_version = subprocess.run([args.vllm_python, "-c", "import vllm; print(vllm.__version__)"],
                                   capture_output=True, text=True).stdout.strip()
-    proc, startup = start_vllm(args, work / "model", args.port, work / "vllm.log")
+    proc, startup = start_vllm(args.vllm_python, work / "model", args.port, work / "vllm.log", args.dtype)
     n = len(prompts(args.prompts, args.data, args.trivia))
     source = "TriviaQA" if args.trivia else ", ".join(args.data) or "AlpacaEval"
     print(f"vLLM {vllm_version} (CPU) started in {startup:.0f} s; {n} prompts ({source}), "

@@ -27,8 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from common import start_vllm, wait_up  # benchmarks/common.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -60,19 +61,6 @@ def prepare(model: str, work: Path) -> Path:
     return model_dir
 
 
-def wait_up(proc: subprocess.Popen, url: str, log: Path, name: str) -> None:
-    for _ in range(900):
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            if proc.poll() is not None:
-                sys.exit(f"{name} exited; see {log}")
-            time.sleep(1)
-    proc.kill()
-    sys.exit(f"{name} did not start in 15 minutes; see {log}")
-
-
 def start_bapo(model_dir: Path, work: Path, dtype: str, port: int) -> subprocess.Popen:
     log = work / "bapo.log"
     proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "bapo"), "serve", "--model", str(model_dir), "--adapters",
@@ -80,18 +68,6 @@ def start_bapo(model_dir: Path, work: Path, dtype: str, port: int) -> subprocess
                              "--max-adapters", str(ADAPTERS), "--cache-dir", str(work / "cache")],
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     wait_up(proc, f"http://127.0.0.1:{port}/health", log, "bapo serve")
-    return proc
-
-
-def start_vllm(python: str, model_dir: Path, work: Path, dtype: str, port: int) -> subprocess.Popen:
-    log = work / "vllm.log"
-    mods = [f"user{u}={work / 'adapters' / f'user{u}'}" for u in range(ADAPTERS)]
-    proc = subprocess.Popen([python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-                             "--served-model-name", "base", "--dtype", dtype, "--max-model-len", "2048",
-                             "--enable-lora", "--max-lora-rank", "16", "--max-loras", str(ADAPTERS),
-                             "--lora-modules", *mods, "--gpu-memory-utilization", "0.15", "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT)
-    wait_up(proc, f"http://127.0.0.1:{port}/v1/models", log, "vLLM")
     return proc
 
 
@@ -144,7 +120,9 @@ def main() -> None:
     t = time.perf_counter()
     procs = [start_bapo(model_dir, work, args.dtype, ports["bapo serve"])]
     t_bapo = time.perf_counter() - t
-    procs.append(start_vllm(args.vllm_python, model_dir, work, args.dtype, ports["vLLM"]))
+    mods = [f"user{u}={work / 'adapters' / f'user{u}'}" for u in range(ADAPTERS)]
+    procs.append(start_vllm(args.vllm_python, model_dir, ports["vLLM"], work / "vllm.log", args.dtype, lora_rank=16,
+                            lora_modules=mods)[0])
     print(f"bapo serve started in {t_bapo:.0f} s, vLLM {version} (CPU) in {time.perf_counter() - t - t_bapo:.0f} s; "
           f"{ADAPTERS} adapters, greedy chat, {args.max_tokens} new tokens at most, {args.dtype}", flush=True)
     tps: dict[tuple[str, int], list[float]] = {}

@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import print_header  # noqa: E402  (benchmarks/common.py, beside this script)
+from common import print_header, start_vllm  # noqa: E402  (benchmarks/common.py, beside this script)
 
 SHOWN = ["triviaqa/acc", "refusal_harmful/refusal", "refusal_harmless/refusal", "arc_easy/acc_norm", "piqa/acc_norm",
          "hh_harmless/acc_norm", "alpaca_drift/logp_change_per_token", "personal/margin"]
@@ -164,8 +164,6 @@ def main() -> None:
         print(json.dumps(worker(a)))
         return
 
-    from bench_engine import start_vllm
-
     from bapo.options import load_config
     from bapo.runtime.export import export_model
     from bapo.studies.config import StudyConfig
@@ -176,8 +174,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_study_cell."))
     model = Path(export_model(a.model or cfg.train.model, work / "model").out)
     a.model = str(model)  # both arms load the same exported folder
-    server, startup = start_vllm(argparse.Namespace(vllm_python=a.vllm_python, dtype=a.dtype), model, a.port,
-                                 work / "vllm.log", lora_rank=cfg.train.lora.r)
+    server, startup = start_vllm(a.vllm_python, model, a.port, work / "vllm.log", a.dtype,
+                                 lora_rank=cfg.train.lora.r)
     a.url = f"http://127.0.0.1:{a.port}/v1"
     print(f"vLLM started in {startup:.0f} s (not timed); cell {a.user}, {a.method}, seed {a.seed} of {a.config}; "
           f"{a.concurrency} requests in flight", flush=True)

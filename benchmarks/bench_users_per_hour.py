@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import print_header, run_measured  # noqa: E402  (benchmarks/common.py, beside this script)
+from common import print_header, run_measured, start_vllm  # noqa: E402  (benchmarks/common.py, beside this script)
 
 
 def worktree(commit: str) -> Path:
@@ -74,8 +74,6 @@ def main() -> None:
     a.after = a.after or subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
                                         check=True).stdout.strip()
 
-    from bench_engine import start_vllm
-
     from bapo.runtime.export import export_model
 
     print_header()
@@ -83,8 +81,7 @@ def main() -> None:
     model = Path(export_model(a.model, work / "model").out)
     url, server = f"http://127.0.0.1:{a.port}/v1", None
     if "after-vllm" in a.arms:
-        server, startup = start_vllm(argparse.Namespace(vllm_python=a.vllm_python, dtype=a.dtype), model, a.port,
-                                     work / "vllm.log")
+        server, startup = start_vllm(a.vllm_python, model, a.port, work / "vllm.log", a.dtype)
         print(f"vLLM started in {startup:.0f} s (not timed)", flush=True)
     print(f"before: bapo at {a.before} ({worktree(a.before)}); after: at {a.after[:12]} ({worktree(a.after)})",
           flush=True)

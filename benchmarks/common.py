@@ -1,4 +1,5 @@
-"""What every A/B speed benchmark here prints: the command and machine first, the ratio summary last."""
+"""What the benchmarks here share: the command and machine first, the ratio summary last, and the peers' servers
+started the same way."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 
 def print_header() -> None:
@@ -89,3 +94,35 @@ class Counter:
         out = (self.positions, self.head_rows)
         self.positions = self.head_rows = 0
         return out
+
+
+def wait_up(proc: subprocess.Popen, url: str, log: Path, name: str, minutes: int = 15) -> None:
+    """Wait until ``url`` answers; exit with the server's log named when it dies or does not answer in time."""
+    for _ in range(60 * minutes):
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None:
+                sys.exit(f"{name} exited; see {log}")
+            time.sleep(1)
+    proc.kill()
+    sys.exit(f"{name} did not start in {minutes} minutes; see {log}")
+
+
+def start_vllm(python: str, model_dir: Path, port: int, log: Path, dtype: str, lora_rank: int = 0,
+               lora_modules: list[str] | None = None) -> tuple[subprocess.Popen, float]:
+    """vLLM's OpenAI server (``python``: its own environment, benchmarks/vllm_env.sh) on loopback, serving
+    ``model_dir`` as ``base``, and its start-up seconds. ``lora_rank``: LoRA enabled up to that rank, adapters loaded
+    at run time (``/v1/load_lora_adapter``) or named at start (``lora_modules``, ``NAME=PATH`` each)."""
+    t = time.perf_counter()
+    lora = ["--enable-lora", "--max-lora-rank", str(lora_rank)] if lora_rank else []
+    if lora_modules:
+        lora += ["--max-loras", str(len(lora_modules)), "--lora-modules", *lora_modules]
+    proc = subprocess.Popen([python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+                             "--served-model-name", "base", "--dtype", dtype, "--max-model-len", "2048",
+                             "--gpu-memory-utilization", "0.15", "--host", "127.0.0.1", "--port", str(port), *lora],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, **({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if lora_rank else {})})
+    wait_up(proc, f"http://127.0.0.1:{port}/v1/models", log, "vLLM")
+    return proc, time.perf_counter() - t
