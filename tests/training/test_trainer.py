@@ -206,3 +206,12 @@ def test_embedded_model_in_bfloat16_starts_with_a_zero_anchor(tmp_path):
     print("step 1, cached reference log-probs:", {k: first["cached"][k] for k in ("anchor/gap", "loss/anchor")})
     assert first["in-batch"]["anchor/gap"] == first["in-batch"]["loss/anchor"] == 0.0
     assert first["cached"]["anchor/gap"] != 0.0  # what the in-batch reference is for
+    # the in-batch run computed no reference log-prob of a base response (nothing would read it): the pairs' 32 only,
+    # and its base_responses.jsonl has none to show; the cached run then scored the base responses alone
+    work = {ref: json.loads((tmp_path / ref / "run.json").read_text())["reference_work_by_rank"][0]["logps"]
+            for ref in first}
+    rows = {ref: [json.loads(x) for x in (tmp_path / ref / "base_responses.jsonl").read_text().splitlines()]
+            for ref in first}
+    n_base = sum(len(r["base_responses"]) for r in rows["cached"])
+    assert work == {"in-batch": 32, "cached": n_base}
+    assert all("ref_logps" not in r for r in rows["in-batch"]) and all(len(r["ref_logps"]) for r in rows["cached"])

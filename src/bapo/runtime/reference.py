@@ -8,6 +8,7 @@ second model in memory. Everything is keyed by model fingerprint + token ids (+ 
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -210,9 +211,12 @@ class Example:
 
 
 def build_examples(ref: Reference, pairs, encoded: list[tuple[Encoded, Encoded]], cfg: BaseResponseConfig,
-                   with_base: bool, batch_size: int = 16, show: bool = True) -> list[Example]:
+                   with_base: bool, batch_size: int = 16, show: bool = True,
+                   base_logps: bool = True) -> list[Example]:
     """Attach base responses (when ``with_base``) and reference log-probs to encoded pairs (or rated answers with
-    their mismatched ones, :class:`~bapo.data.feedback.Feedback`); all of it cached."""
+    their mismatched ones, :class:`~bapo.data.feedback.Feedback`); all of it cached. ``base_logps=False``: the base
+    responses' log-probs are not computed (NaN in their place), for training that takes them from its own batch
+    (``reference_logps: in-batch``), which would not read them (docs/PERFORMANCE.md measures the time saved)."""
     base_texts: list[list[str]] = [[] for _ in pairs]
     base_enc: list[list[Encoded]] = [[] for _ in pairs]
     if with_base:
@@ -222,9 +226,10 @@ def build_examples(ref: Reference, pairs, encoded: list[tuple[Encoded, Encoded]]
             base_texts[i] = texts[p.prompt_key]
             # Base responses are model output, so always truncated (never rejected) to the length limits.
             base_enc[i] = [encode_base(ref.renderer, p.messages, t) for t in base_texts[i]]
-    seqs = [s for (c, r) in encoded for s in (c, r)] + [b for bs in base_enc for b in bs]
+    seqs = [s for (c, r) in encoded for s in (c, r)] + [b for bs in base_enc for b in bs if base_logps]
     vals = ref.logps(seqs, batch_size=batch_size, show=show)
-    pair_vals, base_vals = vals[: 2 * len(encoded)], iter(vals[2 * len(encoded):])
+    pair_vals = vals[: 2 * len(encoded)]
+    base_vals = iter(vals[2 * len(encoded):] if base_logps else [(math.nan, 0)] * sum(map(len, base_enc)))
     out = []
     for i, (c, r) in enumerate(encoded):
         out.append(Example(c, r, pair_vals[2 * i][0], pair_vals[2 * i + 1][0], base_enc[i],

@@ -27,7 +27,7 @@ from bapo.runtime.models import cache_root, load_tokenizer, resolve_model
 from bapo.runtime.reference import build_examples, load_reference
 from bapo.training.config import TrainConfig
 from bapo.training.items import Item, as_trained, check_encodable, encode_items, is_feedback_data, thumbs_balance
-from bapo.training.run import fit
+from bapo.training.run import fit, reference_in_batch
 
 
 @dataclass
@@ -110,7 +110,7 @@ def train_per_user(cfg: TrainConfig) -> PerUserResult:
         ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, cfg.dtype, cfg.engine)
         every = [p for u in todo for p in splits[u][0]]  # all users' pairs: full batches for the reference
         examples = build_examples(ref, every, [e for u in todo for e in encoded[u]], cfg.base, cfg.loss.uses_anchor,
-                                  batch_size=cfg.batch_size * 2)
+                                  batch_size=cfg.batch_size * 2, base_logps=not reference_in_batch(cfg))
         start = 0
         for u in todo:
             n = len(splits[u][0])
@@ -162,14 +162,14 @@ def _task_reference(cfg: TrainConfig):
 def _reference_task(cfg: TrainConfig, items: list[Item], encoded: list) -> None:
     """A Ray task: base responses and reference log-probs of every user's pairs, into the driver's cache."""
     build_examples(_task_reference(cfg), items, encoded, cfg.base, cfg.loss.uses_anchor,
-                   batch_size=cfg.batch_size * 2, show=False)
+                   batch_size=cfg.batch_size * 2, show=False, base_logps=not reference_in_batch(cfg))
 
 
 def _user_task(cfg: TrainConfig, user: str, train: list[Item], held: list[Item], encoded: list) -> None:
     """A Ray task: one user's adapter into ``OUT/<user>`` (resuming its checkpoints where a first try left some)."""
     ref = _task_reference(cfg)
     examples = build_examples(ref, train, encoded, cfg.base, cfg.loss.uses_anchor, batch_size=cfg.batch_size * 2,
-                              show=False)  # read from the cache: the reference step computed them
+                              show=False, base_logps=not reference_in_batch(cfg))  # from the reference step's cache
     fit(user_config(cfg, user), ref, train, held, examples, time.time())
 
 

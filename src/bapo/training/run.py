@@ -139,7 +139,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, "float32" if cfg.finetune == "full" else cfg.dtype,
                          cfg.engine)
     examples = build_examples(ref, train_pairs, train_enc, cfg.base, cfg.loss.uses_anchor,
-                              batch_size=cfg.batch_size * 2)
+                              batch_size=cfg.batch_size * 2, base_logps=not reference_in_batch(cfg))
     return fit(cfg, ref, train_pairs, held_pairs, examples, t0)
 
 
@@ -224,7 +224,8 @@ def write_run_files(cfg: TrainConfig, train_pairs: list[Item], held_pairs: list[
     write_jsonl(out / "holdout.jsonl", [p.to_record() for p in held_pairs])
     if cfg.loss.uses_anchor:
         write_jsonl(out / "base_responses.jsonl", [
-            {"prompt": p.to_record()["prompt"], "base_responses": e.base_texts, "ref_logps": e.ref_base}
+            {"prompt": p.to_record()["prompt"], "base_responses": e.base_texts,
+             **({} if reference_in_batch(cfg) else {"ref_logps": e.ref_base})}  # in-batch: computed while training
             for p, e in zip(train_pairs, examples)])
 
 
