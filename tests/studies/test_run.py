@@ -240,7 +240,8 @@ def test_miniature_study_end_to_end_and_resume(study_cfg, tiny_model, monkeypatc
     assert "What each arm cost" in table and "| bapo | 2 | " in table
     assert {Path(f).name for f in summary["figures"]} == {"retention.png", "personalization.png", "tradeoff.png",
                                                           "tradeoff_margin.png", "tradeoff_margin_flip-0.png",
-                                                          "tradeoff_margin_flip-1.png"}  # and one per user
+                                                          "tradeoff_margin_flip-1.png",  # and one per user
+                                                          "trend.png"}  # two heterogeneities
     assert all(isinstance(r["personal_margin"], float) for r in rows)
     versus = summary["contrasts"]
     arms = (("dpo", "base"), ("bapo", "base"), ("bapo", "dpo"), ("bapo", "dpo@0"), ("bapo", "dpo@0.5"))
@@ -735,3 +736,19 @@ def test_so_far_leaves_out_an_adapter_missing_any_score_its_frontier_included(st
     assert [c.name for c in estimate.scored_cells(study_cfg, cells, tmp_path / "suite.yaml", out)] == ["u__dpo__s0"]
     left["base"] = True
     assert estimate.scored_cells(study_cfg, cells, tmp_path / "suite.yaml", out) == []
+
+
+def test_the_trend_figure_fits_each_arm_s_adapters_by_least_squares(tmp_path):
+    from bapo.studies.figures import trend_figure, trend_line
+
+    # y = 1 - 2x exactly at three heterogeneities: slope -2, an interval of width 0; two points: no line
+    label, (xs, ys) = trend_line("dpo", [0.0, 0.5, 1.0, 1.0], [1.0, 0.0, -1.0, -1.0])
+    assert label == "dpo: slope -2.000 [-2.000, -2.000]" and xs == [0.0, 1.0] and ys == pytest.approx([1.0, -1.0])
+    assert trend_line("bapo", [0.0, 1.0], [0.0, 1.0]) == ("bapo", None)
+    assert trend_line("bapo", [0.5, 0.5, 0.5], [0.0, 1.0, 2.0]) == ("bapo", None)  # one heterogeneity
+    # a slope with scatter: (0, 0), (0, 2), (1, 1), (1, 3): slope 1, residuals +-1, se sqrt(4/2/1), t(2) = 4.303
+    label, _ = trend_line("dpo", [0, 0, 1, 1], [0, 2, 1, 3])
+    assert label == f"dpo: slope +1.000 [{1 - 4.303 * 2 ** 0.5:+.3f}, {1 + 4.303 * 2 ** 0.5:+.3f}]"
+    path = trend_figure({"knowledge_delta": {"dpo": [(0.0, 0.1), (0.5, None), (1.0, -0.2), (1.0, -0.1)],
+                                             "bapo": []}}, {"knowledge_delta": "knowledge"}, tmp_path / "t.png")
+    assert path.stat().st_size > 0

@@ -113,3 +113,22 @@ def test_carry_packs_a_study_s_scores_and_probes_and_a_new_machine_gets_them_bac
     assert store.get_eval("k2") == {"margin": [0.7]}  # what the cache holds is kept
     assert json.loads(probes.read_text()) == {"cell@1": {"drift": [0.1]}}
     assert json.loads((probes.parent / "digests.json").read_text()) == {"cell": "abc"}
+
+
+def test_trend_figure_draws_a_finished_study_s_table(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    rows = [{"user": u, "method": m, "seed": s, "heterogeneity": h, "knowledge_delta": -0.01 * h * (m == "dpo") + s / 1000,
+             "generative_knowledge_delta": "" if m == "bapo" else -0.1 * h}
+            for u, h in (("flip:0", 0.0), ("flip:1", 1.0)) for m in ("dpo", "bapo") for s in range(2)]
+    with (study / "table.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = subprocess.run([sys.executable, str(STUDIES / "trend_figure.py"), str(study), "--out",
+                          str(tmp_path / "t.png")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "t.png").stat().st_size > 0
+    missing = subprocess.run([sys.executable, str(STUDIES / "trend_figure.py"), str(tmp_path), "--out",
+                              str(tmp_path / "u.png")], capture_output=True, text=True)
+    assert missing.returncode == 1 and "table.csv: not there" in missing.stderr

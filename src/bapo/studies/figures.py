@@ -1,6 +1,7 @@
 """The study's figures: retention and personalization against measured heterogeneity (a line per arm, 95% error
-bars), each adapter's personalization against its retention, and in a balance study each strategy side by side per
-user. An arm is a method, or ``method+strategy`` in a balance study (:attr:`StudyRow.arm`)."""
+bars), each adapter's personalization against its retention, with several heterogeneities the trend (every adapter a
+point, each arm's least-squares line), and in a balance study each strategy side by side per user. An arm is a
+method, or ``method+strategy`` in a balance study (:attr:`StudyRow.arm`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from bapo.evaluation.metrics import Z95  # noqa: E402
 from bapo.studies.config import split_method  # noqa: E402
+from bapo.studies.matched import slope  # noqa: E402
 from bapo.studies.tables import StudyRow  # noqa: E402
 from bapo.io import atomic_save_figure
 
@@ -96,9 +98,40 @@ def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[St
         atomic_save_figure(fig, out / name, dpi=110)
         plt.close(fig)
         paths.append(out / name)
+    if len({r.heterogeneity for r in rows}) > 1:
+        paths.append(trend_figure({m: {arm: [(r.heterogeneity, getattr(r, m)) for r in rows if r.arm == arm]
+                                       for arm in dict.fromkeys(r.arm for r in rows)} for m, _ in panels},
+                                  dict(panels), out / "trend.png"))
     if any(r.balance for r in rows):
         paths.append(balance_figure(rows, panels, out / "balance.png"))
     return paths
+
+
+def trend_figure(points: dict[str, dict[str, list[tuple[float, float | None]]]], titles: dict[str, str],
+                 path: Path) -> Path:
+    """Does forgetting grow with heterogeneity: a panel per measure (``points``: measure -> arm -> each adapter's
+    (measured heterogeneity, change against the base model)), every adapter a point and each arm's least-squares line
+    (:func:`bapo.studies.matched.slope`), its slope per unit of heterogeneity and 95% interval in the legend."""
+    fig, axes = grid(len(points))
+    for ax, (measure, arms) in zip(axes, points.items()):
+        for i, (arm, pts) in enumerate(arms.items()):
+            pts = [(x, y) for x, y in pts if y is not None]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            label, line = trend_line(arm, xs, ys)
+            if line is not None:
+                ax.plot(*line, color=f"C{i}", lw=1.5)
+            ax.scatter(xs, ys, color=f"C{i}", s=18, alpha=0.8, label=label)
+        ax.axhline(0.0, color="#888888", lw=1, ls="--")
+        ax.set_xlabel("measured heterogeneity")
+        ax.set_title(titles.get(measure, measure), fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def balance_figure(rows: list[StudyRow], panels: list[tuple[str, str]], path: Path) -> Path:
@@ -202,3 +235,16 @@ def draw_lambda_frontier(ax, rows: list[StudyRow], lambdas: dict[str, float], x:
                 colour = (colours or {}).get(arms[-1], "#999999")
                 ax.plot(*zip(*pts), ls=":", lw=1.2, color=colour, label=f"{loss}, by lambda" if first else None)
                 first = False
+
+
+def trend_line(arm: str, xs, ys) -> tuple[str, tuple[list[float], list[float]] | None]:
+    """An arm's legend label with its least-squares slope and 95% interval, and the fitted line's two ends (None,
+    and the arm's name alone, where too few points or heterogeneities give no slope)."""
+    try:
+        fit = slope(xs, ys)
+    except ValueError:
+        return arm, None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    ends = [min(xs), max(xs)]
+    return (f"{arm}: slope {fit.slope:+.3f} [{fit.lo:+.3f}, {fit.hi:+.3f}]",
+            (ends, [my + fit.slope * (x - mx) for x in ends]))
