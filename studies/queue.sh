@@ -35,8 +35,8 @@ for study in heterogeneity_hash frontier_flip1; do
   echo "== $(date '+%F %T') studies/$study.yaml"
   "$BAPO" study --config "studies/$study.yaml"
   # the first claim's figure (the study's checkout predates it): every adapter a point, each method's slope
-  [ "$study" = heterogeneity_hash ] && PYTHONPATH= .venv/bin/python studies/trend_figure.py study_hash \
-    --out docs/figures/heterogeneity_hash_trend.png
+  [ "$study" = heterogeneity_hash ] && PYTHONPATH= .venv/bin/python studies/trend_reading.py study_hash \
+    --figure docs/figures/heterogeneity_hash_trend.png --out study_hash/trend_reading.md
 done
 # Issue 46 part 3 on frontier_flip1's adapters: what the budget gains by choosing among dpo, replay and bapo (with
 # the repository's own code: the study's checkout predates it)

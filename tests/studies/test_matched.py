@@ -1,12 +1,14 @@
 """Retention at matched personalization and a trend's slope, on constructed points (issue 29's readings)."""
 
 import math
+import statistics
 
 import numpy as np
 import pytest
 
 from bapo.studies.matched import FrontierPoint as P
-from bapo.studies.matched import matched, read_at, retention_items, slope, t95, trend_markdown, trend_rows
+from bapo.studies.matched import matched, read_at, retention_items, t95
+from bapo.studies.trend import slope, trend_markdown, trend_rows
 
 
 def test_a_monotone_frontier_is_read_linearly_between_its_settings():
@@ -186,3 +188,53 @@ def test_dpos_frontier_starts_at_the_base_model():
     # seed 0: DPO's frontier at margin 2.5 is a quarter of the way from the base model (0) to DPO@0.25 (-0.02)
     assert own.per_seed[0] == pytest.approx(0.0 - (-0.02 * 0.25))
     assert own.per_seed[1] is None and own.seeds_in_reach == 1  # seed 1's KL margin is below the base model's
+
+
+def test_the_slope_s_interval_over_seeds_and_items():
+    # three adapters at heterogeneity 0, 0.5, 1, each measured on the same 4 items (per-item changes)
+    xs = [0.0, 0.5, 1.0]
+    items = [[0.0, 0.0, 1.0, -1.0], [-1.0, 0.0, 0.0, 0.0], [-1.0, -1.0, 0.0, 0.0]]
+    ys = [sum(v) / 4 for v in items]  # 0, -0.25, -0.5: on a line, so the residuals' part is 0
+    s = slope(xs, ys, items)
+    assert s.slope == pytest.approx(-0.5) and s.seed_se == pytest.approx(0.0)
+    # each item's own slope: w = (x - 0.5) / Sxx = (-0.5, 0, 0.5) / 0.5 = (-1, 0, 1); b_i = d_3i - d_1i
+    by_item = [-1.0, -1.0, -1.0, 1.0]
+    assert statistics.fmean(by_item) == pytest.approx(s.slope)
+    se = math.sqrt(statistics.variance(by_item) / 4)
+    assert s.item_se == pytest.approx(se)
+    # the residuals' part is 0, so Welch's degrees of freedom are the items' (3): t = 3.182
+    assert s.hi - s.slope == pytest.approx(3.182 * se)
+    # without items: the residuals alone, an interval of width 0 here
+    assert slope(xs, ys).hi == pytest.approx(-0.5) and slope(xs, ys).item_se is None
+    with pytest.raises(ValueError):
+        slope(xs, ys, items[:2])
+
+
+def test_the_trend_reads_per_item_changes_against_the_base_model_and_dpo():
+    from types import SimpleNamespace
+
+    from bapo.studies.matched import base_key
+    from bapo.studies.tables import RETENTION
+
+    def row(arm, h, knowledge, seed):
+        return SimpleNamespace(arm=arm, method=arm, heterogeneity=h, user=f"flip:{h}", seed=seed,
+                               **{**{f"{m}_delta": None for m in RETENTION}, "knowledge_delta": knowledge})
+
+    base = [1.0, 1.0, 0.0, 0.0]
+    own = {("dpo", 0.0): [1.0, 1.0, 0.0, 1.0], ("dpo", 0.5): [1.0, 0.0, 0.0, 0.0], ("dpo", 1.0): [0.0, 0.0, 0.0, 0.0],
+           ("bapo", 0.0): [1.0, 1.0, 0.0, 0.0], ("bapo", 0.5): [1.0, 1.0, 0.0, 0.0], ("bapo", 1.0): [1.0, 0.0, 0.0, 0.0]}
+    rows = [row(arm, h, statistics.fmean(v) - statistics.fmean(base), 0) for (arm, h), v in own.items()]
+    items = {(f"flip:{h}", arm, 0, 1.0): {"knowledge": v} for (arm, h), v in own.items()}
+    items.update({base_key(f"flip:{h}"): {"knowledge": base} for h in (0.0, 0.5, 1.0)})
+    got = {(r.method, r.measure): r for r in trend_rows(rows, items)}
+    dpo_items = [[a - b for a, b in zip(own[("dpo", h)], base)] for h in (0.0, 0.5, 1.0)]
+    ref = slope([0.0, 0.5, 1.0], [r.knowledge_delta for r in rows[:3]], dpo_items)
+    assert got[("dpo", "knowledge")].item_se == pytest.approx(ref.item_se) and got[("dpo", "knowledge")].lo == ref.lo
+    diff = [[a - b for a, b in zip(own[("bapo", h)], own[("dpo", h)])] for h in (0.0, 0.5, 1.0)]
+    paired = slope([0.0, 0.5, 1.0], [statistics.fmean(v) for v in diff], diff)
+    assert got[("bapo - dpo", "knowledge")].slope == pytest.approx(paired.slope)
+    assert got[("bapo - dpo", "knowledge")].item_se == pytest.approx(paired.item_se)
+    assert "| seeds and items |" in trend_markdown(list(got.values()))
+    # a point without per-item scores: that measure's interval is over seeds only
+    del items[("flip:0.5", "dpo", 0, 1.0)]
+    assert trend_rows(rows, items)[0].item_se is None

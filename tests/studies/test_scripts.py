@@ -115,20 +115,32 @@ def test_carry_packs_a_study_s_scores_and_probes_and_a_new_machine_gets_them_bac
     assert json.loads((probes.parent / "digests.json").read_text()) == {"cell": "abc"}
 
 
-def test_trend_figure_draws_a_finished_study_s_table(tmp_path):
+def test_trend_reading_reads_a_finished_study_s_slopes_over_seeds_and_items(tmp_path):
     study = tmp_path / "study"
-    study.mkdir()
-    rows = [{"user": u, "method": m, "seed": s, "heterogeneity": h, "knowledge_delta": -0.01 * h * (m == "dpo") + s / 1000,
-             "generative_knowledge_delta": "" if m == "bapo" else -0.1 * h}
-            for u, h in (("flip:0", 0.0), ("flip:1", 1.0)) for m in ("dpo", "bapo") for s in range(2)]
-    with (study / "table.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    out = subprocess.run([sys.executable, str(STUDIES / "trend_figure.py"), str(study), "--out",
-                          str(tmp_path / "t.png")], capture_output=True, text=True)
+    (study / "eval").mkdir(parents=True)
+    base = [1.0, 1.0, 1.0, 1.0]  # ARC-Easy acc_norm per item; each adapter loses some of them
+    own = {("flip:0", 0): [1.0, 1.0, 1.0, 1.0], ("flip:0", 1): [1.0, 1.0, 1.0, 0.0],
+           ("flip:1", 0): [0.0, 1.0, 1.0, 1.0], ("flip:1", 1): [0.0, 0.0, 1.0, 1.0]}
+    rows, scores, records = [], {"base": {"arc_easy": {"acc_norm": base}}}, []
+    for (user, seed), v in own.items():
+        name = f"{user.replace(':', '-')}__dpo__s{seed}"
+        rows.append({"user": user, "method": "dpo", "seed": seed, "adapter": f"/x/cells/{name}",
+                     "heterogeneity": float(user[-1]), "heterogeneity_stderr": 0.0, "judge": "labels",
+                     "personal_reward_acc": 0.7, "personal_reward_acc_stderr": 0.01, "personal_ll_acc_delta": None,
+                     "personal_ll_acc_delta_stderr": None, "knowledge_delta": sum(v) / 4 - 1.0})
+        scores[name] = {"arc_easy": {"acc_norm": v}}
+        records.append({"model": name, "adapter": f"/x/cells/{name}", "scale": 1.0, "method": "dpo",
+                        "task": "arc_easy", "kind": "mc", "metric": "acc_norm", "n": 4, "value": sum(v) / 4,
+                        "stderr": 0.1})
+    (study / "study.json").write_text(json.dumps({"rows": rows}))
+    (study / "eval" / "results.json").write_text(json.dumps({"records": records}))
+    (study / "eval" / "item_scores.json").write_text(json.dumps(scores))
+    out = subprocess.run([sys.executable, str(STUDIES / "trend_reading.py"), str(study), "--figure",
+                          str(tmp_path / "t.png"), "--out", str(tmp_path / "t.md")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert (tmp_path / "t.png").stat().st_size > 0
-    missing = subprocess.run([sys.executable, str(STUDIES / "trend_figure.py"), str(tmp_path), "--out",
-                              str(tmp_path / "u.png")], capture_output=True, text=True)
-    assert missing.returncode == 1 and "table.csv: not there" in missing.stderr
+    # changes 0, -0.25 at heterogeneity 0 and -0.25, -0.5 at 1: slope -0.25, read over seeds and the 4 items
+    assert "| dpo | knowledge | -0.250 |" in out.stdout and "| seeds and items |" in out.stdout
+    assert (tmp_path / "t.md").read_text() in out.stdout and (tmp_path / "t.png").stat().st_size > 0
+    missing = subprocess.run([sys.executable, str(STUDIES / "trend_reading.py"), str(tmp_path)], capture_output=True,
+                             text=True)
+    assert missing.returncode == 1 and "study.json: not there" in missing.stderr

@@ -1,4 +1,5 @@
-"""Retention at matched personalization, and a trend's slope: the two readings issue 29's frontier study reports.
+"""Retention at matched personalization: the reading issue 29's frontier study reports (the trend's slope is
+:mod:`bapo.studies.trend`).
 
 A method's knob (DPO's LoRA scale, BAPO's lambda, replay's and KL's lambda) traces a *frontier*: for each setting,
 the held-out personalization it reached and what it kept of a retention measure. Comparing two methods at their
@@ -161,31 +162,6 @@ def over_seeds_and_items(per_seed: Sequence[float], per_item: Sequence[float] | 
                     math.sqrt(item_var) if per_item is not None else None)
 
 
-@dataclass(frozen=True)
-class Slope:
-    """The least-squares slope of y on x, its 95% t interval, and how many points it rests on."""
-
-    slope: float
-    lo: float
-    hi: float
-    n: int
-
-
-def slope(xs: Sequence[float], ys: Sequence[float]) -> Slope:
-    """Ordinary least squares of ``ys`` on ``xs`` (each point one seed's adapter); the interval from the residuals'
-    standard error with n - 2 degrees of freedom."""
-    n = len(xs)
-    if n < 3 or len(set(xs)) < 2:
-        raise ValueError("a slope with an interval needs at least 3 points at 2 or more x values")
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    resid = sum((y - my - b * (x - mx)) ** 2 for x, y in zip(xs, ys))
-    se = math.sqrt(resid / (n - 2) / sxx)
-    half = t95(n - 2) * se
-    return Slope(b, b - half, b + half, n)
-
-
 # The retention measures read at matched personalization (StudyRow fields, each a change against the base model;
 # for harmless-request refusals a rise is the loss, so they are left out of a "kept more" reading).
 RETAINED = ("knowledge", "generative_knowledge", "alignment", "refusal_harmful", "drift")
@@ -311,69 +287,4 @@ def matched_markdown(rows: Sequence[MatchedRow]) -> str:
         per_seed = ", ".join("-" if d is None else f"{d:+.3f}" for d in r.per_seed)
         lines.append(f"| {r.user} | {r.method} | {r.measure} | {r.level} | {num(r.delta)} | {ci} | {se(r.seed_se)} | "
                      f"{se(r.item_se)} | {r.seeds_in_reach}/{r.seeds} | {per_seed} |")
-    return "\n".join(lines) + "\n"
-
-
-@dataclass(frozen=True)
-class TrendRow:
-    """One arm's change on one retention measure against measured heterogeneity: the least-squares slope."""
-
-    method: str
-    measure: str
-    slope: float
-    lo: float
-    hi: float
-    adapters: int
-    levels: int  # distinct heterogeneities among them
-
-
-def trend_rows(rows: Sequence) -> list[TrendRow]:
-    """Does forgetting grow with heterogeneity? Each arm's change against the base model on each retention measure,
-    regressed on its users' measured heterogeneity: every adapter (each user and seed) one point, the slope's 95%
-    t interval from the residuals (:func:`slope`). Only where the arm has 3 or more adapters at 2 or more
-    heterogeneities. The points share the evaluation's items, so the interval treats as independent what is not
-    quite: read it as a seed-level interval.
-
-    Then, for each other arm beside DPO, ``ARM - dpo``: the slope of the seed-matched difference (the arm's change
-    minus DPO's at the same user and seed) on heterogeneity, which is the arm's slope minus DPO's over the adapters
-    both have, with an interval that pairing narrows: does the arm hold the trend down?"""
-    out = []
-    arms = list(dict.fromkeys(r.arm for r in rows))
-    for arm in arms:
-        out += _slopes(arm, [(r.heterogeneity, {m: getattr(r, f"{m}_delta") for m in RETENTION})
-                             for r in rows if r.arm == arm])
-    dpo = {(r.user, r.seed): r for r in rows if r.arm == "dpo"}
-    for arm in (a for a in arms if a != "dpo" and dpo):
-        pairs = [(r, dpo[(r.user, r.seed)]) for r in rows if r.arm == arm and (r.user, r.seed) in dpo]
-        out += _slopes(f"{arm} - dpo", [(r.heterogeneity, {m: _minus(getattr(r, f"{m}_delta"), getattr(d, f"{m}_delta"))
-                                                            for m in RETENTION}) for r, d in pairs])
-    return out
-
-
-def _minus(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
-
-
-def _slopes(method: str, points: Sequence[tuple[float, dict[str, float | None]]]) -> list[TrendRow]:
-    out = []
-    for measure in RETENTION:
-        pts = [(x, ys[measure]) for x, ys in points if ys[measure] is not None]
-        levels = len({x for x, _ in pts})
-        if len(pts) >= 3 and levels >= 2:
-            s = slope([x for x, _ in pts], [y for _, y in pts])
-            out.append(TrendRow(method, measure, s.slope, s.lo, s.hi, s.n, levels))
-    return out
-
-
-def trend_markdown(rows: Sequence[TrendRow]) -> str:
-    if not rows:
-        return ""
-    lines = ["Forgetting against heterogeneity: each arm's change against the base model regressed on its users' "
-             "measured heterogeneity, every adapter one point; the slope is the change from heterogeneity 0 to 1 "
-             "(negative = loses more as the user departs from general preference), 95% t interval. A row `ARM - dpo` "
-             "regresses the seed-matched difference (the arm's change minus DPO's, same user and seed): positive = the "
-             "arm holds the trend down.", "",
-             "| method | measure | slope | 95% interval | adapters | heterogeneities |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r.method} | {r.measure} | {r.slope:+.3f} | [{r.lo:+.3f}, {r.hi:+.3f}] | {r.adapters} | {r.levels} |"
-              for r in rows]
     return "\n".join(lines) + "\n"

@@ -36,12 +36,12 @@ from bapo.runtime.workers import run_jobs, scoring_threads
 from bapo.studies.config import StudyConfig
 from bapo.studies.contrasts import Contrast, contrasts, contrasts_markdown
 from bapo.studies.figures import study_figures
-from bapo.studies.matched import (ItemScores, base_key, matched_markdown, matched_rows, retention_items,
-                                  trend_markdown, trend_rows)
+from bapo.studies.matched import ItemScores, base_key, matched_markdown, matched_rows, retention_items
 from bapo.studies.estimate import Estimate, estimate, eval_size, prices, print_estimate, scored_cells
 from bapo.studies.plan import (Cell, balance_dir, cell_dir, eval_config, frontier_config, frontier_scales, plan,
                                print_plan, study_suite)
 from bapo.studies.tables import BalanceWork, StudyRow, cost_markdown, markdown, study_rows
+from bapo.studies.trend import trend_markdown, trend_rows
 from bapo.studies.users import heterogeneity, make_user
 from bapo.training.config import TrainConfig
 from bapo.training.run import train
@@ -244,7 +244,7 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
     if scaled is not None:
         result.frontier = {s: study_rows(dpo, users, scaled.records, s) for s in frontier_scales(cfg)}
         result.contrasts += versus_scaled_dpo(cfg, cells, evaluation, scaled)
-        result.items = model_items(cfg, cells, evaluation, scaled)
+    result.items = model_items(cfg, cells, evaluation, scaled)
     result.seconds = round(time.time() - t0, 1)
     if distributed.is_main():
         write_outputs(cfg, result, users, n_eval, console)
@@ -288,13 +288,17 @@ def versus_scaled_dpo(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResul
     return out
 
 
-def model_items(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResult, scaled: EvalResult) -> ItemScores:
-    """Every adapter's per-item retention scores, every DPO adapter's at each frontier scale, and the base model's
-    (DPO's frontier at scale 0): the items' part of the matched readings' intervals."""
+def model_items(cfg: StudyConfig, cells: list[Cell], evaluation: EvalResult,
+                scaled: EvalResult | None = None) -> ItemScores:
+    """Every adapter's per-item retention scores, every DPO adapter's at each frontier scale (``scaled``, where the
+    study has a frontier), and the base model's (DPO's frontier at scale 0): the items' part of the matched readings'
+    and the trend's intervals."""
+    if cfg.balance:  # keyed by method, not arm: a balance study's strategies would collide
+        return {}
     kinds = {r.task: r.kind for r in evaluation.records}
     items = {(c.spec, c.method, c.seed, 1.0): retention_items(evaluation.item_scores[c.name], kinds) for c in cells}
     items.update({(c.spec, c.method, c.seed, s): retention_items(scaled.item_scores[f"{c.name}@{s:g}"], kinds)
-                  for c in cells if c.method == "dpo" for s in frontier_scales(cfg)})
+                  for c in cells if c.method == "dpo" for s in frontier_scales(cfg) if scaled is not None})
     if "base" in evaluation.item_scores:  # DPO's frontier at scale 0
         items.update({base_key(spec): retention_items(evaluation.item_scores["base"], kinds)
                       for spec in {c.spec for c in cells}})
@@ -322,7 +326,7 @@ def write_outputs(cfg: StudyConfig, result: StudyResult, users: dict, n_eval: in
     figures = study_figures(result.rows, out / "figures", result.frontier, cfg.lambdas())
     rows = [r.to_dict() for r in result.rows]
     readings = matched_rows(result.rows, result.frontier, result.items) if result.frontier else []  # issue 29's headline reading
-    trend = trend_rows(result.rows)  # with users of several heterogeneities: does forgetting grow with it?
+    trend = trend_rows(result.rows, result.items)  # with users of several heterogeneities: does forgetting grow?
     summary = {"config": asdict(cfg), "users": users, "rows": rows, "contrasts": as_dicts(result.contrasts),
                "frontier": {f"{s:g}": [r.to_dict() for r in rs] for s, rs in result.frontier.items()},
                "matched": as_dicts(readings), "trend": as_dicts(trend), "figures": [str(f) for f in figures],

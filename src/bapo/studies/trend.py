@@ -1,0 +1,151 @@
+"""Does forgetting grow with heterogeneity? Each arm's change on each retention measure regressed on its users'
+measured heterogeneity (the least-squares slope), with an interval over seeds and the evaluation's items, and each
+arm's slope minus DPO's: the paper's first claim, read as issue 46 asks."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+from bapo.studies.matched import ItemScores, base_key, t95
+from bapo.studies.tables import RETENTION
+
+
+@dataclass(frozen=True)
+class Slope:
+    """The least-squares slope of y on x, its 95% t interval, how many points it rests on, and the two parts of its
+    standard error (``item_se`` None where no per-item changes were given)."""
+
+    slope: float
+    lo: float
+    hi: float
+    n: int
+    seed_se: float | None = None
+    item_se: float | None = None
+
+
+def slope(xs: Sequence[float], ys: Sequence[float], per_item: Sequence[Sequence[float]] | None = None) -> Slope:
+    """Ordinary least squares of ``ys`` on ``xs`` (each point one seed's adapter); the interval from the residuals'
+    standard error with n - 2 degrees of freedom.
+
+    ``per_item``: each point's per-item changes (``ys[j]`` their mean, the same N items at every point), for an
+    interval over seeds *and* items, as :func:`over_seeds_and_items` gives a difference. The slope is linear in the
+    points, ``b = sum_j w_j y_j`` with ``w_j = (x_j - mean x) / Sxx``, so it is the mean over items of each item's own
+    slope ``b_i = sum_j w_j d_ji``; which items were drawn adds ``var(b_i) / N`` to the residuals' part (every point
+    meets the same items, so the residuals alone say nothing of that draw). A t quantile at Welch-Satterthwaite's
+    degrees of freedom; each part also holds a little of the point-by-item interaction, so the sum errs wide."""
+    n = len(xs)
+    if n < 3 or len(set(xs)) < 2:
+        raise ValueError("a slope with an interval needs at least 3 points at 2 or more x values")
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    resid = sum((y - my - b * (x - mx)) ** 2 for x, y in zip(xs, ys))
+    seed_var, df = resid / (n - 2) / sxx, float(n - 2)
+    item_var = None
+    if per_item is not None:
+        w = [(x - mx) / sxx for x in xs]
+        if len(per_item) != n or len({len(v) for v in per_item}) != 1:
+            raise ValueError("per_item needs one vector of the same items per point")
+        by_item = [sum(wj * d for wj, d in zip(w, col)) for col in zip(*per_item)]
+        if len(by_item) > 1:
+            item_var = statistics.variance(by_item) / len(by_item)
+            if seed_var + item_var > 0:  # Welch-Satterthwaite
+                df = (seed_var + item_var) ** 2 / (seed_var ** 2 / (n - 2) + item_var ** 2 / (len(by_item) - 1))
+    half = t95(max(1, math.floor(df))) * math.sqrt(seed_var + (item_var or 0.0))
+    return Slope(b, b - half, b + half, n, math.sqrt(seed_var), None if item_var is None else math.sqrt(item_var))
+
+
+@dataclass(frozen=True)
+class TrendRow:
+    """One arm's change on one retention measure against measured heterogeneity: the least-squares slope."""
+
+    method: str
+    measure: str
+    slope: float
+    lo: float
+    hi: float
+    adapters: int
+    levels: int  # distinct heterogeneities among them
+    seed_se: float | None = None
+    item_se: float | None = None  # None: the interval is over seeds only (no per-item scores given)
+
+
+def trend_rows(rows: Sequence, items: ItemScores | None = None) -> list[TrendRow]:
+    """Does forgetting grow with heterogeneity? Each arm's change against the base model on each retention measure,
+    regressed on its users' measured heterogeneity: every adapter (each user and seed) one point, the slope's 95%
+    t interval (:func:`slope`) over seeds and, where ``items`` has every point's per-item scores (and the base
+    model's, :func:`base_key`), over the evaluation's items too; else from the residuals alone, a seed-level interval.
+    Only where the arm has 3 or more adapters at 2 or more heterogeneities.
+
+    Then, for each other arm beside DPO, ``ARM - dpo``: the slope of the seed-matched difference (the arm's change
+    minus DPO's at the same user and seed) on heterogeneity, which is the arm's slope minus DPO's over the adapters
+    both have, with an interval that pairing narrows: does the arm hold the trend down?"""
+    items = items or {}
+
+    def changes(r, against=None) -> dict[str, list[float] | None]:
+        """``r``'s per-item changes on each measure: against the base model, or against ``against`` (a row)."""
+        if not items or getattr(r, "balance", ""):  # ItemScores are keyed by method, not by a balance arm
+            return dict.fromkeys(RETENTION)
+        mine = items.get((r.user, r.method, r.seed, 1.0), {})
+        ref = items.get(base_key(r.user) if against is None else (against.user, against.method, against.seed, 1.0), {})
+        out: dict[str, list[float] | None] = {}
+        for m in RETENTION:
+            a, b = mine.get(m), ref.get(m)
+            if a is not None and b is None and m == "drift" and against is None:
+                b = [0.0] * len(a)  # drift's items are changes already: the base model's are 0
+            out[m] = [x - y for x, y in zip(a, b)] if a is not None and b is not None and len(a) == len(b) else None
+        return out
+
+    out = []
+    arms = list(dict.fromkeys(r.arm for r in rows))
+    for arm in arms:
+        out += _slopes(arm, [(r.heterogeneity, {m: getattr(r, f"{m}_delta") for m in RETENTION}, changes(r))
+                             for r in rows if r.arm == arm])
+    dpo = {(r.user, r.seed): r for r in rows if r.arm == "dpo"}
+    for arm in (a for a in arms if a != "dpo" and dpo):
+        pairs = [(r, dpo[(r.user, r.seed)]) for r in rows if r.arm == arm and (r.user, r.seed) in dpo]
+        out += _slopes(f"{arm} - dpo", [(r.heterogeneity, {m: _minus(getattr(r, f"{m}_delta"), getattr(d, f"{m}_delta"))
+                                                            for m in RETENTION}, changes(r, d)) for r, d in pairs])
+    return out
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _slopes(method: str, points: Sequence[tuple[float, dict[str, float | None], dict[str, list[float] | None]]]
+            ) -> list[TrendRow]:
+    out = []
+    for measure in RETENTION:
+        pts = [(x, ys[measure], its[measure]) for x, ys, its in points if ys[measure] is not None]
+        levels = len({x for x, _, _ in pts})
+        if len(pts) >= 3 and levels >= 2:
+            per_item = [v for _, _, v in pts]
+            whole = all(v is not None for v in per_item) and len({len(v) for v in per_item}) == 1
+            s = slope([x for x, _, _ in pts], [y for _, y, _ in pts], per_item if whole else None)
+            out.append(TrendRow(method, measure, s.slope, s.lo, s.hi, s.n, levels, s.seed_se, s.item_se))
+    return out
+
+
+def trend_markdown(rows: Sequence[TrendRow]) -> str:
+    if not rows:
+        return ""
+    lines = ["Forgetting against heterogeneity: each arm's change against the base model regressed on its users' "
+             "measured heterogeneity, every adapter one point; the slope is the change from heterogeneity 0 to 1 "
+             "(negative = loses more as the user departs from general preference), 95% t interval over seeds and "
+             "items (over seeds only where a row says so: no per-item scores), its standard error's two parts "
+             "beside it. A row `ARM - dpo` regresses the seed-matched difference (the arm's change minus DPO's, same "
+             "user and seed): positive = the arm holds the trend down.", "",
+             "| method | measure | slope | 95% interval | over | seeds' se | items' se | adapters | heterogeneities |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.method} | {r.measure} | {r.slope:+.3f} | [{r.lo:+.3f}, {r.hi:+.3f}] | "
+              f"{'seeds' if r.item_se is None else 'seeds and items'} | {_se(r.seed_se)} | {_se(r.item_se)} | "
+              f"{r.adapters} | {r.levels} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _se(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"

@@ -1,0 +1,71 @@
+"""The first claim's reading of a finished study: does forgetting grow with heterogeneity? Each retention measure's
+least-squares slope on measured heterogeneity per method, and each method's minus DPO's, with 95% intervals over
+seeds and items (bapo.studies.matched.trend_rows, from the study's per-item scores), as markdown; and the figure
+(bapo.studies.figures.trend_figure): every adapter a point, each method's line. For studies run by a checkout older
+than those (their table.md has the seed-level interval only).
+
+    python studies/trend_reading.py study_hash --figure docs/figures/heterogeneity_hash_trend.png [--out trend.md]
+
+Reads only what the study wrote: study.json (its rows), eval/results.json and eval/item_scores.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from bapo.evaluation.records import Record
+from bapo.io import atomic_write_text
+from bapo.studies.figures import trend_figure
+from bapo.studies.matched import base_key, retention_items
+from bapo.studies.trend import trend_markdown, trend_rows
+from bapo.studies.tables import StudyRow
+
+TITLES = {"generative_knowledge": "TriviaQA answered: Δ acc vs base",
+          "refusal_harmful": "harmful requests refused: Δ vs base",
+          "knowledge": "ARC-Easy + PIQA: Δ acc_norm vs base",
+          "alignment": "HH harmless: Δ acc_norm vs base",
+          "drift": "drift: Δ log p(base answer)/token",
+          "refusal_harmless": "harmless requests refused: Δ vs base (over-refusal)"}
+
+
+def load(study: Path) -> tuple[list[StudyRow], dict]:
+    """The study's rows (as trained, scale 1) and every model's per-item retention scores (:data:`ItemScores`)."""
+    summary = study / "study.json"
+    if not summary.exists():
+        raise SystemExit(f"{summary}: not there (the study writes it when it finishes, or with --so-far)")
+    names = {f.name for f in dataclasses.fields(StudyRow)}
+    rows = [StudyRow(**{k: v for k, v in r.items() if k in names}) for r in json.loads(summary.read_text())["rows"]]
+    records = [Record.from_dict(r) for r in json.loads((study / "eval" / "results.json").read_text())["records"]]
+    kinds = {r.task: r.kind for r in records}
+    scores = json.loads((study / "eval" / "item_scores.json").read_text())
+    items = {(r.user, r.method, r.seed, 1.0): retention_items(scores[Path(r.adapter).name], kinds) for r in rows}
+    items.update({base_key(u): retention_items(scores["base"], kinds) for u in {r.user for r in rows}})
+    return rows, items
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("study", type=Path, help="a study's output folder")
+    ap.add_argument("--figure", type=Path, help="draw the figure here (PNG)")
+    ap.add_argument("--out", type=Path, help="also write the table here")
+    args = ap.parse_args()
+    rows, items = load(args.study)
+    text = trend_markdown(trend_rows(rows, items))
+    if not text:
+        raise SystemExit(f"{args.study}: no arm has 3 adapters at 2 heterogeneities")
+    print(text)
+    if args.out:
+        atomic_write_text(args.out, text)
+    if args.figure:
+        present = [m for m in TITLES if any(getattr(r, f"{m}_delta") is not None for r in rows)]
+        arms = list(dict.fromkeys(r.arm for r in rows))
+        points = {m: {a: [(r.heterogeneity, getattr(r, f"{m}_delta")) for r in rows if r.arm == a] for a in arms}
+                  for m in present}
+        print(trend_figure(points, {m: TITLES[m] for m in present}, args.figure))
+
+
+if __name__ == "__main__":
+    main()
