@@ -43,7 +43,7 @@ done
 echo "== $(date '+%F %T') studies/budget_gain.py studies/frontier_flip1.yaml"
 PYTHONPATH= .venv/bin/python studies/budget_gain.py studies/frontier_flip1.yaml --out study_frontier_flip1/budget_gain.md
 # and the probes checked against the full measures on a second user (RESULTS.md section 4 rests on flip:0.5 alone);
-# the probes are budget_gain's, so this costs little more than reading the study's scores
+# DPO's, replay's and BAPO's probes are budget_gain's; the other arms' are probed anew (minutes)
 echo "== $(date '+%F %T') studies/budget_check.py studies/frontier_flip1.yaml"
 PYTHONPATH= .venv/bin/python studies/budget_check.py studies/frontier_flip1.yaml --out study_frontier_flip1/budget_check.md
 echo "== $(date '+%F %T') done"
