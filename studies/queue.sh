@@ -23,9 +23,17 @@ BAPO=${BAPO:-.venv/bin/bapo}
 reuse_flip1() {
   local to=study_frontier_flip1
   mkdir -p "$to/cells" "$to/users"
-  for f in study_hash/users/flip-1.*; do [ -e "$to/users/${f##*/}" ] || cp -a "$f" "$to/users/"; done
+  local f cell name
+  for f in study_hash/users/flip-1.*; do  # each copied beside, then renamed: a kill leaves no half-copied file
+    name=${f##*/}
+    [ -e "$to/users/$name" ] || { cp -a "$f" "$to/users/.$name.tmp" && mv "$to/users/.$name.tmp" "$to/users/$name"; }
+  done
   for cell in study_hash/cells/flip-1__{dpo,bapo}__s{0,1,2}; do
-    [ -f "$cell/run.json" ] && [ ! -e "$to/cells/${cell##*/}" ] && cp -a "$cell" "$to/cells/"
+    name=${cell##*/}
+    if [ -f "$cell/run.json" ] && [ ! -e "$to/cells/$name" ]; then
+      rm -rf "$to/cells/.$name.tmp"
+      cp -a "$cell" "$to/cells/.$name.tmp" && mv "$to/cells/.$name.tmp" "$to/cells/$name"
+    fi
   done
   return 0
 }
