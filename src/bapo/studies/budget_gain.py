@@ -101,7 +101,7 @@ def choices(probes: dict[str, dict[float, dict[str, list[float]]]], margins: dic
             seed: int = 0) -> SeedChoice:
     """One seed's choice: each method's chosen scale and its held-out margin there (the base model's margin, 0 on
     every pair, at scale 0), the winner by :func:`bapo.budget.run.best`, and DPO alone (``methods[0]``)."""
-    pairs = len(next(iter(next(iter(margins.values())).values())))
+    pairs = len(next(iter(margins[methods[0]].values())))  # held-out pairs (the same for every method)
     cands, per_pair = [], {}
     for method in methods:
         scale = chosen_scale(probes[method], limits, items)
@@ -125,14 +125,13 @@ def margins(study: Path, cells: list[Cell], scales: list[float],
     if todo:
         console.print(f"held-out margins of {len(todo)} adapter scales ({sum(len(v) - 1 for v in done.values())} "
                       "cached)")
-        ref, examples = None, {}
+        cfg = load_yaml(cell_dir(study, todo[0][0]) / "config.yaml", TrainConfig)  # the study's model and dtype
+        ref = open_reference(cfg.model, cfg.data.max_length, cfg.data.max_prompt_length, cfg.cache_dir, cfg.device,
+                             cfg.dtype)
+        examples: dict[str, list] = {}
         with progress.bar("held-out margins", len(todo)) as advance:
             for cell, scale in todo:
                 folder = cell_dir(study, cell)
-                if ref is None:
-                    cfg = load_yaml(folder / "config.yaml", TrainConfig)
-                    ref = open_reference(cfg.model, cfg.data.max_length, cfg.data.max_prompt_length, cfg.cache_dir,
-                                         cfg.device, cfg.dtype)
                 if cell.user not in examples:
                     held = load_pairs(str(folder / "holdout.jsonl"))
                     examples[cell.user] = as_scored(ref, build_examples(ref, held, encode_pairs(held, ref.renderer),
