@@ -99,6 +99,9 @@ def test_gain_rows_on_a_study_probe_and_measure_margins_once(tmp_path, tiny_mode
     monkeypatch.setattr(budget_check, "open_reference", lambda *a, **k: pytest.fail("probed again"))
     again = budget_gain.gain_rows(cfg, ["dpo", "bapo"], ["drift:0.1", "drift:100"], [1.0, 0.5])
     assert [r.seeds for r in again] == [r.seeds for r in rows]
+    # a seed without a trained cell of every method is left out (its BAPO cell not finished: no run.json)
+    (tmp_path / "s" / "cells" / bapo.name / "run.json").unlink()
+    assert budget_gain.gain_rows(cfg, ["dpo", "bapo"], ["drift:0.1"], [1.0, 0.5]) == []
 
 
 def test_the_script_says_when_no_seed_has_every_method_trained(tmp_path):
