@@ -46,8 +46,8 @@ for study in heterogeneity_hash frontier_flip1; do
   [ "$study" = heterogeneity_hash ] && PYTHONPATH= .venv/bin/python studies/trend_reading.py study_hash \
     --figure docs/figures/heterogeneity_hash_trend.png --out study_hash/trend_reading.md
   # the hinge against replay at flip:1: its trade-off figure beside the other frontiers' in docs/figures
-  [ "$study" = frontier_flip1 ] && cp study_frontier_flip1/figures/tradeoff_margin.png \
-    docs/figures/study_frontier_flip1_tradeoff_margin.png
+  [ "$study" = frontier_flip1 ] && { cp study_frontier_flip1/figures/tradeoff_margin.png \
+    docs/figures/study_frontier_flip1_tradeoff_margin.png || echo "queue.sh: no trade-off figure to copy"; }
 done
 # Issue 46 part 3 on frontier_flip1's adapters: what the budget gains by choosing among dpo, replay and bapo (with
 # the repository's own code: the study's checkout predates it)
