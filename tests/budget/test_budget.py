@@ -3,6 +3,7 @@ standard PEFT adapter, per user, and in ``bapo serve``'s model list."""
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -241,6 +242,31 @@ def test_the_budget_chooses_among_methods_the_largest_held_out_margin_within_it(
     assert (out / CANDIDATES / "dpo" / "adapter_model.safetensors").stat().st_mtime_ns == first
     with pytest.raises(ConfigError, match="several methods"):
         TrainConfig(out="x", data=DataConfig(path="d.jsonl")).for_method("dpo,bapo", "x").validate()
+
+
+def test_a_candidate_may_carry_its_own_lambda(tmp_path, tiny_model):
+    from bapo.budget.run import candidate_dir, describe
+    from bapo.options import load_yaml
+
+    cfg = config(tmp_path, tiny_model, "drift:10")
+    cfg.loss.method, cfg.loss.anchor_lambda = "replay,replay:0.25", 2.0
+    bapo.train(cfg)
+    out = Path(cfg.out)
+    choice = json.loads((out / "run.json").read_text())["method_choice"]
+    assert [c["method"] for c in choice["candidates"]] == ["replay", "replay:0.25"]
+    # each trained with its own weight, into a file-safe folder; the two are different adapters
+    assert candidate_dir(out, "replay:0.25").name == "replay-l0.25"
+    lams = {m: load_yaml(candidate_dir(out, m) / "config.yaml", TrainConfig).loss.anchor_lambda
+            for m in ("replay", "replay:0.25")}
+    assert lams == {"replay": 2.0, "replay:0.25": 0.25}
+    assert adapter_of(candidate_dir(out, "replay")) != adapter_of(candidate_dir(out, "replay:0.25"))
+    assert adapter_of(out) == adapter_of(candidate_dir(out, choice["chosen"]))
+    assert len(describe(out)) > 2  # the table reads the chosen candidate's own folder
+    # alone, a lambda of its own is --anchor-lambda; only a base-response method takes one
+    with pytest.raises(ConfigError, match="alone, give --anchor-lambda 0.1 --method bapo"):
+        TrainConfig(out="x", data=DataConfig(path="d.jsonl"), loss=replace(cfg.loss, method="bapo:0.1")).validate()
+    with pytest.raises(ConfigError, match="loss.method: 'dpo:0.1': only a base-response method"):
+        replace(cfg, loss=replace(cfg.loss, method="bapo,dpo:0.1")).validate()
 
 
 def adapter_of(folder: Path) -> dict:

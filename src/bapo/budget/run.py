@@ -204,6 +204,12 @@ def _earlier(cfg: TrainConfig, adapter: Path) -> BudgetChoice | None:
 CANDIDATES = "candidates"  # OUT/candidates/METHOD/: each method's adapter when the budget chooses among methods
 
 
+def candidate_dir(out: Path, method: str) -> Path:
+    """Where a candidate method trains: ``OUT/candidates/METHOD`` (``bapo:0.1`` -> ``bapo-l0.1``, file-safe as a
+    study's cells are named)."""
+    return out / CANDIDATES / method.replace(":", "-l")
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One method's adapter under the budget: the scale built in, and its held-out personalization there."""
@@ -220,7 +226,7 @@ def train_methods(cfg: TrainConfig) -> TrainResult:
     out, t0 = Path(cfg.out), time.time()
     runs = {}
     for method in cfg.methods:
-        sub = cfg.for_method(method, str(out / CANDIDATES / method))
+        sub = cfg.for_method(method, str(candidate_dir(out, method)))
         runs[method] = _finished(Path(sub.out)) or train_adapter(sub)
     probed(cfg, [Path(r.out) for r in runs.values()])  # one reference and one set of probes for every candidate
     winner = ship_best(cfg, {m: Path(r.out) for m, r in runs.items()}, out)
@@ -233,7 +239,7 @@ def train_each_user_methods(cfg: TrainConfig) -> PerUserResult:
     probed, then for each user the method with the largest held-out margin within the budget shipped to
     ``OUT/USER``; ``users.csv`` names each user's method."""
     out, t0 = Path(cfg.out), time.time()
-    jobs = {m: train_each_user(cfg.for_method(m, str(out / CANDIDATES / m))) for m in cfg.methods}
+    jobs = {m: train_each_user(cfg.for_method(m, str(candidate_dir(out, m)))) for m in cfg.methods}
     first = jobs[cfg.methods[0]]
     path = resolve_model(cfg.model, cfg.cache_dir)
     ref = load_reference(path, renderer(load_tokenizer(path), cfg.data), cfg.cache_dir, cfg.device, cfg.dtype,
@@ -319,7 +325,7 @@ def describe(adapter: Path) -> list:
             table.add_column(col, justify="right")
         for c in choice["candidates"]:
             table.add_row(c["method"], f"{c['scale']:g}", f"{c['margin']:.2f}", f"{c['reward_acc']:.3f}")
-        chosen = adapter / CANDIDATES / choice["chosen"]
+        chosen = candidate_dir(adapter, choice["chosen"])
         return [table, f"[green]{choice['chosen']} shipped to[/] {adapter}: {choice['why']}", *describe(chosen)]
     rec = run["forgetting_budget"]
     limits = rec["limits"]

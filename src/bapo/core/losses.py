@@ -32,7 +32,8 @@ class LossConfig:
                                  "aot, discopop, sigmoid_norm); or kto, for thumbs up/down (unpaired feedback; pairs "
                                  "are unpaired: chosen liked, rejected disliked). Several, comma-separated "
                                  "(dpo,replay,bapo), with a forgetting budget: it ships the one that personalizes "
-                                 "most within it.")
+                                 "most within it; a base-response method may carry its own lambda there "
+                                 "(dpo,bapo,bapo:0.1).")
     pref_loss: str = option("dpo", "With bapo, replay or kl: the preference loss the base-response term is added to "
                                    "(kto included).")
     beta: float = option(0.1, "Inverse temperature of the implicit reward (DPO's beta).")

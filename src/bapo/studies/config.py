@@ -3,12 +3,12 @@ configs every cell shares (composed, not copied)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from bapo.balancing.config import STRATEGIES
 from bapo.core.fields import option, section
 from bapo.core.losses import BASE_TERMS, LossConfig
+from bapo.core.methods import method_losses, split_method
 from bapo.data.config import DataConfig
 from bapo.data.users import Sources, parse_spec, user_name
 from bapo.errors import ConfigError
@@ -18,30 +18,6 @@ from bapo.runtime.config import BaseResponseConfig, ClusterSettings
 from bapo.training.config import TrainConfig
 
 DEFAULT_USERS = ["flip:0", "flip:0.5", "flip:1", "vpl:harmless"]
-
-
-def split_method(method: str) -> tuple[str, float | None]:
-    """A study's method entry as (loss, lambda): ``bapo`` -> (bapo, None: the study's lambda); ``bapo:0.1`` -> (bapo,
-    0.1), an arm whose base-response term has its own weight (one study can then draw a method's lambda frontier)."""
-    name, sep, weight = method.partition(":")
-    if not sep:
-        return name, None
-    if method_losses(name)[0] not in BASE_TERMS:
-        raise ConfigError(f"methods: '{method}': only a base-response method ({', '.join(BASE_TERMS)}) takes :LAMBDA")
-    try:
-        value = float(weight)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value >= 0):
-        raise ConfigError(f"methods: '{method}': LAMBDA must be a number >= 0, as in {name}:0.1")
-    return name, value
-
-
-def method_losses(name: str) -> tuple[str, str | None]:
-    """A study method's loss and the preference loss under its base-response term: ``bapo/kto`` -> (bapo, kto), BAPO's
-    anchor over KTO (trained on the user's pairs as thumbs); ``dpo`` -> (dpo, None)."""
-    method, sep, pref = name.partition("/")
-    return method, pref if sep else None
 
 
 def study_training() -> TrainConfig:

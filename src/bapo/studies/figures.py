@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bapo.evaluation.metrics import Z95  # noqa: E402
-from bapo.studies.config import split_method  # noqa: E402
+from bapo.core.methods import split_method  # noqa: E402
 from bapo.studies.trend import slope  # noqa: E402
 from bapo.studies.tables import StudyRow  # noqa: E402
 from bapo.io import atomic_save_figure

@@ -15,7 +15,8 @@ from bapo.data.users import user_name
 from bapo.errors import ConfigError
 from bapo.evaluation.config import EvalConfig
 from bapo.io import atomic_write_text
-from bapo.studies.config import StudyConfig, method_losses, split_method
+from bapo.core.methods import method_losses, split_method
+from bapo.studies.config import StudyConfig
 
 
 @dataclass

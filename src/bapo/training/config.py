@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 from bapo.core.fields import option, section
 from bapo.core.losses import LossConfig
+from bapo.core.methods import split_method
 from bapo.data.config import DataConfig
 from bapo.errors import ConfigError
 from bapo.runtime.cluster import require_absolute
@@ -64,12 +65,16 @@ class TrainConfig:
 
     @property
     def methods(self) -> list[str]:
-        """The methods to train: one, or several (``dpo,replay,bapo``) for the forgetting budget to choose among."""
+        """The methods to train: one, or several (``dpo,replay,bapo``; ``bapo:0.1`` with its own lambda) for the
+        forgetting budget to choose among."""
         return [m.strip() for m in self.loss.method.split(",") if m.strip()]
 
     def for_method(self, method: str, out: str) -> "TrainConfig":
-        """This run with one of its methods, into ``out``."""
-        return replace(self, out=out, loss=replace(self.loss, method=method))
+        """This run with one of its methods, into ``out``: ``bapo:0.1`` is BAPO with lambda 0.1 (a candidate of its
+        own beside ``bapo`` at ``anchor_lambda``)."""
+        name, weight = split_method(method, "loss.method")
+        lam = self.loss.anchor_lambda if weight is None else weight
+        return replace(self, out=out, loss=replace(self.loss, method=name, anchor_lambda=lam))
 
     def validate(self) -> None:
         if len(self.methods) > 1:
@@ -79,6 +84,10 @@ class TrainConfig:
             for method in self.methods:
                 self.for_method(method, self.out).validate()
             return
+        name, weight = split_method(self.loss.method, "loss.method")
+        if weight is not None:
+            raise ConfigError(f"loss.method: {self.loss.method}: a lambda of its own is for a candidate among several "
+                              f"methods under a forgetting budget; alone, give --anchor-lambda {weight:g} --method {name}")
         if not self.out:
             raise ConfigError("out: an output directory is required")
         if not self.data.path:
