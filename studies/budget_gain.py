@@ -8,6 +8,9 @@ are cached in the study's folder (a rerun resumes; the probes are carried by stu
 
     OMP_NUM_THREADS=2 python studies/budget_gain.py studies/frontier_flip1.yaml --out budget_gain.md
 
+With `--methods dpo,replay,bapo,bapo:0.1,bapo:0.01` it replays the budget choosing the anchor's weight too (the
+study's arms of those names; `bapo train` takes the same list).
+
 Run it at the thread count the study runs at (answers are cached by it on a CPU), and not beside the study.
 """
 
