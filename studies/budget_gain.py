@@ -35,6 +35,8 @@ def main() -> None:
     cfg = load_yaml(args.config, StudyConfig)
     cfg.validate()
     methods = args.methods.split(",")
+    if methods[0] != "dpo":
+        raise SystemExit(f"--methods {args.methods}: DPO first (what the others are measured against)")
     rows = gain_rows(cfg, methods, args.budget or BUDGETS, SCALES)
     if not rows:
         raise SystemExit(f"{cfg.out}: no seed has a trained cell of every method of {methods}")
