@@ -238,3 +238,31 @@ def test_the_trend_reads_per_item_changes_against_the_base_model_and_dpo():
     # a point without per-item scores: that measure's interval is over seeds only
     del items[("flip:0.5", "dpo", 0, 1.0)]
     assert trend_rows(rows, items)[0].item_se is None
+
+
+def test_the_reading_rules_give_each_slope_its_verdict_from_the_wider_interval():
+    from bapo.studies.trend import TrendRow, reading, seeds_interval
+
+    def row(method, slope, lo, hi, seed_se=None, measure="generative_knowledge", n=15):
+        return TrendRow(method, measure, slope, lo, hi, n, 5, seed_se, None)
+
+    # DPO loses more as the user departs, the interval below 0: the first claim supported for this measure
+    assert reading(row("dpo", -0.10, -0.15, -0.05)) == "supported"
+    assert reading(row("dpo", 0.10, 0.05, 0.15)) == "refuted"
+    assert reading(row("dpo", -0.10, -0.25, 0.05)) == "unresolved (width 0.300)"
+    assert reading(row("bapo - dpo", 0.08, 0.01, 0.15)) == "holds the trend down"
+    assert reading(row("bapo - dpo", -0.08, -0.15, -0.01)) == "steepens it"
+    assert reading(row("dpo", -0.5, -0.9, -0.1, measure="refusal_harmless")) == "-"  # over-refusal: read beside
+    # the seeds-only interval: t(13) = 2.160 times the residuals' standard error, about the slope
+    assert seeds_interval(row("dpo", -0.10, -0.15, -0.05, seed_se=0.05)) == pytest.approx((-0.208, 0.008))
+    # ... wider than the seeds-and-items one here, and crossing 0: the wider decides
+    assert reading(row("dpo", -0.10, -0.15, -0.05, seed_se=0.05)) == "unresolved (width 0.216)"
+    assert seeds_interval(row("dpo", -0.1, -0.2, 0.0)) is None
+
+
+def test_the_t_table_matches_students_quantiles():
+    stats = pytest.importorskip("scipy.stats", reason="scipy gives the reference quantiles (bapo does not need it)")
+    from bapo.studies.matched import t95
+
+    assert max(abs(stats.t.ppf(0.975, df) - t95(df)) for df in range(1, 31)) < 6e-4  # the table's 3 decimals
+    assert max(abs(stats.t.ppf(0.975, df) - t95(df)) for df in range(31, 500)) < 2e-3  # the tail's formula

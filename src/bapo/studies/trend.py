@@ -112,6 +112,41 @@ def trend_rows(rows: Sequence, items: ItemScores | None = None) -> list[TrendRow
     return out
 
 
+def seeds_interval(r: TrendRow) -> tuple[float, float] | None:
+    """The slope's 95% t interval from the residuals alone (n - 2 degrees of freedom): the seed-level interval
+    studies written before issue 46 read; None where the row lacks its standard error."""
+    if r.seed_se is None:
+        return None
+    half = t95(max(1, r.adapters - 2)) * r.seed_se
+    return r.slope - half, r.slope + half
+
+
+# Over-refusal is a cost read beside forgetting, not forgetting (studies/heterogeneity_hash.yaml's reading rules).
+BESIDE = {"refusal_harmless"}
+
+
+def reading(r: TrendRow) -> str:
+    """The verdict studies/heterogeneity_hash.yaml's reading rules give a row, from the wider of its two intervals
+    (over seeds and items, over seeds alone) where they disagree about excluding 0.
+
+    An arm's own slope: "supported" (forgetting grows with heterogeneity) where it is negative and the interval
+    excludes 0, "refuted" where it excludes 0 above, else "unresolved". ``ARM - dpo``: "holds the trend down" where
+    positive and excluding 0, "steepens it" where negative and excluding 0, else "unresolved". Over-refusal
+    (:data:`BESIDE`): "-", a cost read beside. Every "unresolved" says its interval's width."""
+    if r.measure in BESIDE:
+        return "-"
+    lo, hi = r.lo, r.hi
+    seeds = seeds_interval(r)
+    if seeds is not None and seeds[1] - seeds[0] > hi - lo:
+        lo, hi = seeds
+    if lo > 0 or hi < 0:
+        up = lo > 0
+        if " - " in r.method:
+            return "holds the trend down" if up else "steepens it"
+        return "refuted" if up else "supported"
+    return f"unresolved (width {hi - lo:.3f})"
+
+
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
@@ -138,13 +173,20 @@ def trend_markdown(rows: Sequence[TrendRow]) -> str:
              "(negative = loses more as the user departs from general preference), 95% t interval over seeds and "
              "items (over seeds only where a row says so: no per-item scores), its standard error's two parts "
              "beside it. A row `ARM - dpo` regresses the seed-matched difference (the arm's change minus DPO's, same "
-             "user and seed): positive = the arm holds the trend down.", "",
-             "| method | measure | slope | 95% interval | over | seeds' se | items' se | adapters | heterogeneities |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "user and seed): positive = the arm holds the trend down. `seeds only`: the interval from the residuals "
+             "alone; `reading`: the verdict of the study's reading rules (:func:`bapo.studies.trend.reading`), from "
+             "the wider interval where the two disagree.", "",
+             "| method | measure | slope | 95% interval | over | seeds only | seeds' se | items' se | adapters | "
+             "heterogeneities | reading |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.method} | {r.measure} | {r.slope:+.3f} | [{r.lo:+.3f}, {r.hi:+.3f}] | "
-              f"{'seeds' if r.item_se is None else 'seeds and items'} | {_se(r.seed_se)} | {_se(r.item_se)} | "
-              f"{r.adapters} | {r.levels} |" for r in rows]
+              f"{'seeds' if r.item_se is None else 'seeds and items'} | {_interval(seeds_interval(r))} | "
+              f"{_se(r.seed_se)} | {_se(r.item_se)} | {r.adapters} | {r.levels} | {reading(r)} |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _interval(iv: tuple[float, float] | None) -> str:
+    return "-" if iv is None else f"[{iv[0]:+.3f}, {iv[1]:+.3f}]"
 
 
 def _se(x: float | None) -> str:
