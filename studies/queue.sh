@@ -49,6 +49,9 @@ for study in heterogeneity_hash frontier_flip1; do
   [ "$study" = frontier_flip1 ] && { cp study_frontier_flip1/figures/tradeoff_margin.png \
     docs/figures/study_frontier_flip1_tradeoff_margin.png || echo "queue.sh: no trade-off figure to copy"; }
 done
+# Issue 46 part 2's matched reading (the repository's own code): BAPO's lambda frontier minus replay's at each one's margin
+PYTHONPATH= .venv/bin/python studies/hinge_reading.py study_frontier_flip1 --out study_frontier_flip1/hinge_reading.md \
+  || echo "queue.sh: hinge_reading failed"
 # Issue 46 part 3 on frontier_flip1's adapters: what the budget gains by choosing among dpo, replay and bapo (with
 # the repository's own code: the study's checkout predates it)
 echo "== $(date '+%F %T') studies/budget_gain.py studies/frontier_flip1.yaml"

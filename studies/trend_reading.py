@@ -1,6 +1,6 @@
 """The first claim's reading of a finished study: does forgetting grow with heterogeneity? Each retention measure's
 least-squares slope on measured heterogeneity per method, and each method's minus DPO's, with 95% intervals over
-seeds and items (bapo.studies.matched.trend_rows, from the study's per-item scores), as markdown; and the figure
+seeds and items (bapo.studies.trend.trend_rows, from the study's per-item scores), as markdown; and the figure
 (bapo.studies.figures.trend_figure): every adapter a point, each method's line. For studies run by a checkout older
 than those (their table.md has the seed-level interval only).
 
@@ -12,16 +12,12 @@ Reads only what the study wrote: study.json (its rows), eval/results.json and ev
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 from pathlib import Path
 
-from bapo.evaluation.records import Record
 from bapo.io import atomic_write_text
 from bapo.studies.figures import trend_figure
-from bapo.studies.matched import base_key, retention_items
+from bapo.studies.finished import NotFinished, load
 from bapo.studies.trend import trend_markdown, trend_rows
-from bapo.studies.tables import StudyRow
 
 TITLES = {"generative_knowledge": "TriviaQA answered: Δ acc vs base",
           "refusal_harmful": "harmful requests refused: Δ vs base",
@@ -31,28 +27,16 @@ TITLES = {"generative_knowledge": "TriviaQA answered: Δ acc vs base",
           "refusal_harmless": "harmless requests refused: Δ vs base (over-refusal)"}
 
 
-def load(study: Path) -> tuple[list[StudyRow], dict]:
-    """The study's rows (as trained, scale 1) and every model's per-item retention scores (:data:`ItemScores`)."""
-    summary = study / "study.json"
-    if not summary.exists():
-        raise SystemExit(f"{summary}: not there (the study writes it when it finishes, or with --so-far)")
-    names = {f.name for f in dataclasses.fields(StudyRow)}
-    rows = [StudyRow(**{k: v for k, v in r.items() if k in names}) for r in json.loads(summary.read_text())["rows"]]
-    records = [Record.from_dict(r) for r in json.loads((study / "eval" / "results.json").read_text())["records"]]
-    kinds = {r.task: r.kind for r in records}
-    scores = json.loads((study / "eval" / "item_scores.json").read_text())
-    items = {(r.user, r.method, r.seed, 1.0): retention_items(scores[Path(r.adapter).name], kinds) for r in rows}
-    items.update({base_key(u): retention_items(scores["base"], kinds) for u in {r.user for r in rows}})
-    return rows, items
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("study", type=Path, help="a study's output folder")
     ap.add_argument("--figure", type=Path, help="draw the figure here (PNG)")
     ap.add_argument("--out", type=Path, help="also write the table here")
     args = ap.parse_args()
-    rows, items = load(args.study)
+    try:
+        rows, items = load(args.study)
+    except NotFinished as e:
+        raise SystemExit(str(e)) from None
     text = trend_markdown(trend_rows(rows, items))
     if not text:
         raise SystemExit(f"{args.study}: no arm has 3 adapters at 2 heterogeneities")

@@ -115,26 +115,34 @@ def test_carry_packs_a_study_s_scores_and_probes_and_a_new_machine_gets_them_bac
     assert json.loads((probes.parent / "digests.json").read_text()) == {"cell": "abc"}
 
 
-def test_trend_reading_reads_a_finished_study_s_slopes_over_seeds_and_items(tmp_path):
-    study = tmp_path / "study"
+def finished_study(study: Path, base: list[float], adapters: list[tuple[dict, list[float]]]) -> Path:
+    """A finished study's files as bapo study writes them, for one ARC-Easy measure: each adapter its row (user,
+    method, seed and the rest) with its per-item acc_norm; its knowledge_delta is their mean less the base model's."""
     (study / "eval").mkdir(parents=True)
-    base = [1.0, 1.0, 1.0, 1.0]  # ARC-Easy acc_norm per item; each adapter loses some of them
-    own = {("flip:0", 0): [1.0, 1.0, 1.0, 1.0], ("flip:0", 1): [1.0, 1.0, 1.0, 0.0],
-           ("flip:1", 0): [0.0, 1.0, 1.0, 1.0], ("flip:1", 1): [0.0, 0.0, 1.0, 1.0]}
     rows, scores, records = [], {"base": {"arc_easy": {"acc_norm": base}}}, []
-    for (user, seed), v in own.items():
-        name = f"{user.replace(':', '-')}__dpo__s{seed}"
-        rows.append({"user": user, "method": "dpo", "seed": seed, "adapter": f"/x/cells/{name}",
-                     "heterogeneity": float(user[-1]), "heterogeneity_stderr": 0.0, "judge": "labels",
-                     "personal_reward_acc": 0.7, "personal_reward_acc_stderr": 0.01, "personal_ll_acc_delta": None,
-                     "personal_ll_acc_delta_stderr": None, "knowledge_delta": sum(v) / 4 - 1.0})
+    for row, v in adapters:
+        name = f"{row['user'].replace(':', '-')}__{row['method'].replace(':', '-')}__s{row['seed']}"
+        rows.append({"adapter": f"/x/cells/{name}", "heterogeneity": 0.0, "heterogeneity_stderr": 0.0,
+                     "judge": "labels", "personal_reward_acc": 0.7, "personal_reward_acc_stderr": 0.01,
+                     "personal_ll_acc_delta": None, "personal_ll_acc_delta_stderr": None,
+                     "knowledge_delta": sum(v) / len(v) - sum(base) / len(base), **row})
         scores[name] = {"arc_easy": {"acc_norm": v}}
-        records.append({"model": name, "adapter": f"/x/cells/{name}", "scale": 1.0, "method": "dpo",
-                        "task": "arc_easy", "kind": "mc", "metric": "acc_norm", "n": 4, "value": sum(v) / 4,
-                        "stderr": 0.1})
+        records.append({"model": name, "adapter": f"/x/cells/{name}", "scale": 1.0, "method": row["method"],
+                        "task": "arc_easy", "kind": "mc", "metric": "acc_norm", "n": len(v),
+                        "value": sum(v) / len(v), "stderr": 0.1})
     (study / "study.json").write_text(json.dumps({"rows": rows}))
     (study / "eval" / "results.json").write_text(json.dumps({"records": records}))
     (study / "eval" / "item_scores.json").write_text(json.dumps(scores))
+    return study
+
+
+def test_trend_reading_reads_a_finished_study_s_slopes_over_seeds_and_items(tmp_path):
+    base = [1.0, 1.0, 1.0, 1.0]  # ARC-Easy acc_norm per item; each adapter loses some of them
+    own = {("flip:0", 0): [1.0, 1.0, 1.0, 1.0], ("flip:0", 1): [1.0, 1.0, 1.0, 0.0],
+           ("flip:1", 0): [0.0, 1.0, 1.0, 1.0], ("flip:1", 1): [0.0, 0.0, 1.0, 1.0]}
+    study = finished_study(tmp_path / "study", base, [
+        ({"user": user, "method": "dpo", "seed": seed, "heterogeneity": float(user[-1])}, v)
+        for (user, seed), v in own.items()])
     out = subprocess.run([sys.executable, str(STUDIES / "trend_reading.py"), str(study), "--figure",
                           str(tmp_path / "t.png"), "--out", str(tmp_path / "t.md")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -144,3 +152,30 @@ def test_trend_reading_reads_a_finished_study_s_slopes_over_seeds_and_items(tmp_
     missing = subprocess.run([sys.executable, str(STUDIES / "trend_reading.py"), str(tmp_path)], capture_output=True,
                              text=True)
     assert missing.returncode == 1 and "study.json: not there" in missing.stderr
+
+
+def test_hinge_reading_reads_bapo_minus_replay_at_each_ones_margin(tmp_path):
+    # BAPO's frontier (lambda 1, 0.1) and replay's, two seeds, 2 ARC-Easy items; the base model answers both
+    margins = {("bapo", 0): 10.0, ("bapo:0.1", 0): 30.0, ("replay", 0): 20.0, ("replay:0.1", 0): 40.0,
+               ("bapo", 1): 20.0, ("bapo:0.1", 1): 40.0, ("replay", 1): 30.0, ("replay:0.1", 1): 35.0}
+    items = {("bapo", 0): [1.0, 0.0], ("bapo:0.1", 0): [0.0, 0.0], ("replay", 0): [0.0, 1.0],
+             ("replay:0.1", 0): [0.0, 0.0], ("bapo", 1): [1.0, 0.0], ("bapo:0.1", 1): [0.0, 0.0],
+             ("replay", 1): [1.0, 1.0], ("replay:0.1", 1): [1.0, 0.0]}
+    study = finished_study(tmp_path / "study", [1.0, 1.0], [
+        ({"user": "flip:1", "method": m, "seed": s, "personal_margin": margins[(m, s)]}, v) for (m, s), v in items.items()])
+    out = subprocess.run([sys.executable, str(STUDIES / "hinge_reading.py"), str(study), "--out",
+                          str(tmp_path / "h.md")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "| bapo:0.1 | s0: 30.0, s1: 40.0 |" in out.stdout and (tmp_path / "h.md").read_text() in out.stdout
+    # at BAPO's own margins (10, 20) replay's frontier (20-40, 30-35) is out of reach at both seeds
+    assert "| flip:1 | bapo - replay | knowledge | bapo's own | beyond reach |  |  |  | 0/2 | -, - |" in out.stdout
+    # at replay's own (20, 30): BAPO's frontier halfway between its two settings (changes -0.5 and -1.0, so -0.75,
+    # items [0.5, 0.0] less the base's [1, 1]) minus replay's own change: -0.75 + 0.5 = -0.25 at seed 0 (items
+    # +0.5, -1.0 against replay's [0, 1]) and -0.75 - 0.0 = -0.75 at seed 1 (items -0.5, -1.0 against [1, 1]).
+    # Mean -0.5; seeds' se sqrt(0.125 / 2) = 0.25; items' se: the seed-mean per-item differences (0, -1) have
+    # variance 0.5, sqrt(0.5 / 2) = 0.5; Welch df 1.47 -> 1, t 12.706: half-width 12.706 * sqrt(0.3125) = 7.103
+    assert ("| flip:1 | bapo - replay | knowledge | replay's own | -0.500 | [-7.603, +6.603] | 0.250 | 0.500 | 2/2 | "
+            "-0.250, -0.750 |") in out.stdout
+    wrong = subprocess.run([sys.executable, str(STUDIES / "hinge_reading.py"), str(study), "--second", "kl"],
+                           capture_output=True, text=True)
+    assert wrong.returncode == 1 and "no 'kl' adapters (its methods: bapo, replay)" in wrong.stderr

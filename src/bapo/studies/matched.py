@@ -214,6 +214,45 @@ def base_key(user: str) -> tuple[str, str, int, float]:
     return (user, "base", 0, 0.0)
 
 
+def _points(rs: Sequence[tuple[object, float]], measure: str, items: ItemScores) -> list[FrontierPoint]:
+    """A frontier's points on ``measure``: each (StudyRow, LoRA scale) with its margin, change and per-item scores."""
+    pts = []
+    for r, scale in rs:
+        value = getattr(r, f"{measure}_delta")
+        if value is not None and r.personal_margin is not None:
+            its = items.get((r.user, r.method, r.seed, scale), {}).get(measure)
+            pts.append(FrontierPoint(r.personal_margin, value, None if its is None else tuple(its)))
+    return pts
+
+
+def versus_rows(rows: Sequence, first: str, second: str, items: ItemScores | None = None) -> list[MatchedRow]:
+    """``first``'s family minus ``second``'s at the same personalization, seed matched, per user and measure (issue
+    46: the hinge against replay where the two personalize differently). Each family's frontier is its knob's
+    settings at LoRA scale 1 (``bapo``, ``bapo:0.1``, ...: lambda moves the margin); both are read at the held-out
+    margin each family's default setting reached (level ``"FAMILY's own"``), seed by seed, with the 95% interval of
+    :func:`matched` over the seeds where both frontiers reach it (and the items). Neither frontier is extended to the
+    base model: no lambda gives it. Where a family's settings reached no other margin than its default's, a level
+    beyond the other family's range reads "beyond reach" (``delta`` None): neither reaches the other's margin."""
+    items = items or {}
+    out = []
+    for user in dict.fromkeys(r.user for r in rows):
+        mine = [r for r in rows if r.user == user and r.personal_margin is not None]
+        own = {fam: {r.seed: r.personal_margin for r in mine if r.method == fam} for fam in (first, second)}
+        seeds = sorted(set(own[first]) & set(own[second]))
+        if not seeds:
+            continue
+        for measure in RETAINED:
+            a, b = ([_points([(r, 1.0) for r in mine if family(r.method) == fam and r.seed == s], measure, items)
+                     for s in seeds] for fam in (first, second))
+            if not any(a) or not any(b):
+                continue
+            for fam in (first, second):
+                m = matched(a, b, [own[fam][s] for s in seeds], f"{fam}'s own")
+                out.append(MatchedRow(user, f"{first} - {second}", measure, m.level, m.delta, m.lo, m.hi,
+                                      m.seeds_in_reach, len(seeds), m.per_seed, m.seed_se, m.item_se))
+    return out
+
+
 def matched_rows(rows: Sequence, scaled: dict[float, Sequence], items: ItemScores | None = None) -> list[MatchedRow]:
     """Every non-DPO family's retention against DPO's frontier, per user and measure, at the personalization of
     full DPO, of DPO at scale 0.5 (when the study evaluated that scale) and of the family's own default setting
@@ -237,17 +276,10 @@ def matched_rows(rows: Sequence, scaled: dict[float, Sequence], items: ItemScore
             levels["DPO@0.5"] = {s: dpo_scaled[0.5][s].personal_margin for s in seeds if s in dpo_scaled[0.5]}
         for fam in dict.fromkeys(family(r.method) for r in mine if family(r.method) != "dpo"):
             for measure in RETAINED:
-                def points(rs):
-                    pts = []
-                    for r, scale in rs:
-                        value = getattr(r, f"{measure}_delta")
-                        if value is not None and r.personal_margin is not None:
-                            its = items.get((r.user, r.method, r.seed, scale), {}).get(measure)
-                            pts.append(FrontierPoint(r.personal_margin, value, None if its is None else tuple(its)))
-                    return pts
-                arm = [points([(r, 1.0) for r in mine if family(r.method) == fam and r.seed == s]) for s in seeds]
-                ref = [points([(dpo[s], 1.0), *((d[s], scale) for scale, d in dpo_scaled.items() if s in d)])
+                arm = [_points([(r, 1.0) for r in mine if family(r.method) == fam and r.seed == s], measure, items)
                        for s in seeds]
+                ref = [_points([(dpo[s], 1.0), *((d[s], scale) for scale, d in dpo_scaled.items() if s in d)],
+                               measure, items) for s in seeds]
                 if not any(arm) or not any(ref):
                     continue
                 # DPO's frontier starts at scale 0, the base model: no personalization (its margin is 0 by
@@ -264,8 +296,9 @@ def matched_rows(rows: Sequence, scaled: dict[float, Sequence], items: ItemScore
     return out
 
 
-def matched_markdown(rows: Sequence[MatchedRow]) -> str:
-    """The readings as a markdown table: each family's retention minus DPO's at the same personalization."""
+def matched_markdown(rows: Sequence[MatchedRow], intro: str | None = None) -> str:
+    """The readings as a markdown table: each family's retention minus DPO's at the same personalization (or, for
+    :func:`versus_rows`, one family's minus another's, said in ``intro``)."""
     if not rows:
         return ""
 
@@ -275,10 +308,10 @@ def matched_markdown(rows: Sequence[MatchedRow]) -> str:
     def se(v):
         return "" if v is None else f"{v:.3f}"
 
-    lines = ["Retention at matched personalization: each method's frontier (its knob's settings) read at the held-out "
-             "margin of full DPO, of DPO at scale 0.5 and of the method's own default setting (\"bapo's own\"), seed "
-             "by seed, minus DPO's frontier there (from the base model at scale 0 to full DPO; positive = "
-             "kept more than DPO at the same personalization); 95% t interval over the seeds in reach and the items "
+    lines = [intro or "Retention at matched personalization: each method's frontier (its knob's settings) read at "
+             "the held-out margin of full DPO, of DPO at scale 0.5 and of the method's own default setting (\"bapo's "
+             "own\"), seed by seed, minus DPO's frontier there (from the base model at scale 0 to full DPO; positive "
+             "= kept more than DPO at the same personalization); 95% t interval over the seeds in reach and the items "
              "(its standard error's two parts beside it; no items' part: over seeds only); each seed's own "
              "difference last (- where the level is beyond that seed's reach).", "",
              "| user | method | measure | at | difference | 95% interval | se: seeds | se: items | seeds in reach | "
