@@ -22,10 +22,10 @@ from bapo.studies.matched import family, matched_markdown, versus_rows
 def margins(rows, fams: tuple[str, str]) -> str:
     """Each setting's held-out margin, seed by seed: where each frontier lies, so a reader sees why a level is out
     of reach."""
-    lines = ["| method | held-out margin per seed (nats) |", "|---|---|"]
-    for method in dict.fromkeys(r.method for r in rows if family(r.method) in fams):
-        got = sorted((r.seed, r.personal_margin) for r in rows if r.method == method)
-        lines.append(f"| {method} | " + ", ".join(f"s{s}: {m:.1f}" for s, m in got if m is not None) + " |")
+    lines = ["| user | method | held-out margin per seed (nats) |", "|---|---|---|"]
+    for user, method in dict.fromkeys((r.user, r.method) for r in rows if family(r.method) in fams):
+        got = sorted((r.seed, r.personal_margin) for r in rows if (r.user, r.method) == (user, method))
+        lines.append(f"| {user} | {method} | " + ", ".join(f"s{s}: {m:.1f}" for s, m in got if m is not None) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -166,7 +166,7 @@ def test_hinge_reading_reads_bapo_minus_replay_at_each_ones_margin(tmp_path):
     out = subprocess.run([sys.executable, str(STUDIES / "hinge_reading.py"), str(study), "--out",
                           str(tmp_path / "h.md")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "| bapo:0.1 | s0: 30.0, s1: 40.0 |" in out.stdout and (tmp_path / "h.md").read_text() in out.stdout
+    assert "| flip:1 | bapo:0.1 | s0: 30.0, s1: 40.0 |" in out.stdout and (tmp_path / "h.md").read_text() in out.stdout
     # at BAPO's own margins (10, 20) replay's frontier (20-40, 30-35) is out of reach at both seeds
     assert "| flip:1 | bapo - replay | knowledge | bapo's own | beyond reach |  |  |  | 0/2 | -, - |" in out.stdout
     # at replay's own (20, 30): BAPO's frontier halfway between its two settings (changes -0.5 and -1.0, so -0.75,
