@@ -169,10 +169,25 @@ def score_candidate(model, cand: Candidate, tasks: list[Task], scorer: Scorer, c
     return out
 
 
+def all_cached(cand: Candidate, tasks: list[Task], scorer: Scorer, cfg: EvalConfig) -> dict | None:
+    """The candidate's scores on every task where the cache holds them all (None otherwise)."""
+    out = {}
+    for task in tasks:
+        out[task.spec.name] = scorer.ref.store.get_eval(eval_key(scorer.ref.cache_id, cand, task.spec.name, task.key,
+                                                                 cfg, generates(task)))
+        if out[task.spec.name] is None:
+            return None
+    return out
+
+
 def score_one(cfg: EvalConfig, cand: Candidate, tasks: list[Task], personal: dict[str, Task], scorer: Scorer,
               console: Console, title: str = "") -> dict:
-    """One candidate's scores on the suite and on its own personal tasks, with its adapter applied."""
+    """One candidate's scores on the suite and on its own personal tasks, with its adapter applied (not applied
+    where every score is cached: an adapter's record without its weights is read so)."""
     mine = [personal[n] for n in personal if cand.adapter is None or n in cand.personal]
+    cached = None if cfg.lm_eval_tasks else all_cached(cand, tasks + mine, scorer, cfg)
+    if cached is not None:
+        return cached
     with applied(scorer.ref.model, cand.adapter.path if cand.adapter else None, cand.scale,
                  cfg.merge_adapters) as model:
         scores = score_candidate(model, cand, tasks + mine, on_server(scorer, cand, model), cfg, title)

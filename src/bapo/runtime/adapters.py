@@ -23,6 +23,11 @@ from bapo.runtime.models import fingerprint, peft_wrapping
 
 # BAPO settings named in an adapter's label only when they differ from these defaults.
 _BAPO_DEFAULTS = (("anchor_lambda", 1.0), ("anchor", "hinge"), ("anchor_reduction", "sum"))
+_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# An adapter's record without its weights: its directory (config, run.json, held-out pairs) with the weights' digest
+# in this file in place of the weights. Evaluation scores are cached under that digest, so a record still finds its
+# scores (a long study carried to another machine: studies/carry.py); anything that needs the weights says so.
+WEIGHTS_DIGEST = "adapter_model.digest"
 
 
 @dataclass(frozen=True)
@@ -44,12 +49,14 @@ def read_adapter(path: str | Path) -> AdapterInfo:
     if not (path / "adapter_config.json").exists() and not full:
         raise ConfigError(f"--adapters {path}: not an adapter directory (no adapter_config.json) nor a model "
                           f"directory (config.json and model.safetensors)")
+    record = is_record(path)
     h = hashlib.sha256()
     if full:
         h.update(fingerprint(path).encode())
-    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+    for name in ("adapter_config.json", *_WEIGHTS):
         if (path / name).exists():
             h.update((path / name).read_bytes())
+    digest = (path / WEIGHTS_DIGEST).read_text().strip() if record else h.hexdigest()[:16]
     method = "adapter"
     if (path / "config.yaml").exists():
         loss = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("loss", {})
@@ -60,7 +67,12 @@ def read_adapter(path: str | Path) -> AdapterInfo:
     fp = ""
     if (path / "run.json").exists():
         fp = json.loads((path / "run.json").read_text()).get("model_fingerprint") or ""
-    return AdapterInfo(path, method + (" (full)" if full else ""), h.hexdigest()[:16], fp, full)
+    return AdapterInfo(path, method + (" (full)" if full else ""), digest, fp, full)
+
+
+def is_record(path: Path) -> bool:
+    """Whether ``path`` is an adapter's record without its weights (``WEIGHTS_DIGEST`` in their place)."""
+    return (path / WEIGHTS_DIGEST).exists() and not any((path / name).exists() for name in _WEIGHTS)
 
 
 def is_full_model(path: Path) -> bool:
@@ -88,6 +100,10 @@ def applied(model, adapter: str | Path | None, scale: float = 1.0, merge: bool =
     if adapter is None:
         yield model
         return
+    if is_record(Path(adapter)):
+        raise ConfigError(f"{adapter}: only a record of this adapter is here, its weights are not "
+                          f"({WEIGHTS_DIGEST} in their place): its cached scores can be read, but this needs the "
+                          "weights; train it again (remove the folder) or copy the adapter here")
     if is_full_model(Path(adapter)):  # a file check, not read_adapter: that hashes the weights
         with interpolated(model, Path(adapter), scale) as tuned:
             yield tuned

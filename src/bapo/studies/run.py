@@ -148,6 +148,16 @@ def train_cell(cfg: StudyConfig, cell: Cell, out: Path, console: Console) -> Non
     train(tc)
 
 
+def score_cell(cfg: StudyConfig, cell: Cell, suite: Path, out: Path, console: Console) -> None:
+    """Score one trained cell into the cache (a DPO cell at its frontier scales too), and the base model with the
+    first; what is cached already is not scored again, and nothing is loaded when all of it is."""
+    for ev in (eval_config(cfg, [cell], suite, out), frontier_config(cfg, [cell], suite, out)):
+        labels = unscored(ev) if ev is not None else []
+        if labels:
+            console.print(f"scoring {', '.join(labels)}")
+            score_into_cache(ev, labels)
+
+
 def train_cells_on_ray(cfg: StudyConfig, cells: list[Cell], out: Path) -> None:
     """``--executor ray``: each cell trained by its own Ray task (its balanced pairs first, in a balance study), at
     the tasks' thread count; a cell that fails fails alone, and the study stops after the others, naming it."""
@@ -223,10 +233,16 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, console: Console | None =
     todo = distributed.agreed([c.name for c in cells if not (cell_dir(out, c) / "run.json").exists()])
     if todo and cfg.cluster.executor == "ray":
         train_cells_on_ray(cfg, [c for c in cells if c.name in todo], out)
+    # In one process, each adapter is scored as soon as it is trained (the base model with the first): a study
+    # stopped part way, or carried to another machine (studies/carry.py), keeps every adapter it scored. Workers
+    # and a cluster score side by side once every cell is trained.
+    as_trained = cfg.workers == 1 and cfg.cluster.executor == "local" and distributed.world_size() == 1 and not so_far
     for i, cell in enumerate(cells, 1):
         if cell.name in todo and cfg.cluster.executor == "local":
             console.rule(f"cell {i}/{len(cells)}: {cell.spec}, {cell.arm}, seed {cell.seed}")
             train_cell(cfg, cell, out, console)
+        if as_trained:
+            score_cell(cfg, cell, suite, out, console)
 
     dpo = [c for c in cells if c.method == "dpo"]
     scaled = None
