@@ -6,7 +6,7 @@
 #   PYTHONPATH=../study-code/src OMP_NUM_THREADS=2 nohup studies/queue.sh >> study_queue.log 2>&1 &
 # Every cell of a study must train with the same code, and training may change on main while it runs: it runs from a
 # checkout of the commit it started at (training unchanged since 5c6f384, where its first cell trained):
-#   git worktree add ../study-code 0000000   # once per machine; the commit is the one this line names
+#   git worktree add ../study-code 5fe607a   # once per machine
 # On a new machine (no study folder, no bapo cache) it first takes back what studies/carry.py carried in git: the
 # scored adapters' records and their scores. At the end of a session, pause it and carry what it has scored, at the
 # thread count it scores at (scores are keyed by it):
