@@ -30,9 +30,12 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import torch
+
 from bapo.io import atomic_write_text, cache_root
-from bapo.runtime.adapters import WEIGHTS_DIGEST, read_adapter
 from bapo.options import load_yaml
+from bapo.runtime.adapters import WEIGHTS_DIGEST, read_adapter
+from bapo.runtime.models import cpu_has_bf16, cpu_name
 from bapo.runtime.store import Store
 from bapo.studies.config import StudyConfig
 from bapo.studies.estimate import scored_cells
@@ -67,12 +70,17 @@ def users_files(config: Path) -> list[Path]:
     return sorted(f for f in users.glob("*") if f.is_file() and not f.name.startswith(".")) if users.is_dir() else []
 
 
-def blob(f: Path, blobs: dict[str, str]) -> str:
-    """``f``'s text stored once in ``blobs``, under its digest."""
-    text = f.read_text()
+def blob(text: str, blobs: dict[str, str]) -> str:
+    """``text`` stored once in ``blobs``, under its digest."""
     key = hashlib.sha256(text.encode()).hexdigest()[:16]
     blobs[key] = text
     return key
+
+
+def here() -> str:
+    """``machine.json`` of an adapter trained and scored on this machine: a study carried between machines says which
+    CPU made each of its adapters (a record carried in keeps its own)."""
+    return json.dumps({"cpu": cpu_name(), "cpu_bf16_units": cpu_has_bf16(), "torch": torch.__version__}) + "\n"
 
 
 def pack(config: Path) -> None:
@@ -84,10 +92,11 @@ def pack(config: Path) -> None:
     blobs: dict[str, str] = {}
     cells = scored_adapters(config)
     for cell in cells:  # its text files: the weights, their checkpoints and the trainer's pickled arguments stay behind
-        kept = {f.name: blob(f, blobs) for f in sorted(cell.iterdir())
+        kept = {f.name: blob(f.read_text(), blobs) for f in sorted(cell.iterdir())
                 if f.is_file() and f.suffix in (".json", ".jsonl", ".yaml", ".md") and not f.name.startswith(".")}
+        kept.setdefault("machine.json", blob(here(), blobs))
         lines.append(json.dumps({"cell": cell.name, "digest": read_adapter(cell).digest, "files": kept}))
-    lines += [json.dumps({"user_file": f.name, "blob": blob(f, blobs)}) for f in users_files(config)]
+    lines += [json.dumps({"user_file": f.name, "blob": blob(f.read_text(), blobs)}) for f in users_files(config)]
     lines += [json.dumps({"blob": key, "text": text}) for key, text in sorted(blobs.items())]
     out = carried(config)
     out.parent.mkdir(exist_ok=True)

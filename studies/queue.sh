@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BAPO=${BAPO:-.venv/bin/bapo}
 study=heterogeneity_hash
-[ -f "studies/carried/$study.jsonl.gz" ] && .venv/bin/python studies/carry.py unpack "studies/$study.yaml"
+[ -f "studies/carried/$study.jsonl.gz" ] && PYTHONPATH= .venv/bin/python studies/carry.py unpack "studies/$study.yaml"
 echo "== $(date '+%F %T') studies/$study.yaml"
 "$BAPO" study --config "studies/$study.yaml"
 # the first claim's table and figure, with the repository's own code: every adapter a point, each method's slope

@@ -1,5 +1,6 @@
 """A long study carried to a new machine through git (studies/carry.py) goes on from the last adapter it scored."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from bapo.errors import ConfigError
 from bapo.io import as_dicts
 from bapo.options import dump_yaml
 from bapo.runtime.adapters import WEIGHTS_DIGEST, applied, read_adapter
+from bapo.runtime.models import cpu_name
 from bapo.studies.plan import plan
 from bapo.studies.run import run_study
 from tests.studies.test_run import study_cfg  # noqa: F401  (the miniature study)
@@ -56,6 +58,7 @@ def test_a_study_scores_each_adapter_as_trained_and_a_new_machine_goes_on_from_t
         record = out / "cells" / cell
         assert (record / WEIGHTS_DIGEST).read_text().strip() == digest and read_adapter(record).digest == digest
         assert not (record / "adapter_model.safetensors").exists() and (record / "run.json").exists()
+        assert json.loads((record / "machine.json").read_text())["cpu"] == cpu_name()  # which CPU made it
     with pytest.raises(ConfigError, match="only a record of this adapter is here"):
         with applied(None, out / "cells" / "flip-1__dpo__s0"):
             pass

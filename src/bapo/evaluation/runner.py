@@ -33,7 +33,7 @@ from bapo.io import as_dicts, atomic_write_text, csv_text, write_json
 from bapo.runtime import distributed
 from bapo.runtime.adapters import AdapterInfo, applied, check_same_model, read_adapter
 from bapo.runtime.cluster import run_in_tasks, task_threads
-from bapo.runtime.models import (cache_root, dtype_name, load_reward_model, model_fingerprint, resolve_device,
+from bapo.runtime.models import (cache_root, cpu_has_bf16, cpu_name, dtype_name, load_reward_model, model_fingerprint, resolve_device,
                                  resolve_dtype, resolve_model)
 from bapo.runtime.reference import Reference, open_reference, weights_cache_id
 from bapo.runtime.remote import RemoteModel
@@ -348,4 +348,5 @@ def write_results(cfg: EvalConfig, ref: Reference, result: EvalResult, console: 
 
 def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpus": os.cpu_count(), "threads": torch.get_num_threads()}
+            "cpu": cpu_name(), "cpu_bf16_units": cpu_has_bf16(), "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import platform
 import shutil
 import tempfile
 import warnings
@@ -147,6 +148,16 @@ def cpu_has_bf16() -> bool:
     platform torch does, unlike /proc/cpuinfo."""
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
                                                                          "_is_amx_tile_supported"))
+
+
+def cpu_name() -> str:
+    """This CPU's model name (``/proc/cpuinfo`` on Linux, else what the platform says), for the record of a result."""
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def has_bf16(device: torch.device) -> bool:
