@@ -52,7 +52,10 @@ def test_a_study_scores_each_adapter_as_trained_and_a_new_machine_goes_on_from_t
     # the next session's machine: nothing but the repository
     shutil.rmtree(out)
     shutil.rmtree(tmp_path / "cache")
+    half = out / "cells" / "flip-1__dpo__s0" / "checkpoints"  # a cell half-trained here gives way to its record
+    half.mkdir(parents=True)
     carry.unpack(config)
+    assert not half.exists()
     assert sorted(p.name for p in (out / "cells").iterdir()) == ["flip-1__bapo__s0", "flip-1__dpo__s0"]
     for cell, digest in digests.items():
         record = out / "cells" / cell
