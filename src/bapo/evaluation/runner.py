@@ -33,8 +33,8 @@ from bapo.io import as_dicts, atomic_write_text, csv_text, write_json
 from bapo.runtime import distributed
 from bapo.runtime.adapters import AdapterInfo, applied, check_same_model, read_adapter
 from bapo.runtime.cluster import run_in_tasks, task_threads
-from bapo.runtime.models import (cache_root, cpu_has_bf16, cpu_name, dtype_name, load_reward_model, model_fingerprint, resolve_device,
-                                 resolve_dtype, resolve_model)
+from bapo.runtime.models import (cache_root, cpu_has_bf16, cpu_name, dtype_name, load_reward_model, model_fingerprint,
+                                 resolve_device, resolve_dtype, resolve_model)
 from bapo.runtime.reference import Reference, open_reference, weights_cache_id
 from bapo.runtime.remote import RemoteModel
 from bapo.runtime.store import Store, make_key
