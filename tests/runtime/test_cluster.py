@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -201,6 +202,11 @@ def case_a_study_on_ray_equals_local(tmp_path: Path, tiny_model: str) -> None:
         return json.loads((tmp_path / name / "study.json").read_text())
 
     local, on_ray = study("local", "local"), study("ray", "ray")
+    # The reference's log-probs: the same numbers, each computed in the batch a local run computes it in (cells
+    # training side by side once raced to cache the ones they share, each from its own batches).
+    ref_logps = {side: dict(sqlite3.connect(tmp_path / f"cache-{side}" / "reference.sqlite").execute(
+        "SELECT key, logp FROM logps")) for side in ("local", "ray")}
+    assert ref_logps["local"] == ref_logps["ray"]
     assert len(local["rows"]) == len(on_ray["rows"]) == 4
     for a, b in zip(local["rows"], on_ray["rows"]):
         for k, v in a.items():

@@ -44,7 +44,7 @@ from bapo.studies.tables import BalanceWork, StudyRow, cost_markdown, markdown, 
 from bapo.studies.trend import trend_markdown, trend_rows
 from bapo.studies.users import heterogeneity, make_user
 from bapo.training.config import TrainConfig
-from bapo.training.run import train
+from bapo.training.run import reference_step, train
 
 
 @dataclass
@@ -159,13 +159,32 @@ def score_cell(cfg: StudyConfig, cell: Cell, suite: Path, out: Path, console: Co
 
 
 def train_cells_on_ray(cfg: StudyConfig, cells: list[Cell], out: Path) -> None:
-    """``--executor ray``: each cell trained by its own Ray task (its balanced pairs first, in a balance study), at
-    the tasks' thread count; a cell that fails fails alone, and the study stops after the others, naming it."""
-    done = run_in_tasks(_train_cell_task, [(c.name, (cfg, c, out)) for c in cells], cfg.cluster,
-                        cache_root(cfg.train.cache_dir) / "reference.sqlite", f"{len(cells)} cells trained")
+    """``--executor ray``: first one task does the reference's work for every cell (base responses and reference
+    log-probs), cell after cell as a local run does, so the same batches and the same numbers; then each cell is
+    trained by its own Ray task (its balanced pairs first, in a balance study), at the tasks' thread count, reading
+    the reference's results from the cache. A cell that fails fails alone, and the study stops after the others,
+    naming it."""
+    cache = cache_root(cfg.train.cache_dir) / "reference.sqlite"
+    step = run_in_tasks(_reference_task, [("reference", (cfg, cells, out))], cfg.cluster, cache, "reference step")
+    if step.failed:
+        raise BapoError(f"the reference step failed on the cluster: {step.failed['reference']}")
+    done = run_in_tasks(_train_cell_task, [(c.name, (cfg, c, out)) for c in cells], cfg.cluster, cache,
+                        f"{len(cells)} cells trained")
     if done.failed:
         raise BapoError(f"{len(done.failed)} cell(s) failed to train (the others are trained; a rerun trains only what "
                         "is missing):\n" + "\n".join(f"{c}: {why}" for c, why in done.failed.items()))
+
+
+def _reference_task(cfg: StudyConfig, cells: list[Cell], out: Path) -> None:
+    """A Ray task: every cell's base responses and reference log-probs, into the driver's cache. Without it, cells
+    training side by side would compute the ones they share at once, each in its own batches, and the cache would
+    keep whichever came last (in float32 they differ in the 7th digit)."""
+    ref = None
+    for cell in cells:
+        tc = train_config(cfg, cell, out)
+        if cell.balance:
+            tc.data.path = str(balanced_pairs(cfg, cell, out, Console(quiet=True)))
+        ref = reference_step(tc, ref)[0]
 
 
 def _train_cell_task(cfg: StudyConfig, cell: Cell, out: Path) -> None:

@@ -127,20 +127,30 @@ def train(cfg: TrainConfig) -> TrainResult:
     t0 = time.time()
     cfg.validate()
     _check_out(cfg)
+    ref, train_pairs, held_pairs, examples = reference_step(cfg)
+    return fit(cfg, ref, train_pairs, held_pairs, examples, t0)
 
+
+def reference_step(cfg: TrainConfig, ref: Reference | None = None) -> tuple[Reference, list[Item], list[Item],
+                                                                              list[Example]]:
+    """Steps 1 and 2 of a run: its pairs, and their base responses and reference log-probs (cached). ``ref``: a
+    reference already loaded for the same model, dtype and data options (a study's cells share one). Run alone
+    first, it fills the cache a run's training then reads: tasks that train side by side then compute nothing of the
+    reference's, so none of them caches numbers from batches that depend on which task came first."""
     # 1. Data, validated and tokenized before any model is loaded.
     train_pairs, held_pairs = load_splits(cfg)
     model_path = resolve_model(cfg.model, cfg.cache_dir)
-    render = renderer(load_tokenizer(model_path), cfg.data)
+    render = renderer(load_tokenizer(model_path), cfg.data) if ref is None else ref.renderer
     train_enc = encode_items(train_pairs, render, cfg.seed)
     check_encodable(held_pairs, render)  # fail now, not at evaluation time
 
     # 2. The reference model: base responses and reference log-probs, cached.
-    ref = load_reference(model_path, render, cfg.cache_dir, cfg.device, "float32" if cfg.finetune == "full" else cfg.dtype,
-                         cfg.engine)
+    if ref is None:
+        ref = load_reference(model_path, render, cfg.cache_dir, cfg.device,
+                             "float32" if cfg.finetune == "full" else cfg.dtype, cfg.engine)
     examples = build_examples(ref, train_pairs, train_enc, cfg.base, cfg.loss.uses_anchor,
                               batch_size=cfg.batch_size * 2, base_logps=not reference_in_batch(cfg))
-    return fit(cfg, ref, train_pairs, held_pairs, examples, t0)
+    return ref, train_pairs, held_pairs, examples
 
 
 def fit(cfg: TrainConfig, ref: Reference, train_pairs: list[Item], held_pairs: list[Item],
