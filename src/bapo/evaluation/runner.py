@@ -152,31 +152,28 @@ def unscored(cfg: EvalConfig) -> list[str]:
         store.close()
 
 
-def score_candidate(model, cand: Candidate, tasks: list[Task], scorer: Scorer, cfg: EvalConfig,
-                    title: str = "") -> dict:
-    """Every task of one candidate, each from the cache when it is there (keyed by model, adapter, scale, task);
-    ``title`` heads its progress bars (default: its label)."""
+def cached_scores(cand: Candidate, tasks: list[Task], scorer: Scorer, cfg: EvalConfig) -> dict[str, dict | None]:
+    """What the cache holds of one candidate's scores, by task (None where a task is not cached); keyed by model,
+    adapter, scale and task."""
     ref = scorer.ref
+    return {task.spec.name: ref.store.get_eval(eval_key(ref.cache_id, cand, task.spec.name, task.key, cfg,
+                                                        generates(task))) for task in tasks}
+
+
+def score_candidate(model, cand: Candidate, tasks: list[Task], scorer: Scorer, cfg: EvalConfig, title: str = "",
+                    found: dict[str, dict | None] | None = None) -> dict:
+    """Every task of one candidate, each from the cache when it is there (``found``: :func:`cached_scores`, when
+    read already); ``title`` heads its progress bars (default: its label)."""
+    ref = scorer.ref
+    found = found if found is not None else cached_scores(cand, tasks, scorer, cfg)
     out = {}
     for task in tasks:
-        key = eval_key(ref.cache_id, cand, task.spec.name, task.key, cfg, generates(task))
-        cached = ref.store.get_eval(key)
+        cached = found[task.spec.name]
         if cached is None:
             with progress.bar(f"{title or cand.label}: {task.spec.name}", task.kind.sequences(task.items)) as advance:
                 cached = task.kind.score(model, task, scorer, advance)
-            ref.store.put_eval(key, cached)
+            ref.store.put_eval(eval_key(ref.cache_id, cand, task.spec.name, task.key, cfg, generates(task)), cached)
         out[task.spec.name] = cached
-    return out
-
-
-def all_cached(cand: Candidate, tasks: list[Task], scorer: Scorer, cfg: EvalConfig) -> dict | None:
-    """The candidate's scores on every task where the cache holds them all (None otherwise)."""
-    out = {}
-    for task in tasks:
-        out[task.spec.name] = scorer.ref.store.get_eval(eval_key(scorer.ref.cache_id, cand, task.spec.name, task.key,
-                                                                 cfg, generates(task)))
-        if out[task.spec.name] is None:
-            return None
     return out
 
 
@@ -185,12 +182,12 @@ def score_one(cfg: EvalConfig, cand: Candidate, tasks: list[Task], personal: dic
     """One candidate's scores on the suite and on its own personal tasks, with its adapter applied (not applied
     where every score is cached: an adapter's record without its weights is read so)."""
     mine = [personal[n] for n in personal if cand.adapter is None or n in cand.personal]
-    cached = None if cfg.lm_eval_tasks else all_cached(cand, tasks + mine, scorer, cfg)
-    if cached is not None:
-        return cached
+    found = cached_scores(cand, tasks + mine, scorer, cfg)
+    if not cfg.lm_eval_tasks and all(v is not None for v in found.values()):
+        return found
     with applied(scorer.ref.model, cand.adapter.path if cand.adapter else None, cand.scale,
                  cfg.merge_adapters) as model:
-        scores = score_candidate(model, cand, tasks + mine, on_server(scorer, cand, model), cfg, title)
+        scores = score_candidate(model, cand, tasks + mine, on_server(scorer, cand, model), cfg, title, found)
         if cfg.lm_eval_tasks:
             scores.update(lm_eval_scores(model, scorer.ref.tokenizer, cfg.lm_eval_tasks, cfg.batch_size, cand.label,
                                          console))
