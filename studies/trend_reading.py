@@ -37,7 +37,8 @@ def main() -> None:
         rows, items = load(args.study)
     except NotFinished as e:
         raise SystemExit(str(e)) from None
-    text = trend_markdown(trend_rows(rows, items))
+    trends = trend_rows(rows, items)
+    text = trend_markdown(trends)
     if not text:
         raise SystemExit(f"{args.study}: no arm has 3 adapters at 2 heterogeneities")
     print(text)
@@ -48,7 +49,9 @@ def main() -> None:
         arms = list(dict.fromkeys(r.arm for r in rows))
         points = {m: {a: [(r.heterogeneity, getattr(r, f"{m}_delta")) for r in rows if r.arm == a] for a in arms}
                   for m in present}
-        print(trend_figure(points, {m: TITLES[m] for m in present}, args.figure))
+        # the legend shows the interval the reading decides by: over seeds and items where the study has them
+        intervals = {(t.measure, t.method): (t.lo, t.hi) for t in trends if t.item_se is not None}
+        print(trend_figure(points, {m: TITLES[m] for m in present}, args.figure, intervals))
 
 
 if __name__ == "__main__":

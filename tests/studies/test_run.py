@@ -749,6 +749,9 @@ def test_the_trend_figure_fits_each_arm_s_adapters_by_least_squares(tmp_path):
     # a slope with scatter: (0, 0), (0, 2), (1, 1), (1, 3): slope 1, residuals +-1, se sqrt(4/2/1), t(2) = 4.303
     label, _ = trend_line("dpo", [0, 0, 1, 1], [0, 2, 1, 3])
     assert label == f"dpo: slope +1.000 [{1 - 4.303 * 2 ** 0.5:+.3f}, {1 + 4.303 * 2 ** 0.5:+.3f}]"
+    # an interval given (the reading's, over seeds and items) replaces the residuals' and says so
+    label, _ = trend_line("dpo", [0, 0, 1, 1], [0, 2, 1, 3], (-9.0, 11.0))
+    assert label == "dpo: slope +1.000 [-9.000, +11.000] seeds+items"
     path = trend_figure({"knowledge_delta": {"dpo": [(0.0, 0.1), (0.5, None), (1.0, -0.2), (1.0, -0.1)],
                                              "bapo": []}}, {"knowledge_delta": "knowledge"}, tmp_path / "t.png")
     assert path.stat().st_size > 0

@@ -108,10 +108,11 @@ def study_figures(rows: list[StudyRow], out: Path, frontier: dict[float, list[St
 
 
 def trend_figure(points: dict[str, dict[str, list[tuple[float, float | None]]]], titles: dict[str, str],
-                 path: Path) -> Path:
+                 path: Path, intervals: dict[tuple[str, str], tuple[float, float]] | None = None) -> Path:
     """Does forgetting grow with heterogeneity: a panel per measure (``points``: measure -> arm -> each adapter's
     (measured heterogeneity, change against the base model)), every adapter a point and each arm's least-squares line
-    (:func:`bapo.studies.matched.slope`), its slope per unit of heterogeneity and 95% interval in the legend."""
+    (:func:`bapo.studies.matched.slope`), its slope per unit of heterogeneity and 95% interval in the legend: the
+    residuals' (over seeds), or ``intervals[(measure, arm)]`` where given (the reading's, over seeds and items)."""
     fig, axes = grid(len(points))
     for ax, (measure, arms) in zip(axes, points.items()):
         for i, (arm, pts) in enumerate(arms.items()):
@@ -119,7 +120,7 @@ def trend_figure(points: dict[str, dict[str, list[tuple[float, float | None]]]],
             if not pts:
                 continue
             xs, ys = zip(*pts)
-            label, line = trend_line(arm, xs, ys)
+            label, line = trend_line(arm, xs, ys, (intervals or {}).get((measure, arm)))
             if line is not None:
                 ax.plot(*line, color=f"C{i}", lw=1.5)
             ax.scatter(xs, ys, color=f"C{i}", s=18, alpha=0.8, label=label)
@@ -237,14 +238,18 @@ def draw_lambda_frontier(ax, rows: list[StudyRow], lambdas: dict[str, float], x:
                 first = False
 
 
-def trend_line(arm: str, xs, ys) -> tuple[str, tuple[list[float], list[float]] | None]:
-    """An arm's legend label with its least-squares slope and 95% interval, and the fitted line's two ends (None,
-    and the arm's name alone, where too few points or heterogeneities give no slope)."""
+def trend_line(arm: str, xs, ys, interval: tuple[float, float] | None = None
+               ) -> tuple[str, tuple[list[float], list[float]] | None]:
+    """An arm's legend label with its least-squares slope and 95% interval (the residuals', or ``interval``, said to
+    span seeds and items), and the fitted line's two ends (None, and the arm's name alone, where too few points or
+    heterogeneities give no slope)."""
     try:
         fit = slope(xs, ys)
     except ValueError:
         return arm, None
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     ends = [min(xs), max(xs)]
-    return (f"{arm}: slope {fit.slope:+.3f} [{fit.lo:+.3f}, {fit.hi:+.3f}]",
+    lo, hi = interval or (fit.lo, fit.hi)
+    over = "" if interval is None else " seeds+items"
+    return (f"{arm}: slope {fit.slope:+.3f} [{lo:+.3f}, {hi:+.3f}]{over}",
             (ends, [my + fit.slope * (x - mx) for x in ends]))
