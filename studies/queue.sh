@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 46's long run on this 2-core machine, alone, both cores: the first claim without the length confound
 # (studies/heterogeneity_hash.yaml, ~11 h in float32 by its dry run; restarted from nothing 2026-12-07 15:00, its
-# first run lost with its machine). It scores each adapter as soon as it is trained and resumes from its study folder
+# first run lost with its machine; finished 2026-12-08 00:51, all 30 adapters scored and carried, read in
+# docs/RESULTS.md section 1). It scores each adapter as soon as it is trained and resumes from its study folder
 # and the bapo cache, so after an interruption rerun, from the repository root:
 #   PYTHONPATH=../study-code/src OMP_NUM_THREADS=2 nohup studies/queue.sh >> study_queue.log 2>&1 &
 # Every cell of a study must train with the same code, and training may change on main while it runs: it runs from a
