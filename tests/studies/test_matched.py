@@ -130,7 +130,13 @@ def test_the_trend_is_each_arms_slope_over_its_adapters():
     dpo = got[("dpo", "knowledge")]
     assert (dpo.slope, dpo.lo, dpo.hi, dpo.adapters, dpo.levels) == (ref.slope, ref.lo, ref.hi, 5, 3)
     assert got[("bapo", "knowledge")].slope == pytest.approx(-0.05)
-    assert "| dpo | knowledge |" in trend_markdown(list(got.values())) and trend_markdown([]) == ""
+    # each user one point: DPO's users' means (0, 0.02), (0.5, -0.06), (1, -0.09): slope -0.11, residuals
+    # (+1/120, -1/60, +1/120), se sqrt(SSR / 1 / Sxx 0.5) = 0.028868, t(1) = 12.706
+    assert (dpo.users_lo, dpo.users_hi) == pytest.approx((-0.11 - 12.706 * 0.028868, -0.11 + 12.706 * 0.028868),
+                                                         abs=1e-4)
+    assert got[("bapo", "knowledge")].users_lo is None  # two users: no interval
+    text = trend_markdown(list(got.values()))
+    assert "| dpo | knowledge |" in text and "| [-0.477, +0.257] |" in text and trend_markdown([]) == ""
 
 
 def test_the_table_gives_each_seeds_own_difference_beside_the_mean():

@@ -71,6 +71,10 @@ class TrendRow:
     levels: int  # distinct heterogeneities among them
     seed_se: float | None = None
     item_se: float | None = None  # None: the interval is over seeds only (no per-item scores given)
+    # With each user one point (its seeds' mean change): a user's seeds share its pairs, so the interval above, which
+    # counts every adapter, can be narrower than users drawn anew would give. None under 3 users at 2 heterogeneities.
+    users_lo: float | None = None
+    users_hi: float | None = None
 
 
 def trend_rows(rows: Sequence, items: ItemScores | None = None) -> list[TrendRow]:
@@ -78,7 +82,9 @@ def trend_rows(rows: Sequence, items: ItemScores | None = None) -> list[TrendRow
     regressed on its users' measured heterogeneity: every adapter (each user and seed) one point, the slope's 95%
     t interval (:func:`slope`) over seeds and, where ``items`` has every point's per-item scores (and the base
     model's, :func:`base_key`), over the evaluation's items too; else from the residuals alone, a seed-level interval.
-    Only where the arm has 3 or more adapters at 2 or more heterogeneities.
+    Only where the arm has 3 or more adapters at 2 or more heterogeneities. Beside it, the same slope with each user
+    one point (its seeds' mean change, an interval from the users' residuals): a check on the seeds' shared pairs,
+    which the reading rules do not use.
 
     Then, for each other arm beside DPO, ``ARM - dpo``: the slope of the seed-matched difference (the arm's change
     minus DPO's at the same user and seed) on heterogeneity, which is the arm's slope minus DPO's over the adapters
@@ -102,12 +108,12 @@ def trend_rows(rows: Sequence, items: ItemScores | None = None) -> list[TrendRow
     out = []
     arms = list(dict.fromkeys(r.arm for r in rows))
     for arm in arms:
-        out += _slopes(arm, [(r.heterogeneity, {m: getattr(r, f"{m}_delta") for m in RETENTION}, changes(r))
+        out += _slopes(arm, [(r.user, r.heterogeneity, {m: getattr(r, f"{m}_delta") for m in RETENTION}, changes(r))
                              for r in rows if r.arm == arm])
     dpo = {(r.user, r.seed): r for r in rows if r.arm == "dpo"}
     for arm in (a for a in arms if a != "dpo" and dpo):
         pairs = [(r, dpo[(r.user, r.seed)]) for r in rows if r.arm == arm and (r.user, r.seed) in dpo]
-        out += _slopes(f"{arm} - dpo", [(r.heterogeneity, {m: _minus(getattr(r, f"{m}_delta"), getattr(d, f"{m}_delta"))
+        out += _slopes(f"{arm} - dpo", [(r.user, r.heterogeneity, {m: _minus(getattr(r, f"{m}_delta"), getattr(d, f"{m}_delta"))
                                                             for m in RETENTION}, changes(r, d)) for r, d in pairs])
     return out
 
@@ -151,18 +157,31 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def _slopes(method: str, points: Sequence[tuple[float, dict[str, float | None], dict[str, list[float] | None]]]
+def _slopes(method: str,
+            points: Sequence[tuple[str, float, dict[str, float | None], dict[str, list[float] | None]]]
             ) -> list[TrendRow]:
     out = []
     for measure in RETENTION:
-        pts = [(x, ys[measure], its[measure]) for x, ys, its in points if ys[measure] is not None]
-        levels = len({x for x, _, _ in pts})
+        pts = [(u, x, ys[measure], its[measure]) for u, x, ys, its in points if ys[measure] is not None]
+        levels = len({x for _, x, _, _ in pts})
         if len(pts) >= 3 and levels >= 2:
-            per_item = [v for _, _, v in pts]
+            per_item = [v for *_, v in pts]
             whole = all(v is not None for v in per_item) and len({len(v) for v in per_item}) == 1
-            s = slope([x for x, _, _ in pts], [y for _, y, _ in pts], per_item if whole else None)
-            out.append(TrendRow(method, measure, s.slope, s.lo, s.hi, s.n, levels, s.seed_se, s.item_se))
+            s = slope([x for _, x, _, _ in pts], [y for _, _, y, _ in pts], per_item if whole else None)
+            users = _users_slope([(u, x, y) for u, x, y, _ in pts])
+            out.append(TrendRow(method, measure, s.slope, s.lo, s.hi, s.n, levels, s.seed_se, s.item_se,
+                                *((users.lo, users.hi) if users else (None, None))))
     return out
+
+
+def _users_slope(pts: Sequence[tuple[str, float, float]]) -> Slope | None:
+    """The slope with each user one point: its adapters' mean heterogeneity and mean change."""
+    by_user: dict[str, list[tuple[float, float]]] = {}
+    for u, x, y in pts:
+        by_user.setdefault(u, []).append((x, y))
+    xs = [statistics.fmean(x for x, _ in v) for v in by_user.values()]
+    ys = [statistics.fmean(y for _, y in v) for v in by_user.values()]
+    return slope(xs, ys) if len(xs) >= 3 and len(set(xs)) >= 2 else None
 
 
 def trend_markdown(rows: Sequence[TrendRow]) -> str:
@@ -175,13 +194,15 @@ def trend_markdown(rows: Sequence[TrendRow]) -> str:
              "beside it. A row `ARM - dpo` regresses the seed-matched difference (the arm's change minus DPO's, same "
              "user and seed): positive = the arm holds the trend down. `seeds only`: the interval from the residuals "
              "alone; `reading`: the verdict of the study's reading rules (:func:`bapo.studies.trend.reading`), from "
-             "the wider interval where the two disagree.", "",
+             "the wider interval where the two disagree. `users as the unit`: a check the rules do not use, each "
+             "user one point (its seeds' mean change), since a user's seeds share its pairs.", "",
              "| method | measure | slope | 95% interval | over | seeds only | seeds' se | items' se | adapters | "
-             "heterogeneities | reading |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "heterogeneities | reading | users as the unit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.method} | {r.measure} | {r.slope:+.3f} | [{r.lo:+.3f}, {r.hi:+.3f}] | "
               f"{'seeds' if r.item_se is None else 'seeds and items'} | {_interval(seeds_interval(r))} | "
-              f"{_se(r.seed_se)} | {_se(r.item_se)} | {r.adapters} | {r.levels} | {reading(r)} |" for r in rows]
+              f"{_se(r.seed_se)} | {_se(r.item_se)} | {r.adapters} | {r.levels} | {reading(r)} | "
+              f"{_interval(None if r.users_lo is None else (r.users_lo, r.users_hi))} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
